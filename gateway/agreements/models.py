@@ -1,0 +1,369 @@
+"""The typed shape of agreements, dataset schemas and disclosure profiles.
+
+These models describe what a YAML file may contain: every field has an exact
+type (``strict``: ``"10"`` is not accepted for ``10``), unknown keys are refused
+(``extra="forbid"``), and instances are immutable once loaded. Checks that need
+more than one file (a dataset's schema exists, a stored field is a column of
+it...) live in :mod:`gateway.agreements.checks`; the loader runs both.
+
+Every field named here is documented in ``docs/agreements.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import NotFound
+
+ColumnType = Literal["string", "integer", "number", "date", "boolean"]
+ColumnRole = Literal[
+    "educator_id", "direct_identifier", "quasi_identifier", "measure", "student_measure"
+]
+PartyKind = Literal["district", "epp"]
+OnBadRows = Literal["refuse", "reject_rows"]
+FormulaCells = Literal["reject", "neutralise"]
+
+#: PTAC's absolute floor for a minimum cell size (SPEC section 5).
+ABSOLUTE_MIN_CELL = 3
+
+_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+# Dataset and column names are snake_case: a dot separates them in qualified
+# release fields ("evaluations.summative_rating"), so neither may contain one.
+_IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+def _check_slug(value: str) -> str:
+    if not _SLUG.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a lower-case slug (letters, digits and hyphens, "
+            "starting and ending with a letter or digit, at most 64 characters)"
+        )
+    return value
+
+
+def _check_identifier(value: str) -> str:
+    if not _IDENTIFIER.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a snake_case name (lower-case letters, digits and "
+            "underscores, starting with a letter, at most 63 characters)"
+        )
+    return value
+
+
+def _check_non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+Slug = Annotated[str, AfterValidator(_check_slug)]
+Identifier = Annotated[str, AfterValidator(_check_identifier)]
+Text = Annotated[str, AfterValidator(_check_non_blank)]
+
+
+class _FileModel(BaseModel):
+    """Base of everything read from a policy or agreement file."""
+
+    # strict: a config file should say 10, not "10"; forbid: a misspelt key is
+    # an error, not a silently ignored setting; frozen: loaded policy never changes.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+# --- dataset schemas -----------------------------------------------------------
+
+
+class CodeSpec(_FileModel):
+    """One allowed value of a coded column, with an optional human label."""
+
+    value: str | bool | int | float
+    label: str | None = None
+
+
+class ValueRange(_FileModel):
+    """Inclusive bounds of a numeric column; either bound may be left out."""
+
+    min: int | float | None = None
+    max: int | float | None = None
+
+
+class Normalisation(_FileModel):
+    """How a raw educator ID is normalised before it is checked and hashed."""
+
+    trim: bool
+    upper: bool
+    strip_leading_zeros: bool
+
+
+class ColumnSpec(_FileModel):
+    """One canonical column of a dataset schema."""
+
+    type: ColumnType
+    role: ColumnRole
+    required: bool
+    description: Text
+    codes: list[CodeSpec] | None = None
+    range: ValueRange | None = None
+    ordinal: bool = False
+    pattern: str | None = None
+    normalization: Normalisation | None = None
+    student_count_column: str | None = None
+
+    @field_validator("codes", mode="before")
+    @classmethod
+    def _scalar_codes(cls, value: Any) -> Any:
+        # A code may be written bare ("PK-2") or as {value, label}; store one shape.
+        if isinstance(value, list):
+            return [item if isinstance(item, Mapping) else {"value": item} for item in value]
+        return value
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"pattern is not a valid regular expression: {exc}") from exc
+        return value
+
+    @property
+    def code_values(self) -> tuple[str | bool | int | float, ...]:
+        """The allowed values, in file order (empty when the column is not coded)."""
+        return tuple(code.value for code in self.codes or ())
+
+
+class DatasetSchema(_FileModel):
+    """A dataset of SPEC section 6: its canonical columns and their roles."""
+
+    name: Identifier
+    description: Text
+    providers: list[PartyKind] = Field(min_length=1)
+    key: list[str] = Field(min_length=1)
+    columns: dict[Identifier, ColumnSpec] = Field(min_length=1)
+
+    def column(self, name: str) -> ColumnSpec:
+        """The column called ``name``; :class:`NotFound` if the schema has none."""
+        try:
+            return self.columns[name]
+        except KeyError:
+            raise NotFound(f"schema {self.name!r} has no column {name!r}") from None
+
+    def columns_with_role(self, *roles: ColumnRole) -> tuple[str, ...]:
+        """Names of the columns whose role is one of ``roles``, in file order."""
+        return tuple(name for name, spec in self.columns.items() if spec.role in roles)
+
+    @property
+    def educator_id_column(self) -> str | None:
+        """The column holding the educator ID (the join key), or None for aggregate data."""
+        found = self.columns_with_role("educator_id")
+        return found[0] if found else None
+
+    @property
+    def direct_identifiers(self) -> tuple[str, ...]:
+        """Columns accepted in an upload only to be dropped (names, birth dates, emails)."""
+        return self.columns_with_role("direct_identifier")
+
+    @property
+    def quasi_identifiers(self) -> tuple[str, ...]:
+        """Descriptive columns: the only ones that may be release dimensions."""
+        return self.columns_with_role("quasi_identifier")
+
+    @property
+    def measures(self) -> tuple[str, ...]:
+        """Outcome columns (teacher- or student-derived): the only possible release measures."""
+        return self.columns_with_role("measure", "student_measure")
+
+    @property
+    def student_measures(self) -> tuple[str, ...]:
+        """Student-derived measures, whose cells also need ``min_cell_students`` students."""
+        return self.columns_with_role("student_measure")
+
+
+# --- disclosure profiles ---------------------------------------------------------
+
+
+def _check_epsilon(value: Decimal) -> Decimal:
+    if value <= 0:
+        raise ValueError("epsilon must be greater than 0")
+    return value
+
+
+def _check_delta(value: Decimal) -> Decimal:
+    if not Decimal(0) <= value < Decimal(1):
+        raise ValueError("delta must be at least 0 and less than 1")
+    return value
+
+
+def _check_min_cell(value: int) -> int:
+    if value < ABSOLUTE_MIN_CELL:
+        raise ValueError(
+            f"a minimum cell size must be at least {ABSOLUTE_MIN_CELL} "
+            f"(PTAC's absolute floor), got {value}"
+        )
+    return value
+
+
+class Budget(_FileModel):
+    """An (epsilon, delta) differential-privacy amount.
+
+    Decimal, not float: budgets are spent from an exact-decimal ledger, where
+    0.1 + 0.2 must equal 0.3. YAML floats are converted through their shortest
+    decimal spelling, so ``epsilon: 0.1`` is exactly 0.1.
+    """
+
+    epsilon: Annotated[Decimal, Field(strict=False), AfterValidator(_check_epsilon)]
+    delta: Annotated[Decimal, Field(strict=False), AfterValidator(_check_delta)]
+
+
+class DisclosureProfile(_FileModel):
+    """The disclosure-control rules an agreement runs under."""
+
+    name: Slug
+    description: Text
+    min_cell_teachers: Annotated[int, AfterValidator(_check_min_cell)]
+    min_cell_students: Annotated[int, AfterValidator(_check_min_cell)]
+    privacy_budget: Budget
+    per_release_cap: Budget
+    on_bad_rows: OnBadRows
+    formula_cells: FormulaCells
+    top_bottom_coding: bool
+
+
+# --- agreements ------------------------------------------------------------------
+
+
+class Party(_FileModel):
+    """A signatory of an agreement: a school district or an EPP."""
+
+    id: Slug
+    kind: PartyKind
+    name: Text
+
+
+class AgreementDataset(_FileModel):
+    """One dataset an agreement lets a party upload, and what of it is kept."""
+
+    name: Identifier
+    # Written "schema" in YAML; "schema" itself would shadow a BaseModel attribute.
+    # The default is never used: a missing "schema" is filled in from "name".
+    schema_name: Identifier = Field(default="", alias="schema")
+    provided_by: str
+    stored_fields: list[str] = Field(min_length=1)
+    header_map: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schema_defaults_to_name(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "schema" not in data and isinstance(data.get("name"), str):
+            return {**data, "schema": data["name"]}
+        return data
+
+
+class RecipientFields(_FileModel):
+    """What may appear in the releases one party receives."""
+
+    dimensions: list[str] = Field(default_factory=list)
+    measures: list[str] = Field(default_factory=list)
+
+
+class Disclosure(_FileModel):
+    """The disclosure profile an agreement uses, with its own adjustments."""
+
+    profile: Slug
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReportSpec(_FileModel):
+    """A named report of the agreement's catalogue.
+
+    Open on purpose: report definitions grow (query templates, parameter
+    types); keys beyond ``name``, ``description`` and ``parameters`` are kept
+    as extra fields for the release module to read.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    name: Identifier
+    description: Text
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgreementDocument(_FileModel):
+    """Exactly what an agreement file holds."""
+
+    id: Slug
+    version: Text
+    title: Text
+    purpose: Text
+    parties: list[Party] = Field(min_length=2)
+    effective: date
+    ends: date
+    datasets: list[AgreementDataset] = Field(min_length=1)
+    releases: dict[str, RecipientFields] = Field(default_factory=dict)
+    disclosure: Disclosure
+    reports: list[ReportSpec] = Field(default_factory=list)
+
+
+class Agreement(AgreementDocument):
+    """A checked agreement, as the rest of the gateway sees it.
+
+    Adds what the loader works out: the disclosure profile with the
+    agreement's overrides merged in, the SHA-256 of the file (so a changed
+    agreement is noticed and logged), and where it was read from.
+    """
+
+    resolved_disclosure: DisclosureProfile
+    content_hash: str
+    source_path: Path
+
+    def party(self, party_id: str) -> Party:
+        """The party with this id; :class:`NotFound` if it did not sign the agreement."""
+        for party in self.parties:
+            if party.id == party_id:
+                return party
+        known = ", ".join(p.id for p in self.parties)
+        raise NotFound(f"agreement {self.id!r} has no party {party_id!r} (parties: {known})")
+
+    def dataset(self, name: str) -> AgreementDataset:
+        """The dataset with this name; :class:`NotFound` if the agreement has none."""
+        for dataset in self.datasets:
+            if dataset.name == name:
+                return dataset
+        known = ", ".join(d.name for d in self.datasets)
+        raise NotFound(f"agreement {self.id!r} has no dataset {name!r} (datasets: {known})")
+
+    def recipient_fields(self, party_id: str) -> RecipientFields:
+        """What ``party_id`` may receive; empty allowlists if the agreement lists nothing."""
+        self.party(party_id)  # unknown parties are an error, not an empty allowlist
+        return self.releases.get(party_id, RecipientFields())
+
+    def datasets_storing(self, field: str) -> tuple[AgreementDataset, ...]:
+        """The datasets a release field refers to.
+
+        ``"dataset.column"`` names one dataset's column; a plain ``"column"``
+        names that column in every dataset that stores it.
+        """
+        dataset_name, dot, column = field.rpartition(".")
+        return tuple(
+            d
+            for d in self.datasets
+            if column in d.stored_fields and (not dot or d.name == dataset_name)
+        )
+
+    def in_force(self, on: date) -> bool:
+        """True when ``on`` lies between ``effective`` and ``ends``, both included."""
+        return self.effective <= on <= self.ends

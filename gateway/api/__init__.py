@@ -1,0 +1,1 @@
+"""HTTP adapters: thin routes over the domain functions."""

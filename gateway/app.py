@@ -1,0 +1,76 @@
+"""The application factory: ``create_app(settings)`` builds the HTTP API.
+
+Nothing connects or reads a key until the app starts (its lifespan opens the
+:class:`gateway.context.Gateway`), so tests build their own app with their own
+settings, and a missing or unsafe master key stops the server at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway import __version__
+from gateway.api import routes
+from gateway.config import Settings
+from gateway.context import Gateway
+from gateway.errors import GatewayError
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway = Gateway.open(settings)
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            gateway.close()
+
+    app = FastAPI(
+        title="Teacher-data sharing gateway",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+    )
+    app.include_router(routes.router)
+    _install_error_handlers(app)
+    return app
+
+
+def _error(
+    status: int, code: str, message: str, details: list[object] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"code": code, "message": message, "details": details or []}},
+    )
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """One JSON error shape for every failure, never a stack trace."""
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        details: list[object] = [
+            {"location": list(err.get("loc", ())), "message": err.get("msg", "")}
+            for err in exc.errors()
+        ]
+        return _error(422, "invalid_request", "the request is not valid", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, _exc: Exception) -> JSONResponse:
+        return _error(500, "internal_error", "internal error; the operator's log has details")

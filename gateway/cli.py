@@ -1,0 +1,346 @@
+"""The ``gateway`` command: thin adapters over the domain functions.
+
+Every command has ``--help``; commands that print data take ``--json``. On
+failure the exit status is non-zero and stderr carries a one-line reason
+(``--json`` also prints the error body on stdout).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from gateway import __version__, audit, keys
+from gateway.agreements import check_agreements
+from gateway.agreements.views import agreement_detail, agreement_summary
+from gateway.config import Settings, load_settings
+from gateway.context import Gateway, initialise
+from gateway.errors import AgreementInvalid, AuditChainBroken, GatewayError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _emit(data: Any, as_json: bool, human: Callable[[Any], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+    else:
+        human(data)
+
+
+def json_option(function: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(
+        function
+    )
+
+
+class GatewayGroup(click.Group):
+    """Maps :class:`GatewayError` to a one-line reason and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GatewayError as error:
+            if "--json" in sys.argv:
+                click.echo(json.dumps(error.to_dict(), indent=2))
+            click.echo(f"gateway: error: {error.message}", err=True)
+            ctx.exit(error.exit_code)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.ensure_object(dict).setdefault("settings", load_settings())
+    return settings
+
+
+@click.group(cls=GatewayGroup)
+@click.version_option(__version__, prog_name="gateway")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Teacher-data sharing gateway: a data-sharing agreement executed as code.
+
+    Settings come from GATEWAY_* environment variables or a .env file
+    (see docs/configuration.md).
+    """
+    ctx.ensure_object(dict)
+
+
+# --- init -----------------------------------------------------------------
+
+
+@main.command()
+@json_option
+@click.pass_context
+def init(ctx: click.Context, as_json: bool) -> None:
+    """Create the data folder, the database (migrated to the newest schema) and,
+    if absent, the master key; load the agreements."""
+    result = initialise(_settings(ctx))
+
+    def human(r: dict[str, Any]) -> None:
+        click.echo(f"data folder:  {r['data_dir']}")
+        click.echo(f"database:     {r['database']}")
+        state = "created" if r["master_key_created"] else "already present"
+        click.echo(f"master key:   {r['master_key_file']} ({state})")
+        for agreement_id, outcome in r["agreements"].items():
+            click.echo(f"agreement:    {agreement_id} ({outcome})")
+
+    _emit(result, as_json, human)
+
+
+# --- keys -----------------------------------------------------------------
+
+
+@main.group(cls=GatewayGroup)
+def keys_group() -> None:
+    """Create and rotate keys (see keys/README.md)."""
+
+
+main.add_command(keys_group, name="keys")
+
+
+@keys_group.command("init")
+@json_option
+@click.pass_context
+def keys_init(ctx: click.Context, as_json: bool) -> None:
+    """Create the master key file (mode 0600) if it does not exist yet."""
+    path = _settings(ctx).resolved_master_key_file
+    created = keys.create_master_key(path)
+    keys.load_master_key(path)  # refuse an existing but unsafe key here too
+    result = {"master_key_file": str(path), "created": created}
+    _emit(
+        result,
+        as_json,
+        lambda r: click.echo(
+            f"{'created' if r['created'] else 'kept existing'} master key {r['master_key_file']}"
+        ),
+    )
+
+
+@keys_group.command("rotate")
+@click.option("--agreement", "agreement_id", required=True, help="Agreement id.")
+@json_option
+@click.pass_context
+def keys_rotate(ctx: click.Context, agreement_id: str, as_json: bool) -> None:
+    """Give an agreement a new pseudonym key version.
+
+    Data stored under the old version no longer links with new uploads:
+    upload it again.
+    """
+    with Gateway.open(_settings(ctx)) as gw:
+        agreement = gw.agreement(agreement_id)
+        with gw.sessions() as session, session.begin():
+            result = keys.rotate_key(
+                session,
+                agreement_id=agreement.id,
+                agreement_version=agreement.version,
+                agreement_hash=agreement.content_hash,
+                actor=audit.OPERATOR,
+            )
+    result = {"agreement": agreement_id, **result}
+    _emit(
+        result,
+        as_json,
+        lambda r: click.echo(
+            f"agreement {r['agreement']}: key version {r['previous_version']} -> "
+            f"{r['key_version']}; re-upload data stored under the old version"
+        ),
+    )
+
+
+# --- agreements -------------------------------------------------------------
+
+
+@main.group(cls=GatewayGroup)
+def agreements() -> None:
+    """Check, list and show data-sharing agreements."""
+
+
+@agreements.command("check")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@json_option
+@click.pass_context
+def agreements_check(ctx: click.Context, path: Path | None, as_json: bool) -> None:
+    """Validate agreement files (a folder or one file; default: GATEWAY_AGREEMENTS_DIR)
+    and their references to policies/; list every problem with file, YAML path and reason."""
+    settings = _settings(ctx)
+    target = path if path is not None else settings.agreements_dir
+    registry, problems = check_agreements(target, settings.policies_dir)
+    result = {
+        "ok": not problems,
+        "agreements": sorted(registry.agreements),
+        "problems": [
+            {"file": p.file, "path": p.path, "line": p.line, "reason": p.reason} for p in problems
+        ],
+    }
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for problem in problems:
+            click.echo(str(problem))
+        if not problems:
+            click.echo(f"ok: {len(registry.agreements)} agreement(s) valid")
+    if problems:
+        click.echo(f"gateway: error: {len(problems)} problem(s) found in {target}", err=True)
+        ctx.exit(AgreementInvalid.exit_code)
+
+
+@agreements.command("list")
+@json_option
+@click.pass_context
+def agreements_list(ctx: click.Context, as_json: bool) -> None:
+    """List the agreements (id, parties, datasets)."""
+    settings = _settings(ctx)
+    from gateway.agreements import load_registry
+
+    registry = load_registry(settings.agreements_dir, settings.policies_dir)
+    items = [agreement_summary(a) for _, a in sorted(registry.agreements.items())]
+
+    def human(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            parties = ", ".join(f"{p['id']} ({p['kind']})" for p in row["parties"])
+            click.echo(f"{row['id']}  v{row['version']}  {row['title']}")
+            click.echo(f"    parties:  {parties}")
+            click.echo(
+                "    datasets: "
+                + ", ".join(f"{d['name']} <- {d['provided_by']}" for d in row["datasets"])
+            )
+
+    _emit(items, as_json, human)
+
+
+@agreements.command("show")
+@click.argument("agreement_id")
+@json_option
+@click.pass_context
+def agreements_show(ctx: click.Context, agreement_id: str, as_json: bool) -> None:
+    """Show one agreement in full: datasets, release allowlists, disclosure, reports."""
+    settings = _settings(ctx)
+    from gateway.agreements import load_registry
+
+    agreement = load_registry(settings.agreements_dir, settings.policies_dir).agreement(
+        agreement_id
+    )
+    detail = agreement_detail(agreement)
+
+    def human(d: dict[str, Any]) -> None:
+        click.echo(f"{d['id']}  version {d['version']}: {d['title']}")
+        click.echo(f"in force {d['effective']} to {d['ends']}")
+        click.echo(f"purpose: {' '.join(str(d['purpose']).split())}")
+        click.echo("parties:")
+        for p in d["parties"]:
+            click.echo(f"  {p['id']} ({p['kind']}): {p['name']}")
+        click.echo("datasets:")
+        for ds in d["datasets"]:
+            click.echo(f"  {ds['name']} (schema {ds['schema']}) provided by {ds['provided_by']}")
+            click.echo(f"    stored: {', '.join(ds['stored_fields'])}")
+        click.echo("releases:")
+        for party, fields in d["releases"].items():
+            click.echo(f"  {party}: dimensions {', '.join(fields['dimensions'])}")
+            click.echo(f"  {' ' * len(party)}  measures {', '.join(fields['measures'])}")
+        disclosure = d["disclosure"]
+        click.echo(
+            f"disclosure: profile {disclosure['name']}, minimum cell "
+            f"{disclosure['min_cell_teachers']} teachers / {disclosure['min_cell_students']} "
+            f"students, budget epsilon {disclosure['privacy_budget']['epsilon']}"
+        )
+        click.echo("reports: " + (", ".join(r["name"] for r in d["reports"]) or "none yet"))
+
+    _emit(detail, as_json, human)
+
+
+# --- audit ------------------------------------------------------------------
+
+
+@main.group(cls=GatewayGroup, name="audit")
+def audit_group() -> None:
+    """Read and verify the tamper-evident audit log."""
+
+
+@audit_group.command("list")
+@click.option("--agreement", "agreement_id", help="Only events of this agreement.")
+@click.option("--kind", type=click.Choice(sorted(audit.EVENT_KINDS)), help="Only this kind.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N events.")
+@json_option
+@click.pass_context
+def audit_list(
+    ctx: click.Context,
+    agreement_id: str | None,
+    kind: str | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """List audit events, oldest first."""
+    with Gateway.open(_settings(ctx)) as gw, gw.sessions() as session:
+        statement = audit.query_events(agreement_id=agreement_id, kind=kind)
+        if limit is not None:
+            statement = statement.limit(limit)
+        events = [audit.event_view(e) for e in session.scalars(statement)]
+
+    def human(rows: list[dict[str, Any]]) -> None:
+        for e in rows:
+            who = e["actor"]["party"] or e["actor"]["role"]
+            agreement = (e["agreement"] or {}).get("id") or "-"
+            click.echo(f"{e['seq']:>6}  {e['occurred_at']}  {e['kind']:<20} {agreement:<40} {who}")
+
+    _emit(events, as_json, human)
+
+
+@audit_group.command("verify")
+@json_option
+@click.pass_context
+def audit_verify(ctx: click.Context, as_json: bool) -> None:
+    """Recompute every hash and link of the audit chain; name each broken event."""
+    with Gateway.open(_settings(ctx)) as gw, gw.sessions() as session:
+        result = audit.verify_chain(session)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif result.ok:
+        click.echo(f"ok: {result.events_checked} event(s) verified; head {result.head_hash}")
+    else:
+        for problem in result.problems:
+            click.echo(str(problem))
+    if not result.ok:
+        first = result.problems[0]
+        raise AuditChainBroken(f"audit log verification failed: {first}")
+
+
+# --- serve ------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int) -> None:
+    """Run the HTTP API with uvicorn."""
+    import uvicorn
+
+    from gateway.app import create_app
+
+    app = create_app(_settings(ctx))
+    uvicorn.run(app, host=host, port=port, proxy_headers=False, server_header=False)
+
+
+# --- demo -------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=Path("demo"),
+    show_default=True,
+    help="Folder for the generated extracts and the demo data folder.",
+)
+@json_option
+def demo(directory: Path, as_json: bool) -> None:
+    """Run the whole flow on generated data, with a throwaway key in DIR/data/."""
+    from gateway.demo import run_demo
+
+    result = run_demo(directory, echo=None if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))

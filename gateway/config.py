@@ -1,0 +1,85 @@
+"""Settings, read from ``GATEWAY_*`` environment variables or a ``.env`` file.
+
+Nothing here touches the disk beyond reading ``.env``: the data folder,
+database and master key are opened later by :mod:`gateway.context`, so tests
+build their own settings and nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.errors import ConfigurationError
+
+#: Default database file name inside the data folder.
+SQLITE_FILE_NAME = "gateway.db"
+
+
+class Settings(BaseSettings):
+    """Every setting of the gateway; each is documented in docs/configuration.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(
+        default=Path("gateway-data"),
+        description="Folder holding the SQLite database and the gateway's working files.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL. Default: SQLite file inside the data folder. "
+            "PostgreSQL: postgresql+psycopg://user@host/db."
+        ),
+    )
+    master_key_file: Path | None = Field(
+        default=None,
+        description="Master key file (0600). Default: DATA_DIR/keys/master.key.",
+    )
+    agreements_dir: Path = Field(
+        default=Path("agreements"), description="Folder of agreement YAML files."
+    )
+    policies_dir: Path = Field(
+        default=Path("policies"),
+        description="Folder of dataset schemas (datasets/) and disclosure profiles (profiles/).",
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("sqlite", "postgresql")):
+            # Say what is supported rather than failing deep inside SQLAlchemy.
+            raise ValueError(
+                "GATEWAY_DATABASE_URL must start with sqlite:// or postgresql+psycopg://"
+            )
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL in force: the explicit one, or SQLite in the data folder."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / SQLITE_FILE_NAME).resolve()}"
+
+    @property
+    def resolved_master_key_file(self) -> Path:
+        if self.master_key_file is not None:
+            return self.master_key_file
+        return self.data_dir / "keys" / "master.key"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, with explicit overrides winning."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:  # pydantic ValidationError is a ValueError
+        raise ConfigurationError(f"invalid settings: {exc}") from exc

@@ -1,0 +1,192 @@
+"""The running gateway: settings, database, master key and agreements, opened together.
+
+:meth:`Gateway.open` is the application factory's workhorse: nothing here runs
+at import time. Opening refuses to start with an unsafe or wrong master key,
+an uninitialised database, or invalid agreement files, and records any
+agreement that is new or changed since the last start in the audit log.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway import audit, keys
+from gateway.agreements import Agreement, Registry, load_registry
+from gateway.config import Settings
+from gateway.errors import MasterKeyError, NotInitialised
+from gateway.storage import db
+from gateway.storage.tables import AgreementRecord, GatewayState
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    master_key: keys.MasterKey
+    registry: Registry
+
+    @classmethod
+    def open(cls, settings: Settings) -> Gateway:
+        """Open an initialised gateway; refuse anything unsafe."""
+        master_key = keys.load_master_key(settings.resolved_master_key_file)
+        registry = load_registry(settings.agreements_dir, settings.policies_dir)
+        engine = db.make_engine(settings.resolved_database_url)
+        try:
+            db.require_schema_at_head(engine)
+            sessions = db.session_factory(engine)
+            with db.transaction(sessions) as session:
+                state = session.get(GatewayState, 1)
+                if state is None:
+                    raise NotInitialised("the gateway is not initialised: run `gateway init`")
+                if state.master_key_check != master_key.check_value():
+                    raise MasterKeyError(
+                        "the master key does not match the one this database was "
+                        "initialised with; restore the original key file"
+                    )
+                sync_agreements(session, registry)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(settings, engine, sessions, master_key, registry)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def agreement(self, agreement_id: str) -> Agreement:
+        return self.registry.agreement(agreement_id)
+
+
+def initialise(settings: Settings) -> dict[str, Any]:
+    """``gateway init``: data folder, master key if absent, database at head, audit chain.
+
+    Safe to run again: it creates only what is missing and migrates the schema.
+    """
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)  # personnel data: owner only
+    key_path = settings.resolved_master_key_file
+    key_created = keys.create_master_key(key_path)
+    master_key = keys.load_master_key(key_path)
+    registry = load_registry(settings.agreements_dir, settings.policies_dir)
+    engine = db.make_engine(settings.resolved_database_url)
+    try:
+        db.upgrade_to_head(engine)
+        sessions = db.session_factory(engine)
+        with db.transaction(sessions) as session:
+            audit.initialise_chain(session)
+            state = session.get(GatewayState, 1)
+            first_time = state is None
+            if state is None:
+                session.add(
+                    GatewayState(
+                        id=1,
+                        created_at=datetime.now(UTC),
+                        master_key_check=master_key.check_value(),
+                    )
+                )
+                audit.append_event(
+                    session,
+                    kind="gateway-initialised",
+                    actor=audit.OPERATOR,
+                    details={
+                        "database": engine.dialect.name,
+                        "schema_revision": db.head_revision(),
+                        "master_key_created": key_created,
+                    },
+                )
+            elif state.master_key_check != master_key.check_value():
+                raise MasterKeyError(
+                    "the master key does not match the one this database was "
+                    "initialised with; restore the original key file"
+                )
+            synced = sync_agreements(session, registry)
+    finally:
+        engine.dispose()
+    return {
+        "data_dir": str(data_dir),
+        "database": engine.url.render_as_string(hide_password=True),
+        "master_key_file": str(key_path),
+        "master_key_created": key_created,
+        "initialised": first_time,
+        "agreements": synced,
+    }
+
+
+def sync_agreements(session: Session, registry: Registry) -> dict[str, str]:
+    """Record new and changed agreement files; give new agreements a key version.
+
+    Returns what happened to each agreement: ``loaded``, ``changed`` or ``unchanged``.
+    """
+    outcome: dict[str, str] = {}
+    records = {r.id: r for r in session.scalars(select(AgreementRecord))}
+    now = datetime.now(UTC)
+    for agreement in sorted(registry.agreements.values(), key=lambda a: a.id):
+        record = records.get(agreement.id)
+        details = {"version": agreement.version, "content_hash": agreement.content_hash}
+        if record is None:
+            session.add(
+                AgreementRecord(
+                    id=agreement.id,
+                    version=agreement.version,
+                    content_hash=agreement.content_hash,
+                    title=agreement.title,
+                    status="active",
+                    loaded_at=now,
+                    changed_at=now,
+                )
+            )
+            session.flush()
+            audit.append_event(
+                session,
+                kind="agreement-loaded",
+                actor=audit.OPERATOR,
+                details=details,
+                **_agreement_ref(agreement),
+            )
+            version = keys.create_key_version(session, agreement.id)
+            audit.append_event(
+                session,
+                kind="key-created",
+                actor=audit.OPERATOR,
+                details={"key_version": version.version},
+                **_agreement_ref(agreement),
+            )
+            outcome[agreement.id] = "loaded"
+        elif record.content_hash != agreement.content_hash:
+            previous = {"version": record.version, "content_hash": record.content_hash}
+            record.version = agreement.version
+            record.content_hash = agreement.content_hash
+            record.title = agreement.title
+            record.changed_at = now
+            audit.append_event(
+                session,
+                kind="agreement-changed",
+                actor=audit.OPERATOR,
+                details={**details, "previous": previous},
+                **_agreement_ref(agreement),
+            )
+            outcome[agreement.id] = "changed"
+        else:
+            outcome[agreement.id] = "unchanged"
+    return outcome
+
+
+def _agreement_ref(agreement: Agreement) -> dict[str, str]:
+    return {
+        "agreement_id": agreement.id,
+        "agreement_version": agreement.version,
+        "agreement_hash": agreement.content_hash,
+    }

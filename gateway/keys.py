@@ -1,0 +1,196 @@
+"""The master key and the per-agreement key versions: the one module that reads keys.
+
+The master key is 32 random bytes, base64-encoded in a file readable by its
+owner only (mode 0600). It never leaves this module except as input to HKDF
+(:func:`gateway.pseudonym.derive_agreement_key`); it is never written to the
+database, a log, an error message or a release. Each agreement has numbered
+key versions; the database keeps only each version's random HKDF salt.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway import audit
+from gateway.errors import MasterKeyError, NotFound
+from gateway.pseudonym import Normalisation, Pseudonymizer, derive_agreement_key, hkdf_sha256
+from gateway.storage.tables import KeyVersion
+
+MASTER_KEY_BYTES = 32
+SALT_BYTES = 32
+_HOW_TO_MAKE_ONE = "create one with `gateway keys init` (or `gateway init`)"
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    """The operator's master key, held in memory. Its repr shows nothing."""
+
+    material: bytes
+
+    def __repr__(self) -> str:
+        return "MasterKey(<redacted>)"
+
+    def check_value(self) -> str:
+        """A one-way value identifying this key (to detect a wrong key at start-up)."""
+        return hkdf_sha256(
+            ikm=self.material, salt=None, info=b"teacher-gateway/key-check/v1", length=16
+        ).hex()
+
+
+def create_master_key(path: Path) -> bool:
+    """Write a new random master key to ``path`` (mode 0600) unless one exists.
+
+    Returns True if a key was created. The file is created with O_EXCL and
+    mode 0600 in one step, so the key is never readable by others, not even
+    for an instant, and an existing key is never overwritten.
+    """
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    encoded = base64.urlsafe_b64encode(secrets.token_bytes(MASTER_KEY_BYTES)) + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, encoded)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+def load_master_key(path: Path) -> MasterKey:
+    """Read and check the master key file; refuse anything unsafe.
+
+    Refuses: a missing file, a file readable or writable by group or others,
+    content that is not base64, and a key shorter than 32 bytes. Messages
+    name the file and the fix, never the content.
+    """
+    if not path.exists():
+        raise MasterKeyError(f"no master key at {path}: {_HOW_TO_MAKE_ONE}")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise MasterKeyError(
+            f"master key file {path} is accessible by group or others (mode {mode:04o}); "
+            f"run `chmod 600 {path}`, or {_HOW_TO_MAKE_ONE} in a private folder"
+        )
+    raw = path.read_bytes().strip()
+    try:
+        material = base64.urlsafe_b64decode(raw)
+    except (binascii.Error, ValueError):
+        raise MasterKeyError(
+            f"master key file {path} is not base64 text; {_HOW_TO_MAKE_ONE}"
+        ) from None
+    if len(material) < MASTER_KEY_BYTES:
+        raise MasterKeyError(
+            f"master key in {path} is {len(material)} bytes, shorter than the "
+            f"{MASTER_KEY_BYTES} required; {_HOW_TO_MAKE_ONE}"
+        )
+    return MasterKey(material)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def current_key_version(session: Session, agreement_id: str) -> KeyVersion | None:
+    """The agreement's active (newest, not retired) key version, if any."""
+    return session.scalars(
+        select(KeyVersion)
+        .where(KeyVersion.agreement_id == agreement_id, KeyVersion.retired_at.is_(None))
+        .order_by(KeyVersion.version.desc())
+        .limit(1)
+    ).first()
+
+
+def create_key_version(session: Session, agreement_id: str) -> KeyVersion:
+    """Retire the agreement's current key version (if any) and add the next one."""
+    previous = session.scalars(
+        select(KeyVersion)
+        .where(KeyVersion.agreement_id == agreement_id)
+        .order_by(KeyVersion.version.desc())
+        .limit(1)
+    ).first()
+    now = _now()
+    if previous is not None and previous.retired_at is None:
+        previous.retired_at = now
+    record = KeyVersion(
+        agreement_id=agreement_id,
+        version=(previous.version + 1) if previous else 1,
+        salt=secrets.token_bytes(SALT_BYTES),
+        created_at=now,
+    )
+    session.add(record)
+    session.flush()
+    return record
+
+
+def pseudonymizer_for(
+    session: Session,
+    master_key: MasterKey,
+    *,
+    agreement_id: str,
+    normalisation: Normalisation,
+    key_version: int | None = None,
+) -> Pseudonymizer:
+    """A pseudonymiser under the agreement's current (or a given) key version."""
+    if key_version is None:
+        record = current_key_version(session, agreement_id)
+    else:
+        record = session.scalars(
+            select(KeyVersion).where(
+                KeyVersion.agreement_id == agreement_id, KeyVersion.version == key_version
+            )
+        ).first()
+    if record is None or record.salt is None:
+        raise NotFound(
+            f"agreement {agreement_id!r} has no usable pseudonym key; "
+            f"run `gateway keys init --agreement {agreement_id}`"
+        )
+    key = derive_agreement_key(
+        master_key.material,
+        agreement_id=agreement_id,
+        key_version=record.version,
+        salt=record.salt,
+    )
+    return Pseudonymizer(key, key_version=record.version, normalisation=normalisation)
+
+
+def rotate_key(
+    session: Session,
+    *,
+    agreement_id: str,
+    agreement_version: str,
+    agreement_hash: str,
+    actor: audit.Actor,
+) -> dict[str, int | None]:
+    """Move an agreement to a new key version, recorded in the audit log.
+
+    Stored pseudonyms keep the version they were made under; they cannot be
+    re-keyed (the raw IDs are gone), so data under the old version no longer
+    links with new uploads and must be uploaded again.
+    """
+    previous = current_key_version(session, agreement_id)
+    record = create_key_version(session, agreement_id)
+    outcome = {
+        "previous_version": previous.version if previous else None,
+        "key_version": record.version,
+    }
+    audit.append_event(
+        session,
+        kind="key-rotated",
+        actor=actor,
+        details=outcome,
+        agreement_id=agreement_id,
+        agreement_version=agreement_version,
+        agreement_hash=agreement_hash,
+    )
+    return outcome
