@@ -40,6 +40,8 @@ EVENT_KINDS: Mapping[str, str] = {
     "key-rotated": "an agreement's pseudonym key moved to a new version",
     "agreement-loaded": "an agreement file was loaded for the first time",
     "agreement-changed": "an agreement file changed since it was last loaded",
+    "upload-accepted": "an extract was validated, pseudonymised and stored",
+    "upload-refused": "an extract, or an upload request, was refused; nothing was stored",
 }
 
 

@@ -8,7 +8,6 @@ failure the exit status is non-zero and stderr carries a one-line reason
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,10 +31,21 @@ def _emit(data: Any, as_json: bool, human: Callable[[Any], None]) -> None:
         human(data)
 
 
+def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    # The object dict is shared by the whole command chain, so the group's
+    # error handler knows whether to print the JSON error body too.
+    ctx.ensure_object(dict)["json"] = value
+    return value
+
+
 def json_option(function: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(
-        function
-    )
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        callback=_remember_json,
+        help="Print machine-readable JSON.",
+    )(function)
 
 
 class GatewayGroup(click.Group):
@@ -45,7 +55,7 @@ class GatewayGroup(click.Group):
         try:
             return super().invoke(ctx)
         except GatewayError as error:
-            if "--json" in sys.argv:
+            if ctx.ensure_object(dict).get("json"):
                 click.echo(json.dumps(error.to_dict(), indent=2))
             click.echo(f"gateway: error: {error.message}", err=True)
             ctx.exit(error.exit_code)
@@ -249,6 +259,78 @@ def agreements_show(ctx: click.Context, agreement_id: str, as_json: bool) -> Non
         click.echo("reports: " + (", ".join(r["name"] for r in d["reports"]) or "none yet"))
 
     _emit(detail, as_json, human)
+
+
+# --- upload -----------------------------------------------------------------
+
+
+def _print_receipt(receipt: dict[str, Any]) -> None:
+    rows = receipt["rows"]
+    click.echo(f"upload {receipt['upload_id']}: {receipt['status']}")
+    if receipt.get("reason"):
+        click.echo(f"  reason: {receipt['reason']}")
+    click.echo(
+        f"  {receipt['dataset']} from {receipt['party']}: {rows['read']} row(s) read, "
+        f"{rows['accepted']} accepted, {rows['rejected']} rejected"
+    )
+    if receipt.get("file"):
+        click.echo(f"  file sha256 {receipt['file']['sha256']} ({receipt['file']['format']})")
+    kept = ", ".join(c["column"] for c in receipt["columns"]["kept"])
+    if kept:
+        click.echo(f"  kept: {kept}")
+    for dropped in receipt["columns"]["dropped"]:
+        click.echo(f"  dropped: {dropped['header']!r} ({dropped['reason']})")
+    if receipt.get("key_version") is not None:
+        click.echo(f"  pseudonym key version {receipt['key_version']}")
+    for replaced in receipt["replaced"]:
+        period = f" for {replaced['period']}" if replaced["period"] is not None else ""
+        click.echo(f"  replaces upload {replaced['upload_id']}{period} ({replaced['rows']} rows)")
+    if receipt["problem_count"]:
+        shown = len(receipt["problems"])
+        click.echo(f"  {receipt['problem_count']} problem(s); the first {shown}:")
+        for problem in receipt["problems"]:
+            click.echo(f"    {problem['message']}")
+
+
+@main.command()
+@click.option("--agreement", "agreement_id", required=True, help="Agreement id.")
+@click.option("--party", required=True, help="The uploading party's id.")
+@click.option("--dataset", required=True, help="The agreement's dataset name.")
+@click.option("--sheet", default=None, help="Excel worksheet to read (default: the first).")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@click.pass_context
+def upload(
+    ctx: click.Context,
+    agreement_id: str,
+    party: str,
+    dataset: str,
+    sheet: str | None,
+    file: Path,
+    as_json: bool,
+) -> None:
+    """Validate an extract (CSV, Excel .xlsx or Parquet), pseudonymise it and store it.
+
+    Prints the receipt. A refused file stores nothing; its problems are listed.
+    """
+    from gateway.ingest import UploadRefused, upload_extract
+
+    with Gateway.open(_settings(ctx)) as gw:
+        try:
+            receipt = upload_extract(
+                gw,
+                agreement_id=agreement_id,
+                party=party,
+                dataset=dataset,
+                path=file,
+                actor=audit.Actor(role="operator", party=party),
+                sheet=sheet,
+            )
+        except UploadRefused as refused:
+            if not as_json:
+                _print_receipt(refused.receipt)
+            raise
+    _emit(receipt, as_json, _print_receipt)
 
 
 # --- audit ------------------------------------------------------------------

@@ -51,6 +51,18 @@ class Settings(BaseSettings):
         description="Folder of dataset schemas (datasets/) and disclosure profiles (profiles/).",
     )
 
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024, gt=0, description="Largest upload accepted, in bytes."
+    )
+    max_upload_rows: int = Field(
+        default=5_000_000, gt=0, description="Most data rows accepted in one upload."
+    )
+    upload_chunk_rows: int = Field(
+        default=100_000,
+        gt=0,
+        description="Rows read, validated and stored at a time (bounds upload memory).",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str | None) -> str | None:

@@ -25,6 +25,7 @@ Only HMAC and HKDF from the ``cryptography`` package are used.
 
 from __future__ import annotations
 
+import binascii
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,8 @@ AGREEMENT_KEY_BYTES = 32
 PSEUDONYM_LENGTH = 64
 
 _NIBBLE_ALPHABET = "abcdefghijklmnop"
-_HEX_TO_LETTER = str.maketrans("0123456789abcdef", _NIBBLE_ALPHABET)
+# bytes.translate on the hex digits is several times faster than str.translate.
+_HEX_TO_LETTER = bytes.maketrans(b"0123456789abcdef", _NIBBLE_ALPHABET.encode("ascii"))
 PSEUDONYM_PATTERN = re.compile(r"^[a-p]{64}$")
 
 
@@ -142,7 +144,7 @@ class Pseudonymizer:
     def _mac(self, normalised: str) -> str:
         mac = self._keyed.copy()
         mac.update(normalised.encode("utf-8"))
-        return mac.finalize().hex().translate(_HEX_TO_LETTER)
+        return binascii.hexlify(mac.finalize()).translate(_HEX_TO_LETTER).decode("ascii")
 
     def pseudonymize(self, raw_id: str) -> str:
         """The pseudonym of one raw ID; raises :class:`InvalidEducatorId` if invalid."""

@@ -317,19 +317,6 @@ class AgreementDocument(_FileModel):
     disclosure: Disclosure
     reports: list[ReportSpec] = Field(default_factory=list)
 
-
-class Agreement(AgreementDocument):
-    """A checked agreement, as the rest of the gateway sees it.
-
-    Adds what the loader works out: the disclosure profile with the
-    agreement's overrides merged in, the SHA-256 of the file (so a changed
-    agreement is noticed and logged), and where it was read from.
-    """
-
-    resolved_disclosure: DisclosureProfile
-    content_hash: str
-    source_path: Path
-
     def party(self, party_id: str) -> Party:
         """The party with this id; :class:`NotFound` if it did not sign the agreement."""
         for party in self.parties:
@@ -363,6 +350,19 @@ class Agreement(AgreementDocument):
             for d in self.datasets
             if column in d.stored_fields and (not dot or d.name == dataset_name)
         )
+
+
+class Agreement(AgreementDocument):
+    """A checked agreement, as the rest of the gateway sees it.
+
+    Adds what the loader works out: the disclosure profile with the
+    agreement's overrides merged in, the SHA-256 of the file (so a changed
+    agreement is noticed and logged), and where it was read from.
+    """
+
+    resolved_disclosure: DisclosureProfile
+    content_hash: str
+    source_path: Path
 
     def in_force(self, on: date) -> bool:
         """True when ``on`` lies between ``effective`` and ``ends``, both included."""

@@ -60,10 +60,7 @@ class YamlDocument:
         out: list[Any] = []
         node = self.data
         for index, part in enumerate(loc):
-            if isinstance(node, dict) and _hashable(part) and part in node:
-                out.append(part)
-                node = node[part]
-            elif (
+            if (isinstance(node, dict) and _hashable(part) and part in node) or (
                 isinstance(node, list)
                 and isinstance(part, int)
                 and not isinstance(part, bool)
@@ -120,6 +117,10 @@ def parse_yaml(text: str) -> YamlDocument:
         where = f" (column {mark.column + 1})" if mark is not None else ""
         parts = [p for p in (exc.context, exc.problem) if p]
         reason = "YAML syntax error: " + (", ".join(parts) or "malformed document") + where
+        context = exc.context_mark
+        if context is not None and mark is not None and context.line != mark.line:
+            # PyYAML notices an unclosed bracket where the next thing starts: point at both.
+            reason += f"; the construct began on line {context.line + 1}"
         raise YamlSyntaxError(reason, mark.line + 1 if mark is not None else None) from exc
     except yaml.YAMLError as exc:  # unmarked errors (e.g. bad characters in the stream)
         raise YamlSyntaxError(f"YAML syntax error: {exc}", None) from exc

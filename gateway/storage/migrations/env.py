@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import gateway.storage.datasets  # noqa: F401  (registers the upload and row tables)
 from gateway.storage.tables import Base
 
 engine = context.config.attributes["engine"]

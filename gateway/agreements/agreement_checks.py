@@ -1,0 +1,312 @@
+"""Rules an agreement must follow, within itself and against the policies.
+
+Release rules chosen here (documented in docs/agreements.md):
+
+- a **dimension** must be a ``quasi_identifier`` column of type string,
+  integer or boolean: numbers and dates would give one cell per value;
+- a **measure** must be a ``measure`` or ``student_measure`` column;
+- ``educator_id`` and direct identifiers are never release fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.agreements.findings import Finding, duplicates
+from gateway.agreements.models import AgreementDocument, DatasetSchema, DisclosureProfile
+from gateway.agreements.policy_checks import resolve_disclosure
+from gateway.agreements.yamldoc import Loc
+
+#: Column types a release dimension may have: few distinct values per column.
+DIMENSION_TYPES = frozenset({"string", "integer", "boolean"})
+
+
+@dataclass(frozen=True)
+class Policies:
+    """The valid dataset schemas and disclosure profiles an agreement may refer to,
+    and the names of the policy files that exist but are broken."""
+
+    schemas: Mapping[str, DatasetSchema]
+    profiles: Mapping[str, DisclosureProfile]
+    invalid_schemas: frozenset[str] = frozenset()
+    invalid_profiles: frozenset[str] = frozenset()
+
+
+def check_agreement(
+    document: AgreementDocument, policies: Policies
+) -> tuple[DisclosureProfile | None, list[Finding]]:
+    """Every rule an agreement breaks, and its resolved disclosure profile (None
+    when the profile is unknown or the overrides make it invalid)."""
+    findings: list[Finding] = []
+    findings += duplicates(
+        [party.id for party in document.parties], "party id", ("parties",), ("id",)
+    )
+    if document.ends <= document.effective:
+        findings.append(
+            Finding(
+                ("ends",),
+                f"ends ({document.ends}) must be after effective ({document.effective})",
+            )
+        )
+    findings += _check_datasets(document, policies)
+    findings += _check_linkage(document, policies)
+    findings += _check_releases(document, policies)
+    resolved, disclosure_findings = _check_disclosure(document, policies)
+    findings += disclosure_findings
+    findings += duplicates(
+        [report.name for report in document.reports],
+        "report name",
+        ("reports",),
+        ("name",),
+    )
+    return resolved, findings
+
+
+def _schema_of(document: AgreementDocument, index: int, policies: Policies) -> DatasetSchema | None:
+    return policies.schemas.get(document.datasets[index].schema_name)
+
+
+def _check_datasets(document: AgreementDocument, policies: Policies) -> list[Finding]:
+    findings: list[Finding] = []
+    parties = {party.id: party for party in document.parties}
+    findings += duplicates(
+        [d.name for d in document.datasets], "dataset name", ("datasets",), ("name",)
+    )
+    for index, dataset in enumerate(document.datasets):
+        base: Loc = ("datasets", index)
+        schema = policies.schemas.get(dataset.schema_name)
+        if schema is None:
+            findings.append(
+                Finding((*base, "schema"), _unknown_schema(dataset.schema_name, policies))
+            )
+
+        provider = parties.get(dataset.provided_by)
+        if provider is None:
+            findings.append(
+                Finding(
+                    (*base, "provided_by"),
+                    f"{dataset.provided_by!r} is not a party of this agreement "
+                    f"(parties: {', '.join(parties)})",
+                )
+            )
+        elif schema is not None and provider.kind not in schema.providers:
+            findings.append(
+                Finding(
+                    (*base, "provided_by"),
+                    f"party {provider.id!r} is {_a(provider.kind)} {provider.kind}, but schema "
+                    f"{schema.name!r} may only be provided by: {', '.join(schema.providers)}",
+                )
+            )
+
+        findings += duplicates(dataset.stored_fields, "stored field", (*base, "stored_fields"))
+        if schema is not None:
+            findings += _check_stored_fields(base, dataset.stored_fields, schema)
+        findings += _check_header_map(base, dataset.header_map, schema)
+    return findings
+
+
+def _a(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def _unknown_schema(name: str, policies: Policies) -> str:
+    if name in policies.invalid_schemas:
+        return f"schema {name!r} has problems of its own (reported with its file)"
+    known = ", ".join(sorted(policies.schemas)) or "none"
+    return f"unknown schema {name!r} (known schemas: {known})"
+
+
+def _check_stored_fields(base: Loc, stored: list[str], schema: DatasetSchema) -> list[Finding]:
+    findings: list[Finding] = []
+    for index, name in enumerate(stored):
+        loc: Loc = (*base, "stored_fields", index)
+        column = schema.columns.get(name)
+        if column is None:
+            findings.append(
+                Finding(loc, f"field {name!r} is not a column of schema {schema.name!r}")
+            )
+        elif column.role == "direct_identifier":
+            findings.append(
+                Finding(
+                    loc,
+                    f"{name!r} is a direct identifier: it is dropped at upload and can "
+                    "never be stored",
+                )
+            )
+    id_column = schema.educator_id_column
+    if id_column is not None and id_column not in stored:
+        findings.append(
+            Finding(
+                (*base, "stored_fields"),
+                f"the educator_id column {id_column!r} must be stored: it is the only join "
+                "key (kept as a pseudonym, never in the clear)",
+            )
+        )
+    return findings
+
+
+def _header_key(header: str) -> str:
+    """How upload headers are matched: ignoring case and surrounding spaces."""
+    return header.strip().casefold()
+
+
+def _check_header_map(
+    base: Loc, header_map: Mapping[str, str], schema: DatasetSchema | None
+) -> list[Finding]:
+    findings: list[Finding] = []
+    first_seen: dict[str, str] = {}
+    for header, target in header_map.items():
+        loc: Loc = (*base, "header_map", header)
+        key = _header_key(header)
+        if not key:
+            findings.append(Finding(loc, "a header name cannot be empty"))
+            continue
+        if key in first_seen:
+            findings.append(
+                Finding(
+                    loc,
+                    f"header {header!r} repeats header {first_seen[key]!r} (headers match "
+                    "ignoring case and surrounding spaces)",
+                )
+            )
+            continue
+        first_seen[key] = header
+        if schema is None:
+            continue
+        if target not in schema.columns:
+            findings.append(
+                Finding(
+                    loc,
+                    f"header {header!r} maps to {target!r}, which is not a column of "
+                    f"schema {schema.name!r}",
+                )
+            )
+            continue
+        shadowed = next((c for c in schema.columns if c == key and c != target), None)
+        if shadowed is not None:
+            findings.append(
+                Finding(
+                    loc,
+                    f"header {header!r} is the schema's own column {shadowed!r}; mapping it "
+                    f"to {target!r} would hide that column",
+                )
+            )
+    return findings
+
+
+def _check_linkage(document: AgreementDocument, policies: Policies) -> list[Finding]:
+    """Datasets link on the pseudonym only if their IDs normalise identically."""
+    findings: list[Finding] = []
+    reference: tuple[int, DatasetSchema] | None = None
+    for index in range(len(document.datasets)):
+        schema = _schema_of(document, index, policies)
+        if schema is None or schema.educator_id_column is None:
+            continue
+        if reference is None:
+            reference = (index, schema)
+            continue
+        first_index, first = reference
+        mine = schema.columns[schema.educator_id_column].normalization
+        theirs = first.columns[first.educator_id_column or ""].normalization
+        if mine != theirs:
+            findings.append(
+                Finding(
+                    ("datasets", index, "schema"),
+                    f"schema {schema.name!r} normalises educator IDs differently from schema "
+                    f"{first.name!r} (datasets[{first_index}]): pseudonyms would not link",
+                )
+            )
+    return findings
+
+
+def _check_releases(document: AgreementDocument, policies: Policies) -> list[Finding]:
+    findings: list[Finding] = []
+    party_ids = {party.id for party in document.parties}
+    dataset_names = {d.name for d in document.datasets}
+    for party_id, fields in document.releases.items():
+        base: Loc = ("releases", party_id)
+        if party_id not in party_ids:
+            findings.append(
+                Finding(
+                    base,
+                    f"{party_id!r} is not a party of this agreement "
+                    f"(parties: {', '.join(sorted(party_ids))})",
+                )
+            )
+        for kind, refs in (("dimensions", fields.dimensions), ("measures", fields.measures)):
+            findings += duplicates(refs, "field", (*base, kind))
+            for index, ref in enumerate(refs):
+                reason = _release_field_problem(document, policies, ref, kind, dataset_names)
+                if reason is not None:
+                    findings.append(Finding((*base, kind, index), reason))
+    return findings
+
+
+def _release_field_problem(
+    document: AgreementDocument,
+    policies: Policies,
+    ref: str,
+    kind: str,
+    dataset_names: set[str],
+) -> str | None:
+    dataset_name, dot, column = ref.rpartition(".")
+    if dot and dataset_name not in dataset_names:
+        return f"{ref!r} names dataset {dataset_name!r}, which this agreement does not have"
+    candidates = [d for d in document.datasets if not dot or d.name == dataset_name]
+
+    # Say why a forbidden field is forbidden before saying it is not stored.
+    for dataset in candidates:
+        schema = policies.schemas.get(dataset.schema_name)
+        spec = schema.columns.get(column) if schema is not None else None
+        if spec is not None and spec.role == "educator_id":
+            return (
+                f"{ref!r} is the educator ID, the pseudonymised join key: it can never be "
+                "a release field"
+            )
+        if spec is not None and spec.role == "direct_identifier":
+            return f"{ref!r} is a direct identifier: it is never stored, never released"
+
+    storing = document.datasets_storing(ref)
+    if not storing:
+        if dot:
+            return f"{ref!r} is not a stored field of dataset {dataset_name!r}"
+        return f"{ref!r} is not a stored field of any dataset of this agreement"
+
+    for dataset in storing:
+        schema = policies.schemas.get(dataset.schema_name)
+        spec = schema.columns.get(column) if schema is not None else None
+        if spec is None:
+            continue  # the dataset's own problems are reported under datasets[...]
+        where = f"in dataset {dataset.name!r}"
+        if kind == "dimensions":
+            if spec.role != "quasi_identifier":
+                return (
+                    f"{ref!r} is a {spec.role} {where}; dimensions must be quasi_identifier columns"
+                )
+            if spec.type not in DIMENSION_TYPES:
+                return (
+                    f"{ref!r} is a {spec.type} column {where}; dimensions must be string, "
+                    "integer or boolean columns (a date or number gives a cell per value)"
+                )
+        elif spec.role not in ("measure", "student_measure"):
+            return (
+                f"{ref!r} is a {spec.role} {where}; measures must be measure or "
+                "student_measure columns"
+            )
+    return None
+
+
+def _check_disclosure(
+    document: AgreementDocument, policies: Policies
+) -> tuple[DisclosureProfile | None, list[Finding]]:
+    name = document.disclosure.profile
+    profile = policies.profiles.get(name)
+    if profile is None:
+        if name in policies.invalid_profiles:
+            reason = f"profile {name!r} has problems of its own (reported with its file)"
+        else:
+            known = ", ".join(sorted(policies.profiles)) or "none"
+            reason = f"unknown disclosure profile {name!r} (known profiles: {known})"
+        return None, [Finding(("disclosure", "profile"), reason)]
+    return resolve_disclosure(profile, document.disclosure.overrides)

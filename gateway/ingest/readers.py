@@ -1,0 +1,339 @@
+"""Reading extracts: CSV, Excel .xlsx and Parquet, recognised by content, in chunks.
+
+Every reader yields :class:`Chunk` objects: a batch of rows as text columns
+(one ``pyarrow`` string array per header position) and the row number of each
+row, counted as a spreadsheet shows it (the header is row 1). Chunks keep
+memory bounded whatever the file size.
+
+Readers never put a cell value into an error message: a bad file is
+described by its name, a row and what was expected.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from gateway.errors import SchemaError
+
+FileFormat = Literal["csv", "xlsx", "parquet"]
+
+_PARQUET_MAGIC = b"PAR1"
+_ZIP_MAGIC = b"PK\x03\x04"
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0"  # legacy .xls and other OLE compound files
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_READ_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What the gateway learns about an uploaded file before reading rows."""
+
+    name: str
+    format: FileFormat
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Ragged:
+    """A CSV row whose number of fields differs from the header's."""
+
+    row: int
+    expected: int
+    found: int
+
+
+@dataclass
+class Chunk:
+    """A batch of rows: text columns by header position, with their row numbers."""
+
+    columns: list[pa.Array]
+    row_numbers: np.ndarray[Any, np.dtype[np.int64]]
+    ragged: list[Ragged] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.row_numbers)
+
+
+def inspect_file(path: Path, *, display_name: str, max_bytes: int) -> FileFacts:
+    """Size, SHA-256 and format of ``path``; refuse empty, oversized or unreadable files.
+
+    CSV files are checked to be UTF-8 (a BOM is allowed) in the same pass, so
+    an encoding problem is reported with its line before any row is read.
+    """
+    size = path.stat().st_size
+    if size == 0:
+        raise SchemaError(f"{display_name}: the file is empty")
+    if size > max_bytes:
+        raise SchemaError(
+            f"{display_name}: the file is {size:,} bytes, more than the {max_bytes:,} "
+            "allowed (GATEWAY_MAX_UPLOAD_BYTES); split it by school year"
+        )
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        handle.seek(0)
+        file_format = _detect_format(path, head, display_name)
+        decoder = codecs.getincrementaldecoder("utf-8")() if file_format == "csv" else None
+        line = 1
+        while block := handle.read(_READ_BLOCK):
+            digest.update(block)
+            if decoder is not None:
+                line = _check_utf8(decoder, block, line, display_name)
+        if decoder is not None:
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                raise SchemaError(
+                    f"{display_name}: line {line}: the file ends in the middle of a UTF-8 "
+                    "character; save it as CSV UTF-8"
+                ) from None
+    return FileFacts(name=display_name, format=file_format, size=size, sha256=digest.hexdigest())
+
+
+def _detect_format(path: Path, head: bytes, display_name: str) -> FileFormat:
+    if head.startswith(_PARQUET_MAGIC):
+        return "parquet"
+    if head.startswith(_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+        except zipfile.BadZipFile:
+            raise SchemaError(f"{display_name}: the file is a damaged ZIP archive") from None
+        if "xl/workbook.xml" in names:
+            return "xlsx"
+        raise SchemaError(
+            f"{display_name}: the file is a ZIP archive but not an Excel workbook; "
+            "upload CSV, Excel .xlsx or Parquet"
+        )
+    if head.startswith(_OLE_MAGIC):
+        raise SchemaError(
+            f"{display_name}: legacy Excel .xls files are not accepted; save it as .xlsx or CSV"
+        )
+    if head.startswith(_UTF16_BOMS):
+        raise SchemaError(
+            f"{display_name}: line 1: the file is UTF-16 text, not UTF-8; save it as CSV UTF-8"
+        )
+    return "csv"
+
+
+def _check_utf8(decoder: codecs.IncrementalDecoder, block: bytes, line: int, name: str) -> int:
+    try:
+        decoder.decode(block)
+    except UnicodeDecodeError as error:
+        bad_line = line + block.count(b"\n", 0, error.start)
+        raise SchemaError(
+            f"{name}: line {bad_line}: the file is not UTF-8 text (byte {error.start + 1} of "
+            "that block cannot be decoded); save it as CSV UTF-8"
+        ) from None
+    return line + block.count(b"\n")
+
+
+# --- CSV --------------------------------------------------------------------------------
+
+
+def read_csv_header(path: Path, display_name: str) -> list[str]:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        try:
+            header = next(csv.reader(handle))
+        except StopIteration:
+            raise SchemaError(f"{display_name}: the file has no header row") from None
+        except csv.Error:
+            raise SchemaError(f"{display_name}: row 1: the header row is not valid CSV") from None
+    if not any(cell.strip() for cell in header):
+        raise SchemaError(f"{display_name}: row 1: the header row is blank")
+    return header
+
+
+def csv_chunks(path: Path, *, header: list[str], chunk_rows: int) -> Iterator[Chunk]:
+    """Rows of a UTF-8 CSV (BOM allowed) after its header, as text, in chunks."""
+    names = [f"c{i}" for i in range(len(header))]
+    ragged: list[Ragged] = []
+
+    def on_invalid_row(row: Any) -> str:
+        # Keep only the position and field counts; row.text holds raw values.
+        ragged.append(
+            Ragged(row=row.number, expected=row.expected_columns, found=row.actual_columns)
+        )
+        return "skip"
+
+    # Roughly chunk_rows rows per block; pyarrow yields one batch per block.
+    block_size = max(1 << 16, min(64 << 20, chunk_rows * 96))
+    reader = pa_csv.open_csv(
+        path,
+        read_options=pa_csv.ReadOptions(
+            column_names=names, skip_rows=1, block_size=block_size, use_threads=False
+        ),
+        parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid_row),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()),
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    next_row = 2
+    reported = 0
+    for batch in reader:
+        # Skipped (ragged) rows keep their numbers: count past them.
+        pending = sorted(r.row for r in ragged[reported:])
+        numbers = np.arange(next_row, next_row + batch.num_rows + len(pending), dtype=np.int64)
+        if pending:
+            numbers = numbers[~np.isin(numbers, pending)]
+        numbers = numbers[: batch.num_rows]
+        last = int(numbers[-1]) if len(numbers) else next_row - 1
+        new_ragged = [r for r in ragged[reported:] if r.row <= last]
+        reported += len(new_ragged)
+        next_row = last + 1
+        yield Chunk(columns=list(batch.columns), row_numbers=numbers, ragged=new_ragged)
+    if reported < len(ragged):
+        yield Chunk(
+            columns=[pa.array([], pa.string()) for _ in names],
+            row_numbers=np.array([], dtype=np.int64),
+            ragged=ragged[reported:],
+        )
+
+
+# --- Excel ------------------------------------------------------------------------------
+
+
+def _cell_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, datetime):
+        return value.date().isoformat() if value.time() == time(0) else value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def xlsx_rows(
+    path: Path, *, display_name: str, sheet: str | None
+) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header and an iterator of (row number, cells as text) of one worksheet."""
+    import openpyxl  # imported here: only Excel uploads pay for it
+
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception:  # openpyxl raises many kinds on damaged files
+        raise SchemaError(f"{display_name}: the Excel workbook cannot be opened") from None
+    if sheet is not None and sheet not in workbook.sheetnames:
+        workbook.close()
+        raise SchemaError(
+            f"{display_name}: no worksheet named {sheet!r} (worksheets: "
+            f"{', '.join(workbook.sheetnames)})"
+        )
+    worksheet = workbook[sheet] if sheet is not None else workbook.worksheets[0]
+    rows = worksheet.iter_rows(values_only=True)
+    try:
+        header_cells = next(rows)
+    except StopIteration:
+        workbook.close()
+        raise SchemaError(f"{display_name}: the worksheet is empty") from None
+    header = [_cell_text(v).strip() for v in header_cells]
+    while header and not header[-1]:
+        header.pop()
+    if not header:
+        workbook.close()
+        raise SchemaError(f"{display_name}: row 1: the header row is blank")
+    width = len(header)
+
+    def body() -> Iterator[tuple[int, list[str]]]:
+        try:
+            for number, values in enumerate(rows, start=2):
+                cells = [_cell_text(v) for v in values[:width]]
+                if not any(cells) and not any(v is not None for v in values[width:]):
+                    continue  # blank row (often trailing formatting)
+                cells += [""] * (width - len(cells))
+                yield number, cells
+        finally:
+            workbook.close()
+
+    return header, body()
+
+
+def xlsx_chunks(
+    rows: Iterator[tuple[int, list[str]]], *, width: int, chunk_rows: int
+) -> Iterator[Chunk]:
+    buffer: list[list[str]] = []
+    numbers: list[int] = []
+    for number, cells in rows:
+        buffer.append(cells)
+        numbers.append(number)
+        if len(buffer) >= chunk_rows:
+            yield _chunk_from_rows(buffer, numbers, width)
+            buffer, numbers = [], []
+    if buffer:
+        yield _chunk_from_rows(buffer, numbers, width)
+
+
+def _chunk_from_rows(rows: list[list[str]], numbers: list[int], width: int) -> Chunk:
+    columns = [pa.array([row[i] for row in rows], pa.string()) for i in range(width)]
+    return Chunk(columns=columns, row_numbers=np.array(numbers, dtype=np.int64))
+
+
+# --- Parquet ----------------------------------------------------------------------------
+
+
+def parquet_header(path: Path, display_name: str) -> list[str]:
+    try:
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    except (pa.ArrowException, OSError):
+        raise SchemaError(f"{display_name}: the Parquet file cannot be read") from None
+
+
+def parquet_chunks(path: Path, *, display_name: str, chunk_rows: int) -> Iterator[Chunk]:
+    """Rows of a Parquet file as text columns (typed values written as text)."""
+    next_row = 2
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+            columns = [_as_text(column) for column in batch.columns]
+            numbers = np.arange(next_row, next_row + batch.num_rows, dtype=np.int64)
+            next_row += batch.num_rows
+            yield Chunk(columns=columns, row_numbers=numbers)
+    except pa.ArrowException:
+        raise SchemaError(
+            f"{display_name}: rows {next_row} onwards of the Parquet file cannot be read"
+        ) from None
+
+
+def _as_text(column: pa.Array) -> pa.Array:
+    if pa.types.is_timestamp(column.type):
+        column = pc.cast(column, pa.date32())  # extracts carry dates, not instants
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        column = pc.cast(column, pa.string())
+    return pc.fill_null(column, "")
+
+
+def open_chunks(
+    path: Path, facts: FileFacts, *, sheet: str | None, chunk_rows: int
+) -> tuple[list[str], Iterator[Chunk]]:
+    """The header and the row chunks of a file whose format is already known."""
+    if facts.format == "csv":
+        header = read_csv_header(path, facts.name)
+        return header, csv_chunks(path, header=header, chunk_rows=chunk_rows)
+    if facts.format == "xlsx":
+        header, rows = xlsx_rows(path, display_name=facts.name, sheet=sheet)
+        return header, xlsx_chunks(rows, width=len(header), chunk_rows=chunk_rows)
+    header = parquet_header(path, facts.name)
+    return header, parquet_chunks(path, display_name=facts.name, chunk_rows=chunk_rows)
+
+
+__all__ = ["Chunk", "FileFacts", "FileFormat", "Ragged", "inspect_file", "open_chunks"]

@@ -1,0 +1,740 @@
+"""Uploading an extract: the one domain function behind ``gateway upload`` and the API.
+
+The path of an upload, in order:
+
+1. the agreement must be in force, the party must sign it and provide the dataset;
+2. the file is recognised by content, its size checked, CSV checked to be UTF-8;
+3. header names are matched to canonical columns (the agreement's header map,
+   then the schema's names; case and surrounding spaces ignored); direct
+   identifiers, columns not on the allowlist and unknown columns are dropped
+   here, and their values are never read;
+4. rows are read in chunks; each kept column is validated and typed; educator
+   IDs are normalised and replaced by the agreement's keyed pseudonym; duplicate
+   keys are found;
+5. good rows are written inside one transaction with the receipt and the audit
+   event, so a failure part-way, a killed process included, leaves nothing.
+   Rows of the same dataset and school (or cohort) year from an earlier upload
+   are replaced: deleted in the same transaction, and the receipt says so.
+
+A refused upload writes no rows, only its receipt and its audit event. No raw
+ID, name or cell value reaches the database, a receipt, a log or an error:
+problems are described by row, column and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from sqlalchemy import Connection, Table, delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from gateway import audit, keys
+from gateway.agreements.models import Agreement, AgreementDataset, ColumnSpec, DatasetSchema
+from gateway.context import Gateway
+from gateway.errors import GatewayError, PolicyViolation, SchemaError
+from gateway.ingest.readers import Chunk, FileFacts, inspect_file, open_chunks
+from gateway.ingest.validate import ProblemGroup, first_problems, validate_column
+from gateway.pseudonym import Normalisation, Pseudonymizer
+from gateway.storage.datasets import DATASET_TABLES, Educator, Upload, UploadPeriod
+
+#: How many problems a receipt lists; the total is always counted.
+PROBLEMS_LISTED = 100
+_PERIOD_COLUMNS = ("school_year", "cohort_year")
+_IN_BATCH = 500
+
+
+@dataclass(frozen=True)
+class UploadProblem:
+    """One problem of an upload, located by row and column, never quoting a value."""
+
+    row: int | None
+    column: str | None
+    header: str | None
+    expected: str
+    found: str
+
+    def describe(self) -> str:
+        where = []
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        if self.header is not None:
+            label = f"column {self.header!r}"
+            if self.column is not None and self.column != self.header:
+                label += f" ({self.column})"
+            where.append(label)
+        prefix = ", ".join(where)
+        return f"{prefix + ': ' if prefix else ''}expected {self.expected}; found {self.found}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "row": self.row,
+            "column": self.column,
+            "header": self.header,
+            "expected": self.expected,
+            "found": self.found,
+            "message": self.describe(),
+        }
+
+
+class UploadRefused(SchemaError):
+    """The upload was refused whole; its receipt lists why. Nothing was stored."""
+
+    code = "upload_refused"
+
+    def __init__(self, message: str, *, receipt: dict[str, Any]) -> None:
+        super().__init__(message, details=receipt.get("problems", []))
+        self.receipt = receipt
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    """How the file's header maps onto the dataset's columns."""
+
+    kept: dict[str, int]  # canonical column -> header position
+    headers: list[str]
+    dropped: list[dict[str, str | None]]
+
+    def header_of(self, column: str) -> str:
+        return self.headers[self.kept[column]]
+
+
+def _header_key(name: str) -> str:
+    return name.strip().casefold()
+
+
+def plan_columns(
+    header: Sequence[str], *, dataset: AgreementDataset, schema: DatasetSchema, file_name: str
+) -> ColumnPlan:
+    """Match header names to canonical columns and decide what is kept and dropped."""
+    lookup: dict[str, str] = {_header_key(c): c for c in schema.columns}
+    lookup.update({_header_key(h): c for h, c in dataset.header_map.items()})
+    kept: dict[str, int] = {}
+    dropped: list[dict[str, str | None]] = []
+    stored = set(dataset.stored_fields)
+    for position, raw in enumerate(header):
+        name = raw.strip()
+        canonical = lookup.get(_header_key(name))
+        if canonical is None:
+            dropped.append({"header": name, "column": None, "reason": "unknown"})
+        elif schema.columns[canonical].role == "direct_identifier":
+            dropped.append({"header": name, "column": canonical, "reason": "direct identifier"})
+        elif canonical not in stored:
+            dropped.append({"header": name, "column": canonical, "reason": "not allowed"})
+        elif canonical in kept:
+            raise SchemaError(
+                f"{file_name}: row 1: columns {header[kept[canonical]].strip()!r} and "
+                f"{name!r} both map to {canonical!r}; keep one"
+            )
+        else:
+            kept[canonical] = position
+    missing = [
+        c
+        for c, spec in schema.columns.items()
+        if c in stored and c not in kept and (spec.required or spec.role == "educator_id")
+    ]
+    if missing:
+        expected_headers = []
+        for column in missing:
+            aliases = [h for h, c in dataset.header_map.items() if c == column]
+            expected_headers.append(
+                column + (f" (or {', '.join(repr(a) for a in aliases)})" if aliases else "")
+            )
+        raise SchemaError(
+            f"{file_name}: row 1: required column(s) missing: {'; '.join(expected_headers)}"
+        )
+    return ColumnPlan(kept=kept, headers=[h.strip() for h in header], dropped=dropped)
+
+
+def _normalisation(schema: DatasetSchema) -> Normalisation | None:
+    column = schema.educator_id_column
+    if column is None:
+        return None
+    spec = schema.columns[column]
+    settings = spec.normalization
+    kwargs: dict[str, Any] = {}
+    if settings is not None:
+        kwargs.update(
+            trim=settings.trim, upper=settings.upper,
+            strip_leading_zeros=settings.strip_leading_zeros,
+        )  # fmt: skip
+    if spec.pattern is not None:
+        kwargs["pattern"] = spec.pattern
+    return Normalisation(**kwargs)
+
+
+@dataclass
+class _Tally:
+    """Running counts of one upload."""
+
+    rows_read: int = 0
+    rows_accepted: int = 0
+    rows_rejected: int = 0
+    problem_count: int = 0
+    problems: list[UploadProblem] = field(default_factory=list)
+    periods: dict[int, int] = field(default_factory=dict)
+    key_version: int | None = None
+
+    def add_problems(self, problems: Iterable[UploadProblem], count: int) -> None:
+        self.problem_count += count
+        for problem in problems:
+            if len(self.problems) >= PROBLEMS_LISTED:
+                break
+            self.problems.append(problem)
+
+
+def upload_extract(
+    gateway: Gateway,
+    *,
+    agreement_id: str,
+    party: str,
+    dataset: str,
+    path: Path,
+    actor: audit.Actor,
+    display_name: str | None = None,
+    sheet: str | None = None,
+) -> dict[str, Any]:
+    """Validate, pseudonymise and store one extract; return its receipt.
+
+    Raises :class:`UploadRefused` (with the receipt) when the file is refused,
+    and :class:`PolicyViolation` or ``NotFound`` when the agreement does not
+    let this party upload this dataset. Every outcome is in the audit log.
+    """
+    name = display_name or path.name
+    upload_id = str(uuid.uuid4())
+    try:
+        agreement = gateway.agreement(agreement_id)
+    except GatewayError as error:
+        _record_refusal(gateway, None, upload_id, dataset, party, actor, error.message, None, None)
+        raise
+    try:
+        agreement_dataset, schema = _authorise(gateway, agreement, party=party, dataset=dataset)
+    except GatewayError as error:
+        _record_refusal(
+            gateway, agreement, upload_id, dataset, party, actor, error.message, None, None
+        )
+        raise
+    facts: FileFacts | None = None
+    try:
+        facts = inspect_file(path, display_name=name, max_bytes=gateway.settings.max_upload_bytes)
+        header, chunks = open_chunks(
+            path, facts, sheet=sheet, chunk_rows=gateway.settings.upload_chunk_rows
+        )
+        plan = plan_columns(header, dataset=agreement_dataset, schema=schema, file_name=name)
+        return _store(
+            gateway, agreement=agreement, dataset=agreement_dataset, schema=schema, party=party,
+            actor=actor, upload_id=upload_id, facts=facts, plan=plan, chunks=chunks,
+        )  # fmt: skip
+    except UploadRefused:
+        raise
+    except SchemaError as error:
+        reason = error.message.replace(name, "the uploaded file")
+        receipt = _record_refusal(
+            gateway, agreement, upload_id, dataset, party, actor, reason, facts, None
+        )
+        raise UploadRefused(error.message, receipt=receipt) from None
+
+
+def _authorise(
+    gateway: Gateway, agreement: Agreement, *, party: str, dataset: str
+) -> tuple[AgreementDataset, DatasetSchema]:
+    agreement.party(party)
+    agreement_dataset = agreement.dataset(dataset)
+    if agreement_dataset.provided_by != party:
+        raise PolicyViolation(
+            f"agreement {agreement.id!r}: dataset {dataset!r} is provided by "
+            f"{agreement_dataset.provided_by!r}, not {party!r}"
+        )
+    today = datetime.now(UTC).date()
+    if not agreement.in_force(today):
+        raise PolicyViolation(
+            f"agreement {agreement.id!r} is not in force today ({agreement.effective} to "
+            f"{agreement.ends}); uploads are refused"
+        )
+    return agreement_dataset, gateway.registry.schema_for(agreement_dataset)
+
+
+def _store(
+    gateway: Gateway,
+    *,
+    agreement: Agreement,
+    dataset: AgreementDataset,
+    schema: DatasetSchema,
+    party: str,
+    actor: audit.Actor,
+    upload_id: str,
+    facts: FileFacts,
+    plan: ColumnPlan,
+    chunks: Iterable[Chunk],
+) -> dict[str, Any]:
+    tally = _Tally()
+    try:
+        return _write(
+            gateway, agreement=agreement, dataset=dataset, schema=schema, party=party,
+            actor=actor, upload_id=upload_id, facts=facts, plan=plan, chunks=chunks,
+            tally=tally,
+        )  # fmt: skip
+    except _Refused:
+        pass
+    reason = (
+        f"{tally.problem_count} problem(s) found; the agreement's profile refuses files "
+        "with bad rows"
+        if tally.problem_count and agreement.resolved_disclosure.on_bad_rows == "refuse"
+        else "no row passed validation"
+    )
+    receipt = _record_refusal(
+        gateway, agreement, upload_id, dataset.name, party, actor, reason, facts, tally,
+        plan=plan, key_version=tally.key_version,
+    )  # fmt: skip
+    first = tally.problems[0].describe() if tally.problems else reason
+    raise UploadRefused(
+        f"{facts.name}: upload refused: {tally.problem_count} problem(s); first: {first}",
+        receipt=receipt,
+    )
+
+
+class _Refused(Exception):
+    """Raised inside the upload transaction to roll it back and refuse the file."""
+
+
+def _write(
+    gateway: Gateway,
+    *,
+    agreement: Agreement,
+    dataset: AgreementDataset,
+    schema: DatasetSchema,
+    party: str,
+    actor: audit.Actor,
+    upload_id: str,
+    facts: FileFacts,
+    plan: ColumnPlan,
+    chunks: Iterable[Chunk],
+    tally: _Tally,
+) -> dict[str, Any]:
+    profile = agreement.resolved_disclosure
+    refuse_whole = profile.on_bad_rows == "refuse"
+    table = DATASET_TABLES[schema.name]
+    id_column = schema.educator_id_column
+    normalisation = _normalisation(schema)
+    period_column = next((c for c in _PERIOD_COLUMNS if c in plan.kept), None)
+    key_columns = [c for c in schema.key if c in plan.kept]
+    value_columns = [c for c in plan.kept if c != id_column]
+    seen_keys: dict[tuple[Any, ...], int] = {}
+    educator_refs: dict[str, int] = {}
+    max_rows = gateway.settings.max_upload_rows
+
+    with gateway.sessions() as session, session.begin():
+        pseudonymizer: Pseudonymizer | None = None
+        key_version: int | None = None
+        if normalisation is not None:
+            pseudonymizer = keys.pseudonymizer_for(
+                session, gateway.master_key, agreement_id=agreement.id, normalisation=normalisation
+            )
+            key_version = pseudonymizer.key_version
+            tally.key_version = key_version
+        upload = Upload(
+            upload_id=upload_id, agreement_id=agreement.id, dataset=dataset.name,
+            schema_name=schema.name, party=party, status="accepted",
+            created_at=datetime.now(UTC), key_version=key_version, file_sha256=facts.sha256,
+            file_format=facts.format, receipt="{}",
+        )  # fmt: skip
+        session.add(upload)
+        session.flush()
+        connection = session.connection()
+        writing = True
+        for chunk in chunks:
+            tally.rows_read += len(chunk) + len(chunk.ragged)
+            if tally.rows_read > max_rows:
+                raise SchemaError(
+                    f"{facts.name}: more than {max_rows:,} data rows "
+                    "(GATEWAY_MAX_UPLOAD_ROWS); split the file by school year"
+                )
+            good, pseudonyms, typed = _check_chunk(
+                chunk, plan=plan, schema=schema, tally=tally, key_columns=key_columns,
+                id_column=id_column, pseudonymizer=pseudonymizer, seen_keys=seen_keys,
+                formula_cells=profile.formula_cells,
+            )  # fmt: skip
+            tally.rows_rejected += int((~good).sum()) + len(chunk.ragged)
+            if refuse_whole and tally.problem_count:
+                writing = False  # keep reading only to count and list problems
+            if not writing or not good.any():
+                continue
+            tally.rows_accepted += int(good.sum())
+            refs = None
+            if pseudonyms is not None and key_version is not None:
+                wanted = {p for p, ok in zip(pseudonyms, good, strict=True) if ok and p}
+                _resolve_educators(session, agreement.id, key_version, wanted, educator_refs)
+                refs = [
+                    educator_refs[p] if ok and p else None
+                    for p, ok in zip(pseudonyms, good, strict=True)
+                ]
+            _insert_rows(connection, table, upload.seq, good, refs, typed, value_columns)
+            if period_column is not None:
+                years, counts = np.unique(
+                    np.asarray(typed[period_column].to_numpy(zero_copy_only=False))[good].astype(
+                        np.int64
+                    ),
+                    return_counts=True,
+                )
+                for year, count in zip(years.tolist(), counts.tolist(), strict=True):
+                    tally.periods[year] = tally.periods.get(year, 0) + count
+            else:
+                tally.periods[0] = tally.periods.get(0, 0) + int(good.sum())
+
+        if tally.rows_read == 0:
+            raise SchemaError(f"{facts.name}: the file has a header row but no data rows")
+        if (refuse_whole and tally.problem_count) or tally.rows_accepted == 0:
+            raise _Refused  # leaving the block rolls back every row written so far
+
+        replaced = _replace_earlier(session, upload, table, period_column, tally.periods)
+        receipt = _receipt(
+            upload_id=upload_id, status="accepted", agreement=agreement, dataset=dataset.name,
+            schema=schema.name, party=party, facts=facts, tally=tally, plan=plan,
+            key_version=key_version, replaced=replaced, reason=None, created_at=upload.created_at,
+        )  # fmt: skip
+        upload.rows_read = tally.rows_read
+        upload.rows_accepted = tally.rows_accepted
+        upload.rows_rejected = tally.rows_rejected
+        upload.receipt = json.dumps(receipt, sort_keys=True)
+        for year, count in sorted(tally.periods.items()):
+            session.add(UploadPeriod(upload_seq=upload.seq, period=year, rows=count))
+        event = audit.append_event(
+            session, kind="upload-accepted", actor=actor, details=_audit_details(receipt),
+            agreement_id=agreement.id, agreement_version=agreement.version,
+            agreement_hash=agreement.content_hash,
+        )  # fmt: skip
+        receipt["audit_event"] = event.event_id
+        upload.receipt = json.dumps(receipt, sort_keys=True)
+    return receipt
+
+
+def _check_chunk(
+    chunk: Chunk,
+    *,
+    plan: ColumnPlan,
+    schema: DatasetSchema,
+    tally: _Tally,
+    key_columns: Sequence[str],
+    id_column: str | None,
+    pseudonymizer: Pseudonymizer | None,
+    seen_keys: dict[tuple[Any, ...], int],
+    formula_cells: str,
+) -> tuple[np.ndarray[Any, np.dtype[np.bool_]], list[str | None] | None, dict[str, pa.Array]]:
+    """Validate one chunk: which rows are good, their pseudonyms and typed columns."""
+    size = len(chunk)
+    bad = np.zeros(size, dtype=bool)
+    groups: list[ProblemGroup] = []
+    typed: dict[str, pa.Array] = {}
+    pseudonyms: list[str | None] | None = None
+    for column, position in plan.kept.items():
+        text = chunk.columns[position]
+        spec: ColumnSpec = schema.columns[column]
+        if column == id_column and pseudonymizer is not None:
+            raw = text.to_pylist()
+            pseudonyms = pseudonymizer.pseudonymize_many(raw)
+            missing = np.array([not (r or "").strip() for r in raw], dtype=bool)
+            invalid = np.array([p is None for p in pseudonyms], dtype=bool) & ~missing
+            norm = pseudonymizer.normalisation
+            expected = (
+                "an educator ID that matches the pattern "
+                f"{norm.pattern} after normalisation (spaces removed, upper-cased, "
+                "leading zeros removed)"
+            )
+            for mask, found in ((missing, "an empty cell"), (invalid, "an ID that does not match")):
+                positions = np.flatnonzero(mask)
+                if positions.size:
+                    groups.append(ProblemGroup(positions, column, expected, found))
+            bad |= missing | invalid
+            continue
+        result = validate_column(column, spec, text, formula_cells=formula_cells)
+        typed[column] = result.values
+        bad |= result.bad
+        groups.extend(result.problems)
+
+    if key_columns:
+        key_values = [pseudonyms if c == id_column else typed[c].to_pylist() for c in key_columns]
+        duplicates: list[int] = []
+        firsts: list[int] = []
+        for position, key in enumerate(zip(*key_values, strict=True)):
+            if bad[position]:
+                continue
+            earlier = seen_keys.get(key)
+            if earlier is None:
+                seen_keys[key] = int(chunk.row_numbers[position])
+            else:
+                duplicates.append(position)
+                firsts.append(earlier)
+        if duplicates:
+            columns = ", ".join(key_columns)
+            for position, first in zip(duplicates, firsts, strict=True):
+                groups.append(
+                    ProblemGroup(
+                        np.array([position]), None,
+                        f"one row per {columns}", f"the same {columns} as row {first}",
+                    )
+                )  # fmt: skip
+            bad[np.array(duplicates)] = True
+
+    count = sum(len(g.positions) for g in groups) + len(chunk.ragged)
+    listed = [
+        UploadProblem(
+            row=row,
+            column=group.column,
+            header=plan.header_of(group.column) if group.column else None,
+            expected=group.expected,
+            found=group.found,
+        )
+        for row, group in first_problems(groups, chunk.row_numbers, PROBLEMS_LISTED)
+    ]
+    width = len(plan.headers)
+    listed += [
+        UploadProblem(
+            row=r.row,
+            column=None,
+            header=None,
+            expected=f"{width} fields, as in the header row",
+            found=f"{r.found} fields",
+        )  # fmt: skip
+        for r in chunk.ragged
+    ]
+    listed.sort(key=lambda p: p.row or 0)
+    tally.add_problems(listed, count)
+    return ~bad, pseudonyms, typed
+
+
+def _resolve_educators(
+    session: Session, agreement_id: str, key_version: int, wanted: set[str], known: dict[str, int]
+) -> None:
+    """Fill ``known`` with the educator reference of every wanted pseudonym, adding new ones."""
+    missing = [p for p in wanted if p not in known]
+    for start in range(0, len(missing), _IN_BATCH):
+        batch = missing[start : start + _IN_BATCH]
+        rows = session.execute(
+            select(Educator.pseudonym, Educator.id).where(Educator.pseudonym.in_(batch))
+        )
+        known.update({pseudonym: ref for pseudonym, ref in rows})
+    new = [p for p in missing if p not in known]
+    if not new:
+        return
+    session.execute(
+        insert(Educator),
+        [{"agreement_id": agreement_id, "key_version": key_version, "pseudonym": p} for p in new],
+    )
+    for start in range(0, len(new), _IN_BATCH):
+        batch = new[start : start + _IN_BATCH]
+        rows = session.execute(
+            select(Educator.pseudonym, Educator.id).where(Educator.pseudonym.in_(batch))
+        )
+        known.update({pseudonym: ref for pseudonym, ref in rows})
+
+
+def _python_values(
+    array: pa.Array, good: np.ndarray[Any, np.dtype[np.bool_]], sqlite: bool
+) -> list[Any]:
+    values = array.filter(pa.array(good)).to_pylist()
+    if sqlite and pa.types.is_date32(array.type):
+        # Store dates as ISO text, as SQLAlchemy's SQLite Date type does.
+        return [v.isoformat() if isinstance(v, date) else v for v in values]
+    return values
+
+
+def _insert_rows(
+    connection: Connection,
+    table: Table,
+    upload_seq: int,
+    good: np.ndarray[Any, np.dtype[np.bool_]],
+    refs: list[int | None] | None,
+    typed: Mapping[str, pa.Array],
+    columns: Sequence[str],
+) -> None:
+    """Bulk-insert the good rows of a chunk (driver-level for speed)."""
+    count = int(good.sum())
+    sqlite = connection.dialect.name == "sqlite"
+    names = ["upload_seq", "educator_ref", *columns]
+    data: list[Sequence[Any]] = [
+        [upload_seq] * count,
+        [r for r, ok in zip(refs, good, strict=True) if ok] if refs is not None else [None] * count,
+        *(_python_values(typed[c], good, sqlite) for c in columns),
+    ]
+    rows = list(zip(*data, strict=True))
+    column_list = ", ".join(names)
+    if sqlite:
+        marks = ", ".join("?" for _ in names)
+        connection.exec_driver_sql(
+            f"INSERT INTO {table.name} ({column_list}) VALUES ({marks})",  # noqa: S608 (names are ours)
+            rows,
+        )
+        return
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    with (
+        raw.cursor() as cursor,
+        cursor.copy(  # type: ignore[attr-defined]
+            f"COPY {table.name} ({column_list}) FROM STDIN"
+        ) as copy,
+    ):
+        for row in rows:
+            copy.write_row(row)
+
+
+def _replace_earlier(
+    session: Session,
+    upload: Upload,
+    table: Table,
+    period_column: str | None,
+    periods: Mapping[int, int],
+) -> list[dict[str, Any]]:
+    """Delete rows of earlier uploads for the same dataset and years; say what was replaced."""
+    replaced: list[dict[str, Any]] = []
+    for period in sorted(periods):
+        earlier = session.execute(
+            select(UploadPeriod, Upload.upload_id)
+            .join(Upload, Upload.seq == UploadPeriod.upload_seq)
+            .where(
+                Upload.agreement_id == upload.agreement_id,
+                Upload.dataset == upload.dataset,
+                Upload.status == "accepted",
+                Upload.seq != upload.seq,
+                UploadPeriod.period == period,
+                UploadPeriod.replaced_by_seq.is_(None),
+            )
+        ).all()
+        for record, earlier_id in earlier:
+            condition = table.c.upload_seq == record.upload_seq
+            if period_column is not None:
+                condition = condition & (table.c[period_column] == period)
+            session.execute(delete(table).where(condition))
+            session.execute(
+                update(UploadPeriod)
+                .where(UploadPeriod.upload_seq == record.upload_seq, UploadPeriod.period == period)
+                .values(replaced_by_seq=upload.seq)
+            )
+            replaced.append(
+                {"upload_id": earlier_id, "period": period if period_column else None,
+                 "rows": record.rows}
+            )  # fmt: skip
+    return replaced
+
+
+def _receipt(
+    *,
+    upload_id: str,
+    status: str,
+    agreement: Agreement | None,
+    dataset: str,
+    schema: str | None,
+    party: str,
+    facts: FileFacts | None,
+    tally: _Tally | None,
+    plan: ColumnPlan | None,
+    key_version: int | None,
+    replaced: list[dict[str, Any]],
+    reason: str | None,
+    created_at: datetime,
+) -> dict[str, Any]:
+    tally = tally or _Tally()
+    return {
+        "upload_id": upload_id,
+        "status": status,
+        "reason": reason,
+        "created_at": created_at.isoformat(),
+        "agreement": (
+            {"id": agreement.id, "version": agreement.version} if agreement is not None else None
+        ),
+        "dataset": dataset,
+        "schema": schema,
+        "party": party,
+        "file": (
+            {"sha256": facts.sha256, "format": facts.format, "bytes": facts.size}
+            if facts is not None
+            else None
+        ),
+        "rows": {
+            "read": tally.rows_read,
+            "accepted": tally.rows_accepted,
+            "rejected": tally.rows_rejected,
+        },
+        "columns": {
+            "kept": [{"column": c, "header": plan.header_of(c)} for c in plan.kept] if plan else [],
+            "dropped": plan.dropped if plan else [],
+        },
+        "key_version": key_version,
+        "periods": {str(k): v for k, v in sorted(tally.periods.items())}
+        if status == "accepted"
+        else {},
+        "replaced": replaced,
+        "problem_count": tally.problem_count,
+        "problems": [p.to_dict() for p in tally.problems],
+    }
+
+
+def _audit_details(receipt: Mapping[str, Any]) -> dict[str, Any]:
+    """What the audit log keeps of a receipt: identities, counts and hashes, no problems list."""
+    return {
+        "upload_id": receipt["upload_id"],
+        "status": receipt["status"],
+        "reason": receipt["reason"],
+        "dataset": receipt["dataset"],
+        "party": receipt["party"],
+        "file_sha256": (receipt["file"] or {}).get("sha256"),
+        "rows": receipt["rows"],
+        "columns_kept": [c["column"] for c in receipt["columns"]["kept"]],
+        "columns_dropped": [
+            {"column": c["column"], "reason": c["reason"]} for c in receipt["columns"]["dropped"]
+        ],
+        "key_version": receipt["key_version"],
+        "replaced": receipt["replaced"],
+        "problem_count": receipt["problem_count"],
+    }
+
+
+def _record_refusal(
+    gateway: Gateway,
+    agreement: Agreement | None,
+    upload_id: str,
+    dataset: str,
+    party: str,
+    actor: audit.Actor,
+    reason: str,
+    facts: FileFacts | None,
+    tally: _Tally | None,
+    *,
+    plan: ColumnPlan | None = None,
+    key_version: int | None = None,
+) -> dict[str, Any]:
+    """Store a refused upload's receipt and audit event (no rows) in a fresh transaction."""
+    created_at = datetime.now(UTC)
+    receipt = _receipt(
+        upload_id=upload_id, status="refused", agreement=agreement, dataset=dataset,
+        schema=None, party=party, facts=facts, tally=tally, plan=plan,
+        key_version=key_version, replaced=[], reason=reason, created_at=created_at,
+    )  # fmt: skip
+    with gateway.sessions() as session, session.begin():
+        agreement_known = agreement is not None
+        event = audit.append_event(
+            session, kind="upload-refused", actor=actor, details=_audit_details(receipt),
+            agreement_id=agreement.id if agreement_known else None,
+            agreement_version=agreement.version if agreement_known else None,
+            agreement_hash=agreement.content_hash if agreement_known else None,
+        )  # fmt: skip
+        receipt["audit_event"] = event.event_id
+        if agreement_known:
+            session.add(
+                Upload(
+                    upload_id=upload_id, agreement_id=agreement.id, dataset=dataset[:64],
+                    schema_name="", party=party[:128], status="refused", created_at=created_at,
+                    key_version=key_version, file_sha256=facts.sha256 if facts else None,
+                    file_format=facts.format if facts else None,
+                    rows_read=receipt["rows"]["read"], rows_accepted=0,
+                    rows_rejected=receipt["rows"]["rejected"],
+                    receipt=json.dumps(receipt, sort_keys=True),
+                )
+            )  # fmt: skip
+    return receipt

@@ -1,0 +1,83 @@
+"""Shared fixtures: every database test runs on SQLite, and on PostgreSQL too
+when GATEWAY_TEST_DATABASE_URL is set (CI sets it)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from gateway.config import Settings
+from gateway.context import Gateway, initialise
+
+REPO = Path(__file__).resolve().parent.parent
+AGREEMENTS_DIR = REPO / "agreements"
+POLICIES_DIR = REPO / "policies"
+POSTGRES_URL = os.environ.get("GATEWAY_TEST_DATABASE_URL")
+
+BACKENDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the developer's GATEWAY_* variables."""
+    for name in list(os.environ):
+        if name.startswith("GATEWAY_") and name != "GATEWAY_TEST_DATABASE_URL":
+            monkeypatch.delenv(name)
+
+
+def reset_postgres(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgresql":
+        assert POSTGRES_URL is not None
+        reset_postgres(POSTGRES_URL)
+        return POSTGRES_URL
+    return f"sqlite:///{tmp_path / 'data' / 'gateway.db'}"
+
+
+def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": tmp_path / "data",
+        "database_url": database_url,
+        "agreements_dir": AGREEMENTS_DIR,
+        "policies_dir": POLICIES_DIR,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(tmp_path, database_url)
+
+
+@pytest.fixture
+def gateway(settings: Settings) -> Iterator[Gateway]:
+    initialise(settings)
+    with Gateway.open(settings) as gw:
+        yield gw
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The same settings as GATEWAY_* variables, for driving the CLI."""
+    env = {
+        "GATEWAY_DATA_DIR": str(settings.data_dir),
+        "GATEWAY_AGREEMENTS_DIR": str(settings.agreements_dir),
+        "GATEWAY_POLICIES_DIR": str(settings.policies_dir),
+    }
+    if settings.database_url:
+        env["GATEWAY_DATABASE_URL"] = settings.database_url
+    if settings.master_key_file:
+        env["GATEWAY_MASTER_KEY_FILE"] = str(settings.master_key_file)
+    return env

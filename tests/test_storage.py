@@ -1,0 +1,82 @@
+"""Migrations and database settings, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import inspect, text
+
+from gateway.config import Settings
+from gateway.context import Gateway, initialise
+from gateway.errors import NotInitialised
+from gateway.storage import db
+
+
+def test_init_migrates_to_head_and_is_idempotent(settings: Settings) -> None:
+    first = initialise(settings)
+    second = initialise(settings)
+    assert first["initialised"] is True and second["initialised"] is False
+    assert set(second["agreements"].values()) == {"unchanged"}
+    engine = db.make_engine(settings.resolved_database_url)
+    try:
+        assert db.current_revision(engine) == db.head_revision()
+        tables = set(inspect(engine).get_table_names())
+        assert {"audit_events", "audit_head", "agreements", "key_versions"} <= tables
+        with engine.connect() as connection:
+            events = connection.execute(text("SELECT count(*) FROM audit_events")).scalar_one()
+            assert events == 1 + 2 * len(first["agreements"])
+    finally:
+        engine.dispose()
+
+
+def test_open_refuses_an_uninitialised_database(settings: Settings) -> None:
+    from gateway import keys
+
+    keys.create_master_key(settings.resolved_master_key_file)
+    with pytest.raises(NotInitialised, match="gateway init"):
+        Gateway.open(settings)
+
+
+def test_open_refuses_an_outdated_schema(settings: Settings) -> None:
+    initialise(settings)
+    engine = db.make_engine(settings.resolved_database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE alembic_version SET version_num = 'older'"))
+    finally:
+        engine.dispose()
+    with pytest.raises(NotInitialised, match="out of date"):
+        Gateway.open(settings)
+
+
+def test_sqlite_connections_use_wal_and_secure_delete(tmp_path: object) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA secure_delete").scalar() == 1
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_changed_agreement_file_is_recorded(settings: Settings, tmp_path: object) -> None:
+    import shutil
+    from pathlib import Path
+
+    from gateway import audit
+
+    assert isinstance(tmp_path, Path)
+    folder = tmp_path / "agreements"
+    shutil.copytree(settings.agreements_dir, folder)
+    local = settings.model_copy(update={"agreements_dir": folder})
+    initialise(local)
+    target = sorted(folder.glob("*.yaml"))[0]
+    target.write_text(target.read_text().replace("title:", "title: Amended -", 1))
+    with Gateway.open(local) as gw, gw.sessions() as session:
+        changed = [audit.event_view(e) for e in session.scalars(audit.query_events(kind="agreement-changed"))]
+    assert len(changed) == 1
+    assert changed[0]["agreement"]["id"] == target.stem
+    assert changed[0]["details"]["previous"]["content_hash"] != changed[0]["details"]["content_hash"]
