@@ -70,8 +70,12 @@ def expect_broken(settings: Settings, seq: int | None, words: str) -> None:
 
 def test_edited_event_is_detected(gateway: Gateway, settings: Settings) -> None:
     add_events(gateway, 6)
-    tamper(gateway, "UPDATE audit_events SET body = replace(body, '\"n\":3', '\"n\":4') WHERE seq = 9")
-    expect_broken(settings, 9, "content was changed")
+    with gateway.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE audit_events SET body = replace(body, :old, :new) WHERE seq = 13"),
+            {"old": '"n":3', "new": '"n":4'},
+        )
+    expect_broken(settings, 13, "content was changed")
 
 
 def test_edited_filter_column_is_detected(gateway: Gateway, settings: Settings) -> None:

@@ -39,11 +39,29 @@ def validation_findings(
 ) -> list[Finding]:
     """One finding per pydantic error, with ``locate`` mapping error locations to
     places in the source data."""
-    findings = []
+    by_place: dict[Loc, list[ErrorDetails]] = {}
     for error in exc.errors():
-        loc = locate(tuple(error["loc"]))
-        findings.append(Finding(loc, describe_error(error, model, loc)))
+        by_place.setdefault(locate(tuple(error["loc"])), []).append(error)
+    findings: list[Finding] = []
+    for loc, errors in by_place.items():
+        reasons = list(dict.fromkeys(describe_error(error, model, loc) for error in errors))
+        if len(reasons) > 1 and all(_is_type_error(error) for error in errors):
+            reasons = [_either(errors)]  # one error per member of a union type: say it once
+        findings.extend(Finding(loc, reason) for reason in reasons)
     return findings
+
+
+_EXPECTED = "Input should be "
+
+
+def _is_type_error(error: ErrorDetails) -> bool:
+    return error["msg"].startswith(_EXPECTED)
+
+
+def _either(errors: list[ErrorDetails]) -> str:
+    options = [error["msg"].removeprefix(_EXPECTED) for error in errors]
+    listed = ", ".join(options[:-1]) + " or " + options[-1]
+    return f"input should be {listed}, got {_describe_value(errors[0]['input'])}"
 
 
 def describe_error(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:

@@ -13,6 +13,7 @@ structure is valid, since they need typed values to compare.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -289,6 +290,29 @@ def _load_policy_folder(
     return valid, invalid
 
 
+def _terms_hash(
+    raw: bytes, parsed: AgreementDocument, policies: Policies, resolved: DisclosureProfile
+) -> str:
+    """SHA-256 of everything that sets an agreement's terms.
+
+    Of the file's bytes, not the parsed data: any edit, even a comment, is a new
+    version and is logged as such. The dataset schemas and the resolved
+    disclosure profile it refers to are included too, since changing a
+    profile's minimum cell size changes the agreement as surely as editing it.
+    """
+    referenced = {
+        "schemas": {
+            d.schema_name: policies.schemas[d.schema_name].model_dump(mode="json")
+            for d in parsed.datasets
+        },
+        "profile": resolved.model_dump(mode="json"),
+    }
+    digest = hashlib.sha256(raw)
+    digest.update(b"\0")
+    digest.update(json.dumps(referenced, sort_keys=True).encode("utf-8"))
+    return digest.hexdigest()
+
+
 def _load_agreement(
     path: Path, policies: Policies, problems: list[Problem]
 ) -> tuple[Agreement | None, YamlDocument | None]:
@@ -310,9 +334,7 @@ def _load_agreement(
         {
             **dict(parsed),
             "resolved_disclosure": resolved,
-            # Of the bytes, not the parsed data: any edit, even a comment, is a
-            # new version of the agreement and is logged as such.
-            "content_hash": hashlib.sha256(raw).hexdigest(),
+            "content_hash": _terms_hash(raw, parsed, policies, resolved),
             "source_path": path,
         }
     )

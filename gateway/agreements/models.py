@@ -2,9 +2,10 @@
 
 These models describe what a YAML file may contain: every field has an exact
 type (``strict``: ``"10"`` is not accepted for ``10``), unknown keys are refused
-(``extra="forbid"``), and instances are immutable once loaded. Checks that need
-more than one file (a dataset's schema exists, a stored field is a column of
-it...) live in :mod:`gateway.agreements.checks`; the loader runs both.
+(``extra="forbid"``), and instances are immutable once loaded. Checks that
+compare fields with each other or with other files (a dataset's schema exists,
+a stored field is a column of it...) live in :mod:`.policy_checks` and
+:mod:`.agreement_checks`; :mod:`.loader` runs them all.
 
 Every field named here is documented in ``docs/agreements.md``.
 """

@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from gateway import audit
 from gateway.agreements.views import agreement_detail, agreement_summary
 from gateway.api.deps import GatewayDep, SessionDep
+from gateway.api.uploads import receive_file, upload_folder
+from gateway.ingest import upload_extract
 
 router = APIRouter()
 
@@ -47,3 +50,67 @@ def list_audit_events(
 @router.get("/v1/audit/verify", tags=["audit"])
 def verify_audit(session: SessionDep) -> dict[str, Any]:
     return audit.verify_chain(session).to_dict()
+
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The extract: CSV (UTF-8), Excel .xlsx or Parquet.",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/v1/agreements/{agreement_id}/datasets/{dataset}/uploads",
+    tags=["uploads"],
+    status_code=201,
+    openapi_extra=_UPLOAD_BODY,
+)
+async def upload_dataset(
+    agreement_id: str,
+    dataset: str,
+    request: Request,
+    gateway: GatewayDep,
+    party: str | None = Query(
+        default=None, description="Uploading party (default: the dataset's provider)."
+    ),
+    sheet: str | None = Query(default=None, description="Excel worksheet (default: the first)."),
+) -> dict[str, Any]:
+    """Upload one extract; returns its receipt. A refused file stores nothing."""
+    agreement = gateway.agreement(agreement_id)
+    acting_party = party or agreement.dataset(dataset).provided_by
+    with upload_folder(gateway.settings.data_dir) as folder:
+        received = await receive_file(
+            headers=dict(request.headers),
+            body=request.stream(),
+            folder=folder,
+            max_bytes=gateway.settings.max_upload_bytes,
+        )
+        try:
+            return await run_in_threadpool(
+                upload_extract,
+                gateway,
+                agreement_id=agreement_id,
+                party=acting_party,
+                dataset=dataset,
+                path=received.path,
+                display_name=received.display_name,
+                sheet=sheet,
+                actor=audit.Actor(role="operator", party=acting_party),
+            )
+        finally:
+            received.discard()

@@ -230,12 +230,15 @@ def xlsx_rows(
     """The header and an iterator of (row number, cells as text) of one worksheet."""
     import openpyxl  # imported here: only Excel uploads pay for it
 
+    handle = path.open("rb")  # a file object: openpyxl would judge a path by its extension
     try:
-        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        workbook = openpyxl.load_workbook(handle, read_only=True, data_only=True)
     except Exception:  # openpyxl raises many kinds on damaged files
+        handle.close()
         raise SchemaError(f"{display_name}: the Excel workbook cannot be opened") from None
     if sheet is not None and sheet not in workbook.sheetnames:
         workbook.close()
+        handle.close()
         raise SchemaError(
             f"{display_name}: no worksheet named {sheet!r} (worksheets: "
             f"{', '.join(workbook.sheetnames)})"
@@ -246,12 +249,14 @@ def xlsx_rows(
         header_cells = next(rows)
     except StopIteration:
         workbook.close()
+        handle.close()
         raise SchemaError(f"{display_name}: the worksheet is empty") from None
     header = [_cell_text(v).strip() for v in header_cells]
     while header and not header[-1]:
         header.pop()
     if not header:
         workbook.close()
+        handle.close()
         raise SchemaError(f"{display_name}: row 1: the header row is blank")
     width = len(header)
 
@@ -265,6 +270,7 @@ def xlsx_rows(
                 yield number, cells
         finally:
             workbook.close()
+            handle.close()
 
     return header, body()
 

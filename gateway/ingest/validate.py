@@ -112,8 +112,7 @@ def validate_column(
     present = ~empty
 
     if spec.type == "string":
-        text = _check_formulas(check, text, present, formula_cells)
-        values = _string_values(check, spec, text, present, expected)
+        values = _string_values(check, spec, text, present, expected, formula_cells)
     elif spec.type == "integer":
         values = _numeric_values(check, spec, text, present, expected, integer=True)
     elif spec.type == "number":
@@ -128,38 +127,56 @@ def validate_column(
     return ColumnResult(values=values, bad=check.bad, problems=check.problems)
 
 
-def _check_formulas(check: _Checker, text: pa.Array, present: BoolArray, policy: str) -> pa.Array:
+def _formula_cells(text: pa.Array, present: BoolArray) -> BoolArray:
     starts = np.zeros(len(text), dtype=bool)
     for prefix in FORMULA_PREFIXES:
         starts |= _np(pc.starts_with(text, prefix))
-    starts &= present
-    if not starts.any():
-        return text
-    if policy == "neutralise":
-        # The OWASP remedy: a leading apostrophe makes spreadsheets show text, not run it.
-        return pc.if_else(pa.array(starts), pc.binary_join_element_wise("'", text, ""), text)
-    check.flag(
-        starts,
-        "text that does not start with =, +, - or @",
-        "a spreadsheet formula (a cell starting with =, +, - or @)",
-    )
-    return text
+    return starts & present
 
 
 def _string_values(
-    check: _Checker, spec: ColumnSpec, text: pa.Array, present: BoolArray, expected: str
+    check: _Checker,
+    spec: ColumnSpec,
+    text: pa.Array,
+    present: BoolArray,
+    expected: str,
+    formula_cells: str,
 ) -> pa.Array:
+    """Codes, patterns and spreadsheet formulas of a text column.
+
+    A cell that starts like a formula (=, +, - or @) but is a valid code or
+    matches the column's pattern is data ("-S01" can be a school code). Any
+    other such cell is refused as a formula, or, in a free-text column when the
+    profile says ``neutralise``, prefixed with an apostrophe (OWASP's remedy:
+    spreadsheets then show it as text instead of running it).
+    """
+    formulas = _formula_cells(text, present)
     if spec.codes:
         canonical = [str(c.value) for c in spec.codes]
         # Codes match whatever their case ("elem" is ELEM) and are stored canonical.
         upper_codes = pa.array([c.upper() for c in canonical], pa.string())
         index = pc.index_in(pc.utf8_upper(text), value_set=upper_codes)
-        check.flag(present & _np(pc.is_null(index)), expected, "a value not in that list")
+        valid = _np(pc.is_valid(index))
+        _flag_formulas(check, formulas & ~valid)
+        check.flag(present & ~valid, expected, "a value not in that list")
         return pc.take(pa.array(canonical, pa.string()), index)
     if spec.pattern is not None:
-        matches = _regex_matches(text, spec.pattern)
-        check.flag(present & ~matches, expected, "text not matching that pattern")
+        valid = _regex_matches(text, spec.pattern)
+        _flag_formulas(check, formulas & ~valid)
+        check.flag(present & ~valid, expected, "text not matching that pattern")
+        return text
+    if formula_cells == "neutralise":
+        return pc.if_else(pa.array(formulas), pc.binary_join_element_wise("'", text, ""), text)
+    _flag_formulas(check, formulas)
     return text
+
+
+def _flag_formulas(check: _Checker, mask: BoolArray) -> None:
+    check.flag(
+        mask,
+        "text that does not start with =, +, - or @",
+        "a spreadsheet formula (a cell starting with =, +, - or @)",
+    )
 
 
 def _regex_matches(text: pa.Array, pattern: str) -> BoolArray:
