@@ -151,7 +151,7 @@ def query_events(
     kind: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-) -> Select[tuple[AuditEvent]]:
+) -> Select[AuditEvent]:
     """A filtered, ordered selection of events."""
     statement = select(AuditEvent).order_by(AuditEvent.seq)
     if agreement_id is not None:

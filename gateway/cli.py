@@ -149,9 +149,9 @@ def keys_rotate(ctx: click.Context, agreement_id: str, as_json: bool) -> None:
                 agreement_hash=agreement.content_hash,
                 actor=audit.OPERATOR,
             )
-    result = {"agreement": agreement_id, **result}
+    shown: dict[str, Any] = {"agreement": agreement_id, **result}
     _emit(
-        result,
+        shown,
         as_json,
         lambda r: click.echo(
             f"agreement {r['agreement']}: key version {r['previous_version']} -> "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 import shutil
 from datetime import date
@@ -764,14 +763,19 @@ def test_terms_hash_follows_the_file_and_the_policies_it_uses(tmp_path: Path) ->
     target = agreements / CALIBRATION.name
     target.write_text(target.read_text() + "# a comment is a new version too\n")
     after_comment = hashes()
-    assert after_comment["calibration-lakeshore-riverbend"] != before["calibration-lakeshore-riverbend"]
+    assert (
+        after_comment["calibration-lakeshore-riverbend"]
+        != before["calibration-lakeshore-riverbend"]
+    )
     assert {k: v for k, v in after_comment.items() if k != "calibration-lakeshore-riverbend"} == {
         k: v for k, v in before.items() if k != "calibration-lakeshore-riverbend"
     }
     # Raising the standard profile's minimum cell size changes every agreement using it,
     # and only those.
     profile = policies / "profiles" / "standard.yaml"
-    profile.write_text(profile.read_text().replace("min_cell_teachers: 10", "min_cell_teachers: 11"))
+    profile.write_text(
+        profile.read_text().replace("min_cell_teachers: 10", "min_cell_teachers: 11")
+    )
     after_profile = hashes()
     registry = load_registry(agreements, policies)
     for agreement_id, value in after_profile.items():

@@ -6,7 +6,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings as hyp_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
@@ -21,9 +22,7 @@ from tests.conftest import settings_env
 def add_events(gw: Gateway, count: int) -> None:
     with gw.sessions() as session, session.begin():
         for i in range(count):
-            audit.append_event(
-                session, kind="key-created", actor=audit.OPERATOR, details={"n": i}
-            )
+            audit.append_event(session, kind="key-created", actor=audit.OPERATOR, details={"n": i})
 
 
 def run_verify(settings: Settings) -> tuple[int, str, str]:
@@ -117,7 +116,7 @@ def test_inserted_event_is_detected(gateway: Gateway, settings: Settings) -> Non
             {"eid": forged["event_id"], "body": forged_text, "prev": "f" * 64, "hash": forged_hash},
         )
     expect_broken(settings, 6, "does not follow the event before it")
-    code, out, _ = run_verify(settings)
+    _, out, _ = run_verify(settings)
     assert "event 7: stored at position 7 but written as event 6" in out
 
 
@@ -140,8 +139,9 @@ def test_truncated_log_is_detected(gateway: Gateway, settings: Settings) -> None
     expect_broken(settings, None, "removed from the end")
 
 
-@hyp_settings(max_examples=15, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hyp_settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_any_byte_change_in_any_body_is_detected(gateway: Gateway, data: st.DataObject) -> None:
     with gateway.sessions() as session:
@@ -153,7 +153,8 @@ def test_any_byte_change_in_any_body_is_detected(gateway: Gateway, data: st.Data
     changed = original[:position] + replacement + original[position + 1 :]
     with gateway.engine.begin() as connection:
         connection.execute(
-            text("UPDATE audit_events SET body = :b WHERE seq = :s"), {"b": changed, "s": target.seq}
+            text("UPDATE audit_events SET body = :b WHERE seq = :s"),
+            {"b": changed, "s": target.seq},
         )
     try:
         with gateway.sessions() as session:

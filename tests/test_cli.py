@@ -38,8 +38,16 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
 def test_spec_commands_exist() -> None:
     paths = {" ".join(p) for p in all_commands(main)}
     for expected in [
-        "init", "keys init", "keys rotate", "agreements check", "agreements list",
-        "agreements show", "audit list", "audit verify", "serve", "demo",
+        "init",
+        "keys init",
+        "keys rotate",
+        "agreements check",
+        "agreements list",
+        "agreements show",
+        "audit list",
+        "audit verify",
+        "serve",
+        "demo",
     ]:
         assert expected in paths
 

@@ -11,7 +11,8 @@ from typing import Any
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings as hyp_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 
@@ -46,12 +47,18 @@ def write_csv(tmp_path: Path, *lines: str, name: str = "extract.csv") -> Path:
     return path
 
 
-def upload(gw: Gateway, path: Path, dataset: str = "evaluations", party: str = DISTRICT,
-           **kwargs: Any) -> dict[str, Any]:  # fmt: skip
+def upload(
+    gw: Gateway, path: Path, dataset: str = "evaluations", party: str = DISTRICT, **kwargs: Any
+) -> dict[str, Any]:
     return upload_extract(
-        gw, agreement_id=AGREEMENT, party=party, dataset=dataset, path=path, actor=OPERATOR,
+        gw,
+        agreement_id=AGREEMENT,
+        party=party,
+        dataset=dataset,
+        path=path,
+        actor=OPERATOR,
         **kwargs,
-    )  # fmt: skip
+    )
 
 
 def store_state(gw: Gateway) -> dict[str, int]:
@@ -89,13 +96,20 @@ def test_accepted_csv_receipt_and_rows(gateway: Gateway, tmp_path: Path) -> None
     assert receipt["key_version"] == 1
     kept = {c["column"] for c in receipt["columns"]["kept"]}
     assert kept == {
-        "educator_id", "school_year", "school_code", "assignment_subject", "grade_band",
-        "years_experience", "summative_rating",
-    }  # fmt: skip
+        "educator_id",
+        "school_year",
+        "school_code",
+        "assignment_subject",
+        "grade_band",
+        "years_experience",
+        "summative_rating",
+    }
     dropped = {d["header"]: d["reason"] for d in receipt["columns"]["dropped"]}
     assert dropped == {
-        "Last Name": "direct identifier", "First Name": "direct identifier", "notes": "unknown",
-    }  # fmt: skip
+        "Last Name": "direct identifier",
+        "First Name": "direct identifier",
+        "notes": "unknown",
+    }
     assert receipt["periods"] == {"2024": 1, "2025": 2}
     rows = stored_rows(gateway)
     assert [r["summative_rating"] for r in rows] == [3, 4, 2]
@@ -139,9 +153,11 @@ def test_header_names_match_ignoring_case_and_spaces(gateway: Gateway, tmp_path:
     path = write_csv(tmp_path, "  mepid , sy,SUMMATIVE RATING , school_code", "482913,2025,3,S-01")
     receipt = upload(gateway, path)
     assert {c["header"]: c["column"] for c in receipt["columns"]["kept"]} == {
-        "mepid": "educator_id", "sy": "school_year", "SUMMATIVE RATING": "summative_rating",
+        "mepid": "educator_id",
+        "sy": "school_year",
+        "SUMMATIVE RATING": "summative_rating",
         "school_code": "school_code",
-    }  # fmt: skip
+    }
 
 
 def frame() -> pd.DataFrame:
@@ -271,49 +287,109 @@ MALFORMED: list[tuple[str, Callable[[Path], Path], str, dict[str, Any]]] = [
     ("latin-1", _latin1, "line 3: the file is not UTF-8", {}),
     ("utf-16", _utf16, "line 1: the file is UTF-16 text, not UTF-8", {}),
     ("truncated utf-8", _truncated_utf8, "ends in the middle of a UTF-8 character", {}),
-    ("too few fields", _rows(GOOD_ROWS[0], "482914,Lindqvist,Maren,2025"),
-     "row 3: expected 10 fields, as in the header row; found 4 fields", {}),
-    ("too many fields", _rows(GOOD_ROWS[0], GOOD_ROWS[1] + ",extra,more"),
-     "row 3: expected 10 fields, as in the header row; found 12 fields", {}),
-    ("missing required column", lambda p: write_csv(p, "MEPID,SY", "482913,2025"),
-     "required column(s) missing: summative_rating (or 'Summative Rating')", {}),
-    ("two headers for one column",
-     lambda p: write_csv(p, "MEPID,educator_id,SY,Summative Rating", "1,1,2025,3"),
-     "columns 'MEPID' and 'educator_id' both map to 'educator_id'", {}),
-    ("invalid educator id", _rows(GOOD_ROWS[0], "TEACHER,Lindqvist,Maren,2025,S-01,ELA,3-5,1,4,"),
-     "row 3, column 'MEPID' (educator_id): expected an educator ID that matches", {}),
-    ("empty educator id", _rows(",Lindqvist,Maren,2025,S-01,ELA,3-5,1,4,"),
-     "row 2, column 'MEPID' (educator_id): expected an educator ID that matches the pattern", {}),
-    ("rating not a code", _rows(GOOD_ROWS[0], "482914,Lindqvist,Maren,2025,S-01,ELA,3-5,1,5,"),
-     "row 3, column 'Summative Rating' (summative_rating): expected one of 1, 2, 3, 4; found a "
-     "value not in that list", {}),
-    ("year not a number", _rows("482914,Lindqvist,Maren,twenty,S-01,ELA,3-5,1,4,"),
-     "row 2, column 'SY' (school_year): expected a whole number from 2000 to 2100; found text "
-     "that is not a whole number", {}),
-    ("year out of range", _rows("482914,Lindqvist,Maren,1990,S-01,ELA,3-5,1,4,"),
-     "found a number below 2000", {}),
-    ("negative experience", _rows("482914,Lindqvist,Maren,2025,S-01,ELA,3-5,-1,4,"),
-     "column 'Yrs Experience' (years_experience): expected a whole number from 0 to 50; found a "
-     "number below 0", {}),
-    ("grade band not a code", _rows("482914,Lindqvist,Maren,2025,S-01,ELA,K-12,1,4,"),
-     "column 'Grade Span' (grade_band): expected one of PK-2, 3-5, 6-8, 9-12", {}),
-    ("school code pattern", _rows("482914,Lindqvist,Maren,2025,s 01!,ELA,3-5,1,4,"),
-     "found text not matching that pattern", {}),
-    ("spreadsheet formula", _rows('482914,Lindqvist,Maren,2025,"=HYPERLINK(""x"")",ELA,3-5,1,4,'),
-     "found a spreadsheet formula", {}),
-    ("duplicate key", _rows(GOOD_ROWS[0], "482913,Okafor,Adaeze,2025,S-03,SCI,6-8,2,4,"),
-     "row 3: expected one row per educator_id, school_year; found the same educator_id, "
-     "school_year as row 2", {}),
+    (
+        "too few fields",
+        _rows(GOOD_ROWS[0], "482914,Lindqvist,Maren,2025"),
+        "row 3: expected 10 fields, as in the header row; found 4 fields",
+        {},
+    ),
+    (
+        "too many fields",
+        _rows(GOOD_ROWS[0], GOOD_ROWS[1] + ",extra,more"),
+        "row 3: expected 10 fields, as in the header row; found 12 fields",
+        {},
+    ),
+    (
+        "missing required column",
+        lambda p: write_csv(p, "MEPID,SY", "482913,2025"),
+        "required column(s) missing: summative_rating (or 'Summative Rating')",
+        {},
+    ),
+    (
+        "two headers for one column",
+        lambda p: write_csv(p, "MEPID,educator_id,SY,Summative Rating", "1,1,2025,3"),
+        "columns 'MEPID' and 'educator_id' both map to 'educator_id'",
+        {},
+    ),
+    (
+        "invalid educator id",
+        _rows(GOOD_ROWS[0], "TEACHER,Lindqvist,Maren,2025,S-01,ELA,3-5,1,4,"),
+        "row 3, column 'MEPID' (educator_id): expected an educator ID that matches",
+        {},
+    ),
+    (
+        "empty educator id",
+        _rows(",Lindqvist,Maren,2025,S-01,ELA,3-5,1,4,"),
+        "row 2, column 'MEPID' (educator_id): expected an educator ID that matches the pattern",
+        {},
+    ),
+    (
+        "rating not a code",
+        _rows(GOOD_ROWS[0], "482914,Lindqvist,Maren,2025,S-01,ELA,3-5,1,5,"),
+        "row 3, column 'Summative Rating' (summative_rating): expected one of 1, 2, 3, 4; found a "
+        "value not in that list",
+        {},
+    ),
+    (
+        "year not a number",
+        _rows("482914,Lindqvist,Maren,twenty,S-01,ELA,3-5,1,4,"),
+        "row 2, column 'SY' (school_year): expected a whole number from 2000 to 2100; found text "
+        "that is not a whole number",
+        {},
+    ),
+    (
+        "year out of range",
+        _rows("482914,Lindqvist,Maren,1990,S-01,ELA,3-5,1,4,"),
+        "found a number below 2000",
+        {},
+    ),
+    (
+        "negative experience",
+        _rows("482914,Lindqvist,Maren,2025,S-01,ELA,3-5,-1,4,"),
+        "column 'Yrs Experience' (years_experience): expected a whole number from 0 to 50; found a "
+        "number below 0",
+        {},
+    ),
+    (
+        "grade band not a code",
+        _rows("482914,Lindqvist,Maren,2025,S-01,ELA,K-12,1,4,"),
+        "column 'Grade Span' (grade_band): expected one of PK-2, 3-5, 6-8, 9-12",
+        {},
+    ),
+    (
+        "school code pattern",
+        _rows("482914,Lindqvist,Maren,2025,s 01!,ELA,3-5,1,4,"),
+        "found text not matching that pattern",
+        {},
+    ),
+    (
+        "spreadsheet formula",
+        _rows('482914,Lindqvist,Maren,2025,"=HYPERLINK(""x"")",ELA,3-5,1,4,'),
+        "found a spreadsheet formula",
+        {},
+    ),
+    (
+        "duplicate key",
+        _rows(GOOD_ROWS[0], "482913,Okafor,Adaeze,2025,S-03,SCI,6-8,2,4,"),
+        "row 3: expected one row per educator_id, school_year; found the same educator_id, "
+        "school_year as row 2",
+        {},
+    ),
     ("legacy xls", _xls, "legacy Excel .xls files are not accepted", {}),
     ("zip not xlsx", _zip, "ZIP archive but not an Excel workbook", {}),
     ("damaged parquet", _bad_parquet, "the Parquet file cannot be read", {}),
-    ("missing worksheet", _missing_sheet, "no worksheet named 'Ratings' (worksheets: Sheet1)",
-     {"sheet": "Ratings"}),
-]  # fmt: skip
+    (
+        "missing worksheet",
+        _missing_sheet,
+        "no worksheet named 'Ratings' (worksheets: Sheet1)",
+        {"sheet": "Ratings"},
+    ),
+]
 
 
-@pytest.mark.parametrize(("factory", "expected", "extra"), [m[1:] for m in MALFORMED],
-                         ids=[m[0] for m in MALFORMED])  # fmt: skip
+@pytest.mark.parametrize(
+    ("factory", "expected", "extra"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED]
+)
 def test_malformed_input_gets_its_precise_error_and_stores_nothing(
     gateway: Gateway,
     tmp_path: Path,
@@ -370,8 +446,9 @@ def test_row_numbers_stay_right_after_ragged_rows_across_chunks(
     with pytest.raises(UploadRefused) as refused:
         upload(gateway, write_csv(tmp_path, HEADER, *rows))
     assert [(p["row"], p["column"]) for p in refused.value.receipt["problems"]] == [
-        (3, None), (5, "summative_rating"),
-    ]  # fmt: skip
+        (3, None),
+        (5, "summative_rating"),
+    ]
 
 
 def profile_with(settings: Settings, tmp_path: Path, **overrides: str) -> Settings:
@@ -407,8 +484,9 @@ def test_formula_cells_neutralised_in_free_text_when_the_profile_says() -> None:
     from gateway.agreements.models import ColumnSpec
     from gateway.ingest.validate import validate_column
 
-    free_text = ColumnSpec(type="string", role="quasi_identifier", required=False,
-                           description="free text")  # fmt: skip
+    free_text = ColumnSpec(
+        type="string", role="quasi_identifier", required=False, description="free text"
+    )
     cells = pa.array(["=1+2", "@SUM(A1)", "plain", "", "+33"])
     neutral = validate_column("note", free_text, cells, formula_cells="neutralise")
     assert neutral.values.to_pylist() == ["'=1+2", "'@SUM(A1)", "plain", None, "'+33"]
@@ -419,18 +497,20 @@ def test_formula_cells_neutralised_in_free_text_when_the_profile_says() -> None:
 
 
 def test_formula_like_value_that_fits_the_pattern_is_data(gateway: Gateway, tmp_path: Path) -> None:
-    receipt = upload(gateway, write_csv(tmp_path, "MEPID,SY,Summative Rating,School Code",
-                                        "482913,2025,3,-S01"))  # fmt: skip
+    receipt = upload(
+        gateway, write_csv(tmp_path, "MEPID,SY,Summative Rating,School Code", "482913,2025,3,-S01")
+    )
     assert receipt["rows"]["accepted"] == 1
     assert stored_rows(gateway)[0]["school_code"] == "-S01"
 
 
-@hyp_settings(max_examples=25, deadline=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@hyp_settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     ratings=st.lists(
         st.sampled_from(["1", "2", "3", "4", "5", "x", "", "3.0"]), min_size=1, max_size=30
-    ),  # fmt: skip
+    ),
 )
 def test_accepted_rows_are_exactly_the_valid_ones(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory, ratings: list[str]
@@ -438,9 +518,11 @@ def test_accepted_rows_are_exactly_the_valid_ones(
     from gateway.context import initialise
 
     tmp_path = tmp_path_factory.mktemp("prop")
-    local = profile_with(settings.model_copy(update={"data_dir": tmp_path / "data",
-                                                     "database_url": None}),
-                         tmp_path, on_bad_rows="reject_rows")  # fmt: skip
+    local = profile_with(
+        settings.model_copy(update={"data_dir": tmp_path / "data", "database_url": None}),
+        tmp_path,
+        on_bad_rows="reject_rows",
+    )
     initialise(local)
     rows = [f"{700000 + i},2025,{r}" for i, r in enumerate(ratings)]
     valid = [int(float(r)) for r in ratings if r in {"1", "2", "3", "4", "3.0"}]
@@ -452,8 +534,10 @@ def test_accepted_rows_are_exactly_the_valid_ones(
             return
         receipt = upload(gw, path)
         assert receipt["rows"] == {
-            "read": len(ratings), "accepted": len(valid), "rejected": len(ratings) - len(valid),
-        }  # fmt: skip
+            "read": len(ratings),
+            "accepted": len(valid),
+            "rejected": len(ratings) - len(valid),
+        }
         assert [r["summative_rating"] for r in stored_rows(gw)] == valid
 
 
@@ -490,8 +574,9 @@ def test_api_upload_returns_the_receipt_and_leaves_no_temporary_file(
     assert leftovers == []
 
 
-def test_cli_upload_prints_receipt_and_refusal(gateway: Gateway, settings: Settings,
-                                               tmp_path: Path) -> None:  # fmt: skip
+def test_cli_upload_prints_receipt_and_refusal(
+    gateway: Gateway, settings: Settings, tmp_path: Path
+) -> None:
     from click.testing import CliRunner
 
     from gateway.cli import main

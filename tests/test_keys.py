@@ -111,7 +111,10 @@ def test_rotation_makes_a_new_version_and_new_pseudonyms(gateway: Gateway) -> No
             session, gateway.master_key, agreement_id=agreement.id, normalisation=norm
         )
         old = keys.pseudonymizer_for(
-            session, gateway.master_key, agreement_id=agreement.id, normalisation=norm,
+            session,
+            gateway.master_key,
+            agreement_id=agreement.id,
+            normalisation=norm,
             key_version=1,
         )
         events = session.scalars(audit.query_events(kind="key-rotated")).all()

@@ -13,44 +13,80 @@ from gateway.pseudonym import (
     InvalidEducatorId,
     Normalisation,
     Pseudonymizer,
-    derive_agreement_key,
     derivation_info,
+    derive_agreement_key,
     hkdf_sha256,
     hmac_sha256,
 )
 
 # RFC 4231 section 4: HMAC-SHA-256 test cases 1-7 (key, data, expected MAC, bytes compared).
 RFC4231 = [
-    (b"\x0b" * 20, b"Hi There",
-     "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7", 32),
-    (b"Jefe", b"what do ya want for nothing?",
-     "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843", 32),
-    (b"\xaa" * 20, b"\xdd" * 50,
-     "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe", 32),
-    (bytes(range(1, 26)), b"\xcd" * 50,
-     "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b", 32),
+    (
+        b"\x0b" * 20,
+        b"Hi There",
+        "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+        32,
+    ),
+    (
+        b"Jefe",
+        b"what do ya want for nothing?",
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+        32,
+    ),
+    (
+        b"\xaa" * 20,
+        b"\xdd" * 50,
+        "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe",
+        32,
+    ),
+    (
+        bytes(range(1, 26)),
+        b"\xcd" * 50,
+        "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b",
+        32,
+    ),
     (b"\x0c" * 20, b"Test With Truncation", "a3b6167473100ee06e0c796c2955552b", 16),
-    (b"\xaa" * 131, b"Test Using Larger Than Block-Size Key - Hash Key First",
-     "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54", 32),
-    (b"\xaa" * 131,
-     b"This is a test using a larger than block-size key and a larger than block-size "
-     b"data. The key needs to be hashed before being used by the HMAC algorithm.",
-     "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2", 32),
-]  # fmt: skip
+    (
+        b"\xaa" * 131,
+        b"Test Using Larger Than Block-Size Key - Hash Key First",
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+        32,
+    ),
+    (
+        b"\xaa" * 131,
+        b"This is a test using a larger than block-size key and a larger than block-size "
+        b"data. The key needs to be hashed before being used by the HMAC algorithm.",
+        "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2",
+        32,
+    ),
+]
 
 # RFC 5869 appendix A, test cases 1-3 (SHA-256): ikm, salt, info, length, OKM.
 RFC5869 = [
-    (b"\x0b" * 22, bytes(range(0x0D)), bytes(range(0xF0, 0xFA)), 42,
-     "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
-     "34007208d5b887185865"),
-    (bytes(range(0x50)), bytes(range(0x60, 0xB0)), bytes(range(0xB0, 0x100)), 82,
-     "b11e398dc80327a1c8e7f78c596a49344f012eda2d4efad8a050cc4c19afa97c"
-     "59045a99cac7827271cb41c65e590e09da3275600c2f09b8367793a9aca3db71"
-     "cc30c58179ec3e87c14c01d5c1f3434f1d87"),
-    (b"\x0b" * 22, b"", b"", 42,
-     "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
-     "9d201395faa4b61a96c8"),
-]  # fmt: skip
+    (
+        b"\x0b" * 22,
+        bytes(range(0x0D)),
+        bytes(range(0xF0, 0xFA)),
+        42,
+        "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865",
+    ),
+    (
+        bytes(range(0x50)),
+        bytes(range(0x60, 0xB0)),
+        bytes(range(0xB0, 0x100)),
+        82,
+        "b11e398dc80327a1c8e7f78c596a49344f012eda2d4efad8a050cc4c19afa97c"
+        "59045a99cac7827271cb41c65e590e09da3275600c2f09b8367793a9aca3db71"
+        "cc30c58179ec3e87c14c01d5c1f3434f1d87",
+    ),
+    (
+        b"\x0b" * 22,
+        b"",
+        b"",
+        42,
+        "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8",
+    ),
+]
 
 
 @pytest.mark.parametrize(("key", "data", "expected", "length"), RFC4231)
@@ -82,8 +118,10 @@ def pseudonymizer(agreement_id: str = "a-1", version: int = 1) -> Pseudonymizer:
 
 def test_pseudonym_is_hmac_of_normalised_id_under_hkdf_key() -> None:
     key = hkdf_sha256(ikm=MASTER, salt=SALT, info=derivation_info("a-1", 1), length=32)
-    expected = hmac_sha256(key, b"12345").hex().translate(
-        str.maketrans("0123456789abcdef", "abcdefghijklmnop")
+    expected = (
+        hmac_sha256(key, b"12345")
+        .hex()
+        .translate(str.maketrans("0123456789abcdef", "abcdefghijklmnop"))
     )
     assert pseudonymizer().pseudonymize(" 0012345 ") == expected
 
@@ -102,9 +140,9 @@ def test_different_across_agreements(raw: str, first: str, second: str) -> None:
 @given(raw_ids, st.integers(1, 50), st.integers(1, 50))
 def test_different_across_key_versions(raw: str, v1: int, v2: int) -> None:
     assume(v1 != v2)
-    assert pseudonymizer(version=v1).pseudonymize(raw) != pseudonymizer(
-        version=v2
-    ).pseudonymize(raw)
+    assert pseudonymizer(version=v1).pseudonymize(raw) != pseudonymizer(version=v2).pseudonymize(
+        raw
+    )
 
 
 @given(st.from_regex(r"\A[1-9][0-9A-Z]{0,8}\Z"), st.integers(0, 4), st.booleans(), st.booleans())

@@ -76,7 +76,12 @@ def test_changed_agreement_file_is_recorded(settings: Settings, tmp_path: object
     target = sorted(folder.glob("*.yaml"))[0]
     target.write_text(target.read_text().replace("title:", "title: Amended -", 1))
     with Gateway.open(local) as gw, gw.sessions() as session:
-        changed = [audit.event_view(e) for e in session.scalars(audit.query_events(kind="agreement-changed"))]
+        changed = [
+            audit.event_view(e)
+            for e in session.scalars(audit.query_events(kind="agreement-changed"))
+        ]
     assert len(changed) == 1
     assert changed[0]["agreement"]["id"] == target.stem
-    assert changed[0]["details"]["previous"]["content_hash"] != changed[0]["details"]["content_hash"]
+    assert (
+        changed[0]["details"]["previous"]["content_hash"] != changed[0]["details"]["content_hash"]
+    )

@@ -100,7 +100,7 @@ async def receive_file(
         (files if part.field_name == b"file" else others).append(part)
 
     parser = create_form_parser(
-        {k.title(): v.encode("latin-1") for k, v in headers.items()},  # type: ignore[arg-type]
+        {k.title(): v.encode("latin-1") for k, v in headers.items()},
         on_field=None,
         on_file=on_file,
         config={

@@ -162,9 +162,10 @@ def _normalisation(schema: DatasetSchema) -> Normalisation | None:
     kwargs: dict[str, Any] = {}
     if settings is not None:
         kwargs.update(
-            trim=settings.trim, upper=settings.upper,
+            trim=settings.trim,
+            upper=settings.upper,
             strip_leading_zeros=settings.strip_leading_zeros,
-        )  # fmt: skip
+        )
     if spec.pattern is not None:
         kwargs["pattern"] = spec.pattern
     return Normalisation(**kwargs)
@@ -229,9 +230,17 @@ def upload_extract(
         )
         plan = plan_columns(header, dataset=agreement_dataset, schema=schema, file_name=name)
         return _store(
-            gateway, agreement=agreement, dataset=agreement_dataset, schema=schema, party=party,
-            actor=actor, upload_id=upload_id, facts=facts, plan=plan, chunks=chunks,
-        )  # fmt: skip
+            gateway,
+            agreement=agreement,
+            dataset=agreement_dataset,
+            schema=schema,
+            party=party,
+            actor=actor,
+            upload_id=upload_id,
+            facts=facts,
+            plan=plan,
+            chunks=chunks,
+        )
     except UploadRefused:
         raise
     except SchemaError as error:
@@ -277,10 +286,18 @@ def _store(
     tally = _Tally()
     try:
         return _write(
-            gateway, agreement=agreement, dataset=dataset, schema=schema, party=party,
-            actor=actor, upload_id=upload_id, facts=facts, plan=plan, chunks=chunks,
+            gateway,
+            agreement=agreement,
+            dataset=dataset,
+            schema=schema,
+            party=party,
+            actor=actor,
+            upload_id=upload_id,
+            facts=facts,
+            plan=plan,
+            chunks=chunks,
             tally=tally,
-        )  # fmt: skip
+        )
     except _Refused:
         pass
     reason = (
@@ -290,9 +307,18 @@ def _store(
         else "no row passed validation"
     )
     receipt = _record_refusal(
-        gateway, agreement, upload_id, dataset.name, party, actor, reason, facts, tally,
-        plan=plan, key_version=tally.key_version,
-    )  # fmt: skip
+        gateway,
+        agreement,
+        upload_id,
+        dataset.name,
+        party,
+        actor,
+        reason,
+        facts,
+        tally,
+        plan=plan,
+        key_version=tally.key_version,
+    )
     first = tally.problems[0].describe() if tally.problems else reason
     raise UploadRefused(
         f"{facts.name}: upload refused: {tally.problem_count} problem(s); first: {first}",
@@ -340,11 +366,18 @@ def _write(
             key_version = pseudonymizer.key_version
             tally.key_version = key_version
         upload = Upload(
-            upload_id=upload_id, agreement_id=agreement.id, dataset=dataset.name,
-            schema_name=schema.name, party=party, status="accepted",
-            created_at=datetime.now(UTC), key_version=key_version, file_sha256=facts.sha256,
-            file_format=facts.format, receipt="{}",
-        )  # fmt: skip
+            upload_id=upload_id,
+            agreement_id=agreement.id,
+            dataset=dataset.name,
+            schema_name=schema.name,
+            party=party,
+            status="accepted",
+            created_at=datetime.now(UTC),
+            key_version=key_version,
+            file_sha256=facts.sha256,
+            file_format=facts.format,
+            receipt="{}",
+        )
         session.add(upload)
         session.flush()
         connection = session.connection()
@@ -357,10 +390,16 @@ def _write(
                     "(GATEWAY_MAX_UPLOAD_ROWS); split the file by school year"
                 )
             good, pseudonyms, typed = _check_chunk(
-                chunk, plan=plan, schema=schema, tally=tally, key_columns=key_columns,
-                id_column=id_column, pseudonymizer=pseudonymizer, seen_keys=seen_keys,
+                chunk,
+                plan=plan,
+                schema=schema,
+                tally=tally,
+                key_columns=key_columns,
+                id_column=id_column,
+                pseudonymizer=pseudonymizer,
+                seen_keys=seen_keys,
                 formula_cells=profile.formula_cells,
-            )  # fmt: skip
+            )
             tally.rows_rejected += int((~good).sum()) + len(chunk.ragged)
             if refuse_whole and tally.problem_count:
                 writing = False  # keep reading only to count and list problems
@@ -395,10 +434,20 @@ def _write(
 
         replaced = _replace_earlier(session, upload, table, period_column, tally.periods)
         receipt = _receipt(
-            upload_id=upload_id, status="accepted", agreement=agreement, dataset=dataset.name,
-            schema=schema.name, party=party, facts=facts, tally=tally, plan=plan,
-            key_version=key_version, replaced=replaced, reason=None, created_at=upload.created_at,
-        )  # fmt: skip
+            upload_id=upload_id,
+            status="accepted",
+            agreement=agreement,
+            dataset=dataset.name,
+            schema=schema.name,
+            party=party,
+            facts=facts,
+            tally=tally,
+            plan=plan,
+            key_version=key_version,
+            replaced=replaced,
+            reason=None,
+            created_at=upload.created_at,
+        )
         upload.rows_read = tally.rows_read
         upload.rows_accepted = tally.rows_accepted
         upload.rows_rejected = tally.rows_rejected
@@ -406,10 +455,14 @@ def _write(
         for year, count in sorted(tally.periods.items()):
             session.add(UploadPeriod(upload_seq=upload.seq, period=year, rows=count))
         event = audit.append_event(
-            session, kind="upload-accepted", actor=actor, details=_audit_details(receipt),
-            agreement_id=agreement.id, agreement_version=agreement.version,
+            session,
+            kind="upload-accepted",
+            actor=actor,
+            details=_audit_details(receipt),
+            agreement_id=agreement.id,
+            agreement_version=agreement.version,
             agreement_hash=agreement.content_hash,
-        )  # fmt: skip
+        )
         receipt["audit_event"] = event.event_id
         upload.receipt = json.dumps(receipt, sort_keys=True)
     return receipt
@@ -476,10 +529,12 @@ def _check_chunk(
             for position, first in zip(duplicates, firsts, strict=True):
                 groups.append(
                     ProblemGroup(
-                        np.array([position]), None,
-                        f"one row per {columns}", f"the same {columns} as row {first}",
+                        np.array([position]),
+                        None,
+                        f"one row per {columns}",
+                        f"the same {columns} as row {first}",
                     )
-                )  # fmt: skip
+                )
             bad[np.array(duplicates)] = True
 
     count = sum(len(g.positions) for g in groups) + len(chunk.ragged)
@@ -501,7 +556,7 @@ def _check_chunk(
             header=None,
             expected=f"{width} fields, as in the header row",
             found=f"{r.found} fields",
-        )  # fmt: skip
+        )
         for r in chunk.ragged
     ]
     listed.sort(key=lambda p: p.row or 0)
@@ -538,7 +593,7 @@ def _resolve_educators(
 def _python_values(
     array: pa.Array, good: np.ndarray[Any, np.dtype[np.bool_]], sqlite: bool
 ) -> list[Any]:
-    values = array.filter(pa.array(good)).to_pylist()
+    values: list[Any] = array.filter(pa.array(good)).to_pylist()
     if sqlite and pa.types.is_date32(array.type):
         # Store dates as ISO text, as SQLAlchemy's SQLite Date type does.
         return [v.isoformat() if isinstance(v, date) else v for v in values]
@@ -572,13 +627,11 @@ def _insert_rows(
             rows,
         )
         return
-    raw = connection.connection.dbapi_connection
-    assert raw is not None
+    # PostgreSQL: COPY is several times faster than batched INSERTs.
+    raw: Any = connection.connection.dbapi_connection
     with (
         raw.cursor() as cursor,
-        cursor.copy(  # type: ignore[attr-defined]
-            f"COPY {table.name} ({column_list}) FROM STDIN"
-        ) as copy,
+        cursor.copy(f"COPY {table.name} ({column_list}) FROM STDIN") as copy,
     ):
         for row in rows:
             copy.write_row(row)
@@ -617,9 +670,12 @@ def _replace_earlier(
                 .values(replaced_by_seq=upload.seq)
             )
             replaced.append(
-                {"upload_id": earlier_id, "period": period if period_column else None,
-                 "rows": record.rows}
-            )  # fmt: skip
+                {
+                    "upload_id": earlier_id,
+                    "period": period if period_column else None,
+                    "rows": record.rows,
+                }
+            )
     return replaced
 
 
@@ -712,29 +768,48 @@ def _record_refusal(
     """Store a refused upload's receipt and audit event (no rows) in a fresh transaction."""
     created_at = datetime.now(UTC)
     receipt = _receipt(
-        upload_id=upload_id, status="refused", agreement=agreement, dataset=dataset,
-        schema=None, party=party, facts=facts, tally=tally, plan=plan,
-        key_version=key_version, replaced=[], reason=reason, created_at=created_at,
-    )  # fmt: skip
+        upload_id=upload_id,
+        status="refused",
+        agreement=agreement,
+        dataset=dataset,
+        schema=None,
+        party=party,
+        facts=facts,
+        tally=tally,
+        plan=plan,
+        key_version=key_version,
+        replaced=[],
+        reason=reason,
+        created_at=created_at,
+    )
     with gateway.sessions() as session, session.begin():
-        agreement_known = agreement is not None
         event = audit.append_event(
-            session, kind="upload-refused", actor=actor, details=_audit_details(receipt),
-            agreement_id=agreement.id if agreement_known else None,
-            agreement_version=agreement.version if agreement_known else None,
-            agreement_hash=agreement.content_hash if agreement_known else None,
-        )  # fmt: skip
+            session,
+            kind="upload-refused",
+            actor=actor,
+            details=_audit_details(receipt),
+            agreement_id=agreement.id if agreement is not None else None,
+            agreement_version=agreement.version if agreement is not None else None,
+            agreement_hash=agreement.content_hash if agreement is not None else None,
+        )
         receipt["audit_event"] = event.event_id
-        if agreement_known:
+        if agreement is not None:
             session.add(
                 Upload(
-                    upload_id=upload_id, agreement_id=agreement.id, dataset=dataset[:64],
-                    schema_name="", party=party[:128], status="refused", created_at=created_at,
-                    key_version=key_version, file_sha256=facts.sha256 if facts else None,
+                    upload_id=upload_id,
+                    agreement_id=agreement.id,
+                    dataset=dataset[:64],
+                    schema_name="",
+                    party=party[:128],
+                    status="refused",
+                    created_at=created_at,
+                    key_version=key_version,
+                    file_sha256=facts.sha256 if facts else None,
                     file_format=facts.format if facts else None,
-                    rows_read=receipt["rows"]["read"], rows_accepted=0,
+                    rows_read=receipt["rows"]["read"],
+                    rows_accepted=0,
                     rows_rejected=receipt["rows"]["rejected"],
                     receipt=json.dumps(receipt, sort_keys=True),
                 )
-            )  # fmt: skip
+            )
     return receipt

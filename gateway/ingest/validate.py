@@ -210,15 +210,24 @@ def _numeric_values(
         values = pc.cast(pc.if_else(usable, text, pa.scalar(None, pa.string())), pa.float64())
     if spec.codes:
         allowed = pa.array([c.value for c in spec.codes], values.type)
-        check.flag(_np(pc.invert(pc.is_in(values, value_set=allowed))) & present, expected,
-                   "a value not in that list")  # fmt: skip
+        check.flag(
+            _np(pc.invert(pc.is_in(values, value_set=allowed))) & present,
+            expected,
+            "a value not in that list",
+        )
     if spec.range is not None:
         if spec.range.min is not None:
-            check.flag(_np(pc.less(values, spec.range.min)), expected,
-                       f"a number below {_fmt(spec.range.min)}")  # fmt: skip
+            check.flag(
+                _np(pc.less(values, spec.range.min)),
+                expected,
+                f"a number below {_fmt(spec.range.min)}",
+            )
         if spec.range.max is not None:
-            check.flag(_np(pc.greater(values, spec.range.max)), expected,
-                       f"a number above {_fmt(spec.range.max)}")  # fmt: skip
+            check.flag(
+                _np(pc.greater(values, spec.range.max)),
+                expected,
+                f"a number above {_fmt(spec.range.max)}",
+            )
     return values
 
 
@@ -226,12 +235,16 @@ def _date_values(check: _Checker, text: pa.Array, present: BoolArray, expected: 
     none = pa.scalar(None, pa.string())
     iso = pc.strptime(
         pc.if_else(pc.match_substring_regex(text, _ISO_DATE), text, none),
-        format="%Y-%m-%d", unit="s", error_is_null=True,
-    )  # fmt: skip
+        format="%Y-%m-%d",
+        unit="s",
+        error_is_null=True,
+    )
     us = pc.strptime(
         pc.if_else(pc.match_substring_regex(text, _US_DATE), text, none),
-        format="%m/%d/%Y", unit="s", error_is_null=True,
-    )  # fmt: skip
+        format="%m/%d/%Y",
+        unit="s",
+        error_is_null=True,
+    )
     parsed = pc.coalesce(iso, us)
     check.flag(present & _np(pc.is_null(parsed)), expected, "text that is not a valid date")
     return pc.cast(parsed, pa.date32())
@@ -242,7 +255,10 @@ def _boolean_values(check: _Checker, text: pa.Array, present: BoolArray, expecte
     truthy = _np(pc.is_in(lowered, value_set=pa.array(_TRUE)))
     falsy = _np(pc.is_in(lowered, value_set=pa.array(_FALSE)))
     check.flag(present & ~(truthy | falsy), expected, "a value that is not true or false")
-    return pa.array(np.where(truthy, True, np.where(falsy, False, None)), pa.bool_())
+    values: list[bool | None] = [
+        True if t else False if f else None for t, f in zip(truthy, falsy, strict=True)
+    ]
+    return pa.array(values, pa.bool_())
 
 
 def first_problems(

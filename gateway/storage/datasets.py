@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Boolean,
@@ -95,7 +95,7 @@ class Educator(Base):
     pseudonym: Mapped[str] = mapped_column(String(64), unique=True)
 
 
-_TYPES: Mapping[str, type[TypeEngine[object]]] = {
+_TYPES: Mapping[str, type[TypeEngine[Any]]] = {
     "integer": Integer,
     "number": Float,
     "string": String,
