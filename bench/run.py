@@ -45,9 +45,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(selected: list[str]) -> None:
-    from bench import bench_pseudonym
+    from bench import bench_pseudonym, bench_upload
 
-    suites = {"pseudonym": bench_pseudonym.run}
+    suites = {"pseudonym": bench_pseudonym.run, "upload": bench_upload.run}
     sections = []
     for name, suite in suites.items():
         if selected and name not in selected:

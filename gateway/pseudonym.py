@@ -153,6 +153,24 @@ class Pseudonymizer:
             raise InvalidEducatorId("educator ID does not match the expected pattern")
         return self._mac(normalised)
 
+    def pseudonymize_distinct(
+        self, raw_ids: Sequence[str], cache: dict[str, str | None]
+    ) -> list[str | None]:
+        """Pseudonyms of distinct raw IDs (``None`` if invalid), memoised in ``cache``.
+
+        Uploads dictionary-encode an ID column and pass its distinct values here,
+        so each spelling of an ID is normalised and hashed once per upload.
+        """
+        normalise = self.normalisation.normalise
+        is_valid = self.normalisation.is_valid
+        out: list[str | None] = []
+        for raw in raw_ids:
+            if raw not in cache:
+                normalised = normalise(raw)
+                cache[raw] = self._mac(normalised) if is_valid(normalised) else None
+            out.append(cache[raw])
+        return out
+
     def pseudonymize_many(self, raw_ids: Iterable[str | None]) -> list[str | None]:
         """Pseudonyms for a column, ``None`` where the ID is missing or invalid.
 

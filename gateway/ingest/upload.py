@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from sqlalchemy import Connection, Table, delete, insert, select, update
+import pyarrow.compute as pc
+from sqlalchemy import Connection, Table, delete, select, text, update
 from sqlalchemy.orm import Session
 
 from gateway import audit, keys
@@ -43,7 +44,10 @@ from gateway.errors import GatewayError, PolicyViolation, SchemaError
 from gateway.ingest.readers import Chunk, FileFacts, inspect_file, open_chunks
 from gateway.ingest.validate import ProblemGroup, first_problems, validate_column
 from gateway.pseudonym import Normalisation, Pseudonymizer
-from gateway.storage.datasets import DATASET_TABLES, Educator, Upload, UploadPeriod
+from gateway.storage.datasets import DATASET_TABLES, Upload, UploadPeriod
+
+BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
+IntArray = np.ndarray[Any, np.dtype[np.int64]]
 
 #: How many problems a receipt lists; the total is always counted.
 PROBLEMS_LISTED = 100
@@ -353,11 +357,10 @@ def _write(
     key_columns = [c for c in schema.key if c in plan.kept]
     value_columns = [c for c in plan.kept if c != id_column]
     seen_keys: dict[tuple[Any, ...], int] = {}
-    educator_refs: dict[str, int] = {}
     max_rows = gateway.settings.max_upload_rows
 
     with gateway.sessions() as session, session.begin():
-        pseudonymizer: Pseudonymizer | None = None
+        educators: _EducatorIndex | None = None
         key_version: int | None = None
         if normalisation is not None:
             pseudonymizer = keys.pseudonymizer_for(
@@ -365,6 +368,7 @@ def _write(
             )
             key_version = pseudonymizer.key_version
             tally.key_version = key_version
+            educators = _EducatorIndex(pseudonymizer, agreement_id=agreement.id)
         upload = Upload(
             upload_id=upload_id,
             agreement_id=agreement.id,
@@ -381,6 +385,7 @@ def _write(
         session.add(upload)
         session.flush()
         connection = session.connection()
+
         writing = True
         for chunk in chunks:
             tally.rows_read += len(chunk) + len(chunk.ragged)
@@ -389,14 +394,14 @@ def _write(
                     f"{facts.name}: more than {max_rows:,} data rows "
                     "(GATEWAY_MAX_UPLOAD_ROWS); split the file by school year"
                 )
-            good, pseudonyms, typed = _check_chunk(
+            good, educator_ids, typed = _check_chunk(
                 chunk,
                 plan=plan,
                 schema=schema,
                 tally=tally,
                 key_columns=key_columns,
                 id_column=id_column,
-                pseudonymizer=pseudonymizer,
+                educators=educators,
                 seen_keys=seen_keys,
                 formula_cells=profile.formula_cells,
             )
@@ -406,26 +411,11 @@ def _write(
             if not writing or not good.any():
                 continue
             tally.rows_accepted += int(good.sum())
-            refs = None
-            if pseudonyms is not None and key_version is not None:
-                wanted = {p for p, ok in zip(pseudonyms, good, strict=True) if ok and p}
-                _resolve_educators(session, agreement.id, key_version, wanted, educator_refs)
-                refs = [
-                    educator_refs[p] if ok and p else None
-                    for p, ok in zip(pseudonyms, good, strict=True)
-                ]
+            _count_periods(tally, typed, good, period_column)
+            refs: IntArray | None = None
+            if educators is not None and educator_ids is not None and key_version is not None:
+                refs = educators.references(session, key_version, educator_ids[good])
             _insert_rows(connection, table, upload.seq, good, refs, typed, value_columns)
-            if period_column is not None:
-                years, counts = np.unique(
-                    np.asarray(typed[period_column].to_numpy(zero_copy_only=False))[good].astype(
-                        np.int64
-                    ),
-                    return_counts=True,
-                )
-                for year, count in zip(years.tolist(), counts.tolist(), strict=True):
-                    tally.periods[year] = tally.periods.get(year, 0) + count
-            else:
-                tally.periods[0] = tally.periods.get(0, 0) + int(good.sum())
 
         if tally.rows_read == 0:
             raise SchemaError(f"{facts.name}: the file has a header row but no data rows")
@@ -468,6 +458,18 @@ def _write(
     return receipt
 
 
+def _count_periods(
+    tally: _Tally, typed: Mapping[str, pa.Array], good: BoolArray, period_column: str | None
+) -> None:
+    if period_column is None:
+        tally.periods[0] = tally.periods.get(0, 0) + int(good.sum())
+        return
+    years = np.asarray(typed[period_column].to_numpy(zero_copy_only=False))[good]
+    values, counts = np.unique(years.astype(np.int64), return_counts=True)
+    for year, count in zip(values.tolist(), counts.tolist(), strict=True):
+        tally.periods[year] = tally.periods.get(year, 0) + count
+
+
 def _check_chunk(
     chunk: Chunk,
     *,
@@ -476,28 +478,24 @@ def _check_chunk(
     tally: _Tally,
     key_columns: Sequence[str],
     id_column: str | None,
-    pseudonymizer: Pseudonymizer | None,
+    educators: _EducatorIndex | None,
     seen_keys: dict[tuple[Any, ...], int],
     formula_cells: str,
-) -> tuple[np.ndarray[Any, np.dtype[np.bool_]], list[str | None] | None, dict[str, pa.Array]]:
-    """Validate one chunk: which rows are good, their pseudonyms and typed columns."""
+) -> tuple[BoolArray, IntArray | None, dict[str, pa.Array]]:
+    """Validate one chunk: which rows are good, their educators and typed columns."""
     size = len(chunk)
     bad = np.zeros(size, dtype=bool)
     groups: list[ProblemGroup] = []
     typed: dict[str, pa.Array] = {}
-    pseudonyms: list[str | None] | None = None
+    educator_ids: IntArray | None = None
     for column, position in plan.kept.items():
         text = chunk.columns[position]
         spec: ColumnSpec = schema.columns[column]
-        if column == id_column and pseudonymizer is not None:
-            raw = text.to_pylist()
-            pseudonyms = pseudonymizer.pseudonymize_many(raw)
-            missing = np.array([not (r or "").strip() for r in raw], dtype=bool)
-            invalid = np.array([p is None for p in pseudonyms], dtype=bool) & ~missing
-            norm = pseudonymizer.normalisation
+        if column == id_column and educators is not None:
+            educator_ids, missing, invalid = educators.identify(text)
             expected = (
                 "an educator ID that matches the pattern "
-                f"{norm.pattern} after normalisation (spaces removed, upper-cased, "
+                f"{educators.pattern} after normalisation (spaces removed, upper-cased, "
                 "leading zeros removed)"
             )
             for mask, found in ((missing, "an empty cell"), (invalid, "an ID that does not match")):
@@ -512,7 +510,12 @@ def _check_chunk(
         groups.extend(result.problems)
 
     if key_columns:
-        key_values = [pseudonyms if c == id_column else typed[c].to_pylist() for c in key_columns]
+        key_values = [
+            educator_ids.tolist()
+            if c == id_column and educator_ids is not None
+            else typed[c].to_pylist()
+            for c in key_columns
+        ]
         duplicates: list[int] = []
         firsts: list[int] = []
         for position, key in enumerate(zip(*key_values, strict=True)):
@@ -561,33 +564,88 @@ def _check_chunk(
     ]
     listed.sort(key=lambda p: p.row or 0)
     tally.add_problems(listed, count)
-    return ~bad, pseudonyms, typed
+    return ~bad, educator_ids, typed
 
 
-def _resolve_educators(
-    session: Session, agreement_id: str, key_version: int, wanted: set[str], known: dict[str, int]
-) -> None:
-    """Fill ``known`` with the educator reference of every wanted pseudonym, adding new ones."""
-    missing = [p for p in wanted if p not in known]
-    for start in range(0, len(missing), _IN_BATCH):
-        batch = missing[start : start + _IN_BATCH]
-        rows = session.execute(
-            select(Educator.pseudonym, Educator.id).where(Educator.pseudonym.in_(batch))
-        )
-        known.update({pseudonym: ref for pseudonym, ref in rows})
-    new = [p for p in missing if p not in known]
-    if not new:
-        return
-    session.execute(
-        insert(Educator),
-        [{"agreement_id": agreement_id, "key_version": key_version, "pseudonym": p} for p in new],
+class _EducatorIndex:
+    """The educators of one upload: raw spelling -> pseudonym -> stored reference.
+
+    Each distinct spelling of an ID in the file is normalised and hashed once
+    (columns are dictionary-encoded first); each pseudonym gets a small local
+    number, used for duplicate keys, and a database reference, found or
+    created in bulk the first time a good row needs it.
+    """
+
+    def __init__(self, pseudonymizer: Pseudonymizer, *, agreement_id: str) -> None:
+        self._pseudonymizer = pseudonymizer
+        self._agreement_id = agreement_id
+        self._by_spelling: dict[str, str | None] = {}
+        self._local: dict[str, int] = {}
+        self._pseudonyms: list[str] = []
+        self._refs: list[int] = []  # database reference per local number, -1 if not yet known
+        self.pattern = pseudonymizer.normalisation.pattern
+
+    def identify(self, raw: pa.Array) -> tuple[IntArray, BoolArray, BoolArray]:
+        """Local educator number per row (-1 when bad), and the missing and invalid rows."""
+        encoded = pc.dictionary_encode(pc.fill_null(raw, ""))
+        spellings: list[str] = encoded.dictionary.to_pylist()
+        pseudonyms = self._pseudonymizer.pseudonymize_distinct(spellings, self._by_spelling)
+        local = np.empty(len(spellings), dtype=np.int64)
+        blank = np.zeros(len(spellings), dtype=bool)
+        for i, (spelling, pseudonym) in enumerate(zip(spellings, pseudonyms, strict=True)):
+            if pseudonym is None:
+                local[i] = -1
+                blank[i] = not spelling.strip()
+                continue
+            number = self._local.get(pseudonym)
+            if number is None:
+                number = self._local[pseudonym] = len(self._pseudonyms)
+                self._pseudonyms.append(pseudonym)
+                self._refs.append(-1)
+            local[i] = number
+        codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        rows = local[codes]
+        missing = blank[codes]
+        return rows, missing, (rows < 0) & ~missing
+
+    def references(self, session: Session, key_version: int, local: IntArray) -> IntArray:
+        """Database references for these local numbers, adding new educators in bulk."""
+        refs = np.asarray(self._refs, dtype=np.int64)
+        unknown = np.unique(local[refs[local] < 0])
+        if unknown.size:
+            wanted = [self._pseudonyms[i] for i in unknown.tolist()]
+            found = _store_educators(session, self._agreement_id, key_version, wanted)
+            for i in unknown.tolist():
+                self._refs[i] = found[self._pseudonyms[i]]
+            refs = np.asarray(self._refs, dtype=np.int64)
+        return refs[local]
+
+
+def _store_educators(
+    session: Session, agreement_id: str, key_version: int, pseudonyms: list[str]
+) -> dict[str, int]:
+    """Insert the pseudonyms not stored yet and return every one's reference."""
+    connection = session.connection()
+    mark = "?" if connection.dialect.name == "sqlite" else "%s"  # the driver's placeholder
+    connection.exec_driver_sql(
+        "INSERT INTO educators (agreement_id, key_version, pseudonym) "  # noqa: S608
+        f"VALUES ({mark}, {mark}, {mark}) ON CONFLICT (pseudonym) DO NOTHING",
+        [(agreement_id, key_version, p) for p in pseudonyms],
     )
-    for start in range(0, len(new), _IN_BATCH):
-        batch = new[start : start + _IN_BATCH]
-        rows = session.execute(
-            select(Educator.pseudonym, Educator.id).where(Educator.pseudonym.in_(batch))
+    if connection.dialect.name == "sqlite":
+        # One query for the whole batch: the list travels as a JSON array.
+        query = text(
+            "SELECT pseudonym, id FROM educators "
+            "WHERE pseudonym IN (SELECT value FROM json_each(:wanted))"
         )
-        known.update({pseudonym: ref for pseudonym, ref in rows})
+        rows = connection.execute(query, {"wanted": json.dumps(pseudonyms)})
+    else:
+        query = text("SELECT pseudonym, id FROM educators WHERE pseudonym = ANY(:wanted)")
+        rows = connection.execute(query, {"wanted": pseudonyms})
+    found = {pseudonym: ref for pseudonym, ref in rows}
+    if len(found) != len(set(pseudonyms)):
+        raise RuntimeError("educator references could not be resolved")  # pragma: no cover
+    return found
 
 
 def _python_values(
@@ -605,7 +663,7 @@ def _insert_rows(
     table: Table,
     upload_seq: int,
     good: np.ndarray[Any, np.dtype[np.bool_]],
-    refs: list[int | None] | None,
+    refs: IntArray | None,
     typed: Mapping[str, pa.Array],
     columns: Sequence[str],
 ) -> None:
@@ -615,7 +673,7 @@ def _insert_rows(
     names = ["upload_seq", "educator_ref", *columns]
     data: list[Sequence[Any]] = [
         [upload_seq] * count,
-        [r for r, ok in zip(refs, good, strict=True) if ok] if refs is not None else [None] * count,
+        refs.tolist() if refs is not None else [None] * count,
         *(_python_values(typed[c], good, sqlite) for c in columns),
     ]
     rows = list(zip(*data, strict=True))

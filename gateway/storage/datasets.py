@@ -184,13 +184,10 @@ def _build_table(schema_name: str, columns: Mapping[str, str]) -> Table:
             nullable=False,
             index=True,
         ),
-        Column(
-            "educator_ref",
-            Integer,
-            ForeignKey("educators.id", ondelete="CASCADE"),
-            nullable=schema_name not in EDUCATOR_DATASETS,
-            index=True,
-        ),
+        # No index and no foreign key on purpose: each would roughly double the
+        # cost of storing a million-row upload, releases join in memory, and
+        # educators are only ever deleted after the rows of their agreement.
+        Column("educator_ref", Integer, nullable=schema_name not in EDUCATOR_DATASETS),
         *(Column(name, _TYPES[kind](), nullable=True) for name, kind in columns.items()),
     )
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-22 18:18:57.634312
+Create Date: 2026-11-22 18:33:18.342195
 """
 
 from __future__ import annotations
@@ -80,12 +80,6 @@ def upgrade() -> None:
         sa.Column("licensure_area", sa.String(), nullable=True),
         sa.Column("candidates", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["educator_ref"],
-            ["educators.id"],
-            name=op.f("fk_rows_candidate_interest_educator_ref_educators"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
             ["upload_seq"],
             ["uploads.seq"],
             name=op.f("fk_rows_candidate_interest_upload_seq_uploads"),
@@ -94,9 +88,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rows_candidate_interest")),
     )
     with op.batch_alter_table("rows_candidate_interest", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_rows_candidate_interest_educator_ref"), ["educator_ref"], unique=False
-        )
         batch_op.create_index(
             batch_op.f("ix_rows_candidate_interest_upload_seq"), ["upload_seq"], unique=False
         )
@@ -113,12 +104,6 @@ def upgrade() -> None:
         sa.Column("gender", sa.String(), nullable=True),
         sa.Column("race_ethnicity", sa.String(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["educator_ref"],
-            ["educators.id"],
-            name=op.f("fk_rows_completers_educator_ref_educators"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
             ["upload_seq"],
             ["uploads.seq"],
             name=op.f("fk_rows_completers_upload_seq_uploads"),
@@ -127,9 +112,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rows_completers")),
     )
     with op.batch_alter_table("rows_completers", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_rows_completers_educator_ref"), ["educator_ref"], unique=False
-        )
         batch_op.create_index(
             batch_op.f("ix_rows_completers_upload_seq"), ["upload_seq"], unique=False
         )
@@ -149,12 +131,6 @@ def upgrade() -> None:
         sa.Column("gender", sa.String(), nullable=True),
         sa.Column("race_ethnicity", sa.String(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["educator_ref"],
-            ["educators.id"],
-            name=op.f("fk_rows_evaluations_educator_ref_educators"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
             ["upload_seq"],
             ["uploads.seq"],
             name=op.f("fk_rows_evaluations_upload_seq_uploads"),
@@ -163,9 +139,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rows_evaluations")),
     )
     with op.batch_alter_table("rows_evaluations", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_rows_evaluations_educator_ref"), ["educator_ref"], unique=False
-        )
         batch_op.create_index(
             batch_op.f("ix_rows_evaluations_upload_seq"), ["upload_seq"], unique=False
         )
@@ -181,12 +154,6 @@ def upgrade() -> None:
         sa.Column("score", sa.Integer(), nullable=True),
         sa.Column("observation_date", sa.Date(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["educator_ref"],
-            ["educators.id"],
-            name=op.f("fk_rows_observations_educator_ref_educators"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
             ["upload_seq"],
             ["uploads.seq"],
             name=op.f("fk_rows_observations_upload_seq_uploads"),
@@ -195,9 +162,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rows_observations")),
     )
     with op.batch_alter_table("rows_observations", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_rows_observations_educator_ref"), ["educator_ref"], unique=False
-        )
         batch_op.create_index(
             batch_op.f("ix_rows_observations_upload_seq"), ["upload_seq"], unique=False
         )
@@ -214,12 +178,6 @@ def upgrade() -> None:
         sa.Column("licensure_area", sa.String(), nullable=True),
         sa.Column("fte", sa.Float(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["educator_ref"],
-            ["educators.id"],
-            name=op.f("fk_rows_staffing_educator_ref_educators"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
             ["upload_seq"],
             ["uploads.seq"],
             name=op.f("fk_rows_staffing_upload_seq_uploads"),
@@ -228,9 +186,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rows_staffing")),
     )
     with op.batch_alter_table("rows_staffing", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_rows_staffing_educator_ref"), ["educator_ref"], unique=False
-        )
         batch_op.create_index(
             batch_op.f("ix_rows_staffing_upload_seq"), ["upload_seq"], unique=False
         )
@@ -245,12 +200,6 @@ def upgrade() -> None:
         sa.Column("mean_score", sa.Float(), nullable=True),
         sa.Column("respondent_count", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["educator_ref"],
-            ["educators.id"],
-            name=op.f("fk_rows_student_surveys_educator_ref_educators"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
             ["upload_seq"],
             ["uploads.seq"],
             name=op.f("fk_rows_student_surveys_upload_seq_uploads"),
@@ -259,9 +208,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rows_student_surveys")),
     )
     with op.batch_alter_table("rows_student_surveys", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_rows_student_surveys_educator_ref"), ["educator_ref"], unique=False
-        )
         batch_op.create_index(
             batch_op.f("ix_rows_student_surveys_upload_seq"), ["upload_seq"], unique=False
         )
@@ -278,12 +224,6 @@ def upgrade() -> None:
         sa.Column("positions_posted", sa.Integer(), nullable=True),
         sa.Column("positions_unfilled", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["educator_ref"],
-            ["educators.id"],
-            name=op.f("fk_rows_vacancies_educator_ref_educators"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
             ["upload_seq"],
             ["uploads.seq"],
             name=op.f("fk_rows_vacancies_upload_seq_uploads"),
@@ -292,9 +232,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rows_vacancies")),
     )
     with op.batch_alter_table("rows_vacancies", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_rows_vacancies_educator_ref"), ["educator_ref"], unique=False
-        )
         batch_op.create_index(
             batch_op.f("ix_rows_vacancies_upload_seq"), ["upload_seq"], unique=False
         )
@@ -309,12 +246,6 @@ def upgrade() -> None:
         sa.Column("growth_score", sa.Float(), nullable=True),
         sa.Column("student_count", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["educator_ref"],
-            ["educators.id"],
-            name=op.f("fk_rows_value_added_educator_ref_educators"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
             ["upload_seq"],
             ["uploads.seq"],
             name=op.f("fk_rows_value_added_upload_seq_uploads"),
@@ -323,9 +254,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rows_value_added")),
     )
     with op.batch_alter_table("rows_value_added", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_rows_value_added_educator_ref"), ["educator_ref"], unique=False
-        )
         batch_op.create_index(
             batch_op.f("ix_rows_value_added_upload_seq"), ["upload_seq"], unique=False
         )
@@ -358,42 +286,34 @@ def downgrade() -> None:
     op.drop_table("upload_periods")
     with op.batch_alter_table("rows_value_added", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_rows_value_added_upload_seq"))
-        batch_op.drop_index(batch_op.f("ix_rows_value_added_educator_ref"))
 
     op.drop_table("rows_value_added")
     with op.batch_alter_table("rows_vacancies", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_rows_vacancies_upload_seq"))
-        batch_op.drop_index(batch_op.f("ix_rows_vacancies_educator_ref"))
 
     op.drop_table("rows_vacancies")
     with op.batch_alter_table("rows_student_surveys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_rows_student_surveys_upload_seq"))
-        batch_op.drop_index(batch_op.f("ix_rows_student_surveys_educator_ref"))
 
     op.drop_table("rows_student_surveys")
     with op.batch_alter_table("rows_staffing", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_rows_staffing_upload_seq"))
-        batch_op.drop_index(batch_op.f("ix_rows_staffing_educator_ref"))
 
     op.drop_table("rows_staffing")
     with op.batch_alter_table("rows_observations", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_rows_observations_upload_seq"))
-        batch_op.drop_index(batch_op.f("ix_rows_observations_educator_ref"))
 
     op.drop_table("rows_observations")
     with op.batch_alter_table("rows_evaluations", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_rows_evaluations_upload_seq"))
-        batch_op.drop_index(batch_op.f("ix_rows_evaluations_educator_ref"))
 
     op.drop_table("rows_evaluations")
     with op.batch_alter_table("rows_completers", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_rows_completers_upload_seq"))
-        batch_op.drop_index(batch_op.f("ix_rows_completers_educator_ref"))
 
     op.drop_table("rows_completers")
     with op.batch_alter_table("rows_candidate_interest", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_rows_candidate_interest_upload_seq"))
-        batch_op.drop_index(batch_op.f("ix_rows_candidate_interest_educator_ref"))
 
     op.drop_table("rows_candidate_interest")
     with op.batch_alter_table("uploads", schema=None) as batch_op:
