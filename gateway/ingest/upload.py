@@ -41,6 +41,7 @@ from gateway import audit, keys
 from gateway.agreements.models import Agreement, AgreementDataset, ColumnSpec, DatasetSchema
 from gateway.context import Gateway
 from gateway.errors import GatewayError, PolicyViolation, SchemaError
+from gateway.ingest.duplicates import DuplicateKeys
 from gateway.ingest.readers import Chunk, FileFacts, inspect_file, open_chunks
 from gateway.ingest.validate import ProblemGroup, first_problems, validate_column
 from gateway.pseudonym import Normalisation, Pseudonymizer
@@ -356,7 +357,7 @@ def _write(
     period_column = next((c for c in _PERIOD_COLUMNS if c in plan.kept), None)
     key_columns = [c for c in schema.key if c in plan.kept]
     value_columns = [c for c in plan.kept if c != id_column]
-    seen_keys: dict[tuple[Any, ...], int] = {}
+    duplicates = DuplicateKeys(key_columns, schema.columns, id_column) if key_columns else None
     max_rows = gateway.settings.max_upload_rows
 
     with gateway.sessions() as session, session.begin():
@@ -399,10 +400,9 @@ def _write(
                 plan=plan,
                 schema=schema,
                 tally=tally,
-                key_columns=key_columns,
                 id_column=id_column,
                 educators=educators,
-                seen_keys=seen_keys,
+                duplicates=duplicates,
                 formula_cells=profile.formula_cells,
             )
             tally.rows_rejected += int((~good).sum()) + len(chunk.ragged)
@@ -476,10 +476,9 @@ def _check_chunk(
     plan: ColumnPlan,
     schema: DatasetSchema,
     tally: _Tally,
-    key_columns: Sequence[str],
     id_column: str | None,
     educators: _EducatorIndex | None,
-    seen_keys: dict[tuple[Any, ...], int],
+    duplicates: DuplicateKeys | None,
     formula_cells: str,
 ) -> tuple[BoolArray, IntArray | None, dict[str, pa.Array]]:
     """Validate one chunk: which rows are good, their educators and typed columns."""
@@ -509,36 +508,24 @@ def _check_chunk(
         bad |= result.bad
         groups.extend(result.problems)
 
-    if key_columns:
-        key_values = [
-            educator_ids.tolist()
-            if c == id_column and educator_ids is not None
-            else typed[c].to_pylist()
-            for c in key_columns
-        ]
-        duplicates: list[int] = []
-        firsts: list[int] = []
-        for position, key in enumerate(zip(*key_values, strict=True)):
-            if bad[position]:
-                continue
-            earlier = seen_keys.get(key)
-            if earlier is None:
-                seen_keys[key] = int(chunk.row_numbers[position])
-            else:
-                duplicates.append(position)
-                firsts.append(earlier)
-        if duplicates:
-            columns = ", ".join(key_columns)
-            for position, first in zip(duplicates, firsts, strict=True):
-                groups.append(
-                    ProblemGroup(
-                        np.array([position]),
-                        None,
-                        f"one row per {columns}",
-                        f"the same {columns} as row {first}",
-                    )
+    if duplicates is not None:
+        key_values = {
+            c: educator_ids if c == id_column and educator_ids is not None else typed[c]
+            for c in duplicates.columns
+        }
+        repeats = duplicates.find(key_values, ~bad, chunk.row_numbers)
+        columns = ", ".join(duplicates.columns)
+        for position, first in repeats:
+            groups.append(
+                ProblemGroup(
+                    np.array([position]),
+                    None,
+                    f"one row per {columns}",
+                    f"the same {columns} as row {first}",
                 )
-            bad[np.array(duplicates)] = True
+            )
+        if repeats:
+            bad[np.array([p for p, _ in repeats])] = True
 
     count = sum(len(g.positions) for g in groups) + len(chunk.ragged)
     listed = [
