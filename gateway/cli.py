@@ -19,7 +19,7 @@ from gateway.agreements import check_agreements
 from gateway.agreements.views import agreement_detail, agreement_summary
 from gateway.config import Settings, load_settings
 from gateway.context import Gateway, initialise
-from gateway.errors import AgreementInvalid, AuditChainBroken, GatewayError
+from gateway.errors import AgreementInvalid, AuditChainBroken, GatewayError, SchemaError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -331,6 +331,140 @@ def upload(
                 _print_receipt(refused.receipt)
             raise
     _emit(receipt, as_json, _print_receipt)
+
+
+# --- release and budget -------------------------------------------------------
+
+
+def _cells_csv(release: dict[str, Any]) -> str:
+    """One row per cell; text that could run as a spreadsheet formula is neutralised."""
+    import csv
+    import io
+
+    dimensions = list(release["cells"][0]["group"]) if release["cells"] else []
+    extra = [c for c in ("share", "coded") if any(c in cell for cell in release["cells"])]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*dimensions, "value", "ci95_low", "ci95_high", "suppressed", "reason", *extra])
+    for cell in release["cells"]:
+        ci = cell.get("ci95") or [None, None]
+        row = [
+            *(cell["group"][d] for d in dimensions),
+            cell.get("value"),
+            ci[0],
+            ci[1],
+            cell["suppressed"],
+            cell.get("reason") or "",
+            *(cell.get(c) for c in extra),
+        ]
+        writer.writerow(
+            ["'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else v for v in row]
+        )
+    return buffer.getvalue()
+
+
+def _print_release(release: dict[str, Any]) -> None:
+    if release.get("preview"):
+        click.echo(
+            f"preview: epsilon {release['epsilon']}, delta {release['delta']}; "
+            f"budget remaining {release['budget_remaining']} "
+            f"({'fits' if release['would_fit'] else 'does NOT fit'})"
+        )
+        for name, value in release["accuracy_95"].items():
+            click.echo(f"  {name}: {value}")
+        return
+    repeated = " (an identical earlier release, no budget spent)" if release.get("repeated") else ""
+    click.echo(f"release {release['release_id']}{repeated}")
+    for cell in release["cells"]:
+        group = ", ".join(f"{k}={v}" for k, v in cell["group"].items()) or "(all)"
+        if cell["suppressed"]:
+            shown = f"suppressed ({cell['reason']})"
+        elif cell.get("coded") and cell.get("value") is None:
+            shown = cell["coded"]
+        else:
+            low, high = cell["ci95"]
+            shown = f"{cell['value']}  [95%: {low} to {high}]"
+            if cell.get("coded"):
+                shown += f"  share {cell['coded']}"
+            elif cell.get("share") is not None:
+                shown += f"  share {cell['share']:.1%}"
+        click.echo(f"  {group}: {shown}")
+    click.echo(
+        f"epsilon spent {release['epsilon_spent']}, delta spent {release['delta_spent']}, "
+        f"budget remaining {release['budget_remaining']}; audit event {release['audit_event']}"
+    )
+
+
+@main.command()
+@click.option("--agreement", "agreement_id", required=True, help="Agreement id.")
+@click.option("--party", required=True, help="The recipient party's id.")
+@click.option(
+    "--query",
+    "query_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON file with the query (docs/releases.md).",
+)
+@click.option("--dry-run", is_flag=True, help="Preview accuracy and cost; spend nothing.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print one CSV row per cell.")
+@json_option
+@click.pass_context
+def release(
+    ctx: click.Context,
+    agreement_id: str,
+    party: str,
+    query_file: Path,
+    dry_run: bool,
+    as_csv: bool,
+    as_json: bool,
+) -> None:
+    """Release a differentially private aggregate to a recipient party."""
+    from gateway.release.engine import request_release
+    from gateway.release.query import parse_query
+
+    try:
+        body = json.loads(query_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SchemaError(f"{query_file.name}: not a JSON query ({error})") from None
+    query = parse_query(body)
+    with Gateway.open(_settings(ctx)) as gw:
+        result = request_release(
+            gw,
+            agreement_id=agreement_id,
+            party=party,
+            query=query,
+            actor=audit.Actor(role="operator", party=party),
+            dry_run=dry_run,
+        )
+    if as_csv and not dry_run:
+        click.echo(_cells_csv(result), nl=False)
+        return
+    _emit(result, as_json, _print_release)
+
+
+@main.command()
+@click.option("--agreement", "agreement_id", required=True, help="Agreement id.")
+@json_option
+@click.pass_context
+def budget(ctx: click.Context, agreement_id: str, as_json: bool) -> None:
+    """Show the privacy budget: total, spent and remaining, per recipient party."""
+    from gateway.release.budget import budget_report
+
+    with Gateway.open(_settings(ctx)) as gw, gw.sessions() as session:
+        report = budget_report(session, gw.agreement(agreement_id))
+
+    def human(r: dict[str, Any]) -> None:
+        click.echo(
+            f"agreement {r['agreement']}: epsilon total {r['total']}, spent {r['spent']}, "
+            f"remaining {r['remaining']}"
+        )
+        for party, state in r["parties"].items():
+            click.echo(
+                f"  {party}: total {state['total']}, spent {state['spent']}, "
+                f"remaining {state['remaining']} (delta remaining {state['delta_remaining']})"
+            )
+
+    _emit(report, as_json, human)
 
 
 # --- audit ------------------------------------------------------------------

@@ -20,6 +20,7 @@ from gateway import audit, keys
 from gateway.agreements import Agreement, Registry, load_registry
 from gateway.config import Settings
 from gateway.errors import MasterKeyError, NotInitialised
+from gateway.release import budget
 from gateway.storage import db
 from gateway.storage.tables import AgreementRecord, GatewayState
 
@@ -181,6 +182,7 @@ def sync_agreements(session: Session, registry: Registry) -> dict[str, str]:
             outcome[agreement.id] = "changed"
         else:
             outcome[agreement.id] = "unchanged"
+        budget.sync_budgets(session, agreement)
     return outcome
 
 

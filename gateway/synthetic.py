@@ -372,7 +372,7 @@ class _World:
             if bound is not None and bound.max is not None:
                 world.experience_cap = int(bound.max)
 
-        roster = _simulate_roster(rng, scale)
+        roster = _simulate_roster(rng, scale, agreement.public_values.get("program_code", ()))
         people = _candidates(rng, roster)
         world.schools = _simulate_schools(rng, scale, cooperative=cooperative)
         size = max(25, round((320 if cooperative else 900) * scale))
@@ -764,8 +764,14 @@ def _ascii(text: str) -> str:
     return "".join(ch for ch in folded if ch.isalnum())
 
 
-def _simulate_roster(rng: np.random.Generator, scale: float) -> pd.DataFrame:
-    """The EPP's program records: program, cohort and licensure area per candidate."""
+def _simulate_roster(
+    rng: np.random.Generator, scale: float, declared: Sequence[object] = ()
+) -> pd.DataFrame:
+    """The EPP's program records: program, cohort and licensure area per candidate.
+
+    The programs are the agreement's public ``program_code`` values where it lists
+    them (so its tables have the EPP's real catalogue), a random catalogue otherwise.
+    """
     optional = rng.choice(len(_OPTIONAL_PROGRAMS), size=2, replace=False)
     small = rng.choice(len(_SMALL_PROGRAMS), size=3, replace=False)
     programs = [
@@ -773,6 +779,9 @@ def _simulate_roster(rng: np.random.Generator, scale: float) -> pd.DataFrame:
         *(_OPTIONAL_PROGRAMS[i] for i in sorted(optional)),
         *(_SMALL_PROGRAMS[i] for i in sorted(small)),
     ]
+    if declared:
+        catalogue = (*_CORE_PROGRAMS, *_OPTIONAL_PROGRAMS, *_SMALL_PROGRAMS)
+        programs = [p for p in catalogue if p.code in set(map(str, declared))]
     factor = rng.uniform(0.85, 1.25)  # some EPPs are bigger than others
     codes, fields, cohorts = [], [], []
     for program in programs:

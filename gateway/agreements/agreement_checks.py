@@ -10,6 +10,7 @@ Release rules chosen here (documented in docs/agreements.md):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ def check_agreement(
     findings += _check_datasets(document, policies)
     findings += _check_linkage(document, policies)
     findings += _check_releases(document, policies)
+    findings += _check_public_values(document, policies)
     resolved, disclosure_findings = _check_disclosure(document, policies)
     findings += disclosure_findings
     findings += duplicates(
@@ -61,6 +63,58 @@ def check_agreement(
         ("name",),
     )
     return resolved, findings
+
+
+def _check_public_values(document: AgreementDocument, policies: Policies) -> list[Finding]:
+    """Each public dimension is a stored quasi-identifier, and its values fit the column."""
+    findings: list[Finding] = []
+    for column, values in document.public_values.items():
+        specs = [
+            policies.schemas[d.schema_name].columns[column]
+            for d in document.datasets
+            if d.schema_name in policies.schemas
+            and column in d.stored_fields
+            and column in policies.schemas[d.schema_name].columns
+        ]
+        if not specs:
+            findings.append(
+                Finding(
+                    ("public_values", column), f"{column!r} is not a stored field of any dataset"
+                )
+            )
+            continue
+        if any(spec.role != "quasi_identifier" for spec in specs):
+            findings.append(
+                Finding(
+                    ("public_values", column), f"{column!r} is not a quasi_identifier dimension"
+                )
+            )
+            continue
+        if len(set(map(str, values))) != len(values):
+            findings.append(Finding(("public_values", column), "values must not repeat"))
+        for index, value in enumerate(values):
+            for spec in specs:
+                if spec.codes and value not in spec.code_values:
+                    findings.append(
+                        Finding(
+                            ("public_values", column, index),
+                            f"{value!r} is not one of the codes of {column!r}",
+                        )
+                    )
+                    break
+                if (
+                    spec.pattern
+                    and isinstance(value, str)
+                    and not re.fullmatch(spec.pattern, value)
+                ):
+                    findings.append(
+                        Finding(
+                            ("public_values", column, index),
+                            f"{value!r} does not match the pattern of {column!r}",
+                        )
+                    )
+                    break
+    return findings
 
 
 def _schema_of(document: AgreementDocument, index: int, policies: Policies) -> DatasetSchema | None:

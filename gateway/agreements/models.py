@@ -317,6 +317,10 @@ class AgreementDocument(_FileModel):
     releases: dict[str, RecipientFields] = Field(default_factory=dict)
     disclosure: Disclosure
     reports: list[ReportSpec] = Field(default_factory=list)
+    # Values of a release dimension that are public for this agreement (for example
+    # the EPP's program codes): tables list every one of them, so group keys never
+    # depend on the data.
+    public_values: dict[str, list[str | int | bool]] = Field(default_factory=dict)
 
     def party(self, party_id: str) -> Party:
         """The party with this id; :class:`NotFound` if it did not sign the agreement."""

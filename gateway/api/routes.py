@@ -13,6 +13,9 @@ from gateway.agreements.views import agreement_detail, agreement_summary
 from gateway.api.deps import GatewayDep, SessionDep
 from gateway.api.uploads import receive_file, upload_folder
 from gateway.ingest import upload_extract
+from gateway.release.budget import budget_report
+from gateway.release.engine import request_release
+from gateway.release.query import parse_query
 
 router = APIRouter()
 
@@ -114,3 +117,29 @@ async def upload_dataset(
             )
         finally:
             received.discard()
+
+
+@router.post("/v1/agreements/{agreement_id}/releases", tags=["releases"])
+async def create_release(
+    agreement_id: str,
+    body: dict[str, Any],
+    gateway: GatewayDep,
+    party: str = Query(description="Recipient party (until access tokens say who asks)."),
+    dry_run: bool = Query(default=False, description="Preview accuracy and cost only."),
+) -> dict[str, Any]:
+    """Release an aggregate (a query, SPEC section 7), or preview it with dry_run."""
+    query = parse_query(body)
+    return await run_in_threadpool(
+        request_release,
+        gateway,
+        agreement_id=agreement_id,
+        party=party,
+        query=query,
+        actor=audit.Actor(role="operator", party=party),
+        dry_run=dry_run,
+    )
+
+
+@router.get("/v1/agreements/{agreement_id}/budget", tags=["releases"])
+def show_budget(agreement_id: str, gateway: GatewayDep, session: SessionDep) -> dict[str, Any]:
+    return budget_report(session, gateway.agreement(agreement_id))

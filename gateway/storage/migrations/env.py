@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-import gateway.storage.datasets  # noqa: F401  (registers the upload and row tables)
+import gateway.storage.datasets
+import gateway.storage.releases  # noqa: F401  (registers the budget and release tables)
 from gateway.storage.tables import Base
 
 engine = context.config.attributes["engine"]

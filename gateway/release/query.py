@@ -1,0 +1,276 @@
+"""The query model (SPEC section 7) and the allowlist that every query must pass.
+
+A query names datasets of one agreement (linked on the educator pseudonym), a
+measure, dimensions to group by and filters. Before any data is read, every
+field it touches is resolved to one dataset column and checked against the
+recipient's release allowlist; a field that is not allowed is refused with
+the rule that refused it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.agreements.loader import Registry
+from gateway.agreements.models import Agreement, ColumnSpec, DatasetSchema
+from gateway.errors import PolicyViolation, SchemaError
+
+#: Budgets are an exact ledger of integer units: epsilon in 10^-12, delta in 10^-18.
+EPSILON_PLACES = 12
+DELTA_PLACES = 18
+MAX_GROUPS_PER_TEACHER = 10
+
+Scalar = str | int | float | bool
+
+
+class Filter(BaseModel):
+    """``field`` compared with ``value``: eq (one value), in (a list), between (two bounds)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    field: str
+    op: Literal["eq", "in", "between"]
+    value: Scalar | list[Scalar]
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> Filter:
+        if self.op == "eq" and isinstance(self.value, list):
+            raise ValueError("'eq' takes one value; use 'in' for a list")
+        if self.op == "in" and (not isinstance(self.value, list) or not self.value):
+            raise ValueError("'in' takes a non-empty list of values")
+        if self.op == "between" and (not isinstance(self.value, list) or len(self.value) != 2):
+            raise ValueError("'between' takes a list of two bounds [low, high]")
+        return self
+
+
+class Measure(BaseModel):
+    """What each cell holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["count", "sum", "mean", "distribution", "rate"]
+    field: str | None = None
+    condition: Filter | None = None
+
+    @model_validator(mode="after")
+    def _arguments(self) -> Measure:
+        needs_field = self.kind in ("sum", "mean", "distribution")
+        if needs_field and self.field is None:
+            raise ValueError(f"a {self.kind} measure needs a 'field'")
+        if not needs_field and self.field is not None:
+            raise ValueError(f"a {self.kind} measure takes no 'field'")
+        if (self.kind == "rate") != (self.condition is not None):
+            raise ValueError("a 'condition' is required for a rate, and only for a rate")
+        return self
+
+
+def _exact(value: Decimal, places: int, name: str) -> Decimal:
+    if value != value.quantize(Decimal(1).scaleb(-places)):
+        raise ValueError(f"{name} may have at most {places} decimal places")
+    return value
+
+
+class Query(BaseModel):
+    """An ad-hoc aggregate over allowed fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    datasets: list[str] = Field(min_length=1, max_length=4)
+    measure: Measure
+    group_by: list[str] = Field(default_factory=list, max_length=4)
+    filters: list[Filter] = Field(default_factory=list, max_length=8)
+    epsilon: Annotated[Decimal, Field(gt=0)]
+    delta: Annotated[Decimal, Field(ge=0, lt=1)] = Decimal(0)
+    max_groups_per_teacher: Annotated[int, Field(ge=1, le=MAX_GROUPS_PER_TEACHER)] | None = None
+
+    @field_validator("epsilon")
+    @classmethod
+    def _epsilon_exact(cls, value: Decimal) -> Decimal:
+        return _exact(value, EPSILON_PLACES, "epsilon")
+
+    @field_validator("delta")
+    @classmethod
+    def _delta_exact(cls, value: Decimal) -> Decimal:
+        return _exact(value, DELTA_PLACES, "delta")
+
+    @field_validator("datasets", "group_by")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("names must not repeat")
+        return value
+
+    def canonical(self) -> str:
+        """One text for every query that means the same: the key of repeated-query reuse."""
+        body = self.model_dump(mode="json")
+        body["datasets"] = sorted(body["datasets"])
+        body["filters"] = sorted(
+            (
+                {**f, "value": sorted(f["value"], key=str) if f["op"] == "in" else f["value"]}
+                for f in body["filters"]
+            ),
+            key=lambda f: json.dumps(f, sort_keys=True),
+        )
+        return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.canonical().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class FieldRef:
+    """A query field resolved to one column of one of the query's datasets."""
+
+    dataset: str
+    column: str
+    spec: ColumnSpec
+
+    @property
+    def label(self) -> str:
+        return self.column
+
+
+@dataclass(frozen=True)
+class ResolvedQuery:
+    """A query whose every field is known, typed and allowed for the recipient."""
+
+    query: Query
+    schemas: dict[str, DatasetSchema]
+    group_by: list[FieldRef]
+    filters: list[tuple[FieldRef, Filter]]
+    measure_field: FieldRef | None
+    condition: tuple[FieldRef, Filter] | None
+    linked: bool  # rows describe educators (pseudonym-linked datasets)
+
+
+def _resolve_field(
+    name: str, query: Query, agreement: Agreement, schemas: dict[str, DatasetSchema]
+) -> FieldRef:
+    dataset_name, dot, column = name.rpartition(".")
+    candidates = [dataset_name] if dot else list(query.datasets)
+    if dot and dataset_name not in query.datasets:
+        raise SchemaError(
+            f"field {name!r} names dataset {dataset_name!r}, which the query does not use"
+        )
+    found = [
+        d
+        for d in candidates
+        if column in agreement.dataset(d).stored_fields and column in schemas[d].columns
+    ]
+    if not found:
+        raise SchemaError(
+            f"field {name!r} is not stored in dataset(s) {', '.join(candidates)} of this agreement"
+        )
+    if len(found) > 1:
+        raise SchemaError(
+            f"field {name!r} is in several datasets ({', '.join(found)}); "
+            f"write it as {found[0]}.{column}"
+        )
+    return FieldRef(found[0], column, schemas[found[0]].columns[column])
+
+
+def _allowed(agreement: Agreement, party: str, ref: FieldRef, *, as_measure: bool) -> None:
+    fields = agreement.recipient_fields(party)
+    listed = fields.measures if as_measure else [*fields.dimensions, *fields.measures]
+    if ref.column in listed or f"{ref.dataset}.{ref.column}" in listed:
+        return
+    kind = "measures" if as_measure else "dimensions or measures"
+    raise PolicyViolation(
+        f"field {ref.dataset}.{ref.column} is not among the {kind} that agreement "
+        f"{agreement.id!r} lets {party!r} receive (releases.{party})",
+        details=[
+            {
+                "rule": f"releases.{party}.{'measures' if as_measure else 'dimensions'}",
+                "field": f"{ref.dataset}.{ref.column}",
+            }
+        ],
+    )
+
+
+def resolve(query: Query, *, agreement: Agreement, registry: Registry, party: str) -> ResolvedQuery:
+    """Resolve every field of ``query`` and check it against ``party``'s allowlist."""
+    agreement.party(party)
+    schemas = {name: registry.schema_for(agreement.dataset(name)) for name in query.datasets}
+    linked_flags = {name: schema.educator_id_column is not None for name, schema in schemas.items()}
+    if len(query.datasets) > 1 and not all(linked_flags.values()):
+        unlinked = [n for n, linked in linked_flags.items() if not linked]
+        raise SchemaError(
+            f"dataset(s) {', '.join(unlinked)} carry no educator ID and cannot be linked "
+            "with other datasets"
+        )
+    group_by = []
+    for name in query.group_by:
+        ref = _resolve_field(name, query, agreement, schemas)
+        _allowed(agreement, party, ref, as_measure=False)
+        if ref.spec.role != "quasi_identifier":
+            raise PolicyViolation(f"field {name!r} is a {ref.spec.role}; only dimensions can group")
+        group_by.append(ref)
+    filters = []
+    for item in query.filters:
+        ref = _resolve_field(item.field, query, agreement, schemas)
+        _allowed(agreement, party, ref, as_measure=False)
+        filters.append((ref, item))
+    measure_field = None
+    if query.measure.field is not None:
+        measure_field = _resolve_field(query.measure.field, query, agreement, schemas)
+        _allowed(agreement, party, measure_field, as_measure=True)
+        if query.measure.kind == "distribution" and not (
+            measure_field.spec.ordinal or measure_field.spec.codes
+        ):
+            raise SchemaError(
+                f"a distribution needs an ordinal or coded field, not {query.measure.field!r}"
+            )
+        if query.measure.kind in ("sum", "mean") and measure_field.spec.type not in (
+            "integer",
+            "number",
+        ):
+            raise SchemaError(
+                f"a {query.measure.kind} needs a numeric field, not {query.measure.field!r}"
+            )
+        if query.measure.kind in ("sum", "mean") and not _bounded(measure_field.spec):
+            raise SchemaError(
+                f"field {query.measure.field!r} has no range in its schema, so its "
+                "contribution cannot be bounded"
+            )
+    condition = None
+    if query.measure.condition is not None:
+        ref = _resolve_field(query.measure.condition.field, query, agreement, schemas)
+        _allowed(agreement, party, ref, as_measure=False)
+        condition = (ref, query.measure.condition)
+    return ResolvedQuery(
+        query=query,
+        schemas=schemas,
+        group_by=group_by,
+        filters=filters,
+        measure_field=measure_field,
+        condition=condition,
+        linked=all(linked_flags.values()),
+    )
+
+
+def _bounded(spec: ColumnSpec) -> bool:
+    if spec.codes:
+        return True
+    return spec.range is not None and spec.range.min is not None and spec.range.max is not None
+
+
+def bounds(spec: ColumnSpec) -> tuple[float, float]:
+    """The clamping bounds of a numeric measure: its range, or its codes' extremes."""
+    if spec.range is not None and spec.range.min is not None and spec.range.max is not None:
+        return float(spec.range.min), float(spec.range.max)
+    values = [float(v) for v in spec.code_values if isinstance(v, int | float)]
+    return min(values), max(values)
+
+
+def parse_query(body: Any) -> Query:
+    """A :class:`Query` from JSON-like data, with a clear error when it is not one."""
+    try:
+        return Query.model_validate(body)
+    except ValueError as error:  # pydantic's ValidationError
+        raise SchemaError(f"the query is not valid: {error}") from None
