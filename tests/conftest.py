@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 
+from gateway import audit
 from gateway.config import Settings
 from gateway.context import Gateway, initialise
+from gateway.ingest import upload_extract
 
 REPO = Path(__file__).resolve().parent.parent
 AGREEMENTS_DIR = REPO / "agreements"
@@ -81,3 +84,63 @@ def settings_env(settings: Settings) -> dict[str, str]:
     if settings.master_key_file:
         env["GATEWAY_MASTER_KEY_FILE"] = str(settings.master_key_file)
     return env
+
+
+# --- a small, known extract for release tests ---------------------------------------------
+
+AGREEMENT = "student-teaching-bayview-eastport"
+EPP = "bayview-state"
+DISTRICT = "eastport-ps"
+# Teachers per grade band in 2025: one band under the minimum of 10, one empty.
+BANDS = {"PK-2": 25, "3-5": 14, "6-8": 3, "9-12": 0}
+SCHOOLS = ["S-01", "S-02", "S-03"]
+
+
+def evaluations_csv(path: Path, *, extra_2024: bool = False) -> tuple[Path, list[dict[str, Any]]]:
+    rows: list[dict[str, Any]] = []
+    teacher = 100000
+    for band, n in BANDS.items():
+        for i in range(n):
+            teacher += 1
+            rating = 3 if i % 5 else 4
+            rows.append(
+                {
+                    "id": teacher,
+                    "year": 2025,
+                    "band": band,
+                    "rating": rating,
+                    "school": SCHOOLS[i % 3],
+                    "exp": i % 7,
+                }
+            )
+            if extra_2024:
+                rows.append(
+                    {
+                        "id": teacher,
+                        "year": 2024,
+                        "band": band,
+                        "rating": 2,
+                        "school": SCHOOLS[i % 3],
+                        "exp": i % 7,
+                    }
+                )
+    lines = ["MEPID,SY,Grade Span,Summative Rating,School Code,Yrs Experience"]
+    lines += [
+        f"{r['id']},{r['year']},{r['band']},{r['rating']},{r['school']},{r['exp']}" for r in rows
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path, rows
+
+
+@pytest.fixture
+def loaded(gateway: Gateway, tmp_path: Path) -> tuple[Gateway, list[dict[str, Any]]]:
+    path, rows = evaluations_csv(tmp_path / "evaluations.csv")
+    upload_extract(
+        gateway,
+        agreement_id=AGREEMENT,
+        party=DISTRICT,
+        dataset="evaluations",
+        path=path,
+        actor=audit.Actor(role="uploader", party=DISTRICT),
+    )
+    return gateway, rows

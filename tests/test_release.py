@@ -1,0 +1,411 @@
+"""Releases: allowlists, minimum cells, suppression, noise, budget, attacks, audit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from gateway import audit
+from gateway.app import create_app
+from gateway.cli import main
+from gateway.config import Settings
+from gateway.context import Gateway
+from gateway.errors import PolicyViolation, SchemaError
+from gateway.ingest import upload_extract
+from gateway.release.budget import BudgetExhausted
+from gateway.release.engine import DifferencingRefused, request_release
+from gateway.release.query import Query, parse_query
+from tests.conftest import AGREEMENT, BANDS, DISTRICT, EPP, settings_env
+from tests.conftest import evaluations_csv as evaluations_csv
+
+ACTOR = audit.Actor(role="analyst", party=EPP)
+
+
+def query(**body: Any) -> Query:
+    base: dict[str, Any] = {
+        "datasets": ["evaluations"],
+        "measure": {"kind": "count"},
+        "epsilon": "0.5",
+    }
+    base.update(body)
+    return parse_query(base)
+
+
+def release(gw: Gateway, q: Query, party: str = EPP, **kwargs: Any) -> dict[str, Any]:
+    return request_release(gw, agreement_id=AGREEMENT, party=party, query=q, actor=ACTOR, **kwargs)
+
+
+def events(gw: Gateway, kind: str) -> list[dict[str, Any]]:
+    with gw.sessions() as session:
+        return [audit.event_view(e) for e in session.scalars(audit.query_events(kind=kind))]
+
+
+# --- the query model ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"datasets": [], "measure": {"kind": "count"}, "epsilon": 1}, "at least 1"),
+        (
+            {"datasets": ["evaluations"], "measure": {"kind": "sum"}, "epsilon": 1},
+            "needs a 'field'",
+        ),
+        (
+            {"datasets": ["evaluations"], "measure": {"kind": "count"}, "epsilon": 0},
+            "greater than 0",
+        ),
+        (
+            {
+                "datasets": ["evaluations"],
+                "measure": {"kind": "count"},
+                "epsilon": "0.1234567890123",
+            },
+            "at most 12 decimal places",
+        ),
+        (
+            {
+                "datasets": ["evaluations"],
+                "measure": {"kind": "count"},
+                "epsilon": 1,
+                "filters": [{"field": "school_year", "op": "between", "value": [1]}],
+            },
+            "two bounds",
+        ),
+        ({"datasets": ["evaluations"], "measure": {"kind": "rate"}, "epsilon": 1}, "condition"),
+        (
+            {"datasets": ["evaluations"], "measure": {"kind": "count"}, "epsilon": 1, "extra": 1},
+            "Extra inputs",
+        ),
+    ],
+)
+def test_invalid_queries_are_refused_clearly(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(SchemaError, match=message):
+        parse_query(body)
+
+
+def test_canonical_form_ignores_order() -> None:
+    a = query(
+        datasets=["evaluations", "completers"],
+        filters=[
+            {"field": "school_year", "op": "in", "value": [2025, 2024]},
+            {"field": "grade_band", "op": "eq", "value": "3-5"},
+        ],
+    )
+    b = query(
+        datasets=["completers", "evaluations"],
+        filters=[
+            {"field": "grade_band", "op": "eq", "value": "3-5"},
+            {"field": "school_year", "op": "in", "value": [2024, 2025]},
+        ],
+    )
+    assert a.canonical() == b.canonical() and a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != query(epsilon="0.25").fingerprint()
+
+
+# --- allowlists and caps -----------------------------------------------------------------
+
+
+def test_field_off_the_allowlist_is_refused_with_its_rule(loaded: Any) -> None:
+    gw, _ = loaded
+    # bayview-state may not group by school_code; eastport-ps may.
+    with pytest.raises(PolicyViolation, match=r"releases\.bayview-state") as refused:
+        release(gw, query(group_by=["school_code"]))
+    assert refused.value.details[0]["field"] == "evaluations.school_code"
+    allowed = release(
+        gw, query(group_by=["school_code"], epsilon="0.1", delta="1e-7"), party=DISTRICT
+    )
+    assert allowed["delta_spent"] == 1e-7  # schools are selected by a thresholded count
+    refusals = events(gw, "release-refused")
+    assert refusals and refusals[-1]["details"]["code"] == "policy_violation"
+    with pytest.raises(PolicyViolation, match="per release"):
+        release(gw, query(epsilon="5"))
+
+
+def test_unstored_or_unknown_fields_are_refused(loaded: Any) -> None:
+    gw, _ = loaded
+    with pytest.raises(SchemaError, match="not stored"):
+        release(gw, query(group_by=["gender"]))
+
+
+# --- minimum cells and suppression ----------------------------------------------------
+
+
+def test_every_released_cell_rests_on_the_minimum(loaded: Any) -> None:
+    gw, rows = loaded
+    result = release(
+        gw,
+        query(
+            group_by=["grade_band"], filters=[{"field": "school_year", "op": "eq", "value": 2025}]
+        ),
+    )
+    true = Counter(r["band"] for r in rows)
+    cells = {c["group"]["grade_band"]: c for c in result["cells"]}
+    assert set(cells) == set(BANDS)  # every public key is a cell, empty ones too
+    for band, cell in cells.items():
+        if cell["suppressed"]:
+            assert cell["value"] is None and cell["ci95"] is None
+            assert cell["reason"] in ("primary", "complementary")
+        else:
+            assert true[band] >= 10
+    assert cells["6-8"]["reason"] == "primary" and cells["9-12"]["reason"] == "primary"
+    # Together the two primary cells hold 3 teachers, which the table total would reveal:
+    # the LP audit adds the next smallest cell, and the largest stays published.
+    assert cells["3-5"]["reason"] == "complementary" and not cells["PK-2"]["suppressed"]
+
+
+def test_one_small_cell_gets_a_complementary_partner(gateway: Gateway, tmp_path: Path) -> None:
+    lines = ["MEPID,SY,Grade Span,Summative Rating"]
+    n = 200000
+    for band, count in {"PK-2": 30, "3-5": 12, "6-8": 15, "9-12": 2}.items():
+        for _ in range(count):
+            n += 1
+            lines.append(f"{n},2025,{band},3")
+    (tmp_path / "e.csv").write_text("\n".join(lines) + "\n")
+    upload_extract(
+        gateway,
+        agreement_id=AGREEMENT,
+        party=DISTRICT,
+        dataset="evaluations",
+        path=tmp_path / "e.csv",
+        actor=ACTOR,
+    )
+    result = release(gateway, query(group_by=["grade_band"]))
+    reasons = {c["group"]["grade_band"]: c.get("reason") for c in result["cells"]}
+    assert reasons["9-12"] == "primary"
+    # The smallest other cell hides it: total minus the published cells no longer gives 9-12.
+    assert reasons["3-5"] == "complementary"
+    assert reasons["PK-2"] is None and reasons["6-8"] is None
+
+
+def test_suppression_is_consistent_across_releases(gateway: Gateway, tmp_path: Path) -> None:
+    test_one_small_cell_gets_a_complementary_partner(gateway, tmp_path)
+    again = release(gateway, query(group_by=["grade_band"], epsilon="0.3"))
+    reasons = {c["group"]["grade_band"]: c.get("reason") for c in again["cells"]}
+    assert reasons["3-5"] == "complementary" and reasons["9-12"] == "primary"
+
+
+def test_student_minimum_applies_to_student_measures(gateway: Gateway, tmp_path: Path) -> None:
+    lines = ["MEPID,SY,Test Subject,Median SGP,SGP N"]
+    for i in range(30):
+        # Thirty teachers of mathematics, but only 12 students behind ELA scores in total.
+        lines.append(f"{300000 + i},2025,MATH,50,25")
+        if i < 12:
+            lines.append(f"{300000 + i},2025,ELA,48,1")
+    (tmp_path / "va.csv").write_text("\n".join(lines) + "\n")
+    upload_extract(
+        gateway,
+        agreement_id=AGREEMENT,
+        party=DISTRICT,
+        dataset="value_added",
+        path=tmp_path / "va.csv",
+        actor=ACTOR,
+    )
+    q = parse_query(
+        {
+            "datasets": ["value_added"],
+            "measure": {"kind": "mean", "field": "growth_score"},
+            "group_by": ["subject"],
+            "epsilon": "0.5",
+            # Twelve teachers have both subjects: let each count in both.
+            "max_groups_per_teacher": 2,
+        }
+    )
+    cells = {c["group"]["subject"]: c for c in release(gateway, q)["cells"]}
+    assert cells["ELA"]["suppressed"] and cells["ELA"]["reason"] == "primary"  # 12 < 20 students
+    assert not cells["MATH"]["suppressed"]
+    low, high = cells["MATH"]["ci95"]
+    assert 1 <= low <= cells["MATH"]["value"] <= high <= 99
+
+
+# --- noise, accuracy, preview ------------------------------------------------------------
+
+
+def test_release_reports_noise_and_accuracy(loaded: Any) -> None:
+    gw, _ = loaded
+    result = release(gw, query(group_by=["grade_band"]))
+    assert result["epsilon_spent"] == 0.5 and result["delta_spent"] == 0.0
+    for cell in result["cells"]:
+        if not cell["suppressed"]:
+            low, high = cell["ci95"]
+            assert low <= cell["value"] <= high and cell["value"] == int(cell["value"])
+    assert any("make_laplace" in m for m in result["noise"]["mechanisms"])
+
+
+def test_preview_spends_nothing(loaded: Any) -> None:
+    gw, _ = loaded
+    before = json.dumps(events(gw, "budget-reserved"))
+    preview = release(gw, query(group_by=["grade_band"]), dry_run=True)
+    assert preview["preview"] is True and preview["would_fit"] is True
+    assert preview["accuracy_95"]["count_half_width"] > 0
+    assert json.dumps(events(gw, "budget-reserved")) == before
+    smaller = release(gw, query(group_by=["grade_band"], epsilon="0.1"), dry_run=True)
+    assert smaller["accuracy_95"]["count_half_width"] > preview["accuracy_95"]["count_half_width"]
+
+
+# --- budget --------------------------------------------------------------------------------
+
+
+def test_budget_is_an_exact_ledger_and_refuses_overspending(loaded: Any) -> None:
+    gw, _ = loaded
+    # The standard profile gives each recipient epsilon 3.0; ten releases of 0.3 fit exactly.
+    for i in range(10):
+        release(
+            gw,
+            query(
+                group_by=["grade_band"],
+                epsilon="0.3",
+                filters=[{"field": "school_year", "op": "in", "value": [2025, 2000 + i]}],
+            ),
+        )
+    with pytest.raises(BudgetExhausted, match="left"):
+        release(
+            gw, query(epsilon="0.3", filters=[{"field": "school_year", "op": "eq", "value": 2025}])
+        )
+    from gateway.release.budget import budget_report
+
+    with gw.sessions() as session:
+        report = budget_report(session, gw.agreement(AGREEMENT))
+    assert report["parties"][EPP]["exact"]["spent"] == "3"
+    assert report["parties"][EPP]["remaining"] == 0.0
+    assert report["parties"][DISTRICT]["spent"] == 0.0
+    assert report["total"] == 6.0 and report["spent"] == 3.0
+
+
+def test_identical_query_returns_the_earlier_release_for_free(loaded: Any) -> None:
+    gw, _ = loaded
+    first = release(gw, query(group_by=["grade_band"]))
+    second = release(gw, query(group_by=["grade_band"]))
+    assert second["release_id"] == first["release_id"] and second["repeated"] is True
+    assert second["cells"] == first["cells"]  # averaging repeats gains nothing
+    assert second["epsilon_spent"] == 0 and second["budget_remaining"] == first["budget_remaining"]
+    assert len(events(gw, "release-repeated")) == 1
+
+
+def test_new_data_means_a_new_release(loaded: Any, tmp_path: Path) -> None:
+    gw, _ = loaded
+    first = release(gw, query(group_by=["grade_band"]))
+    path, _ = evaluations_csv(tmp_path / "again.csv", extra_2024=True)
+    upload_extract(
+        gw, agreement_id=AGREEMENT, party=DISTRICT, dataset="evaluations", path=path, actor=ACTOR
+    )
+    second = release(gw, query(group_by=["grade_band"]))
+    assert second["release_id"] != first["release_id"] and "repeated" not in second
+
+
+# --- attacks -------------------------------------------------------------------------------
+
+
+def test_differencing_two_overlapping_queries_is_refused(loaded: Any) -> None:
+    gw, rows = loaded
+    release(
+        gw, query(filters=[{"field": "grade_band", "op": "eq", "value": "PK-2"}]), party=DISTRICT
+    )
+    # The same teachers but those of school S-03 (a handful): the difference would single them out.
+    s03 = sum(1 for r in rows if r["band"] == "PK-2" and r["school"] == "S-03")
+    assert 0 < s03 < 10
+    narrower = query(
+        filters=[
+            {"field": "grade_band", "op": "eq", "value": "PK-2"},
+            {"field": "school_code", "op": "in", "value": ["S-01", "S-02"]},
+        ]
+    )
+    with pytest.raises(DifferencingRefused, match=f"by {s03} teacher"):
+        release(gw, narrower, party=DISTRICT)
+    assert events(gw, "release-refused")[-1]["details"]["code"] == "differencing_refused"
+
+
+def test_a_suppressed_cell_cannot_be_recovered_from_totals(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    from gateway.release.suppression import feasible_interval, lines_of
+
+    test_one_small_cell_gets_a_complementary_partner(gateway, tmp_path)
+    by_band = release(gateway, query(group_by=["grade_band"], epsilon="0.3"))
+    release(gateway, query(epsilon="0.3"))  # the table total, released too
+    hidden = {(c["group"]["grade_band"],) for c in by_band["cells"] if c["suppressed"]}
+    assert hidden == {("9-12",), ("3-5",)}
+    # Even an attacker who knew the exact total and the exact published cells (the
+    # released ones are noisy) could place the 2-teacher cell anywhere in [0, 14].
+    true = {("PK-2",): 30.0, ("3-5",): 12.0, ("6-8",): 15.0, ("9-12",): 2.0}
+    low, high = feasible_interval(("9-12",), hidden, true, lines_of(list(true)))
+    assert (low, high) == (0.0, 14.0) and high - low >= 10
+
+
+# --- audit, adapters ---------------------------------------------------------------------
+
+
+def test_every_release_is_in_the_audit_log_with_its_table_hash(loaded: Any) -> None:
+    gw, _ = loaded
+    result = release(gw, query(group_by=["grade_band"]))
+    event = events(gw, "release")[-1]
+    assert event["event_id"] == result["audit_event"]
+    details = event["details"]
+    assert details["release_id"] == result["release_id"] and details["requester"] == EPP
+    digest = hashlib.sha256(
+        json.dumps(result["cells"], sort_keys=True, separators=(",", ":")).encode()
+    )
+    assert details["table_sha256"] == digest.hexdigest()
+    assert details["cells_released"] + details["cells_suppressed"] == len(result["cells"])
+    assert details["data_versions"]["key_version"] == 1
+    assert Decimal(details["epsilon"]) == Decimal("0.5")
+    reserved = events(gw, "budget-reserved")[-1]
+    assert (
+        reserved["seq"] < event["seq"] and reserved["details"]["release_id"] == result["release_id"]
+    )
+
+
+def test_cli_release_budget_and_csv(loaded: Any, settings: Settings, tmp_path: Path) -> None:
+    q = tmp_path / "q.json"
+    q.write_text(
+        json.dumps(
+            {
+                "datasets": ["evaluations"],
+                "measure": {"kind": "count"},
+                "group_by": ["grade_band"],
+                "epsilon": 0.5,
+            }
+        )
+    )
+    args = ["release", "--agreement", AGREEMENT, "--party", EPP, "--query", str(q)]
+    env = settings_env(settings)
+    out = CliRunner().invoke(main, [*args, "--json"], env=env)
+    assert out.exit_code == 0, out.output
+    assert len(json.loads(out.stdout)["cells"]) == 4
+    csv_out = CliRunner().invoke(main, [*args, "--csv"], env=env).stdout.splitlines()
+    assert csv_out[0].startswith("grade_band,value,ci95_low,ci95_high,suppressed,reason")
+    assert len(csv_out) == 5
+    budget = json.loads(
+        CliRunner().invoke(main, ["budget", "--agreement", AGREEMENT, "--json"], env=env).stdout
+    )
+    assert {"total", "spent", "remaining", "parties"} <= set(budget)
+    assert budget["parties"][EPP]["spent"] == 0.5
+
+
+def test_api_release_preview_and_budget(loaded: Any, settings: Settings) -> None:
+    body = {
+        "datasets": ["evaluations"],
+        "measure": {"kind": "count"},
+        "group_by": ["grade_band"],
+        "epsilon": 0.5,
+    }
+    with TestClient(create_app(settings)) as client:
+        url = f"/v1/agreements/{AGREEMENT}/releases"
+        preview = client.post(url, params={"party": EPP, "dry_run": True}, json=body)
+        assert preview.status_code == 200 and preview.json()["preview"] is True
+        done = client.post(url, params={"party": EPP}, json=body)
+        assert done.status_code == 200 and len(done.json()["cells"]) == 4
+        refused = client.post(
+            url, params={"party": EPP}, json={**body, "group_by": ["school_code"]}
+        )
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "policy_violation"
+        budget = client.get(f"/v1/agreements/{AGREEMENT}/budget").json()
+        assert budget["parties"][EPP]["spent"] == 0.5
