@@ -519,8 +519,10 @@ def audit_verify(ctx: click.Context, as_json: bool) -> None:
         for problem in result.problems:
             click.echo(str(problem))
     if not result.ok:
-        first = result.problems[0]
-        raise AuditChainBroken(f"audit log verification failed: {first}")
+        # The report above is the output (one JSON document with --json); the reason
+        # goes to stderr and the exit status says the chain is broken.
+        click.echo(f"gateway: error: audit log verification failed: {result.problems[0]}", err=True)
+        ctx.exit(AuditChainBroken.exit_code)
 
 
 # --- serve ------------------------------------------------------------------
@@ -536,7 +538,11 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
 
     from gateway.app import create_app
 
-    app = create_app(_settings(ctx))
+    settings = _settings(ctx)
+    # Open once before serving, so an unsafe key or a stale database is refused with a
+    # one-line reason instead of a server traceback.
+    Gateway.open(settings).close()
+    app = create_app(settings)
     uvicorn.run(app, host=host, port=port, proxy_headers=False, server_header=False)
 
 
@@ -560,3 +566,7 @@ def demo(directory: Path, as_json: bool) -> None:
     result = run_demo(directory, echo=None if as_json else click.echo)
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
+    refused = [u for u in result["uploads"] if u["status"] != "accepted"]
+    if refused or not result["audit"]["ok"]:
+        what = f"{len(refused)} upload(s) refused" if refused else "the audit log did not verify"
+        raise GatewayError(f"the demo did not complete: {what}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.errors import ConfigurationError
@@ -93,5 +93,10 @@ def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment, with explicit overrides winning."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
-    except ValueError as exc:  # pydantic ValidationError is a ValueError
-        raise ConfigurationError(f"invalid settings: {exc}") from exc
+    except ValidationError as exc:
+        # One line per the CLI contract: which variable, and what is wrong with it.
+        reasons = "; ".join(
+            f"GATEWAY_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {reasons}") from None

@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway import audit, keys
 from gateway.agreements import Agreement, Registry, load_registry
 from gateway.config import Settings
-from gateway.errors import MasterKeyError, NotInitialised
+from gateway.errors import ConfigurationError, MasterKeyError, NotInitialised
 from gateway.release import budget
 from gateway.storage import db
+from gateway.storage.datasets import storage_mismatches
 from gateway.storage.tables import AgreementRecord, GatewayState
 
 
@@ -38,6 +39,12 @@ class Gateway:
         """Open an initialised gateway; refuse anything unsafe."""
         master_key = keys.load_master_key(settings.resolved_master_key_file)
         registry = load_registry(settings.agreements_dir, settings.policies_dir)
+        mismatches = storage_mismatches(registry.schemas)
+        if mismatches:
+            raise ConfigurationError(
+                "the dataset schemas in policies/ do not match the database tables (a "
+                f"migration is needed): {'; '.join(mismatches)}"
+            )
         engine = db.make_engine(settings.resolved_database_url)
         try:
             db.require_schema_at_head(engine)

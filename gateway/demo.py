@@ -8,7 +8,9 @@ example agreement and verifies the audit log.
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,17 @@ def demo_settings(directory: Path, base: Settings | None = None) -> Settings:
             "master_key_file": data_dir / "keys" / "master.key",
         }
     )
+
+
+def _gateway_command() -> str:
+    """How to run ``gateway`` again from here (it may live in .venv/bin, not on PATH)."""
+    script = Path(sys.argv[0])
+    if script.name == "gateway" and script.exists():
+        found = shutil.which("gateway")
+        if found and Path(found).resolve() == script.resolve():
+            return "gateway"
+        return os.path.relpath(script.resolve()) if script.is_absolute() else str(script)
+    return "gateway"
 
 
 def run_demo(directory: Path, *, echo: Echo | None = print, seed: int = 2026) -> dict[str, Any]:
@@ -98,10 +111,11 @@ def run_demo(directory: Path, *, echo: Echo | None = print, seed: int = 2026) ->
         f"\nAudit log: {verification.events_checked} events, "
         f"{'chain verified' if verification.ok else 'BROKEN'}"
     )
+    command = _gateway_command()
     say(
         "Look around with, for example:\n"
-        f"  GATEWAY_DATA_DIR={settings.data_dir} gateway audit list\n"
-        f"  GATEWAY_DATA_DIR={settings.data_dir} gateway agreements show "
+        f"  GATEWAY_DATA_DIR={settings.data_dir} {command} audit list\n"
+        f"  GATEWAY_DATA_DIR={settings.data_dir} {command} agreements show "
         f"{agreements[0].id if agreements else 'ID'}"
     )
     return {

@@ -153,7 +153,7 @@ def pseudonymizer_for(
     if record is None or record.salt is None:
         raise NotFound(
             f"agreement {agreement_id!r} has no usable pseudonym key; "
-            f"run `gateway keys init --agreement {agreement_id}`"
+            f"run `gateway keys rotate --agreement {agreement_id}` to make a new key version"
         )
     key = derive_agreement_key(
         master_key.material,

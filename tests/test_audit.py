@@ -172,3 +172,11 @@ def test_any_byte_change_in_any_body_is_detected(gateway: Gateway, data: st.Data
 def test_unknown_event_kind_is_refused(gateway: Gateway) -> None:
     with gateway.sessions() as session, session.begin(), pytest.raises(ValueError):
         audit.append_event(session, kind="made-up", actor=audit.OPERATOR, details={})
+
+
+def test_verify_json_prints_one_document_when_broken(gateway: Gateway, settings: Settings) -> None:
+    tamper(gateway, "DELETE FROM audit_events WHERE seq = 3")
+    result = CliRunner().invoke(main, ["audit", "verify", "--json"], env=settings_env(settings))
+    assert result.exit_code == AuditChainBroken.exit_code
+    report = json.loads(result.stdout)  # exactly one JSON document
+    assert report["ok"] is False and report["problems"][0]["seq"] == 4

@@ -54,3 +54,12 @@ def test_app_refuses_to_start_without_a_master_key(tmp_path: Path) -> None:
     app = create_app(settings)  # building the app is fine...
     with pytest.raises(MasterKeyError, match="gateway keys init"), TestClient(app):
         pass  # ...starting it is not
+
+
+def test_invalid_settings_give_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GATEWAY_MAX_UPLOAD_ROWS", "many")
+    with pytest.raises(ConfigurationError) as error:
+        load_settings()
+    assert "GATEWAY_MAX_UPLOAD_ROWS" in error.value.message and "\n" not in error.value.message

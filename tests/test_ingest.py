@@ -275,6 +275,27 @@ def _empty(tmp_path: Path) -> Path:
     return path
 
 
+def _impossible_date(tmp_path: Path) -> Path:
+    return write_csv(
+        tmp_path,
+        "MEPID,SY,Observer Role,Standard,Rating,Observation Date",
+        "482913,2024,district_evaluator,planning,3,2024-02-30",
+    )
+
+
+def _xlsx_formula(tmp_path: Path) -> Path:
+    import openpyxl
+
+    path = tmp_path / "formula.xlsx"
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["MEPID", "SY", "Summative Rating"])
+    sheet.append(["482913", 2025, "=1+2"])
+    book.save(path)
+    return path
+
+
 def _rows(*rows: str) -> Callable[[Path], Path]:
     return lambda tmp_path: write_csv(tmp_path, HEADER, *rows)
 
@@ -599,3 +620,51 @@ def test_no_sqlite_journal_rows_survive_a_refusal(gateway: Gateway, tmp_path: Pa
         upload(gateway, write_csv(tmp_path, HEADER, *rows))
     with gateway.engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM rows_evaluations")).scalar() == 0
+
+
+def test_patterns_must_match_the_whole_value() -> None:
+    import pyarrow as pa
+
+    from gateway.agreements.models import ColumnSpec
+    from gateway.ingest.validate import validate_column
+
+    spec = ColumnSpec(
+        type="string", role="quasi_identifier", required=False, description="code", pattern="[0-9]+"
+    )
+    result = validate_column("code", spec, pa.array(["123", "12ab", "x9"]), formula_cells="reject")
+    assert result.bad.tolist() == [False, True, True]
+
+
+def test_a_refused_receipt_never_counts_rows_as_accepted(
+    gateway: Gateway, settings: Settings, tmp_path: Path
+) -> None:
+    gateway.settings = settings.model_copy(update={"upload_chunk_rows": 1})
+    rows = [*GOOD_ROWS, "482916,A,B,2025,S-01,ELA,3-5,1,9,"]
+    with pytest.raises(UploadRefused) as refused:
+        upload(gateway, write_csv(tmp_path, HEADER, *rows))
+    assert refused.value.receipt["rows"] == {"read": 4, "accepted": 0, "rejected": 1}
+    body = refused.value.to_dict()["error"]
+    assert body["receipt"]["upload_id"] and body["receipt"]["audit_event"]
+
+
+def test_http_refusals_before_reading_are_audited(gateway: Gateway, settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        response = client.post(
+            f"/v1/agreements/{AGREEMENT}/datasets/evaluations/uploads",
+            content=b"x",
+            headers={"content-type": "text/csv"},
+        )
+        assert response.status_code == 400
+        empty = client.post(
+            f"/v1/agreements/{AGREEMENT}/datasets/evaluations/uploads",
+            files={"file": ("empty.csv", b"", "text/csv")},
+        )
+        assert empty.status_code == 422
+    with gateway.sessions() as session:
+        refused = [
+            audit.event_view(e) for e in session.scalars(audit.query_events(kind="upload-refused"))
+        ]
+    assert [r["details"]["reason"].split(":")[0] for r in refused][-2:] == [
+        "send the extract as multipart/form-data with the file in a field named 'file'",
+        "empty.csv",
+    ]

@@ -85,3 +85,24 @@ def test_changed_agreement_file_is_recorded(settings: Settings, tmp_path: object
     assert (
         changed[0]["details"]["previous"]["content_hash"] != changed[0]["details"]["content_hash"]
     )
+
+
+def test_open_refuses_schemas_the_database_cannot_store(
+    settings: Settings, tmp_path: object
+) -> None:
+    import shutil
+    from pathlib import Path
+
+    from gateway.errors import ConfigurationError
+
+    assert isinstance(tmp_path, Path)
+    initialise(settings)
+    policies = tmp_path / "policies-copy"
+    shutil.copytree(settings.policies_dir, policies)
+    schema = policies / "datasets" / "staffing.yaml"
+    schema.write_text(
+        schema.read_text() + "  union_member:\n    type: boolean\n    role: quasi_identifier\n"
+        "    required: false\n    description: A column added without a migration.\n"
+    )
+    with pytest.raises(ConfigurationError, match="'union_member' has no storage column"):
+        Gateway.open(settings.model_copy(update={"policies_dir": policies}))

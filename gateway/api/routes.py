@@ -12,7 +12,10 @@ from gateway import audit
 from gateway.agreements.views import agreement_detail, agreement_summary
 from gateway.api.deps import GatewayDep, SessionDep
 from gateway.api.uploads import receive_file, upload_folder
+from gateway.context import Gateway
+from gateway.errors import GatewayError, SchemaError
 from gateway.ingest import upload_extract
+from gateway.ingest.upload import record_refused_request
 from gateway.release.budget import budget_report
 from gateway.release.engine import request_release
 from gateway.release.query import parse_query
@@ -45,6 +48,10 @@ def list_audit_events(
     limit: int = Query(default=100, ge=1, le=1000),
     offset: int = Query(default=0, ge=0),
 ) -> dict[str, Any]:
+    if kind is not None and kind not in audit.EVENT_KINDS:
+        raise SchemaError(
+            f"unknown event kind {kind!r}; known kinds: {', '.join(sorted(audit.EVENT_KINDS))}"
+        )
     statement = audit.query_events(agreement_id=agreement, kind=kind, since=since, until=until)
     events = [audit.event_view(e) for e in session.scalars(statement.offset(offset).limit(limit))]
     return {"events": events, "offset": offset, "limit": limit}
@@ -94,29 +101,50 @@ async def upload_dataset(
     sheet: str | None = Query(default=None, description="Excel worksheet (default: the first)."),
 ) -> dict[str, Any]:
     """Upload one extract; returns its receipt. A refused file stores nothing."""
-    agreement = gateway.agreement(agreement_id)
-    acting_party = party or agreement.dataset(dataset).provided_by
-    with upload_folder(gateway.settings.data_dir) as folder:
-        received = await receive_file(
-            headers=dict(request.headers),
-            body=request.stream(),
-            folder=folder,
-            max_bytes=gateway.settings.max_upload_bytes,
-        )
-        try:
-            return await run_in_threadpool(
-                upload_extract,
-                gateway,
-                agreement_id=agreement_id,
-                party=acting_party,
-                dataset=dataset,
-                path=received.path,
-                display_name=received.display_name,
-                sheet=sheet,
-                actor=audit.Actor(role="operator", party=acting_party),
+    acting_party = party or _provider(gateway, agreement_id, dataset) or "unknown"
+    actor = audit.Actor(role="operator", party=acting_party)
+    try:
+        with upload_folder(gateway.settings.data_dir) as folder:
+            received = await receive_file(
+                headers=dict(request.headers),
+                body=request.stream(),
+                folder=folder,
+                max_bytes=gateway.settings.max_upload_bytes,
             )
-        finally:
-            received.discard()
+    except GatewayError as error:
+        # Refused before the file could be read: still in the audit log.
+        await run_in_threadpool(
+            record_refused_request,
+            gateway,
+            agreement_id=agreement_id,
+            dataset=dataset,
+            party=acting_party,
+            actor=actor,
+            reason=error.message,
+        )
+        raise
+    try:
+        return await run_in_threadpool(
+            upload_extract,
+            gateway,
+            agreement_id=agreement_id,
+            party=acting_party,
+            dataset=dataset,
+            path=received.path,
+            display_name=received.display_name,
+            sheet=sheet,
+            actor=actor,
+        )
+    finally:
+        received.discard()
+
+
+def _provider(gateway: Gateway, agreement_id: str, dataset: str) -> str | None:
+    """The dataset's provider, or None when the agreement or dataset is unknown."""
+    try:
+        return gateway.agreement(agreement_id).dataset(dataset).provided_by
+    except GatewayError:
+        return None
 
 
 @router.post("/v1/agreements/{agreement_id}/releases", tags=["releases"])

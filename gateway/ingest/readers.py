@@ -232,7 +232,10 @@ def xlsx_rows(
 
     handle = path.open("rb")  # a file object: openpyxl would judge a path by its extension
     try:
-        workbook = openpyxl.load_workbook(handle, read_only=True, data_only=True)
+        # data_only=False: a formula cell arrives as its formula text ("=A2*2"), so the
+        # profile's formula rule sees it, instead of a cached value that may be stale or
+        # missing. Extracts should hold values, not formulas.
+        workbook = openpyxl.load_workbook(handle, read_only=True, data_only=False)
     except Exception:  # openpyxl raises many kinds on damaged files
         handle.close()
         raise SchemaError(f"{display_name}: the Excel workbook cannot be opened") from None

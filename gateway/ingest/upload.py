@@ -98,6 +98,11 @@ class UploadRefused(SchemaError):
         super().__init__(message, details=receipt.get("problems", []))
         self.receipt = receipt
 
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        body["error"]["receipt"] = self.receipt  # upload id, counts, audit event
+        return body
+
 
 @dataclass(frozen=True)
 class ColumnPlan:
@@ -759,7 +764,8 @@ def _receipt(
         ),
         "rows": {
             "read": tally.rows_read,
-            "accepted": tally.rows_accepted,
+            # A refused file stores nothing, whatever passed validation before it stopped.
+            "accepted": tally.rows_accepted if status == "accepted" else 0,
             "rejected": tally.rows_rejected,
         },
         "columns": {
@@ -794,6 +800,25 @@ def _audit_details(receipt: Mapping[str, Any]) -> dict[str, Any]:
         "replaced": receipt["replaced"],
         "problem_count": receipt["problem_count"],
     }
+
+
+def record_refused_request(
+    gateway: Gateway,
+    *,
+    agreement_id: str,
+    dataset: str,
+    party: str,
+    actor: audit.Actor,
+    reason: str,
+) -> dict[str, Any]:
+    """Audit an upload request refused before its file could be read (HTTP adapters)."""
+    try:
+        agreement: Agreement | None = gateway.agreement(agreement_id)
+    except GatewayError:
+        agreement = None
+    return _record_refusal(
+        gateway, agreement, str(uuid.uuid4()), dataset[:64], party[:128], actor, reason, None, None
+    )
 
 
 def _record_refusal(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
 
 import numpy as np
@@ -180,11 +181,12 @@ def _flag_formulas(check: _Checker, mask: BoolArray) -> None:
 
 
 def _regex_matches(text: pa.Array, pattern: str) -> BoolArray:
+    """Whether each value matches ``pattern`` in full (as a schema pattern means)."""
     try:
-        return _np(pc.match_substring_regex(text, pattern))
+        return _np(pc.match_substring_regex(text, f"^(?:{pattern})$"))
     except pa.ArrowInvalid:  # RE2 lacks some Python features (look-ahead): fall back
         compiled = re.compile(pattern)
-        return np.array([compiled.search(v) is not None for v in text.to_pylist()], dtype=bool)
+        return np.array([compiled.fullmatch(v) is not None for v in text.to_pylist()], dtype=bool)
 
 
 def _numeric_values(
@@ -197,6 +199,7 @@ def _numeric_values(
     integer: bool,
 ) -> pa.Array:
     shape = _np(pc.match_substring_regex(text, _INTEGER if integer else _NUMBER))
+    _flag_formulas(check, _formula_cells(text, present) & ~shape)
     check.flag(
         present & ~shape,
         expected,
@@ -232,28 +235,35 @@ def _numeric_values(
 
 
 def _date_values(check: _Checker, text: pa.Array, present: BoolArray, expected: str) -> pa.Array:
-    none = pa.scalar(None, pa.string())
-    iso = pc.strptime(
-        pc.if_else(pc.match_substring_regex(text, _ISO_DATE), text, none),
-        format="%Y-%m-%d",
-        unit="s",
-        error_is_null=True,
-    )
-    us = pc.strptime(
-        pc.if_else(pc.match_substring_regex(text, _US_DATE), text, none),
-        format="%m/%d/%Y",
-        unit="s",
-        error_is_null=True,
-    )
-    parsed = pc.coalesce(iso, us)
-    check.flag(present & _np(pc.is_null(parsed)), expected, "text that is not a valid date")
-    return pc.cast(parsed, pa.date32())
+    """Dates written YYYY-MM-DD or MM/DD/YYYY, checked strictly (no 30 February).
+
+    Each distinct spelling is parsed once with Python's strict parser: date columns
+    have few distinct values, and Arrow's parser rolls impossible dates over.
+    """
+    encoded = pc.dictionary_encode(text)
+    parsed: list[date | None] = [_parse_date(v) for v in encoded.dictionary.to_pylist()]
+    values = pc.take(pa.array(parsed, pa.date32()), encoded.indices)
+    invalid = present & _np(pc.is_null(values))
+    _flag_formulas(check, _formula_cells(text, present) & invalid)
+    check.flag(invalid, expected, "text that is not a valid date")
+    return values
+
+
+def _parse_date(text: str) -> date | None:
+    for pattern, layout in ((_ISO_DATE, "%Y-%m-%d"), (_US_DATE, "%m/%d/%Y")):
+        if re.fullmatch(pattern, text):
+            try:
+                return datetime.strptime(text, layout).date()
+            except ValueError:
+                return None
+    return None
 
 
 def _boolean_values(check: _Checker, text: pa.Array, present: BoolArray, expected: str) -> pa.Array:
     lowered = pc.utf8_lower(text)
     truthy = _np(pc.is_in(lowered, value_set=pa.array(_TRUE)))
     falsy = _np(pc.is_in(lowered, value_set=pa.array(_FALSE)))
+    _flag_formulas(check, _formula_cells(text, present) & ~(truthy | falsy))
     check.flag(present & ~(truthy | falsy), expected, "a value that is not true or false")
     values: list[bool | None] = [
         True if t else False if f else None for t, f in zip(truthy, falsy, strict=True)
