@@ -43,6 +43,7 @@ EVENT_KINDS: Mapping[str, str] = {
     "upload-accepted": "an extract was validated, pseudonymised and stored",
     "upload-refused": "an extract, or an upload request, was refused; nothing was stored",
     "budget-reserved": "privacy budget was reserved for a release, before any noise was drawn",
+    "budget-changed": "a recipient's budget was set up or changed with its agreement",
     "release": "an aggregate was released to a recipient",
     "release-repeated": "an identical earlier release was returned again, at no budget cost",
     "release-refused": "a release request was refused; nothing was released",

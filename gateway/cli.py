@@ -358,7 +358,10 @@ def _cells_csv(release: dict[str, Any]) -> str:
             *(cell.get(c) for c in extra),
         ]
         writer.writerow(
-            ["'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else v for v in row]
+            [
+                "'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v
+                for v in row
+            ]
         )
     return buffer.getvalue()
 

@@ -91,8 +91,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
 AGREEMENT = "student-teaching-bayview-eastport"
 EPP = "bayview-state"
 DISTRICT = "eastport-ps"
-# Teachers per grade band in 2025: one band under the minimum of 10, one empty.
-BANDS = {"PK-2": 25, "3-5": 14, "6-8": 3, "9-12": 0}
+# Teachers per grade band in 2025: one band under the minimum of 10.
+BANDS = {"PK-2": 25, "3-5": 14, "6-8": 3, "9-12": 20}
 SCHOOLS = ["S-01", "S-02", "S-03"]
 
 

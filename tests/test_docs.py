@@ -1,5 +1,6 @@
 """The documentation keeps up with the code: every command, setting, event kind,
-route and error code appears in its page, and the README links every page."""
+route, error code, query field and measure kind appears in its page, and the README
+links every page."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pkgutil
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 import pytest
@@ -19,6 +20,7 @@ from gateway.app import create_app
 from gateway.cli import main
 from gateway.config import Settings
 from gateway.errors import GatewayError
+from gateway.release.query import Measure, Query
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
@@ -79,6 +81,15 @@ def settings_fields() -> list[str]:
     return sorted(Settings.model_fields)
 
 
+def measure_kinds() -> list[str]:
+    """Every ``measure.kind`` a query accepts (the ``Literal`` of ``Measure.kind``)."""
+    return sorted(get_args(Measure.model_fields["kind"].annotation))
+
+
+def query_fields() -> list[str]:
+    return sorted(Query.model_fields)
+
+
 def test_walks_find_what_they_should() -> None:
     """Guards the tests below against passing vacuously."""
     assert {"init", "keys", "keys rotate", "audit verify"} <= set(command_paths(main))
@@ -87,6 +98,8 @@ def test_walks_find_what_they_should() -> None:
     assert "/healthz" in set(route_paths(app.routes))
     codes = {error.code for error in error_classes()}
     assert {"not_found", "upload_refused", "upload_too_large"} <= codes
+    assert {"count", "rate"} <= set(measure_kinds())
+    assert {"datasets", "measure", "epsilon"} <= set(query_fields())
 
 
 @pytest.mark.parametrize("path", sorted(command_paths(main)))
@@ -103,6 +116,18 @@ def test_every_setting_is_in_the_configuration_page(field: str) -> None:
 @pytest.mark.parametrize("kind", sorted(audit.EVENT_KINDS))
 def test_every_audit_event_kind_is_in_the_audit_page(kind: str) -> None:
     assert f"`{kind}`" in read("docs/audit.md"), f"event kind {kind} is not in docs/audit.md"
+
+
+@pytest.mark.parametrize("kind", measure_kinds())
+def test_every_measure_kind_is_in_the_releases_page(kind: str) -> None:
+    page = read("docs/releases.md")
+    assert f"`{kind}`" in page, f"measure kind {kind} is not in docs/releases.md"
+
+
+@pytest.mark.parametrize("field", query_fields())
+def test_every_query_field_is_in_the_releases_page(field: str) -> None:
+    page = read("docs/releases.md")
+    assert f"`{field}`" in page, f"query field {field} is not in docs/releases.md"
 
 
 def test_every_route_is_in_the_api_page() -> None:

@@ -156,10 +156,13 @@ def test_every_released_cell_rests_on_the_minimum(loaded: Any) -> None:
             assert cell["reason"] in ("primary", "complementary")
         else:
             assert true[band] >= 10
-    assert cells["6-8"]["reason"] == "primary" and cells["9-12"]["reason"] == "primary"
-    # Together the two primary cells hold 3 teachers, which the table total would reveal:
-    # the LP audit adds the next smallest cell, and the largest stays published.
-    assert cells["3-5"]["reason"] == "complementary" and not cells["PK-2"]["suppressed"]
+    assert cells["6-8"]["reason"] == "primary"
+    # 3-5 alone would not hide it: 3-5 is known to hold at least 10 (it is marked
+    # complementary), so 6-8 would be pinned to at most 17 - 10 = 7 < 9. The LP audit
+    # adds 9-12 too; only the largest cell stays published.
+    assert cells["3-5"]["reason"] == "complementary"
+    assert cells["9-12"]["reason"] == "complementary"
+    assert not cells["PK-2"]["suppressed"]
 
 
 def test_one_small_cell_gets_a_complementary_partner(gateway: Gateway, tmp_path: Path) -> None:
@@ -181,9 +184,10 @@ def test_one_small_cell_gets_a_complementary_partner(gateway: Gateway, tmp_path:
     result = release(gateway, query(group_by=["grade_band"]))
     reasons = {c["group"]["grade_band"]: c.get("reason") for c in result["cells"]}
     assert reasons["9-12"] == "primary"
-    # The smallest other cell hides it: total minus the published cells no longer gives 9-12.
-    assert reasons["3-5"] == "complementary"
-    assert reasons["PK-2"] is None and reasons["6-8"] is None
+    # With 3-5 alone, 9-12 <= 14 - 10 = 4 (3-5 is marked, so known to be >= 10): too
+    # narrow. With 6-8 as well, 9-12 may be anything from 0 to 9.
+    assert reasons["3-5"] == "complementary" and reasons["6-8"] == "complementary"
+    assert reasons["PK-2"] is None
 
 
 def test_suppression_is_consistent_across_releases(gateway: Gateway, tmp_path: Path) -> None:
@@ -191,6 +195,7 @@ def test_suppression_is_consistent_across_releases(gateway: Gateway, tmp_path: P
     again = release(gateway, query(group_by=["grade_band"], epsilon="0.3"))
     reasons = {c["group"]["grade_band"]: c.get("reason") for c in again["cells"]}
     assert reasons["3-5"] == "complementary" and reasons["9-12"] == "primary"
+    assert reasons["6-8"] == "complementary"
 
 
 def test_student_minimum_applies_to_student_measures(gateway: Gateway, tmp_path: Path) -> None:
@@ -256,8 +261,9 @@ def test_preview_spends_nothing(loaded: Any) -> None:
 
 def test_budget_is_an_exact_ledger_and_refuses_overspending(loaded: Any) -> None:
     gw, _ = loaded
-    # The standard profile gives each recipient epsilon 3.0; ten releases of 0.3 fit exactly.
-    for i in range(10):
+    # The standard profile's epsilon 3.0 is shared by the two recipients: 1.5 each,
+    # so five releases of 0.3 fit exactly.
+    for i in range(5):
         release(
             gw,
             query(
@@ -274,10 +280,12 @@ def test_budget_is_an_exact_ledger_and_refuses_overspending(loaded: Any) -> None
 
     with gw.sessions() as session:
         report = budget_report(session, gw.agreement(AGREEMENT))
-    assert report["parties"][EPP]["exact"]["spent"] == "3"
+    assert report["parties"][EPP]["exact"]["spent"] == "1.5"
     assert report["parties"][EPP]["remaining"] == 0.0
     assert report["parties"][DISTRICT]["spent"] == 0.0
-    assert report["total"] == 6.0 and report["spent"] == 3.0
+    assert report["total"] == 3.0 and report["spent"] == 1.5 and report["remaining"] == 1.5
+    refusal = events(gw, "release-refused")[-1]["details"]
+    assert refusal["code"] == "budget_exhausted"
 
 
 def test_identical_query_returns_the_earlier_release_for_free(loaded: Any) -> None:
@@ -318,8 +326,9 @@ def test_differencing_two_overlapping_queries_is_refused(loaded: Any) -> None:
             {"field": "school_code", "op": "in", "value": ["S-01", "S-02"]},
         ]
     )
-    with pytest.raises(DifferencingRefused, match=f"by {s03} teacher"):
+    with pytest.raises(DifferencingRefused, match="fewer than the minimum of 10") as refused:
         release(gw, narrower, party=DISTRICT)
+    assert str(s03) not in refused.value.message  # no free count in the message
     assert events(gw, "release-refused")[-1]["details"]["code"] == "differencing_refused"
 
 
@@ -332,12 +341,14 @@ def test_a_suppressed_cell_cannot_be_recovered_from_totals(
     by_band = release(gateway, query(group_by=["grade_band"], epsilon="0.3"))
     release(gateway, query(epsilon="0.3"))  # the table total, released too
     hidden = {(c["group"]["grade_band"],) for c in by_band["cells"] if c["suppressed"]}
-    assert hidden == {("9-12",), ("3-5",)}
-    # Even an attacker who knew the exact total and the exact published cells (the
-    # released ones are noisy) could place the 2-teacher cell anywhere in [0, 14].
+    assert hidden == {("9-12",), ("3-5",), ("6-8",)}
+    # Even an attacker who knew the exact total and the exact published cell (the
+    # released one is noisy), and read the marks (primary: under 10; complementary:
+    # 10 or more), could place the 2-teacher cell anywhere from 0 to 9.
     true = {("PK-2",): 30.0, ("3-5",): 12.0, ("6-8",): 15.0, ("9-12",): 2.0}
-    low, high = feasible_interval(("9-12",), hidden, true, lines_of(list(true)))
-    assert (low, high) == (0.0, 14.0) and high - low >= 10
+    known = {("9-12",): (0.0, 9.0), ("3-5",): (10.0, None), ("6-8",): (10.0, None)}
+    low, high = feasible_interval(("9-12",), hidden, true, lines_of(list(true)), known)
+    assert (low, high) == (0.0, 9.0)
 
 
 # --- audit, adapters ---------------------------------------------------------------------

@@ -30,7 +30,7 @@ def tables(draw: st.DrawFn) -> dict[tuple[int, ...], float]:
 @given(tables())
 def test_no_published_cell_is_below_the_minimum(table: dict[tuple[int, ...], float]) -> None:
     below = {k for k, v in table.items() if v < MINIMUM}
-    result = suppress(table, below_minimum=below, protection=MINIMUM)
+    result = suppress(table, below_minimum=below, minimum=MINIMUM)
     published = set(table) - result.suppressed
     assert all(table[k] >= MINIMUM for k in published)
     assert result.primary == below
@@ -38,20 +38,23 @@ def test_no_published_cell_is_below_the_minimum(table: dict[tuple[int, ...], flo
 
 @settings(max_examples=60, deadline=None)
 @given(tables())
-def test_every_suppressed_cell_keeps_a_wide_interval(table: dict[tuple[int, ...], float]) -> None:
+def test_every_small_cell_stays_anywhere_in_its_protection_interval(
+    table: dict[tuple[int, ...], float],
+) -> None:
     below = {k for k, v in table.items() if v < MINIMUM}
-    result = suppress(table, below_minimum=below, protection=MINIMUM)
+    result = suppress(table, below_minimum=below, minimum=MINIMUM)
     lines = lines_of(list(table))
-    for key in result.suppressed:
-        low, high = feasible_interval(key, result.suppressed, table, lines)
+    # What the attacker knows: published cells exactly, every line total, and the marks.
+    known = {k: (0.0, MINIMUM - 1.0) for k in result.primary}
+    known |= {k: (float(MINIMUM), None) for k in result.complementary}
+    for key in result.primary:
+        low, high = feasible_interval(key, result.suppressed, table, lines, known)
         assert low <= table[key] <= high  # the truth is always feasible
-        line_totals = [sum(table[k] for k in line) for line in lines if key in line]
-        required = (
-            min([MINIMUM, *line_totals]) if line_totals else min(MINIMUM, sum(table.values()))
-        )
-        if high - low < required - 1e-9:
-            # Only when nothing more can be hidden: every line through it is suppressed
-            # whole, and the attacker's knowledge comes from totals alone.
+        totals = [sum(table[k] for k in line) for line in lines if key in line]
+        top = min([MINIMUM - 1.0, *totals]) if totals else min(MINIMUM - 1.0, sum(table.values()))
+        if low > 1e-9 or high < top - 1e-9:
+            # Only when nothing more can be hidden: every line through it is hidden
+            # whole, and only totals published elsewhere could bound it.
             assert key in result.unprotectable
             assert all(k in result.suppressed for line in lines if key in line for k in line)
 
@@ -60,12 +63,12 @@ def test_every_suppressed_cell_keeps_a_wide_interval(table: dict[tuple[int, ...]
 @given(tables())
 def test_no_line_has_a_single_suppressed_cell(table: dict[tuple[int, ...], float]) -> None:
     below = {k for k, v in table.items() if v < MINIMUM}
-    result = suppress(table, below_minimum=below, protection=MINIMUM)
+    result = suppress(table, below_minimum=below, minimum=MINIMUM)
     for line in lines_of(list(table)):
         assert sum(1 for k in line if k in result.suppressed) != 1
 
 
 def test_remembered_cells_are_suppressed_again() -> None:
     table = {("a",): 30.0, ("b",): 25.0, ("c",): 40.0}
-    result = suppress(table, below_minimum=set(), protection=MINIMUM, remembered={("b",)})
+    result = suppress(table, below_minimum=set(), minimum=MINIMUM, remembered={("b",)})
     assert ("b",) in result.suppressed and len(result.suppressed) == 2

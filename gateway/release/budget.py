@@ -1,7 +1,9 @@
 """The privacy budget: an exact-decimal ledger, reserved before any noise is drawn.
 
-Each recipient party of an agreement has its own budget (the agreement's
-disclosure profile, ``privacy_budget``). A reservation locks the party's
+The agreement's disclosure profile sets its total ``privacy_budget``; each
+recipient party (a party with a release allowlist) gets an equal share of it, so
+everything released under the agreement, to every party together, stays within
+the agreement's total even if the recipients pool what they receive. A reservation locks the party's
 budget row (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite transactions begin
 ``IMMEDIATE``, so writers are serialised), checks what remains, adds a ledger
 entry and commits, all in one transaction, before the release computes
@@ -63,11 +65,12 @@ class BudgetState:
 
     @property
     def epsilon_remaining(self) -> Decimal:
-        return self.epsilon_total - self.epsilon_spent
+        # Never below zero, even after an agreement lowered its budget below the spend.
+        return max(self.epsilon_total - self.epsilon_spent, Decimal(0))
 
     @property
     def delta_remaining(self) -> Decimal:
-        return self.delta_total - self.delta_spent
+        return max(self.delta_total - self.delta_spent, Decimal(0))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,13 +105,24 @@ def recipients(agreement: Agreement) -> list[str]:
     return sorted(agreement.releases)
 
 
-def sync_budgets(session: Session, agreement: Agreement) -> None:
-    """Create each recipient's budget row, or update its total when the agreement changed."""
+def party_share(agreement: Agreement) -> tuple[int, int]:
+    """Each recipient's (epsilon, delta) in ledger units: an equal share of the total,
+    rounded down, so the shares never add up to more than the agreement's budget."""
     budget = agreement.resolved_disclosure.privacy_budget
-    total_e, total_d = epsilon_units(budget.epsilon), delta_units(budget.delta)
+    parties = max(len(recipients(agreement)), 1)
+    return epsilon_units(budget.epsilon) // parties, delta_units(budget.delta) // parties
+
+
+def sync_budgets(session: Session, agreement: Agreement) -> None:
+    """Create each recipient's budget row, or update its total when the agreement changed.
+
+    Every creation or change is in the audit log.
+    """
+    total_e, total_d = party_share(agreement)
     now = datetime.now(UTC)
     for party in recipients(agreement):
         row = session.get(PrivacyBudget, (agreement.id, party), with_for_update=True)
+        before = None if row is None else (row.epsilon_total, row.delta_total)
         if row is None:
             session.add(
                 PrivacyBudget(
@@ -121,8 +135,30 @@ def sync_budgets(session: Session, agreement: Agreement) -> None:
                     updated_at=now,
                 )
             )
-        elif (row.epsilon_total, row.delta_total) != (total_e, total_d):
+        elif before != (total_e, total_d):
             row.epsilon_total, row.delta_total, row.updated_at = total_e, total_d, now
+        else:
+            continue
+        previous = None
+        if before is not None:
+            previous = {
+                "epsilon_total": str(from_epsilon_units(before[0])),
+                "delta_total": str(from_delta_units(before[1])),
+            }
+        audit.append_event(
+            session,
+            kind="budget-changed",
+            actor=audit.OPERATOR,
+            details={
+                "party": party,
+                "epsilon_total": str(from_epsilon_units(total_e)),
+                "delta_total": str(from_delta_units(total_d)),
+                "previous": previous,
+            },
+            agreement_id=agreement.id,
+            agreement_version=agreement.version,
+            agreement_hash=agreement.content_hash,
+        )
     session.flush()
 
 
@@ -138,13 +174,14 @@ def budget_states(session: Session, agreement_id: str) -> list[BudgetState]:
 def budget_report(session: Session, agreement: Agreement) -> dict[str, Any]:
     """Total, spent and remaining, for the agreement and for each recipient party."""
     states = budget_states(session, agreement.id)
-    total = sum((s.epsilon_total for s in states), Decimal(0))
+    total = agreement.resolved_disclosure.privacy_budget.epsilon
     spent = sum((s.epsilon_spent for s in states), Decimal(0))
     return {
         "agreement": agreement.id,
         "total": float(total),
         "spent": float(spent),
-        "remaining": float(total - spent),
+        "remaining": float(max(total - spent, Decimal(0))),
+        "delta_total": float(agreement.resolved_disclosure.privacy_budget.delta),
         "per_release_cap": {
             "epsilon": float(agreement.resolved_disclosure.per_release_cap.epsilon),
             "delta": float(agreement.resolved_disclosure.per_release_cap.delta),

@@ -68,6 +68,14 @@ class DifferencingRefused(PolicyViolation):
     code = "differencing_refused"
 
 
+class ReleaseFailed(GatewayError):
+    """The release failed after its budget was reserved; the reservation stays spent."""
+
+    code = "release_failed"
+    status = 500
+    exit_code = 10
+
+
 @dataclass
 class Plan:
     """The noise plan of a query: what each mechanism costs and how accurate it is."""
@@ -84,6 +92,11 @@ class Plan:
     sums: noise.FloatNoise | None = None
     numerators: noise.IntegerNoise | None = None
     clamp: tuple[float, float] | None = None
+
+    @property
+    def delta_used(self) -> Decimal:
+        """Delta is spent only when groups are selected from the data."""
+        return self.delta if self.selection is not None else Decimal(0)
 
     def count_half_width(self, alpha: float = 0.05) -> float:
         """Half-width of a noisy count's interval (0 when counts carry no noise)."""
@@ -186,7 +199,7 @@ def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
     if measure.kind == "distribution":
         assert resolved.measure_field is not None
         dimensions.append(resolved.measure_field.column)
-        key_lists.append(list(resolved.measure_field.spec.code_values))
+        key_lists.append(_ordinal_values(resolved.measure_field.spec))
     public_positions = [i for i, values in enumerate(key_lists) if values is not None]
     private_positions = [i for i, values in enumerate(key_lists) if values is None]
     public_lists = [key_lists[i] or [] for i in public_positions]
@@ -243,6 +256,22 @@ def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
         plan.numerators = noise.integer_noise(groups, half)
         plan.counts = noise.integer_noise(groups, rest - half)
     return plan
+
+
+def _ordinal_values(spec: ColumnSpec) -> list[Any]:
+    """The values a distribution is taken over: the codes, or a small integer range."""
+    if spec.codes:
+        return list(spec.code_values)
+    if (
+        spec.type == "integer"
+        and spec.range
+        and spec.range.min is not None
+        and spec.range.max is not None
+    ):
+        low, high = int(spec.range.min), int(spec.range.max)
+        if high - low < MAX_YEAR_KEYS:
+            return list(range(low, high + 1))
+    raise SchemaError("a distribution needs a field with codes or a small integer range")
 
 
 def _default_groups_per_teacher(resolved: ResolvedQuery, agreement: Agreement) -> int:
@@ -307,14 +336,36 @@ def load_rows(
         for ref, item in resolved.filters:
             if ref.dataset == name:
                 statement = statement.where(_filter_clause(table.c[ref.column], ref, item))
-        frame = pd.read_sql_query(statement, connection)
-        frames.append(frame)
+        if resolved.linked and resolved.query.measure.kind in ("count", "rate"):
+            # Counting teachers: repeated rows of one teacher add nothing, so the
+            # database drops them before they are read.
+            statement = statement.distinct()
+        frames.append(_fetch_frame(connection, statement))
     if not resolved.linked:
         return frames[0], versions
     linked = frames[0]
     for frame in frames[1:]:
         linked = linked.merge(frame, on="educator_ref", how="inner")
     return linked, versions
+
+
+def _fetch_frame(connection: Connection, statement: Any) -> pd.DataFrame:
+    """Run ``statement`` on the driver's cursor: a million rows, without per-row ORM work."""
+    compiled = statement.compile(
+        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+    )
+    if connection.dialect.paramstyle == "qmark":
+        params: Any = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    else:
+        params = compiled.params
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(str(compiled), params)
+        columns = [d[0] for d in cursor.description]
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    return pd.DataFrame.from_records(rows, columns=columns)
 
 
 # --- true aggregates -------------------------------------------------------------------
@@ -453,13 +504,53 @@ def _key_text(key: GroupKey) -> str:
     return json.dumps([_plain(v) for v in key], separators=(",", ":"), default=str)
 
 
+def canonical_query(resolved: ResolvedQuery) -> str:
+    """One text for every query that means the same: fields qualified with their
+    dataset, numbers normalised, lists and filters sorted."""
+
+    def qualified(ref: FieldRef) -> str:
+        return f"{ref.dataset}.{ref.column}"
+
+    def value(ref: FieldRef, item: Filter) -> Any:
+        if isinstance(item.value, list):
+            values = [_canonical_value(ref.spec, v) for v in item.value]
+            return sorted(values, key=str) if item.op == "in" else values
+        return _canonical_value(ref.spec, item.value)
+
+    query = resolved.query
+    measure: dict[str, Any] = {"kind": query.measure.kind}
+    if resolved.measure_field is not None:
+        measure["field"] = qualified(resolved.measure_field)
+    if resolved.condition is not None:
+        ref, item = resolved.condition
+        measure["condition"] = {"field": qualified(ref), "op": item.op, "value": value(ref, item)}
+    body = {
+        "datasets": sorted(query.datasets),
+        "measure": measure,
+        "group_by": [qualified(ref) for ref in resolved.group_by],
+        "filters": sorted(
+            (
+                {"field": qualified(ref), "op": item.op, "value": value(ref, item)}
+                for ref, item in resolved.filters
+            ),
+            key=lambda f: json.dumps(f, sort_keys=True, default=str),
+        ),
+        "epsilon": str(query.epsilon.normalize()),
+        "delta": str(query.delta.normalize()),
+        "max_groups_per_teacher": query.max_groups_per_teacher,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def _table_signature(resolved: ResolvedQuery) -> str:
-    body = json.loads(resolved.query.canonical())
-    del body["measure"], body["epsilon"], body["delta"]
-    body["dimensions"] = [ref.column for ref in resolved.group_by]
+    """The identity of a table, whatever is measured in it and however it is spelled:
+    datasets, filters and the set of dimensions."""
+    body = json.loads(canonical_query(resolved))
+    dimensions = sorted(body["group_by"])
     if resolved.query.measure.kind == "distribution" and resolved.measure_field is not None:
-        body["dimensions"].append(resolved.measure_field.column)
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        dimensions.append(body["measure"]["field"])
+    signature = {"datasets": body["datasets"], "filters": body["filters"], "dims": dimensions}
+    return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()
 
 
 def _measure_signature(query: Query) -> str:
@@ -505,10 +596,11 @@ def _check_differencing(
             common = np.intersect1d(cell.members, other, assume_unique=True).size
             difference = cell.teachers + other.size - 2 * common
             if 0 < difference < minimum:
+                # The message does not say by how many: that would be a free count.
                 raise DifferencingRefused(
-                    "refused: a cell of this query differs from a cell released earlier "
-                    f"by {difference} teacher(s), fewer than the minimum of {minimum}; "
-                    "comparing the two would single teachers out"
+                    "refused: a cell of this query differs from a cell released earlier by "
+                    f"fewer than the minimum of {minimum} teachers; comparing the two would "
+                    "single teachers out"
                 )
 
 
@@ -540,27 +632,29 @@ def request_release(
     actor: audit.Actor,
     dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Run ``query`` for ``party`` (or preview it); see the module docstring."""
+    """Run ``query`` for ``party`` (or preview it); see the module docstring.
+
+    Every refusal, including a budget that does not fit and a failure after the
+    budget was reserved, is written to the audit log before the error is raised.
+    """
     agreement: Agreement | None = None
     try:
         agreement = gateway.agreement(agreement_id)
+        today = datetime.now(UTC).date()
+        if not agreement.in_force(today):
+            raise PolicyViolation(
+                f"agreement {agreement.id!r} is not in force today ({agreement.effective} to "
+                f"{agreement.ends}); releases are refused"
+            )
         resolved = resolve(query, agreement=agreement, registry=gateway.registry, party=party)
         plan = plan_query(resolved, agreement)
         if dry_run:
             return _preview(gateway, agreement, party, plan)
         return _release(gateway, agreement, party, resolved, plan, actor)
     except GatewayError as error:
-        if not dry_run and not isinstance(error, budget_ledger.BudgetExhausted | _AlreadyAudited):
-            _record_refusal(gateway, agreement, agreement_id, party, query, actor, error)
-        if isinstance(error, _AlreadyAudited):
-            raise error.original from None
+        if not dry_run:
+            _record_refusal(gateway, agreement, party, query, actor, error)
         raise
-
-
-class _AlreadyAudited(GatewayError):
-    def __init__(self, original: GatewayError) -> None:
-        super().__init__(original.message)
-        self.original = original
 
 
 def _preview(gateway: Gateway, agreement: Agreement, party: str, plan: Plan) -> dict[str, Any]:
@@ -596,6 +690,8 @@ def _release(
     profile = agreement.resolved_disclosure
     minimum = profile.min_cell_teachers
     measure_signature = _measure_signature(query)
+    canonical = canonical_query(resolved)
+    fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
     with gateway.sessions() as session:
         key = keys.current_key_version(session, agreement.id)
         frame, versions = load_rows(
@@ -608,8 +704,10 @@ def _release(
             select(Release).where(
                 Release.agreement_id == agreement.id,
                 Release.party == party,
-                Release.query_hash == query.fingerprint(),
+                Release.query_hash == fingerprint,
                 Release.data_versions == data_versions,
+                # Releases made under other terms (a changed minimum, say) are not reused.
+                Release.agreement_hash == agreement.content_hash,
             )
         ).first()
     if repeated is not None:
@@ -632,6 +730,20 @@ def _release(
 
     below = below_minimum(cells)
     signature = _table_signature(resolved)
+    release_id = str(uuid.uuid4())
+    # Reserve the budget, committed, before anything data-dependent is decided or drawn:
+    # even a refusal for differencing then costs what the query asked for, so probing
+    # with refused queries is not free. Never refunded.
+    with gateway.sessions() as session, session.begin():
+        state = budget_ledger.reserve(
+            session,
+            agreement=agreement,
+            party=party,
+            epsilon=query.epsilon,
+            delta=plan.delta_used,
+            release_id=release_id,
+            actor=actor,
+        )
     with gateway.sessions() as session:
         remembered_text = set(
             session.scalars(
@@ -643,7 +755,6 @@ def _release(
             )
         )
         if resolved.linked:
-            # Every cell that could be published is checked, before anything is spent.
             _check_differencing(
                 session,
                 agreement=agreement,
@@ -654,32 +765,23 @@ def _release(
                 minimum=minimum,
             )
     remembered = {k for k in cells if _key_text(k) in remembered_text}
-
-    release_id = str(uuid.uuid4())
-    # Reserve the budget, committed, before any noise is drawn; never refunded.
-    with gateway.sessions() as session, session.begin():
-        state = budget_ledger.reserve(
-            session,
-            agreement=agreement,
-            party=party,
-            epsilon=query.epsilon,
-            delta=query.delta,
-            release_id=release_id,
-            actor=actor,
-        )
     try:
         if plan.selection is not None:
-            cells = _select(cells, plan)
+            cells = _select(cells, plan, linked=resolved.linked)
             below = below_minimum(cells)
         pattern = suppress(
             {k: float(c.teachers) for k, c in cells.items()},
             below_minimum=below,
-            protection=float(minimum),
+            minimum=minimum,
+            small_counts={k for k in below if cells[k].teachers < minimum},
             remembered=remembered,
         )
-        body_cells = _noisy_cells(cells, pattern, plan, resolved)
+        body_cells = _noisy_cells(cells, pattern, plan, resolved, coding=profile.top_bottom_coding)
     except Exception as error:  # the reservation stays spent
-        raise _AlreadyAudited(SchemaError(f"the release could not be computed: {error}")) from None
+        raise ReleaseFailed(
+            f"the release could not be computed ({type(error).__name__}); the budget "
+            "reserved for it stays spent"
+        ) from error
     published = [k for k in cells if k not in pattern.suppressed]
 
     table = body_cells
@@ -690,10 +792,10 @@ def _release(
         "release_id": release_id,
         "agreement": {"id": agreement.id, "version": agreement.version},
         "party": party,
-        "query": json.loads(query.canonical()),
+        "query": json.loads(canonical),
         "cells": table,
         "epsilon_spent": float(query.epsilon),
-        "delta_spent": float(query.delta),
+        "delta_spent": float(plan.delta_used),
         "budget_remaining": float(state.epsilon_remaining),
         "noise": {
             "mechanisms": _mechanisms(plan),
@@ -701,6 +803,12 @@ def _release(
             "accuracy_95": plan.accuracy(),
         },
         "minimum_cell": {"teachers": minimum, "students": profile.min_cell_students},
+        # Hidden cells whose every line is hidden whole: only totals published
+        # elsewhere could bound them (docs/releases.md).
+        "unprotectable": [
+            dict(zip(plan.dimensions, (_plain(v) for v in k), strict=True))
+            for k in sorted(pattern.unprotectable, key=repr)
+        ],
         "created_at": datetime.now(UTC).isoformat(),
     }
     with gateway.sessions() as session, session.begin():
@@ -711,12 +819,13 @@ def _release(
             details={
                 "release_id": release_id,
                 "requester": party,
-                "query": json.loads(query.canonical()),
+                "query": json.loads(canonical),
                 "data_versions": json.loads(data_versions),
                 "epsilon": str(query.epsilon),
-                "delta": str(query.delta),
+                "delta": str(plan.delta_used),
                 "cells_released": len(published),
                 "cells_suppressed": len(pattern.suppressed),
+                "cells_unprotectable": len(pattern.unprotectable),
                 "table_sha256": table_sha256,
             },
             agreement_id=agreement.id,
@@ -730,12 +839,12 @@ def _release(
                 agreement_id=agreement.id,
                 agreement_hash=agreement.content_hash,
                 party=party,
-                query_hash=query.fingerprint(),
-                query=query.canonical(),
+                query_hash=fingerprint,
+                query=canonical,
                 data_versions=data_versions,
                 measure_signature=measure_signature,
                 epsilon=budget_ledger.epsilon_units(query.epsilon),
-                delta=budget_ledger.delta_units(query.delta),
+                delta=budget_ledger.delta_units(plan.delta_used),
                 body=json.dumps(body, sort_keys=True),
                 table_sha256=table_sha256,
                 created_at=datetime.now(UTC),
@@ -777,7 +886,9 @@ def _mechanisms(plan: Plan) -> list[str]:
     return out
 
 
-def _select(cells: Mapping[GroupKey, TrueCell], plan: Plan) -> dict[GroupKey, TrueCell]:
+def _select(
+    cells: Mapping[GroupKey, TrueCell], plan: Plan, *, linked: bool
+) -> dict[GroupKey, TrueCell]:
     """Keep the data-dependent groups whose noisy teacher count clears the threshold.
 
     The count of a data-dependent key is the number of distinct teachers under it
@@ -788,9 +899,16 @@ def _select(cells: Mapping[GroupKey, TrueCell], plan: Plan) -> dict[GroupKey, Tr
     members: dict[GroupKey, list[np.ndarray[Any, np.dtype[np.int64]]]] = {}
     for key, cell in cells.items():
         members.setdefault(plan.private_part(key), []).append(cell.members)
-    counts = {
-        _key_text(k): int(np.unique(np.concatenate(parts)).size) for k, parts in members.items()
-    }
+    if linked:
+        counts = {
+            _key_text(k): int(np.unique(np.concatenate(parts)).size) for k, parts in members.items()
+        }
+    else:  # rows of counts: the unit is one counted person or position
+        totals: dict[GroupKey, int] = {}
+        for key, cell in cells.items():
+            part = plan.private_part(key)
+            totals[part] = totals.get(part, 0) + cell.teachers
+        counts = {_key_text(k): v for k, v in totals.items()}
     released = plan.selection.release(counts)
     selected = [k for k in members if _key_text(k) in released]
     return {k: cells.get(k, TrueCell()) for k in plan.keys(selected)}
@@ -801,8 +919,15 @@ def _noisy_cells(
     pattern: Any,
     plan: Plan,
     resolved: ResolvedQuery,
+    *,
+    coding: bool,
 ) -> list[dict[str, Any]]:
-    """Draw the noise (OpenDP) and build the released cells."""
+    """Draw the noise (OpenDP) and build the released cells.
+
+    With top and bottom coding (the profile's ``top_bottom_coding``), a rate or share
+    below 5% or above 95% is shown only as "<5%" or ">95%"; a distribution cell so
+    coded withholds its count too, which would otherwise give the share away.
+    """
     kind = resolved.query.measure.kind
     keys = list(cells)
     names = plan.dimensions
@@ -845,14 +970,17 @@ def _noisy_cells(
                 cell["share"] = None
             if total:
                 share = value / total
-                code = _coded(share)
+                code = _coded(share) if coding else None
                 cell["share"] = None if code else round(share, 4)
                 if code:
-                    cell["coded"] = code
+                    cell.update(value=None, ci95=None, coded=code)
         elif kind == "sum":
-            value = sums[k]
             floor = 0.0 if plan.clamp and plan.clamp[0] >= 0 else None
-            cell.update(value=round(value, 4), ci95=_ci(value, sum_hw, low=floor), suppressed=False)
+            # A sum of non-negative values is never negative: clip (post-processing).
+            value = sums[k] if floor is None else max(sums[k], floor)
+            cell.update(
+                value=round(value, 4), ci95=_ci(sums[k], sum_hw, low=floor), suppressed=False
+            )
         elif kind == "mean":
             assert plan.clamp is not None and plan.sums is not None
             n = max(counts[k], 1)
@@ -881,7 +1009,7 @@ def _noisy_cells(
             d_hw = plan.count_half_width(0.025)
             low = max(0.0, (num - n_hw) / (den + d_hw))
             high = min(1.0, (num + n_hw) / max(den - d_hw, 1.0))
-            code = _coded(share)
+            code = _coded(share) if coding else None
             if code:
                 cell.update(value=None, ci95=None, suppressed=False, coded=code)
             else:
@@ -924,10 +1052,23 @@ def _repeat(
     return body
 
 
+def _redacted(query: Query) -> dict[str, Any]:
+    """The query as a refusal event keeps it: field names and operators, no values.
+
+    A refused query may name fields it may not see (an educator ID, say); its values
+    are not needed to review the refusal and must not enter the permanent log.
+    """
+    body: dict[str, Any] = json.loads(query.canonical())
+    body["filters"] = [{"field": f["field"], "op": f["op"]} for f in body["filters"]]
+    if body["measure"].get("condition"):
+        condition = body["measure"]["condition"]
+        body["measure"]["condition"] = {"field": condition["field"], "op": condition["op"]}
+    return body
+
+
 def _record_refusal(
     gateway: Gateway,
     agreement: Agreement | None,
-    agreement_id: str,
     party: str,
     query: Query,
     actor: audit.Actor,
@@ -940,7 +1081,7 @@ def _record_refusal(
             actor=actor,
             details={
                 "requester": party[:128],
-                "query": json.loads(query.canonical()),
+                "query": _redacted(query),
                 "code": error.code,
                 "reason": error.message,
             },
@@ -950,4 +1091,4 @@ def _record_refusal(
         )
 
 
-__all__ = ["DifferencingRefused", "Plan", "plan_query", "request_release"]
+__all__ = ["DifferencingRefused", "Plan", "ReleaseFailed", "plan_query", "request_release"]

@@ -196,6 +196,10 @@ def _allowed(agreement: Agreement, party: str, ref: FieldRef, *, as_measure: boo
 def resolve(query: Query, *, agreement: Agreement, registry: Registry, party: str) -> ResolvedQuery:
     """Resolve every field of ``query`` and check it against ``party``'s allowlist."""
     agreement.party(party)
+    if party not in agreement.releases:
+        raise PolicyViolation(
+            f"agreement {agreement.id!r} lists no release fields for {party!r} (releases)"
+        )
     schemas = {name: registry.schema_for(agreement.dataset(name)) for name in query.datasets}
     linked_flags = {name: schema.educator_id_column is not None for name, schema in schemas.items()}
     if len(query.datasets) > 1 and not all(linked_flags.values()):

@@ -14,12 +14,12 @@ preferring cells already suppressed in earlier releases of the same table.
 
 Finally every pattern is *audited* by linear programming (``scipy.optimize
 .linprog`` with HiGHS): for each suppressed cell, the smallest and largest
-values consistent with everything published are computed; the width of that
-feasible interval must be at least the protection interval (the minimum cell
-size), or, for a cell on a line whose whole total is smaller than that, the
-line total itself: no pattern can hide a cell better than ``0 <= cell <=
-total``. A cell that fails gets another cell of one of its lines suppressed, and
-the audit runs again.
+values consistent with everything published (and with what the marks say: a
+primary cell is small, a complementary one is not) are computed. A cell hidden
+for being small must remain anywhere from 0 to the minimum cell size minus one
+(the protection interval), or up to its smallest line total when that is less:
+no pattern can hide a cell better than ``0 <= cell <= total``. A cell that
+fails gets another cell of one of its lines suppressed, and the audit runs again.
 """
 
 from __future__ import annotations
@@ -74,8 +74,10 @@ def feasible_interval(
     suppressed: set[GroupKey],
     values: Mapping[GroupKey, float],
     lines: Sequence[Sequence[GroupKey]],
+    bounds: Mapping[GroupKey, tuple[float, float | None]] | None = None,
 ) -> tuple[float, float]:
-    """Min and max of ``target`` given published cells and every line total (an LP)."""
+    """Min and max of ``target`` given published cells, every line total and what the
+    attacker knows of each hidden cell (``bounds``, default ``[0, inf)``), by LP."""
     unknown = sorted(suppressed, key=repr)
     index = {key: i for i, key in enumerate(unknown)}
     rows, rhs = [], []
@@ -88,13 +90,14 @@ def feasible_interval(
             row[index[key]] = 1.0
         rows.append(row)
         rhs.append(sum(values[k] for k in hidden))  # total minus published cells
-    bounds = [(0.0, None)] * len(unknown)
+    known = bounds or {}
+    box = [known.get(key, (0.0, None)) for key in unknown]
     cost = np.zeros(len(unknown))
     cost[index[target]] = 1.0
     a_eq = np.array(rows) if rows else None
     b_eq = np.array(rhs) if rows else None
-    low = linprog(cost, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
-    high = linprog(-cost, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
+    low = linprog(cost, A_eq=a_eq, b_eq=b_eq, bounds=box, method="highs")
+    high = linprog(-cost, A_eq=a_eq, b_eq=b_eq, bounds=box, method="highs")
     lower = float(low.fun) if low.status == 0 else 0.0
     upper = float(-high.fun) if high.status == 0 else float("inf")
     return lower, upper
@@ -104,33 +107,49 @@ def suppress(
     values: Mapping[GroupKey, float],
     *,
     below_minimum: set[GroupKey],
-    protection: float,
+    minimum: int,
+    small_counts: set[GroupKey] | None = None,
     remembered: set[GroupKey] = frozenset(),  # type: ignore[assignment]
     max_rounds: int = 200,
 ) -> SuppressionResult:
     """Primary, complementary and audited suppression of an additive table.
 
-    ``values`` holds each cell's true, additive count (teachers); ``below_minimum``
-    the cells failing the minimum-cell rule; ``remembered`` the cells suppressed in
-    earlier releases of the same table, suppressed again for consistency.
+    ``values`` holds each cell's true teacher count; ``below_minimum`` the cells failing
+    the minimum-cell rule, of which ``small_counts`` (default: all) fail it by their
+    teacher count; ``remembered`` the cells suppressed in earlier releases of the same
+    table, suppressed again for consistency.
+
+    The audit assumes the attacker knows every line total, every published cell
+    exactly, and what each mark says: a "primary" cell small by its count holds at
+    most ``minimum - 1`` teachers, a "complementary" one at least ``minimum``. Each
+    cell small by its count must stay anywhere in ``[0, minimum - 1]`` (or in
+    ``[0, total]`` when a line through it totals less than that).
     """
     keys = list(values)
     result = SuppressionResult(primary=set(below_minimum) & set(keys))
+    small = result.primary if small_counts is None else set(small_counts) & result.primary
     result.complementary = (set(remembered) & set(keys)) - result.primary
     lines = lines_of(keys)
     lines_through: dict[GroupKey, list[list[GroupKey]]] = defaultdict(list)
     for line in lines:
         for key in line:
             lines_through[key].append(line)
-
     line_totals = {id(line): sum(values[k] for k in line) for line in lines}
     grand_total = sum(values.values())
 
-    def required_width(key: GroupKey) -> float:
-        # No suppression can hide a cell better than its smallest line total does
-        # (0 <= cell <= total): such a cell needs an interval as wide as that total.
+    def required_top(key: GroupKey) -> float:
+        # No pattern hides a cell better than 0 <= cell <= (smallest line total).
         totals = [line_totals[id(line)] for line in lines_through[key]] or [grand_total]
-        return min(protection, *totals)
+        return min(float(minimum - 1), *totals)
+
+    def knowledge() -> dict[GroupKey, tuple[float, float | None]]:
+        known: dict[GroupKey, tuple[float, float | None]] = {}
+        for key in result.suppressed:
+            if key in small:
+                known[key] = (0.0, float(minimum - 1))
+            elif key in result.complementary:
+                known[key] = (float(minimum), None)
+        return known
 
     def cheapest_in(line: Sequence[GroupKey]) -> GroupKey | None:
         published = [k for k in line if k not in result.suppressed]
@@ -153,10 +172,11 @@ def suppress(
         # Audit every suppressed cell by linear programming.
         failing = []
         result.intervals = {}
+        known = knowledge()
         for key in sorted(result.suppressed, key=repr):
-            low, high = feasible_interval(key, result.suppressed, values, lines)
+            low, high = feasible_interval(key, result.suppressed, values, lines, known)
             result.intervals[key] = (low, high)
-            if high - low < required_width(key):
+            if key in small and (low > 1e-9 or high < required_top(key) - 1e-9):
                 failing.append(key)
         added = False
         for key in failing:
@@ -169,8 +189,8 @@ def suppress(
             if added:
                 break
         if not added:
-            # Nothing left to suppress on these cells' lines: the whole line is hidden,
-            # and the interval is as wide as the line total allows.
+            # Nothing left to suppress on these cells' lines: every line through them
+            # is hidden whole, and only totals published elsewhere could narrow them.
             result.unprotectable = set(failing)
             return result
     raise RuntimeError("suppression did not converge")  # pragma: no cover
