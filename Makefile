@@ -31,7 +31,18 @@ lint: install
 	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy
 
-bench: install
+# The peers compared in bench/bench_release.py, each in its own environment: their
+# pins conflict with ours (SmartNoise brings an older OpenDP). Tumult needs Java.
+PEERS := bench/.venvs
+$(PEERS)/smartnoise/bin/python:
+	$(PYTHON) -m venv $(PEERS)/smartnoise
+	$(PEERS)/smartnoise/bin/python -m pip install --quiet 'smartnoise-sql==1.0.10' pyarrow
+
+$(PEERS)/tumult/bin/python:
+	$(PYTHON) -m venv $(PEERS)/tumult
+	$(PEERS)/tumult/bin/python -m pip install --quiet 'tmlt.analytics==0.21.0' pyarrow
+
+bench: install $(PEERS)/smartnoise/bin/python $(PEERS)/tumult/bin/python
 	$(BIN)/python -m bench.run
 
 clean:

@@ -45,9 +45,13 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(selected: list[str]) -> None:
-    from bench import bench_pseudonym, bench_upload
+    from bench import bench_pseudonym, bench_release, bench_upload
 
-    suites = {"pseudonym": bench_pseudonym.run, "upload": bench_upload.run}
+    suites = {
+        "pseudonym": bench_pseudonym.run,
+        "upload": bench_upload.run,
+        "release": bench_release.run,
+    }
     sections = []
     for name, suite in suites.items():
         if selected and name not in selected:
