@@ -57,7 +57,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(GatewayError)
     async def gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, exc.details)
+        # The error's own body: some errors add to it (a refused upload's receipt).
+        return JSONResponse(status_code=exc.status, content=exc.to_dict())
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

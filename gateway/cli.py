@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from gateway import __version__, audit, keys
-from gateway.agreements import check_agreements
+from gateway.agreements import check_agreements, load_registry
 from gateway.agreements.views import agreement_detail, agreement_summary
 from gateway.config import Settings, load_settings
 from gateway.context import Gateway, initialise
@@ -203,8 +203,6 @@ def agreements_check(ctx: click.Context, path: Path | None, as_json: bool) -> No
 def agreements_list(ctx: click.Context, as_json: bool) -> None:
     """List the agreements (id, parties, datasets)."""
     settings = _settings(ctx)
-    from gateway.agreements import load_registry
-
     registry = load_registry(settings.agreements_dir, settings.policies_dir)
     items = [agreement_summary(a) for _, a in sorted(registry.agreements.items())]
 
@@ -228,8 +226,6 @@ def agreements_list(ctx: click.Context, as_json: bool) -> None:
 def agreements_show(ctx: click.Context, agreement_id: str, as_json: bool) -> None:
     """Show one agreement in full: datasets, release allowlists, disclosure, reports."""
     settings = _settings(ctx)
-    from gateway.agreements import load_registry
-
     agreement = load_registry(settings.agreements_dir, settings.policies_dir).agreement(
         agreement_id
     )
@@ -572,4 +568,6 @@ def demo(directory: Path, as_json: bool) -> None:
     refused = [u for u in result["uploads"] if u["status"] != "accepted"]
     if refused or not result["audit"]["ok"]:
         what = f"{len(refused)} upload(s) refused" if refused else "the audit log did not verify"
-        raise GatewayError(f"the demo did not complete: {what}")
+        # The summary above is the output (one JSON document); the reason goes to stderr.
+        click.echo(f"gateway: error: the demo did not complete: {what}", err=True)
+        click.get_current_context().exit(1)

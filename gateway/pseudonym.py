@@ -189,8 +189,3 @@ class Pseudonymizer:
                 cache[raw] = self._mac(normalised) if is_valid(normalised) else None
             out.append(cache[raw])
         return out
-
-
-def invalid_positions(pseudonyms: Sequence[str | None], raw_ids: Sequence[str | None]) -> list[int]:
-    """Positions whose ID was present but invalid (for row-numbered errors)."""
-    return [i for i, (p, r) in enumerate(zip(pseudonyms, raw_ids, strict=True)) if p is None and r]

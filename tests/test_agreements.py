@@ -297,7 +297,7 @@ def test_broken_folder_reports_every_file_and_loads_nothing() -> None:
     assert [p.file for p in problems] == sorted(p.file for p in problems)  # file order
     with pytest.raises(AgreementInvalid) as raised:
         load_registry(BROKEN, POLICIES)
-    assert raised.value.message.startswith(f"{len(BROKEN_CASES)} problem(s) in agreements")
+    assert raised.value.message.startswith(f"{len(BROKEN_CASES)} problem(s) in the agreement files")
     assert raised.value.details == [str(p) for p in problems]
 
 

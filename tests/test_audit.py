@@ -70,9 +70,7 @@ def expect_broken(settings: Settings, seq: int | None, words: str) -> None:
 def test_edited_event_is_detected(gateway: Gateway, settings: Settings) -> None:
     add_events(gateway, 6)
     with gateway.sessions() as session:
-        target = next(
-            e.seq for e in session.scalars(audit.query_events()) if '"n":3' in e.body
-        )
+        target = next(e.seq for e in session.scalars(audit.query_events()) if '"n":3' in e.body)
     with gateway.engine.begin() as connection:
         connection.execute(
             text("UPDATE audit_events SET body = replace(body, :old, :new) WHERE seq = :seq"),

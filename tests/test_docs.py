@@ -1,6 +1,6 @@
 """The documentation keeps up with the code: every command, setting, event kind,
-route, error code, query field and measure kind appears in its page, and the README
-links every page."""
+route, error code, query field and measure kind appears in its page, each error
+code with its HTTP and exit status, and the README links every page."""
 
 from __future__ import annotations
 
@@ -145,6 +145,39 @@ def test_every_error_code_is_in_the_api_page() -> None:
     page = read("docs/api.md")
     missing = sorted({e.code for e in error_classes()} - set(re.findall(r"`([a-z_]+)`", page)))
     assert not missing, f"error codes missing from docs/api.md: {missing}"
+
+
+def http_only(error: type[GatewayError]) -> bool:
+    """Errors raised only by the HTTP adapters have no CLI exit status of their own."""
+    return error.__module__.startswith("gateway.api.")
+
+
+def test_the_api_error_table_gives_each_code_its_status_and_exit_status() -> None:
+    rows = {
+        match[1]: (match[2], match[3].strip())
+        for match in re.finditer(
+            r"^\| `([a-z_]+)` \| (\d+) \| ([^|]+) \|", read("docs/api.md"), re.M
+        )
+    }
+    wrong = []
+    for error in error_classes():
+        exit_status = "(HTTP only)" if http_only(error) else str(error.exit_code)
+        if rows.get(error.code) != (str(error.status), exit_status):
+            wrong.append(f"{error.code}: documented {rows.get(error.code)}")
+    assert not wrong, f"docs/api.md error table disagrees with the code: {wrong}"
+
+
+def test_the_cli_exit_status_table_lists_each_code_under_its_status() -> None:
+    listed: dict[str, str] = {}
+    for match in re.finditer(r"^\| (\d+) \|.*\| ([^|]*) \|$", read("docs/cli.md"), re.M):
+        for code in re.findall(r"`([a-z_]+)`", match[2]):
+            listed[code] = match[1]
+    wrong = sorted(
+        f"{error.code}: documented {listed.get(error.code)}, is {error.exit_code}"
+        for error in error_classes()
+        if not http_only(error) and listed.get(error.code) != str(error.exit_code)
+    )
+    assert not wrong, f"docs/cli.md exit status table disagrees with the code: {wrong}"
 
 
 def test_readme_has_the_two_setup_commands() -> None:

@@ -668,3 +668,16 @@ def test_http_refusals_before_reading_are_audited(gateway: Gateway, settings: Se
         "send the extract as multipart/form-data with the file in a field named 'file'",
         "empty.csv",
     ]
+
+
+def test_http_refusal_body_carries_the_receipt(gateway: Gateway, settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        bad = client.post(
+            f"/v1/agreements/{AGREEMENT}/datasets/evaluations/uploads",
+            files={
+                "file": ("bad.csv", f"{HEADER}\n482913,A,B,2025,S-01,ELA,3-5,1,9,\n", "text/csv")
+            },
+        )
+    error = bad.json()["error"]
+    assert error["receipt"]["status"] == "refused" and error["receipt"]["audit_event"]
+    assert error["details"] == error["receipt"]["problems"]

@@ -420,3 +420,63 @@ def test_api_release_preview_and_budget(loaded: Any, settings: Settings) -> None
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "policy_violation"
         budget = client.get(f"/v1/agreements/{AGREEMENT}/budget").json()
         assert budget["parties"][EPP]["spent"] == 0.5
+
+
+def test_nothing_is_released_or_uploaded_outside_the_agreement_dates(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from gateway.context import initialise
+    from gateway.ingest import UploadRefused
+
+    folder = tmp_path / "ended"
+    folder.mkdir()
+    source = settings.agreements_dir / f"{AGREEMENT}.yaml"
+    text = source.read_text()
+    text = text.replace("effective: 2026-09-01", "effective: 2020-09-01")
+    text = text.replace("ends: 2029-08-31", "ends: 2023-08-31")
+    (folder / source.name).write_text(text)
+    local = settings.model_copy(update={"agreements_dir": folder})
+    initialise(local)
+    path, _ = evaluations_csv(tmp_path / "e.csv")
+    with Gateway.open(local) as gw:
+        with pytest.raises((PolicyViolation, UploadRefused), match="not in force"):
+            upload_extract(
+                gw,
+                agreement_id=AGREEMENT,
+                party=DISTRICT,
+                dataset="evaluations",
+                path=path,
+                actor=ACTOR,
+            )
+        with pytest.raises(PolicyViolation, match="not in force"):
+            release(gw, query())
+        assert events(gw, "release-refused")[-1]["details"]["code"] == "policy_violation"
+
+
+def test_suppression_memory_ignores_the_order_of_group_by(loaded: Any) -> None:
+    gw, _ = loaded
+    first = release(
+        gw,
+        query(
+            group_by=["school_year", "grade_band"],
+            epsilon="0.3",
+            filters=[{"field": "school_year", "op": "in", "value": [2024, 2025]}],
+        ),
+    )
+    second = release(
+        gw,
+        query(
+            group_by=["grade_band", "school_year"],
+            epsilon="0.3",
+            filters=[{"field": "school_year", "op": "in", "value": [2025, 2024]}],
+        ),
+    )
+
+    def hidden(result: dict[str, Any]) -> set[tuple[Any, Any]]:
+        return {
+            (c["group"]["school_year"], c["group"]["grade_band"])
+            for c in result["cells"]
+            if c["suppressed"]
+        }
+
+    assert hidden(first) and hidden(second) == hidden(first)

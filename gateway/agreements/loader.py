@@ -96,7 +96,8 @@ def load_registry(agreements: Path, policies: Path) -> Registry:
     registry, problems = check_agreements(agreements, policies)
     if problems:
         raise AgreementInvalid(
-            f"{len(problems)} problem(s) in agreements {agreements} or policies {policies}; "
+            f"{len(problems)} problem(s) in the agreement files ({agreements}) or the policy "
+            f"files ({policies}); "
             "run `gateway agreements check` for the list",
             details=[str(problem) for problem in problems],
         )

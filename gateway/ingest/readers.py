@@ -213,6 +213,11 @@ def csv_chunks(path: Path, *, header: list[str], chunk_rows: int) -> Iterator[Ch
 def _cell_text(value: Any) -> str:
     if value is None:
         return ""
+    if not isinstance(value, str | int | float | bool | date | datetime | time):
+        # An array or data-table formula object: show it as the formula it is, so the
+        # profile's formula rule meets it rather than its Python description.
+        text = str(getattr(value, "text", "") or "")
+        return text if text.startswith("=") else "=" + text
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():

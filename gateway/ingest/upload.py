@@ -259,6 +259,11 @@ def upload_extract(
             gateway, agreement, upload_id, dataset, party, actor, reason, facts, None
         )
         raise UploadRefused(error.message, receipt=receipt) from None
+    except GatewayError as error:  # no usable key, say: refused, and in the log too
+        _record_refusal(
+            gateway, agreement, upload_id, dataset, party, actor, error.message, facts, None
+        )
+        raise
 
 
 def _authorise(

@@ -120,7 +120,15 @@ def sync_budgets(session: Session, agreement: Agreement) -> None:
     """
     total_e, total_d = party_share(agreement)
     now = datetime.now(UTC)
-    for party in recipients(agreement):
+    current = set(recipients(agreement))
+    for former in session.scalars(
+        select(PrivacyBudget).where(PrivacyBudget.agreement_id == agreement.id)
+    ):
+        if former.party not in current and former.epsilon_total != former.epsilon_spent:
+            # No longer a recipient: its budget is closed at what it spent.
+            former.epsilon_total, former.delta_total = former.epsilon_spent, former.delta_spent
+            former.updated_at = now
+    for party in sorted(current):
         row = session.get(PrivacyBudget, (agreement.id, party), with_for_update=True)
         before = None if row is None else (row.epsilon_total, row.delta_total)
         if row is None:
@@ -204,13 +212,31 @@ def reserve(
 
     The caller commits right away, before drawing any noise.
     """
-    row = session.get(PrivacyBudget, (agreement.id, party), with_for_update=True)
+    # Lock every recipient's row of the agreement: the agreement-wide total is checked
+    # too, so no change in the list of recipients can let them overspend it together.
+    rows = {
+        r.party: r
+        for r in session.scalars(
+            select(PrivacyBudget)
+            .where(PrivacyBudget.agreement_id == agreement.id)
+            .with_for_update()
+        )
+    }
+    row = rows.get(party)
     if row is None:
         raise BudgetExhausted(
             f"party {party!r} has no release budget in agreement {agreement.id!r}"
         )
     want_e, want_d = epsilon_units(epsilon), delta_units(delta)
-    if row.epsilon_spent + want_e > row.epsilon_total or row.delta_spent + want_d > row.delta_total:
+    budget = agreement.resolved_disclosure.privacy_budget
+    agreement_full = sum(r.epsilon_spent for r in rows.values()) + want_e > epsilon_units(
+        budget.epsilon
+    ) or sum(r.delta_spent for r in rows.values()) + want_d > delta_units(budget.delta)
+    if (
+        agreement_full
+        or row.epsilon_spent + want_e > row.epsilon_total
+        or row.delta_spent + want_d > row.delta_total
+    ):
         state = _state(row)
         raise BudgetExhausted(
             f"the release needs epsilon {epsilon} and delta {delta}, but {party!r} has "

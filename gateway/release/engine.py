@@ -3,24 +3,27 @@
 The path of a release, in order (each step refuses with a clear error, and
 every refusal is in the audit log):
 
-1. the query is resolved against the agreement and the recipient's allowlist;
+1. the agreement must be in force; the query is resolved against it and the
+   recipient's allowlist;
 2. the noise plan is made: which OpenDP mechanisms, at which scales, for what
    (epsilon, delta), within the agreement's per-release cap; a preview stops
    here and spends nothing;
 3. the current rows are read (replaced uploads are gone; only the current
-   pseudonym key version links), filtered, linked on the pseudonym;
+   pseudonym key version links), filtered, linked on the pseudonym; an
+   identical earlier query on the same data, under the same terms, returns the
+   stored release at no cost;
 4. **contribution bounding**: the privacy unit is one teacher. Each teacher's
    rows are reduced to one value per group (mean of a numeric measure, lower
    median of an ordinal one, "any row meets it" for a rate condition), values
    are clamped to the schema's bounds, and a teacher counts in at most
    ``max_groups_per_teacher`` groups (a fixed pseudo-random choice when more);
-5. true cell counts decide **suppression**: primary (minimum cell size for
+5. the budget is **reserved** (committed) before anything data-dependent is
+   decided or drawn, never refunded;
+6. a query whose cells differ from an earlier release's cells by fewer than the
+   minimum number of teachers is refused (differencing), its reservation spent;
+7. true cell counts decide **suppression**: primary (minimum cell size for
    teachers, and for students behind student-derived measures), complementary,
    audited by linear programming, consistent with earlier releases;
-6. an identical earlier query on the same data returns the stored release at
-   no cost; a query whose cells differ from an earlier release's cells by
-   fewer than the minimum number of teachers is refused (differencing);
-7. the budget is **reserved** (committed) before any noise is drawn;
 8. OpenDP draws the noise; each cell gets its noisy value and 95% interval;
    rates and shares near 0% or 100% are top- and bottom-coded;
 9. the release, its cells' teacher sets and its audit event are committed in
@@ -500,6 +503,13 @@ def _plain(value: Any) -> Any:
 # --- the release -------------------------------------------------------------------------
 
 
+def _named_key(plan: Plan, key: GroupKey) -> str:
+    """A cell's key as dimension -> value, in name order: the same cell whatever the
+    order of ``group_by`` (used by the suppression memory)."""
+    named = dict(zip(plan.dimensions, (_plain(v) for v in key), strict=True))
+    return json.dumps(named, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def _key_text(key: GroupKey) -> str:
     return json.dumps([_plain(v) for v in key], separators=(",", ":"), default=str)
 
@@ -553,8 +563,10 @@ def _table_signature(resolved: ResolvedQuery) -> str:
     return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()
 
 
-def _measure_signature(query: Query) -> str:
-    return hashlib.sha256(query.measure.model_dump_json().encode()).hexdigest()
+def _measure_signature(canonical: str) -> str:
+    """The measure as the canonical query spells it (qualified fields, sorted values)."""
+    measure = json.loads(canonical)["measure"]
+    return hashlib.sha256(json.dumps(measure, sort_keys=True).encode()).hexdigest()
 
 
 def _pack(members: np.ndarray[Any, np.dtype[np.int64]]) -> bytes:
@@ -665,7 +677,7 @@ def _preview(gateway: Gateway, agreement: Agreement, party: str, plan: Plan) -> 
         "preview": True,
         "agreement": {"id": agreement.id, "version": agreement.version},
         "epsilon": float(plan.epsilon),
-        "delta": float(plan.delta),
+        "delta": float(plan.delta_used),
         "groups_per_teacher": plan.groups_per_teacher,
         "accuracy_95": plan.accuracy(),
         "cells": len(plan.public_combinations) if not plan.private_positions else None,
@@ -673,7 +685,7 @@ def _preview(gateway: Gateway, agreement: Agreement, party: str, plan: Plan) -> 
         "would_fit": bool(
             state
             and plan.epsilon <= state.epsilon_remaining
-            and plan.delta <= state.delta_remaining
+            and plan.delta_used <= state.delta_remaining
         ),
     }
 
@@ -689,8 +701,8 @@ def _release(
     query = resolved.query
     profile = agreement.resolved_disclosure
     minimum = profile.min_cell_teachers
-    measure_signature = _measure_signature(query)
     canonical = canonical_query(resolved)
+    measure_signature = _measure_signature(canonical)
     fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
     with gateway.sessions() as session:
         key = keys.current_key_version(session, agreement.id)
@@ -764,7 +776,7 @@ def _release(
                 published=[k for k in cells if k not in below],
                 minimum=minimum,
             )
-    remembered = {k for k in cells if _key_text(k) in remembered_text}
+    remembered = {k for k in cells if _named_key(plan, k) in remembered_text}
     try:
         if plan.selection is not None:
             cells = _select(cells, plan, linked=resolved.linked)
@@ -821,8 +833,8 @@ def _release(
                 "requester": party,
                 "query": json.loads(canonical),
                 "data_versions": json.loads(data_versions),
-                "epsilon": str(query.epsilon),
-                "delta": str(plan.delta_used),
+                "epsilon": str(query.epsilon.normalize()),
+                "delta": str(plan.delta_used.normalize()),
                 "cells_released": len(published),
                 "cells_suppressed": len(pattern.suppressed),
                 "cells_unprotectable": len(pattern.unprotectable),
@@ -868,7 +880,7 @@ def _release(
                     agreement_id=agreement.id,
                     party=party,
                     table_signature=signature,
-                    group_key=_key_text(key_),
+                    group_key=_named_key(plan, key_),
                     created_at=now,
                 )
             )
