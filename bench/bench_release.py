@@ -187,7 +187,7 @@ TUMULT = textwrap.dedent(
 ) % {"years": YEARS_PER_TEACHER, "epsilon": EPSILON}
 
 
-def _peer(venv: str, script: str, *args: str) -> dict[str, float] | None:
+def _peer(venv: str, script: str, *args: str, cwd: Path) -> dict[str, float] | None:
     python = VENVS / venv / "bin" / "python"
     if not python.exists():
         return None
@@ -203,6 +203,7 @@ def _peer(venv: str, script: str, *args: str) -> dict[str, float] | None:
             text=True,
             timeout=1800,
             env=env,
+            cwd=cwd,  # Spark writes its warehouse into the working folder
         ).stdout
         return dict(json.loads(out.strip().splitlines()[-1]))
     finally:
@@ -215,8 +216,8 @@ def run(rows: int = ROWS) -> list[dict[str, Any]]:
         files = prepare(work, rows)
         linked_rows = len(pd.read_parquet(files["linked"], columns=["program_code"]))
         ours = _gateway(files, work)
-        smartnoise = _peer("smartnoise", SMARTNOISE, str(files["linked"]))
-        tumult = _peer("tumult", TUMULT, str(files["linked"]), json.dumps(PROGRAMS))
+        smartnoise = _peer("smartnoise", SMARTNOISE, str(files["linked"]), cwd=work)
+        tumult = _peer("tumult", TUMULT, str(files["linked"]), json.dumps(PROGRAMS), cwd=work)
     out = []
     for name, label in (("count", "grouped DP count of teachers"), ("mean", "grouped DP mean")):
         row: dict[str, Any] = {
