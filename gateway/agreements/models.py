@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.errors import NotFound
+from gateway.errors import NotFound, PolicyViolation
 
 ColumnType = Literal["string", "integer", "number", "date", "boolean"]
 ColumnRole = Literal[
@@ -372,3 +372,11 @@ class Agreement(AgreementDocument):
     def in_force(self, on: date) -> bool:
         """True when ``on`` lies between ``effective`` and ``ends``, both included."""
         return self.effective <= on <= self.ends
+
+    def require_in_force(self, on: date, *, refused: str) -> None:
+        """Raise :class:`PolicyViolation` naming what is refused when not in force on ``on``."""
+        if not self.in_force(on):
+            raise PolicyViolation(
+                f"agreement {self.id!r} is not in force today ({self.effective} to "
+                f"{self.ends}); {refused} are refused"
+            )

@@ -276,12 +276,7 @@ def _authorise(
             f"agreement {agreement.id!r}: dataset {dataset!r} is provided by "
             f"{agreement_dataset.provided_by!r}, not {party!r}"
         )
-    today = datetime.now(UTC).date()
-    if not agreement.in_force(today):
-        raise PolicyViolation(
-            f"agreement {agreement.id!r} is not in force today ({agreement.effective} to "
-            f"{agreement.ends}); uploads are refused"
-        )
+    agreement.require_in_force(datetime.now(UTC).date(), refused="uploads")
     return agreement_dataset, gateway.registry.schema_for(agreement_dataset)
 
 

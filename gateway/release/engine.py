@@ -652,12 +652,7 @@ def request_release(
     agreement: Agreement | None = None
     try:
         agreement = gateway.agreement(agreement_id)
-        today = datetime.now(UTC).date()
-        if not agreement.in_force(today):
-            raise PolicyViolation(
-                f"agreement {agreement.id!r} is not in force today ({agreement.effective} to "
-                f"{agreement.ends}); releases are refused"
-            )
+        agreement.require_in_force(datetime.now(UTC).date(), refused="releases")
         resolved = resolve(query, agreement=agreement, registry=gateway.registry, party=party)
         plan = plan_query(resolved, agreement)
         if dry_run:
