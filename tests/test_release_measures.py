@@ -249,3 +249,43 @@ def test_groups_from_the_data_are_selected_with_delta(gateway: Gateway, tmp_path
     assert schools == ["BIG-1"]  # the tiny school is not even named
     assert result["delta_spent"] == 1e-7
     assert any("threshold" in m for m in result["noise"]["mechanisms"])
+
+
+def test_rows_repeated_by_a_join_count_once(gateway: Gateway, tmp_path: Path) -> None:
+    # Twelve completers of ELEM, each listed for two cohorts; one growth score each,
+    # from one student. The join repeats every score twice; the students stay 12.
+    completers = ["MEPID,Program,Program Completion Year,Completer Status,License Field"]
+    scores = ["MEPID,SY,Test Subject,Median SGP,SGP N"]
+    for i in range(12):
+        for cohort in (2020, 2021):
+            completers.append(f"{800000 + i},ELEM,{cohort},completed,ELEM")
+        scores.append(f"{800000 + i},2025,MATH,50,1")
+    (tmp_path / "c.csv").write_text("\n".join(completers) + "\n")
+    (tmp_path / "v.csv").write_text("\n".join(scores) + "\n")
+    upload_extract(
+        gateway,
+        agreement_id=AGREEMENT,
+        party=EPP,
+        dataset="completers",
+        path=tmp_path / "c.csv",
+        actor=ACTOR,
+    )
+    upload_extract(
+        gateway,
+        agreement_id=AGREEMENT,
+        party=DISTRICT,
+        dataset="value_added",
+        path=tmp_path / "v.csv",
+        actor=ACTOR,
+    )
+    result = run(
+        gateway,
+        AGREEMENT,
+        EPP,
+        datasets=["completers", "value_added"],
+        measure={"kind": "mean", "field": "growth_score"},
+        group_by=["program_code"],
+    )
+    elem = next(c for c in result["cells"] if c["group"]["program_code"] == "ELEM")
+    # 12 teachers pass the teachers' minimum, but 12 students fail the students' 20.
+    assert elem["suppressed"] and elem["reason"] == "primary"

@@ -59,6 +59,8 @@ from gateway.release.suppression import GroupKey, suppress
 from gateway.storage.datasets import DATASET_TABLES, Educator, Upload
 from gateway.storage.releases import Release, ReleaseCell, SuppressedCell
 
+#: Column carrying the stored row's identity through a join (never released).
+ROW_ID = "__row"
 #: Public key sets larger than this are refused: a table that wide is mostly suppressed.
 MAX_CELLS = 5000
 #: NCES-style top and bottom coding of percentages.
@@ -329,9 +331,12 @@ def load_rows(
         )
         seqs = sorted(connection.scalars(uploads))
         versions.append([name, seqs])
-        statement = select(
-            table.c.educator_ref, *(table.c[c].label(f"{name}.{c}") for c in columns)
-        ).where(table.c.upload_seq.in_(seqs))
+        selected = [table.c[c].label(f"{name}.{c}") for c in columns]
+        measured = resolved.measure_field is not None and resolved.measure_field.dataset == name
+        if measured and resolved.linked:
+            # The row's identity, so a row repeated by the join counts once (below).
+            selected.append(table.c.id.label(f"{name}.{ROW_ID}"))
+        statement = select(table.c.educator_ref, *selected).where(table.c.upload_seq.in_(seqs))
         if schema.educator_id_column is not None:
             statement = statement.join(Educator, Educator.id == table.c.educator_ref).where(
                 Educator.key_version == key_version
@@ -408,6 +413,12 @@ def true_cells(
         else None
     )
     frame = frame.dropna(subset=group_cols + ([measure_col] if measure_col else []))
+    if resolved.linked and resolved.measure_field is not None:
+        # A join repeats a measured row once per matching row of the other datasets
+        # (two cohorts of one program, say): count each stored row once per group, or
+        # its students would be counted twice and pass the students' minimum unfairly.
+        row_col = f"{resolved.measure_field.dataset}.{ROW_ID}"
+        frame = frame.drop_duplicates(subset=["educator_ref", *group_cols, row_col])
     if resolved.condition is not None:
         ref, item = resolved.condition
         column = frame[f"{ref.dataset}.{ref.column}"]
