@@ -59,8 +59,6 @@ from gateway.release.suppression import GroupKey, suppress
 from gateway.storage.datasets import DATASET_TABLES, Educator, Upload
 from gateway.storage.releases import Release, ReleaseCell, SuppressedCell
 
-#: Column carrying the stored row's identity through a join (never released).
-ROW_ID = "__row"
 #: Public key sets larger than this are refused: a table that wide is mostly suppressed.
 MAX_CELLS = 5000
 #: NCES-style top and bottom coding of percentages.
@@ -292,8 +290,9 @@ def _default_groups_per_teacher(resolved: ResolvedQuery, agreement: Agreement) -
 
 
 def _needed_columns(resolved: ResolvedQuery) -> dict[str, set[str]]:
+    # Filters are applied by the database, so their columns are not read.
     needed: dict[str, set[str]] = {d: set() for d in resolved.query.datasets}
-    refs = [*resolved.group_by, *(ref for ref, _ in resolved.filters)]
+    refs = list(resolved.group_by)
     if resolved.measure_field is not None:
         refs.append(resolved.measure_field)
         spec = resolved.measure_field.spec
@@ -332,10 +331,6 @@ def load_rows(
         seqs = sorted(connection.scalars(uploads))
         versions.append([name, seqs])
         selected = [table.c[c].label(f"{name}.{c}") for c in columns]
-        measured = resolved.measure_field is not None and resolved.measure_field.dataset == name
-        if measured and resolved.linked:
-            # The row's identity, so a row repeated by the join counts once (below).
-            selected.append(table.c.id.label(f"{name}.{ROW_ID}"))
         statement = select(table.c.educator_ref, *selected).where(table.c.upload_seq.in_(seqs))
         if schema.educator_id_column is not None:
             statement = statement.join(Educator, Educator.id == table.c.educator_ref).where(
@@ -344,9 +339,12 @@ def load_rows(
         for ref, item in resolved.filters:
             if ref.dataset == name:
                 statement = statement.where(_filter_clause(table.c[ref.column], ref, item))
-        if resolved.linked and resolved.query.measure.kind in ("count", "rate"):
-            # Counting teachers: repeated rows of one teacher add nothing, so the
-            # database drops them before they are read.
+        measured = resolved.measure_field is not None and resolved.measure_field.dataset == name
+        if resolved.linked and not measured:
+            # Only the measured dataset's rows count as rows. Elsewhere a teacher's
+            # repeated rows add nothing but would repeat measured rows in the join (two
+            # cohorts of one program, say: the students behind a score counted twice),
+            # so the database keeps one row per teacher and grouping values.
             statement = statement.distinct()
         frames.append(_fetch_frame(connection, statement))
     if not resolved.linked:
@@ -413,12 +411,6 @@ def true_cells(
         else None
     )
     frame = frame.dropna(subset=group_cols + ([measure_col] if measure_col else []))
-    if resolved.linked and resolved.measure_field is not None:
-        # A join repeats a measured row once per matching row of the other datasets
-        # (two cohorts of one program, say): count each stored row once per group, or
-        # its students would be counted twice and pass the students' minimum unfairly.
-        row_col = f"{resolved.measure_field.dataset}.{ROW_ID}"
-        frame = frame.drop_duplicates(subset=["educator_ref", *group_cols, row_col])
     if resolved.condition is not None:
         ref, item = resolved.condition
         column = frame[f"{ref.dataset}.{ref.column}"]
