@@ -9,7 +9,9 @@ one-row chain head (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises
 writers with ``BEGIN IMMEDIATE``), so concurrent writers never fork the chain.
 
 A chain alone cannot stop someone who rewrites *every* event after an edit
-and the head; signed checkpoints (a later issue) close that gap.
+and the head; signed checkpoints close that gap: the chain head is signed with
+the gateway's Ed25519 key (at start-up and at every export), and an exported
+bundle (events as JSON Lines, checkpoints, public key) is verified offline.
 
 Details must never hold a raw identifier, a name or key material: callers
 pass counts, ids of gateway objects, hashes and reasons.
@@ -19,17 +21,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from gateway.errors import NotInitialised
-from gateway.storage.tables import AuditEvent, AuditHead
+from gateway.errors import ConfigurationError, NotInitialised
+from gateway.storage.tables import AuditCheckpoint, AuditEvent, AuditHead
 
 GENESIS_HASH = "0" * 64
 
@@ -260,3 +267,218 @@ def verify_chain(session: Session) -> Verification:
         )
     result.head_hash = expected_prev
     return result
+
+
+# --- signed checkpoints, export and offline verification -------------------------------
+
+
+class Signer(Protocol):
+    """What the audit log needs of a signing key (``gateway.keys.SigningKey``)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def public_pem(self) -> bytes: ...
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+def _checkpoint_message(seq: int, head_hash: str, signed_at: str) -> bytes:
+    return canonical_json({"seq": seq, "hash": head_hash, "signed_at": signed_at}).encode()
+
+
+def sign_checkpoint(session: Session, signer: Signer) -> AuditCheckpoint | None:
+    """Sign the current chain head (in the caller's transaction), unless already signed."""
+    head = session.get(AuditHead, 1, with_for_update=True)
+    if head is None or head.seq == 0:
+        return None
+    latest = session.scalars(
+        select(AuditCheckpoint).order_by(AuditCheckpoint.id.desc()).limit(1)
+    ).first()
+    if latest is not None and latest.seq == head.seq and latest.head_hash == head.hash:
+        return latest
+    signed_at = datetime.now(UTC).isoformat()
+    checkpoint = AuditCheckpoint(
+        seq=head.seq,
+        head_hash=head.hash,
+        signed_at=signed_at,
+        public_key_fingerprint=signer.fingerprint,
+        signature=signer.sign(_checkpoint_message(head.seq, head.hash, signed_at)).hex(),
+    )
+    session.add(checkpoint)
+    session.flush()
+    return checkpoint
+
+
+def _checkpoint_view(checkpoint: AuditCheckpoint) -> dict[str, Any]:
+    return {
+        "seq": checkpoint.seq,
+        "hash": checkpoint.head_hash,
+        "signed_at": checkpoint.signed_at,
+        "public_key_fingerprint": checkpoint.public_key_fingerprint,
+        "signature": checkpoint.signature,
+    }
+
+
+BUNDLE_FILES = ("events.jsonl", "checkpoints.json", "public_key.pem", "manifest.json")
+
+
+def export_bundle(session: Session, out: Path, signer: Signer) -> dict[str, Any]:
+    """Write every event, every checkpoint and the public key to the folder ``out``.
+
+    The head is signed first, so the newest checkpoint covers the last exported
+    event. Files are written to a temporary folder and renamed into place: a reviewer
+    never sees half a bundle.
+    """
+    if out.exists() and any(out.iterdir()):
+        raise ConfigurationError(f"{out} exists and is not empty; choose a new folder")
+    sign_checkpoint(session, signer)
+    session.commit()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
+    count = 0
+    head = GENESIS_HASH
+    with (staging / "events.jsonl").open("w", encoding="utf-8") as handle:
+        for event in session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).yield_per(1000):
+            handle.write(canonical_json({"seq": event.seq, "hash": event.hash, "body": event.body}))
+            handle.write("\n")
+            count += 1
+            head = event.hash
+    checkpoints = [
+        _checkpoint_view(c)
+        for c in session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.id))
+    ]
+    (staging / "checkpoints.json").write_text(json.dumps(checkpoints, indent=1))
+    (staging / "public_key.pem").write_bytes(signer.public_pem)
+    manifest = {
+        "format": "teacher-gateway audit bundle v1",
+        "events": count,
+        "head_hash": head,
+        "public_key_fingerprint": signer.fingerprint,
+        "exported_at": datetime.now(UTC).isoformat(),
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if out.exists():
+        out.rmdir()
+    staging.rename(out)
+    return manifest
+
+
+@dataclass
+class _BundledEvent:
+    """An exported event, shaped like a stored one so the same checks apply."""
+
+    seq: int
+    hash: str
+    body: str
+    prev_hash: str = ""
+    event_id: str | None = None
+    kind: str | None = None
+    agreement_id: str | None = None
+    actor_party: str | None = None
+    actor_role: str | None = None
+    occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def from_line(cls, line: str) -> _BundledEvent:
+        record = json.loads(line)
+        event = cls(seq=int(record["seq"]), hash=str(record["hash"]), body=str(record["body"]))
+        try:
+            body = json.loads(event.body)
+            event.prev_hash = body.get("prev_hash", "")
+            event.event_id, event.kind = body.get("event_id"), body.get("kind")
+            event.agreement_id = (body.get("agreement") or {}).get("id")
+            event.actor_party = (body.get("actor") or {}).get("party")
+            event.actor_role = (body.get("actor") or {}).get("role")
+            event.occurred_at = datetime.fromisoformat(body["occurred_at"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # the hash check reports the damage
+        return event
+
+
+def _verify_checkpoints(
+    result: Verification,
+    checkpoints: Sequence[Mapping[str, Any]],
+    hashes: Mapping[int, str],
+    public_key: Ed25519PublicKey,
+) -> None:
+    last_seq = max(hashes, default=0)
+    signed_up_to = 0
+    for checkpoint in checkpoints:
+        seq, head_hash = int(checkpoint["seq"]), str(checkpoint["hash"])
+        message = _checkpoint_message(seq, head_hash, str(checkpoint["signed_at"]))
+        try:
+            public_key.verify(bytes.fromhex(str(checkpoint["signature"])), message)
+        except (InvalidSignature, ValueError):
+            result.problems.append(
+                ChainProblem(None, f"checkpoint at event {seq}: the signature is not valid")
+            )
+            continue
+        if seq not in hashes:
+            result.problems.append(
+                ChainProblem(
+                    None,
+                    f"checkpoint at event {seq}: that event is missing "
+                    f"(the log ends at event {last_seq}: it was truncated)",
+                )
+            )
+        elif hashes[seq] != head_hash:
+            result.problems.append(
+                ChainProblem(seq, "differs from the signed checkpoint (the chain was rewritten)")
+            )
+        signed_up_to = max(signed_up_to, seq)
+    if last_seq > signed_up_to:
+        result.problems.append(
+            ChainProblem(
+                None,
+                f"events {signed_up_to + 1} to {last_seq} are not covered by any signed "
+                "checkpoint (added after the export was signed)",
+            )
+        )
+
+
+def verify_bundle(path: Path) -> Verification:
+    """Verify an exported bundle offline: no database, only the files and the public key."""
+    missing = [name for name in BUNDLE_FILES if not (path / name).is_file()]
+    if missing:
+        raise ConfigurationError(f"{path} is not an audit bundle: missing {', '.join(missing)}")
+    result = Verification()
+    expected_prev, expected_seq = GENESIS_HASH, 1
+    hashes: dict[int, str] = {}
+    with (path / "events.jsonl").open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                event = _BundledEvent.from_line(line)
+            except (ValueError, KeyError, TypeError):
+                result.problems.append(ChainProblem(None, f"line {number} is not an event record"))
+                continue
+            for reason in _check_event(event, expected_seq, expected_prev):  # type: ignore[arg-type]
+                result.problems.append(ChainProblem(event.seq, reason))
+            hashes[event.seq] = event.hash
+            result.events_checked += 1
+            expected_prev, expected_seq = event.hash, event.seq + 1
+    result.head_hash = expected_prev
+    try:
+        public_key = serialization.load_pem_public_key((path / "public_key.pem").read_bytes())
+    except ValueError:
+        raise ConfigurationError(f"{path / 'public_key.pem'} is not a public key") from None
+    if not isinstance(public_key, Ed25519PublicKey):
+        raise ConfigurationError(f"{path / 'public_key.pem'} is not an Ed25519 public key")
+    checkpoints = json.loads((path / "checkpoints.json").read_text(encoding="utf-8"))
+    _verify_checkpoints(result, checkpoints, hashes, public_key)
+    return result
+
+
+def verify_checkpoints(session: Session, signer: Signer) -> list[ChainProblem]:
+    """Check the stored checkpoints against the live chain (detects a rewritten chain)."""
+    result = Verification()
+    hashes = {
+        seq: digest for seq, digest in session.execute(select(AuditEvent.seq, AuditEvent.hash))
+    }
+    public_key = serialization.load_pem_public_key(signer.public_pem)
+    assert isinstance(public_key, Ed25519PublicKey)
+    checkpoints = [_checkpoint_view(c) for c in session.scalars(select(AuditCheckpoint))]
+    _verify_checkpoints(result, checkpoints, hashes, public_key)
+    # On the live log, events after the newest checkpoint are normal (not yet signed).
+    return [p for p in result.problems if "not covered by any signed checkpoint" not in p.reason]

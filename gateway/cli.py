@@ -115,11 +115,21 @@ main.add_command(keys_group, name="keys")
 @json_option
 @click.pass_context
 def keys_init(ctx: click.Context, as_json: bool) -> None:
-    """Create the master key file (mode 0600) if it does not exist yet."""
-    path = _settings(ctx).resolved_master_key_file
+    """Create the master key and the audit signing key (mode 0600) if they do not exist."""
+    settings = _settings(ctx)
+    path = settings.resolved_master_key_file
     created = keys.create_master_key(path)
     keys.load_master_key(path)  # refuse an existing but unsafe key here too
-    result = {"master_key_file": str(path), "created": created}
+    signing_path = settings.resolved_signing_key_file
+    signing_created = keys.create_signing_key(signing_path)
+    signing = keys.load_signing_key(signing_path)
+    result = {
+        "master_key_file": str(path),
+        "created": created,
+        "signing_key_file": str(signing_path),
+        "signing_key_created": signing_created,
+        "signing_key_fingerprint": signing.fingerprint,
+    }
     _emit(
         result,
         as_json,
@@ -503,13 +513,48 @@ def audit_list(
     _emit(events, as_json, human)
 
 
-@audit_group.command("verify")
+@audit_group.command("export")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="New folder for the bundle (events.jsonl, checkpoints.json, public_key.pem).",
+)
 @json_option
 @click.pass_context
-def audit_verify(ctx: click.Context, as_json: bool) -> None:
-    """Recompute every hash and link of the audit chain; name each broken event."""
+def audit_export(ctx: click.Context, out: Path, as_json: bool) -> None:
+    """Sign the chain head and export the whole log as a bundle reviewers verify offline."""
     with Gateway.open(_settings(ctx)) as gw, gw.sessions() as session:
-        result = audit.verify_chain(session)
+        manifest = audit.export_bundle(session, out, gw.signing_key)
+    _emit(
+        {**manifest, "bundle": str(out)},
+        as_json,
+        lambda m: click.echo(
+            f"exported {m['events']} event(s) to {m['bundle']}; head {m['head_hash']}; "
+            f"public key fingerprint {m['public_key_fingerprint']}"
+        ),
+    )
+
+
+@audit_group.command("verify")
+@click.option(
+    "--bundle",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Verify an exported bundle offline (no database, no keys needed).",
+)
+@json_option
+@click.pass_context
+def audit_verify(ctx: click.Context, bundle: Path | None, as_json: bool) -> None:
+    """Recompute every hash, link and signed checkpoint of the audit log; name each
+    broken event. With --bundle, verify an export offline."""
+    if bundle is not None:
+        result = audit.verify_bundle(bundle)
+    else:
+        with Gateway.open(_settings(ctx), checkpoint=False) as gw, gw.sessions() as session:
+            result = audit.verify_chain(session)
+            result.problems += audit.verify_checkpoints(session, gw.signing_key)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     elif result.ok:

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
         default=None,
         description="Master key file (0600). Default: DATA_DIR/keys/master.key.",
     )
+    signing_key_file: Path | None = Field(
+        default=None,
+        description=(
+            "Ed25519 key signing audit checkpoints (0600). Default: DATA_DIR/keys/signing.key."
+        ),
+    )
     agreements_dir: Path = Field(
         default=Path("agreements"), description="Folder of agreement YAML files."
     )
@@ -81,6 +87,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / SQLITE_FILE_NAME).resolve()}"
+
+    @property
+    def resolved_signing_key_file(self) -> Path:
+        if self.signing_key_file is not None:
+            return self.signing_key_file
+        return self.data_dir / "keys" / "signing.key"
 
     @property
     def resolved_master_key_file(self) -> Path:

@@ -33,11 +33,17 @@ class Gateway:
     sessions: sessionmaker[Session]
     master_key: keys.MasterKey
     registry: Registry
+    signing_key: keys.SigningKey
 
     @classmethod
-    def open(cls, settings: Settings) -> Gateway:
-        """Open an initialised gateway; refuse anything unsafe."""
+    def open(cls, settings: Settings, *, checkpoint: bool = True) -> Gateway:
+        """Open an initialised gateway; refuse anything unsafe.
+
+        Opening signs the chain head (``checkpoint``), except for verification, which
+        reads the log without writing to it.
+        """
         master_key = keys.load_master_key(settings.resolved_master_key_file)
+        signing_key = keys.load_signing_key(settings.resolved_signing_key_file)
         registry = load_registry(settings.agreements_dir, settings.policies_dir)
         mismatches = storage_mismatches(registry.schemas)
         if mismatches:
@@ -59,10 +65,13 @@ class Gateway:
                         "initialised with; restore the original key file"
                     )
                 sync_agreements(session, registry)
+                if checkpoint:
+                    # Each start signs the chain head (when it moved since the last signature).
+                    audit.sign_checkpoint(session, signing_key)
         except BaseException:
             engine.dispose()
             raise
-        return cls(settings, engine, sessions, master_key, registry)
+        return cls(settings, engine, sessions, master_key, registry, signing_key)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -88,6 +97,8 @@ def initialise(settings: Settings) -> dict[str, Any]:
     key_path = settings.resolved_master_key_file
     key_created = keys.create_master_key(key_path)
     master_key = keys.load_master_key(key_path)
+    signing_created = keys.create_signing_key(settings.resolved_signing_key_file)
+    signing_key = keys.load_signing_key(settings.resolved_signing_key_file)
     registry = load_registry(settings.agreements_dir, settings.policies_dir)
     engine = db.make_engine(settings.resolved_database_url)
     try:
@@ -113,6 +124,8 @@ def initialise(settings: Settings) -> dict[str, Any]:
                         "database": engine.dialect.name,
                         "schema_revision": db.head_revision(),
                         "master_key_created": key_created,
+                        "signing_key_created": signing_created,
+                        "signing_key_fingerprint": signing_key.fingerprint,
                     },
                 )
             elif state.master_key_check != master_key.check_value():
@@ -121,6 +134,7 @@ def initialise(settings: Settings) -> dict[str, Any]:
                     "initialised with; restore the original key file"
                 )
             synced = sync_agreements(session, registry)
+            audit.sign_checkpoint(session, signing_key)
     finally:
         engine.dispose()
     return {
@@ -128,6 +142,8 @@ def initialise(settings: Settings) -> dict[str, Any]:
         "database": engine.url.render_as_string(hide_password=True),
         "master_key_file": str(key_path),
         "master_key_created": key_created,
+        "signing_key_file": str(settings.resolved_signing_key_file),
+        "signing_key_fingerprint": signing_key.fingerprint,
         "initialised": first_time,
         "agreements": synced,
     }

@@ -1,4 +1,5 @@
-"""The master key and the per-agreement key versions: the one module that reads keys.
+"""The master key, the per-agreement key versions and the audit signing key: the one
+module that reads keys.
 
 The master key is 32 random bytes, base64-encoded in a file readable by its
 owner only (mode 0600). It never leaves this module except as input to HKDF
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import secrets
 import stat
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -194,3 +198,71 @@ def rotate_key(
         agreement_hash=agreement_hash,
     )
     return outcome
+
+
+# --- the audit signing key ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """The Ed25519 key that signs audit checkpoints. Its repr shows nothing secret."""
+
+    private: Ed25519PrivateKey
+
+    def __repr__(self) -> str:
+        return f"SigningKey(public={self.fingerprint})"
+
+    def sign(self, message: bytes) -> bytes:
+        return self.private.sign(message)
+
+    @property
+    def public_pem(self) -> bytes:
+        return self.private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the raw public key: what a reviewer compares out of band."""
+        raw = self.private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return hashlib.sha256(raw).hexdigest()
+
+
+def create_signing_key(path: Path) -> bool:
+    """Write a new Ed25519 signing key (PEM, mode 0600) unless one exists; True if created."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+def load_signing_key(path: Path) -> SigningKey:
+    """Read the signing key, kept like the master key: refuse a missing or exposed file."""
+    if not path.exists():
+        raise MasterKeyError(f"no audit signing key at {path}: {_HOW_TO_MAKE_ONE}")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise MasterKeyError(
+            f"audit signing key file {path} is accessible by group or others (mode "
+            f"{mode:04o}); run `chmod 600 {path}`"
+        )
+    try:
+        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except ValueError:
+        raise MasterKeyError(f"audit signing key file {path} is not a PEM private key") from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise MasterKeyError(f"audit signing key file {path} is not an Ed25519 key")
+    return SigningKey(private)

@@ -41,6 +41,7 @@ def test_open_refuses_an_uninitialised_database(settings: Settings) -> None:
     from gateway import keys
 
     keys.create_master_key(settings.resolved_master_key_file)
+    keys.create_signing_key(settings.resolved_signing_key_file)
     with pytest.raises(NotInitialised, match="gateway init"):
         Gateway.open(settings)
 

@@ -1,0 +1,169 @@
+"""Signed checkpoints and offline bundles: every kind of tampering is found, and named."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from gateway import audit, keys
+from gateway.cli import main
+from gateway.config import Settings
+from gateway.context import Gateway
+from gateway.errors import MasterKeyError
+from tests.conftest import settings_env
+
+
+def export(gw: Gateway, out: Path) -> Path:
+    with gw.sessions() as session:
+        audit.export_bundle(session, out, gw.signing_key)
+    return out
+
+
+def add_events(gw: Gateway, count: int) -> None:
+    with gw.sessions() as session, session.begin():
+        for i in range(count):
+            audit.append_event(session, kind="key-created", actor=audit.OPERATOR, details={"n": i})
+
+
+def lines(bundle: Path) -> list[str]:
+    return (bundle / "events.jsonl").read_text().splitlines()
+
+
+def write_lines(bundle: Path, rows: list[str]) -> None:
+    (bundle / "events.jsonl").write_text("\n".join(rows) + "\n")
+
+
+def problems(bundle: Path) -> list[str]:
+    return [str(p) for p in audit.verify_bundle(bundle).problems]
+
+
+def test_signing_key_is_made_and_kept_like_the_master_key(gateway: Gateway) -> None:
+    path = gateway.settings.resolved_signing_key_file
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(gateway.signing_key.fingerprint) == 64
+    assert "PRIVATE" not in repr(gateway.signing_key)
+    os.chmod(path, 0o644)
+    with pytest.raises(MasterKeyError, match="group or others"):
+        keys.load_signing_key(path)
+
+
+def test_a_fresh_export_verifies_offline(gateway: Gateway, tmp_path: Path) -> None:
+    add_events(gateway, 3)
+    bundle = export(gateway, tmp_path / "bundle")
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(audit.BUNDLE_FILES)
+    result = audit.verify_bundle(bundle)
+    assert result.ok, result.problems
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["events"] == result.events_checked == len(lines(bundle))
+    checkpoints = json.loads((bundle / "checkpoints.json").read_text())
+    assert checkpoints[-1]["seq"] == manifest["events"]  # the export signed its last event
+
+
+def test_edited_event_in_a_bundle_is_named(gateway: Gateway, tmp_path: Path) -> None:
+    add_events(gateway, 4)
+    bundle = export(gateway, tmp_path / "b")
+    rows = lines(bundle)
+    record = json.loads(rows[5])
+    record["body"] = record["body"].replace('"role":"operator"', '"role":"reviewer"')
+    rows[5] = json.dumps(record)
+    write_lines(bundle, rows)
+    assert any(
+        p.startswith(f"event {record['seq']}: content was changed") for p in problems(bundle)
+    )
+
+
+def test_rewritten_chain_is_caught_by_the_signature(gateway: Gateway, tmp_path: Path) -> None:
+    # An attacker edits an event and recomputes every hash after it: links all hold,
+    # but the signed checkpoint no longer matches.
+    add_events(gateway, 3)
+    bundle = export(gateway, tmp_path / "b")
+    rows = [json.loads(r) for r in lines(bundle)]
+    previous = audit.GENESIS_HASH
+    for index, record in enumerate(rows):
+        body = json.loads(record["body"])
+        if index == 2:
+            body["details"] = {"forged": True}
+        body["prev_hash"] = previous
+        record["body"] = audit.canonical_json(body)
+        record["hash"] = audit._sha256(record["body"])
+        previous = record["hash"]
+    write_lines(bundle, [json.dumps(r) for r in rows])
+    found = problems(bundle)
+    assert any("differs from the signed checkpoint" in p for p in found), found
+
+
+def test_deleted_inserted_reordered_and_truncated_events_are_named(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    add_events(gateway, 6)
+    bundle = export(gateway, tmp_path / "b")
+    original = lines(bundle)
+
+    write_lines(bundle, original[:3] + original[4:])  # delete event 4
+    assert any(p.startswith("event 5:") and "deleted" in p for p in problems(bundle))
+
+    write_lines(bundle, [*original[:3], original[2], *original[3:]])  # insert a copy
+    assert any(p.startswith("event 3:") for p in problems(bundle))
+
+    swapped = [*original[:2], original[3], original[2], *original[4:]]  # reorder 3 and 4
+    write_lines(bundle, swapped)
+    assert any(p.startswith("event 4:") for p in problems(bundle))
+
+    write_lines(bundle, original[:-2])  # truncate
+    assert any("truncated" in p for p in problems(bundle))
+
+
+def test_a_forged_signature_is_refused(gateway: Gateway, tmp_path: Path) -> None:
+    bundle = export(gateway, tmp_path / "b")
+    checkpoints = json.loads((bundle / "checkpoints.json").read_text())
+    checkpoints[-1]["signature"] = "00" * 64
+    (bundle / "checkpoints.json").write_text(json.dumps(checkpoints))
+    assert any("signature is not valid" in p for p in problems(bundle))
+
+
+def test_live_chain_rewritten_after_a_checkpoint_is_detected(gateway: Gateway) -> None:
+    add_events(gateway, 3)
+    with gateway.sessions() as session, session.begin():
+        audit.sign_checkpoint(session, gateway.signing_key)
+    with gateway.sessions() as session:
+        events = session.scalars(audit.query_events()).all()
+        target = events[-1]
+        body = json.loads(target.body)
+        body["details"] = {"forged": True}
+        forged = audit.canonical_json(body)
+        digest = audit._sha256(forged)
+    with gateway.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE audit_events SET body = :b, hash = :h WHERE seq = :s"),
+            {"b": forged, "h": digest, "s": target.seq},
+        )
+        connection.execute(text("UPDATE audit_head SET hash = :h"), {"h": digest})
+    with gateway.sessions() as session:
+        assert audit.verify_chain(session).ok  # the links alone cannot see it...
+        found = [str(p) for p in audit.verify_checkpoints(session, gateway.signing_key)]
+    assert any("differs from the signed checkpoint" in p for p in found)  # ...the signature can
+
+
+def test_cli_export_and_offline_verify(
+    gateway: Gateway, settings: Settings, tmp_path: Path
+) -> None:
+    env = settings_env(settings)
+    out = tmp_path / "bundle"
+    exported = CliRunner().invoke(main, ["audit", "export", "--out", str(out), "--json"], env=env)
+    assert exported.exit_code == 0, exported.output
+    # Offline: no settings, no database, no key at all.
+    ok = CliRunner().invoke(main, ["audit", "verify", "--bundle", str(out)], env={})
+    assert ok.exit_code == 0 and ok.stdout.startswith("ok:")
+    rows = lines(out)
+    write_lines(out, rows[:1] + rows[2:])
+    broken = CliRunner().invoke(main, ["audit", "verify", "--bundle", str(out), "--json"], env={})
+    assert broken.exit_code != 0
+    assert json.loads(broken.stdout)["problems"][0]["seq"] == 3
+    again = CliRunner().invoke(main, ["audit", "export", "--out", str(out)], env=env)
+    assert again.exit_code != 0 and "not empty" in again.stderr
