@@ -19,7 +19,9 @@ pass counts, ids of gateway objects, hashes and reasons.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import tempfile
 import uuid
@@ -161,11 +163,14 @@ def query_events(
     *,
     agreement_id: str | None = None,
     kind: str | None = None,
+    party: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> Select[AuditEvent]:
     """A filtered, ordered selection of events."""
     statement = select(AuditEvent).order_by(AuditEvent.seq)
+    if party is not None:
+        statement = statement.where(AuditEvent.actor_party == party)
     if agreement_id is not None:
         statement = statement.where(AuditEvent.agreement_id == agreement_id)
     if kind is not None:
@@ -175,6 +180,48 @@ def query_events(
     if until is not None:
         statement = statement.where(AuditEvent.occurred_at < until)
     return statement
+
+
+EXPORT_COLUMNS = (
+    "seq",
+    "occurred_at",
+    "kind",
+    "agreement",
+    "agreement_version",
+    "actor_role",
+    "actor_party",
+    "credential_id",
+    "details",
+    "hash",
+)
+
+
+def events_as_text(views: Sequence[Mapping[str, Any]], fmt: str) -> str:
+    """Events as JSON Lines (each event's body and hash) or CSV (one row per event,
+    details as canonical JSON), for reviewers' own tools."""
+    if fmt == "jsonl":
+        return "".join(canonical_json(view) + "\n" for view in views)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(EXPORT_COLUMNS)
+    for view in views:
+        agreement = view.get("agreement") or {}
+        actor = view.get("actor") or {}
+        writer.writerow(
+            [
+                view["seq"],
+                view["occurred_at"],
+                view["kind"],
+                agreement.get("id") or "",
+                agreement.get("version") or "",
+                actor.get("role") or "",
+                actor.get("party") or "",
+                actor.get("credential_id") or "",
+                canonical_json(view.get("details") or {}),
+                view["hash"],
+            ]
+        )
+    return buffer.getvalue()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -453,14 +454,17 @@ def release(
 
 @main.command()
 @click.option("--agreement", "agreement_id", required=True, help="Agreement id.")
+@click.option("--history", is_flag=True, help="Also list every reservation, oldest first.")
 @json_option
 @click.pass_context
-def budget(ctx: click.Context, agreement_id: str, as_json: bool) -> None:
+def budget(ctx: click.Context, agreement_id: str, history: bool, as_json: bool) -> None:
     """Show the privacy budget: total, spent and remaining, per recipient party."""
-    from gateway.release.budget import budget_report
+    from gateway.release.budget import budget_history, budget_report
 
     with Gateway.open(_settings(ctx)) as gw, gw.sessions() as session:
         report = budget_report(session, gw.agreement(agreement_id))
+        if history:
+            report["history"] = budget_history(session, agreement_id)
 
     def human(r: dict[str, Any]) -> None:
         click.echo(
@@ -471,6 +475,11 @@ def budget(ctx: click.Context, agreement_id: str, as_json: bool) -> None:
             click.echo(
                 f"  {party}: total {state['total']}, spent {state['spent']}, "
                 f"remaining {state['remaining']} (delta remaining {state['delta_remaining']})"
+            )
+        for entry in r.get("history", []):
+            click.echo(
+                f"  {entry['at']}  {entry['party']:<24} epsilon {entry['epsilon']:<8} "
+                f"(spent so far {entry['party_spent']})  release {entry['release_id']}"
             )
 
     _emit(report, as_json, human)
@@ -487,22 +496,46 @@ def audit_group() -> None:
 @audit_group.command("list")
 @click.option("--agreement", "agreement_id", help="Only events of this agreement.")
 @click.option("--kind", type=click.Choice(sorted(audit.EVENT_KINDS)), help="Only this kind.")
+@click.option("--party", default=None, help="Only events of actions by this party.")
+@click.option("--since", type=click.DateTime(), default=None, help="Only from this time (UTC).")
+@click.option("--until", type=click.DateTime(), default=None, help="Only before this time (UTC).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N events.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "jsonl", "csv"]),
+    default="text",
+    show_default=True,
+    help="jsonl or csv: an export for the reviewer's own tools.",
+)
 @json_option
 @click.pass_context
 def audit_list(
     ctx: click.Context,
     agreement_id: str | None,
     kind: str | None,
+    party: str | None,
+    since: datetime | None,
+    until: datetime | None,
     limit: int | None,
+    fmt: str,
     as_json: bool,
 ) -> None:
-    """List audit events, oldest first."""
+    """List audit events, oldest first, filtered; or export them as JSON Lines or CSV."""
     with Gateway.open(_settings(ctx)) as gw, gw.sessions() as session:
-        statement = audit.query_events(agreement_id=agreement_id, kind=kind)
+        statement = audit.query_events(
+            agreement_id=agreement_id,
+            kind=kind,
+            party=party,
+            since=since.replace(tzinfo=UTC) if since else None,
+            until=until.replace(tzinfo=UTC) if until else None,
+        )
         if limit is not None:
             statement = statement.limit(limit)
         events = [audit.event_view(e) for e in session.scalars(statement)]
+    if fmt != "text" and not as_json:
+        click.echo(audit.events_as_text(events, fmt), nl=False)
+        return
 
     def human(rows: list[dict[str, Any]]) -> None:
         for e in rows:

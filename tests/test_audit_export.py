@@ -167,3 +167,65 @@ def test_cli_export_and_offline_verify(
     assert json.loads(broken.stdout)["problems"][0]["seq"] == 3
     again = CliRunner().invoke(main, ["audit", "export", "--out", str(out)], env=env)
     assert again.exit_code != 0 and "not empty" in again.stderr
+
+
+def test_events_filter_by_party_and_export_as_csv_and_jsonl(
+    gateway: Gateway, settings: Settings
+) -> None:
+    import csv
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from gateway.app import create_app
+
+    with gateway.sessions() as session, session.begin():
+        audit.append_event(
+            session,
+            kind="key-created",
+            details={"n": 1},
+            actor=audit.Actor(role="uploader", party="eastport-ps"),
+        )
+    env = settings_env(settings)
+    out = CliRunner().invoke(
+        main, ["audit", "list", "--party", "eastport-ps", "--format", "csv"], env=env
+    )
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert [r["actor_party"] for r in rows] == ["eastport-ps"]
+    assert json.loads(rows[0]["details"]) == {"n": 1} and len(rows[0]["hash"]) == 64
+    with TestClient(create_app(settings)) as client:
+        jsonl = client.get("/v1/audit/events", params={"party": "eastport-ps", "format": "jsonl"})
+        assert jsonl.headers["content-type"].startswith("application/x-ndjson")
+        records = [json.loads(line) for line in jsonl.text.splitlines()]
+        assert [r["details"] for r in records] == [{"n": 1}]
+        paged = client.get("/v1/audit/events", params={"limit": 2, "offset": 1}).json()
+        assert [e["seq"] for e in paged["events"]] == [2, 3]
+
+
+def test_budget_history_lists_every_reservation(loaded: object, settings: Settings) -> None:
+    from gateway.release.engine import request_release
+    from gateway.release.query import parse_query
+    from tests.conftest import AGREEMENT, EPP
+
+    gw, _ = loaded  # type: ignore[misc]
+    for epsilon in ("0.2", "0.3"):
+        query = parse_query(
+            {"datasets": ["evaluations"], "measure": {"kind": "count"}, "epsilon": epsilon}
+        )
+        request_release(
+            gw,
+            agreement_id=AGREEMENT,
+            party=EPP,
+            query=query,
+            actor=audit.Actor(role="analyst", party=EPP),
+        )
+    out = CliRunner().invoke(
+        main,
+        ["budget", "--agreement", AGREEMENT, "--history", "--json"],
+        env=settings_env(settings),
+    )
+    history = json.loads(out.stdout)["history"]
+    assert [(h["party"], h["epsilon"], h["party_spent"]) for h in history] == [
+        (EPP, "0.2", "0.2"),
+        (EPP, "0.3", "0.5"),
+    ]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from gateway import audit
@@ -16,7 +17,7 @@ from gateway.context import Gateway
 from gateway.errors import GatewayError, SchemaError
 from gateway.ingest import upload_extract
 from gateway.ingest.upload import record_refused_request
-from gateway.release.budget import budget_report
+from gateway.release.budget import budget_history, budget_report
 from gateway.release.engine import request_release
 from gateway.release.query import parse_query
 
@@ -43,17 +44,27 @@ def list_audit_events(
     session: SessionDep,
     agreement: str | None = None,
     kind: str | None = None,
+    party: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = Query(default=100, ge=1, le=1000),
     offset: int = Query(default=0, ge=0),
-) -> dict[str, Any]:
+    format: Literal["json", "jsonl", "csv"] = Query(
+        default="json", description="json (paged), or jsonl / csv for an export"
+    ),
+) -> Any:
+    """Audit events, oldest first, filtered; as JSON pages or as a JSON Lines / CSV export."""
     if kind is not None and kind not in audit.EVENT_KINDS:
         raise SchemaError(
             f"unknown event kind {kind!r}; known kinds: {', '.join(sorted(audit.EVENT_KINDS))}"
         )
-    statement = audit.query_events(agreement_id=agreement, kind=kind, since=since, until=until)
+    statement = audit.query_events(
+        agreement_id=agreement, kind=kind, party=party, since=since, until=until
+    )
     events = [audit.event_view(e) for e in session.scalars(statement.offset(offset).limit(limit))]
+    if format != "json":
+        media = "application/x-ndjson" if format == "jsonl" else "text/csv"
+        return PlainTextResponse(audit.events_as_text(events, format), media_type=media)
     return {"events": events, "offset": offset, "limit": limit}
 
 
@@ -169,5 +180,13 @@ async def create_release(
 
 
 @router.get("/v1/agreements/{agreement_id}/budget", tags=["releases"])
-def show_budget(agreement_id: str, gateway: GatewayDep, session: SessionDep) -> dict[str, Any]:
-    return budget_report(session, gateway.agreement(agreement_id))
+def show_budget(
+    agreement_id: str,
+    gateway: GatewayDep,
+    session: SessionDep,
+    history: bool = Query(default=False, description="Add every reservation, oldest first."),
+) -> dict[str, Any]:
+    report = budget_report(session, gateway.agreement(agreement_id))
+    if history:
+        report["history"] = budget_history(session, agreement_id)
+    return report

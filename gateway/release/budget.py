@@ -275,3 +275,24 @@ def reserve(
         agreement_hash=agreement.content_hash,
     )
     return state
+
+
+def budget_history(session: Session, agreement_id: str) -> list[dict[str, Any]]:
+    """Every reservation of the agreement, oldest first, with each party's running total."""
+    running: dict[str, int] = {}
+    history: list[dict[str, Any]] = []
+    for entry in session.scalars(
+        select(BudgetEntry).where(BudgetEntry.agreement_id == agreement_id).order_by(BudgetEntry.id)
+    ):
+        running[entry.party] = running.get(entry.party, 0) + entry.epsilon
+        history.append(
+            {
+                "at": entry.created_at.isoformat(),
+                "party": entry.party,
+                "release_id": entry.release_id,
+                "epsilon": str(from_epsilon_units(entry.epsilon)),
+                "delta": str(from_delta_units(entry.delta)),
+                "party_spent": str(from_epsilon_units(running[entry.party])),
+            }
+        )
+    return history
