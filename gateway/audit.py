@@ -56,6 +56,9 @@ EVENT_KINDS: Mapping[str, str] = {
     "release": "an aggregate was released to a recipient",
     "release-repeated": "an identical earlier release was returned again, at no budget cost",
     "release-refused": "a release request was refused; nothing was released",
+    "agreement-terminated": "an agreement was terminated (operator action or end date)",
+    "key-destroyed": "an agreement's key versions were destroyed: pseudonyms can't be remade",
+    "data-destroyed": "an agreement's stored data was destroyed; details are the receipt",
 }
 
 

@@ -152,6 +152,7 @@ def keys_rotate(ctx: click.Context, agreement_id: str, as_json: bool) -> None:
     """
     with Gateway.open(_settings(ctx)) as gw:
         agreement = gw.agreement(agreement_id)
+        gw.require_active(agreement, refused="key rotations")
         with gw.sessions() as session, session.begin():
             result = keys.rotate_key(
                 session,
@@ -206,6 +207,31 @@ def agreements_check(ctx: click.Context, path: Path | None, as_json: bool) -> No
     if problems:
         click.echo(f"gateway: error: {len(problems)} problem(s) found in {target}", err=True)
         ctx.exit(AgreementInvalid.exit_code)
+
+
+@agreements.command("terminate")
+@click.argument("agreement_id")
+@click.option(
+    "--reason",
+    default="terminated by the operator",
+    show_default=True,
+    help="Why, for the destruction receipt and the audit log.",
+)
+@json_option
+@click.pass_context
+def agreements_terminate(ctx: click.Context, agreement_id: str, reason: str, as_json: bool) -> None:
+    """End an agreement now: destroy its stored data and key material, write a receipt."""
+    with Gateway.open(_settings(ctx)) as gw:
+        receipt = gw.terminate(agreement_id, actor=audit.OPERATOR, reason=reason)
+
+    def human(r: dict[str, Any]) -> None:
+        click.echo(f"agreement {r['agreement']['id']} terminated at {r['terminated_at']}")
+        for what, count in r["destroyed"].items():
+            click.echo(f"  destroyed {count} {what}")
+        click.echo(f"  key versions destroyed: {r['key_versions_destroyed']}")
+        click.echo(f"  receipt: {r['receipt_file']} (audit event {r['audit_event']})")
+
+    _emit(receipt, as_json, human)
 
 
 @agreements.command("list")

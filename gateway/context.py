@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway import audit, keys
+from gateway import audit, keys, termination
 from gateway.agreements import Agreement, Registry, load_registry
 from gateway.config import Settings
 from gateway.errors import ConfigurationError, MasterKeyError, NotInitialised
@@ -71,7 +71,10 @@ class Gateway:
         except BaseException:
             engine.dispose()
             raise
-        return cls(settings, engine, sessions, master_key, registry, signing_key)
+        gateway = cls(settings, engine, sessions, master_key, registry, signing_key)
+        if checkpoint:  # verification only reads; every other start enforces end dates
+            gateway.terminate_overdue()
+        return gateway
 
     def close(self) -> None:
         self.engine.dispose()
@@ -84,6 +87,37 @@ class Gateway:
 
     def agreement(self, agreement_id: str) -> Agreement:
         return self.registry.agreement(agreement_id)
+
+    def terminate(self, agreement_id: str, *, actor: audit.Actor, reason: str) -> dict[str, Any]:
+        """Destroy an agreement's data and key material; return the destruction receipt."""
+        agreement = self.agreement(agreement_id)
+        with self.sessions() as session, session.begin():
+            receipt = termination.terminate(
+                session,
+                agreement=agreement,
+                actor=actor,
+                reason=reason,
+                receipts_dir=self.settings.data_dir / "receipts",
+            )
+        termination.release_bytes(self.engine)
+        return receipt
+
+    def terminate_overdue(self) -> list[dict[str, Any]]:
+        """Terminate every agreement whose end date has passed (at start, and per request)."""
+        today = datetime.now(UTC).date()
+        with self.sessions() as session:
+            overdue = termination.overdue(self.registry.agreements, session, today)
+        return [
+            self.terminate(a.id, actor=audit.OPERATOR, reason=f"end date {a.ends} passed")
+            for a in overdue
+        ]
+
+    def require_active(self, agreement: Agreement, *, refused: str) -> None:
+        """Refuse ``refused`` for a terminated agreement, terminating it first if overdue."""
+        if agreement.ends < datetime.now(UTC).date():
+            self.terminate_overdue()
+        with self.sessions() as session:
+            termination.require_active(session, agreement, refused=refused)
 
 
 def initialise(settings: Settings) -> dict[str, Any]:

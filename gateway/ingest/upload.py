@@ -269,6 +269,7 @@ def upload_extract(
 def _authorise(
     gateway: Gateway, agreement: Agreement, *, party: str, dataset: str
 ) -> tuple[AgreementDataset, DatasetSchema]:
+    gateway.require_active(agreement, refused="uploads")
     agreement.party(party)
     agreement_dataset = agreement.dataset(dataset)
     if agreement_dataset.provided_by != party:

@@ -655,6 +655,7 @@ def request_release(
     agreement: Agreement | None = None
     try:
         agreement = gateway.agreement(agreement_id)
+        gateway.require_active(agreement, refused="releases")
         agreement.require_in_force(datetime.now(UTC).date(), refused="releases")
         resolved = resolve(query, agreement=agreement, registry=gateway.registry, party=party)
         plan = plan_query(resolved, agreement)
