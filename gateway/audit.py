@@ -242,6 +242,8 @@ class Verification:
     events_checked: int = 0
     head_hash: str = GENESIS_HASH
     problems: list[ChainProblem] = field(default_factory=list)
+    #: Of the key that signed a verified bundle: compare it with the one published.
+    public_key_fingerprint: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -252,6 +254,7 @@ class Verification:
             "ok": self.ok,
             "events_checked": self.events_checked,
             "head_hash": self.head_hash,
+            "public_key_fingerprint": self.public_key_fingerprint,
             "problems": [{"seq": p.seq, "reason": p.reason} for p in self.problems],
         }
 
@@ -346,7 +349,11 @@ def sign_checkpoint(session: Session, signer: Signer) -> AuditCheckpoint | None:
     latest = session.scalars(
         select(AuditCheckpoint).order_by(AuditCheckpoint.id.desc()).limit(1)
     ).first()
-    if latest is not None and latest.seq == head.seq and latest.head_hash == head.hash:
+    if (
+        latest is not None
+        and (latest.seq, latest.head_hash) == (head.seq, head.hash)
+        and latest.public_key_fingerprint == signer.fingerprint
+    ):
         return latest
     signed_at = datetime.now(UTC).isoformat()
     checkpoint = AuditCheckpoint(
@@ -447,6 +454,11 @@ class _BundledEvent:
         return event
 
 
+def _fingerprint(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
 def _verify_checkpoints(
     result: Verification,
     checkpoints: Sequence[Mapping[str, Any]],
@@ -455,8 +467,19 @@ def _verify_checkpoints(
 ) -> None:
     last_seq = max(hashes, default=0)
     signed_up_to = 0
+    fingerprint = _fingerprint(public_key)
     for checkpoint in checkpoints:
         seq, head_hash = int(checkpoint["seq"]), str(checkpoint["hash"])
+        if checkpoint.get("public_key_fingerprint") != fingerprint:
+            result.problems.append(
+                ChainProblem(
+                    None,
+                    f"checkpoint at event {seq}: signed by another key "
+                    f"({checkpoint.get('public_key_fingerprint')}); it cannot be "
+                    "checked with this public key",
+                )
+            )
+            continue
         message = _checkpoint_message(seq, head_hash, str(checkpoint["signed_at"]))
         try:
             public_key.verify(bytes.fromhex(str(checkpoint["signature"])), message)
@@ -515,8 +538,25 @@ def verify_bundle(path: Path) -> Verification:
         raise ConfigurationError(f"{path / 'public_key.pem'} is not a public key") from None
     if not isinstance(public_key, Ed25519PublicKey):
         raise ConfigurationError(f"{path / 'public_key.pem'} is not an Ed25519 public key")
-    checkpoints = json.loads((path / "checkpoints.json").read_text(encoding="utf-8"))
-    _verify_checkpoints(result, checkpoints, hashes, public_key)
+    try:
+        checkpoints = json.loads((path / "checkpoints.json").read_text(encoding="utf-8"))
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        _verify_checkpoints(result, checkpoints, hashes, public_key)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigurationError(
+            f"{path}: checkpoints.json or manifest.json is not in the bundle format"
+        ) from None
+    result.public_key_fingerprint = _fingerprint(public_key)
+    if manifest.get("public_key_fingerprint") != result.public_key_fingerprint:
+        result.problems.append(
+            ChainProblem(None, "the public key is not the one the manifest names")
+        )
+    if manifest.get("events") != result.events_checked or manifest.get("head_hash") != (
+        result.head_hash
+    ):
+        result.problems.append(
+            ChainProblem(None, "the events do not match the manifest's count and head")
+        )
     return result
 
 

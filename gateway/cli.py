@@ -95,6 +95,9 @@ def init(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"database:     {r['database']}")
         state = "created" if r["master_key_created"] else "already present"
         click.echo(f"master key:   {r['master_key_file']} ({state})")
+        click.echo(
+            f"signing key:  {r['signing_key_file']} (fingerprint {r['signing_key_fingerprint']})"
+        )
         for agreement_id, outcome in r["agreements"].items():
             click.echo(f"agreement:    {agreement_id} ({outcome})")
 
@@ -135,7 +138,9 @@ def keys_init(ctx: click.Context, as_json: bool) -> None:
         result,
         as_json,
         lambda r: click.echo(
-            f"{'created' if r['created'] else 'kept existing'} master key {r['master_key_file']}"
+            f"{'created' if r['created'] else 'kept existing'} master key {r['master_key_file']}\n"
+            f"{'created' if r['signing_key_created'] else 'kept existing'} signing key "
+            f"{r['signing_key_file']} (fingerprint {r['signing_key_fingerprint']})"
         ),
     )
 
@@ -618,6 +623,11 @@ def audit_verify(ctx: click.Context, bundle: Path | None, as_json: bool) -> None
         click.echo(json.dumps(result.to_dict(), indent=2))
     elif result.ok:
         click.echo(f"ok: {result.events_checked} event(s) verified; head {result.head_hash}")
+        if result.public_key_fingerprint:
+            click.echo(
+                f"signed with the key whose fingerprint is {result.public_key_fingerprint}: "
+                "compare it with the one the gateway's operator published"
+            )
     else:
         for problem in result.problems:
             click.echo(str(problem))

@@ -177,6 +177,7 @@ def initialise(settings: Settings) -> dict[str, Any]:
         "master_key_file": str(key_path),
         "master_key_created": key_created,
         "signing_key_file": str(settings.resolved_signing_key_file),
+        "signing_key_created": signing_created,
         "signing_key_fingerprint": signing_key.fingerprint,
         "initialised": first_time,
         "agreements": synced,

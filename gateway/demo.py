@@ -33,6 +33,8 @@ def demo_settings(directory: Path, base: Settings | None = None) -> Settings:
             "data_dir": data_dir,
             "database_url": None,
             "master_key_file": data_dir / "keys" / "master.key",
+            # Never the operator's signing key: the demo signs its own throwaway log.
+            "signing_key_file": data_dir / "keys" / "signing.key",
         }
     )
 

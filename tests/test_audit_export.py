@@ -229,3 +229,14 @@ def test_budget_history_lists_every_reservation(loaded: object, settings: Settin
         (EPP, "0.2", "0.2"),
         (EPP, "0.3", "0.5"),
     ]
+
+
+def test_a_substituted_public_key_is_noticed(gateway: Gateway, tmp_path: Path) -> None:
+    bundle = export(gateway, tmp_path / "b")
+    keys.create_signing_key(tmp_path / "other.key")
+    other = keys.load_signing_key(tmp_path / "other.key")
+    (bundle / "public_key.pem").write_bytes(other.public_pem)
+    found = problems(bundle)
+    assert any("signed by another key" in p for p in found)
+    assert any("not the one the manifest names" in p for p in found)
+    assert audit.verify_bundle(bundle).public_key_fingerprint == other.fingerprint

@@ -1,6 +1,7 @@
 """The documentation keeps up with the code: every command, setting, event kind,
 route, error code, query field and measure kind appears in its page, each error
-code with its HTTP and exit status, and the README links every page."""
+code with its HTTP and exit status, the README links every page (the compliance
+guide by name), and the commands shown to reviewers exist."""
 
 from __future__ import annotations
 
@@ -190,3 +191,38 @@ def test_readme_has_the_two_setup_commands() -> None:
 @pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
 def test_readme_links_every_docs_page(page: str) -> None:
     assert f"](docs/{page})" in read("README.md"), f"README.md does not link docs/{page}"
+
+
+def test_readme_links_the_compliance_guide() -> None:
+    """Named on its own, so deleting the page fails here rather than shrinking the
+    parametrised check above."""
+    assert (DOCS / "compliance.md").is_file()
+    assert "](docs/compliance.md)" in read("README.md")
+
+
+def code_in(page: str) -> Iterator[str]:
+    """The code of a Markdown page: backtick spans, fenced blocks and indented lines."""
+    text = read(page)
+    yield from re.findall(r"`([^`\n]+)`", text)
+    yield from re.findall(r"^```[^\n]*\n(.*?)^```", text, re.M | re.S)
+    yield from re.findall(r"^(?: {4,}|\t)(.+)$", text, re.M)
+
+
+@pytest.mark.parametrize("page", ["docs/compliance.md", "docs/audit.md"])
+def test_commands_shown_to_reviewers_exist(page: str) -> None:
+    commands = set(command_paths(main))
+    groups = {path.split(" ", 1)[0] for path in commands if " " in path}
+    shown = {
+        match
+        for code in code_in(page)
+        for match in re.findall(r"(?:^|[\s/$])gateway ([a-z][a-z-]*(?: [a-z][a-z-]*)?)", code)
+    }
+
+    def exists(words: str) -> bool:
+        # "release foo": a command that is not a group takes "foo" as an argument.
+        first = words.split(" ", 1)[0]
+        return words in commands or (first in commands and first not in groups)
+
+    assert {"audit export", "audit verify"} <= shown
+    unknown = sorted(words for words in shown if not exists(words))
+    assert not unknown, f"{page} shows commands the CLI does not have: {unknown}"

@@ -69,8 +69,11 @@ def list_audit_events(
 
 
 @router.get("/v1/audit/verify", tags=["audit"])
-def verify_audit(session: SessionDep) -> dict[str, Any]:
-    return audit.verify_chain(session).to_dict()
+def verify_audit(gateway: GatewayDep, session: SessionDep) -> dict[str, Any]:
+    """Every hash, link and signed checkpoint of the live log."""
+    result = audit.verify_chain(session)
+    result.problems += audit.verify_checkpoints(session, gateway.signing_key)
+    return result.to_dict()
 
 
 _UPLOAD_BODY = {
