@@ -226,3 +226,48 @@ def test_commands_shown_to_reviewers_exist(page: str) -> None:
     assert {"audit export", "audit verify"} <= shown
     unknown = sorted(words for words in shown if not exists(words))
     assert not unknown, f"{page} shows commands the CLI does not have: {unknown}"
+
+
+def resolve_command(words: list[str]) -> tuple[click.Command, list[str]] | None:
+    """The command named by the leading words of ``words``, and the words left."""
+    command: click.Command = main
+    rest = list(words)
+    while isinstance(command, click.Group) and rest and rest[0] in command.commands:
+        command = command.commands[rest.pop(0)]
+    return (command, rest) if command is not main else None
+
+
+@pytest.mark.parametrize("page", ["docs/compliance.md", "docs/audit.md", "docs/cli.md"])
+def test_options_shown_with_commands_exist(page: str) -> None:
+    """Every ``--option`` written after ``gateway COMMAND`` on one line is an option of
+    that command (or the global ``--help``)."""
+    wrong = []
+    for code in code_in(page):
+        for line in code.splitlines():
+            for match in re.finditer(r"(?:^|[\s/$])gateway ((?:[a-z][a-z-]* ?)+)(.*)", line):
+                found = resolve_command(match[1].split())
+                if found is None:
+                    continue
+                command, _ = found
+                known = {opt for param in command.params for opt in param.opts} | {"--help"}
+                for option in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", match[2]):
+                    if option not in known:
+                        wrong.append(f"gateway {command.name} {option}")
+    assert not wrong, f"{page} shows options the commands do not have: {sorted(set(wrong))}"
+
+
+def test_the_export_columns_are_documented() -> None:
+    for page in ("docs/cli.md", "docs/compliance.md"):
+        text = read(page)
+        missing = [column for column in audit.EXPORT_COLUMNS if f"`{column}`" not in text]
+        assert not missing, f"CSV export columns missing from {page}: {missing}"
+
+
+def test_the_compliance_guide_covers_termination() -> None:
+    page = read("docs/compliance.md")
+    assert "gateway agreements terminate" in page
+    for kind in ("agreement-terminated", "key-destroyed", "data-destroyed"):
+        assert f"`{kind}`" in page, f"{kind} is not in docs/compliance.md"
+    not_yet = page.split("## What is not available yet", 1)[1]
+    for feature in ("Termination with destruction receipts", "CSV export", "budget history"):
+        assert feature not in not_yet, f"{feature!r} is still listed as not available"
