@@ -936,8 +936,9 @@ def _noisy_cells(
     """Draw the noise (OpenDP) and build the released cells.
 
     With top and bottom coding (the profile's ``top_bottom_coding``), a rate or share
-    below 5% or above 95% is shown only as "<5%" or ">95%"; a distribution cell so
-    coded withholds its count too, which would otherwise give the share away.
+    whose true value is below 5% or above 95% is shown only as "<5%" or ">95%"; a
+    distribution cell so coded withholds its count too, which would otherwise give the
+    share away.
     """
     kind = resolved.query.measure.kind
     keys = list(cells)
@@ -961,6 +962,9 @@ def _noisy_cells(
     # A share is given only where no cell of its group is suppressed: a group total
     # taken over suppressed cells would let them be computed back.
     group_totals: dict[GroupKey, float | None] = {}
+    true_totals: dict[GroupKey, int] = {}
+    for key in keys:
+        true_totals[key[:-1]] = true_totals.get(key[:-1], 0) + cells[key].teachers
     if kind == "distribution":
         for k in keys:
             total = group_totals.get(k[:-1], 0.0)
@@ -981,7 +985,11 @@ def _noisy_cells(
                 cell["share"] = None
             if total:
                 share = value / total
-                code = _coded(share) if coding else None
+                # Coded on the true share, like the minimum cell: the band tells what is
+                # true, and noise never labels a 75% cell ">95%".
+                true_total = true_totals.get(k[:-1], 0)
+                true_share = cells[k].teachers / true_total if true_total else 0.0
+                code = _coded(true_share) if coding else None
                 cell["share"] = None if code else round(share, 4)
                 if code:
                     cell.update(value=None, ci95=None, coded=code)
@@ -1020,7 +1028,8 @@ def _noisy_cells(
             d_hw = plan.count_half_width(0.025)
             low = max(0.0, (num - n_hw) / (den + d_hw))
             high = min(1.0, (num + n_hw) / max(den - d_hw, 1.0))
-            code = _coded(share) if coding else None
+            true_share = cells[k].meeting / cells[k].teachers if cells[k].teachers else 0.0
+            code = _coded(true_share) if coding else None  # on the true share, as above
             if code:
                 cell.update(value=None, ci95=None, suppressed=False, coded=code)
             else:
