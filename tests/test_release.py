@@ -481,3 +481,17 @@ def test_suppression_memory_ignores_the_order_of_group_by(loaded: Any) -> None:
         }
 
     assert hidden(first) and hidden(second) == hidden(first)
+
+
+def test_an_invalid_query_never_echoes_its_values() -> None:
+    with pytest.raises(SchemaError) as refused:
+        parse_query(
+            {
+                "datasets": ["evaluations"],
+                "measure": {"kind": "count"},
+                "epsilon": 1,
+                "filters": [{"field": "educator_id", "op": "eq", "value": ["000918273645"]}],
+            }
+        )
+    assert "000918273645" not in refused.value.message + str(refused.value.details)
+    assert "filters.0" in refused.value.message

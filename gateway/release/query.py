@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.agreements.loader import Registry
 from gateway.agreements.models import Agreement, ColumnSpec, DatasetSchema
@@ -276,5 +283,12 @@ def parse_query(body: Any) -> Query:
     """A :class:`Query` from JSON-like data, with a clear error when it is not one."""
     try:
         return Query.model_validate(body)
-    except ValueError as error:  # pydantic's ValidationError
-        raise SchemaError(f"the query is not valid: {error}") from None
+    except ValidationError as error:
+        # Where and what, never the value sent: a filter value may be an identifier.
+        reasons = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'query'}: {e['msg']}"
+            for e in error.errors(include_input=False)
+        ]
+        raise SchemaError(
+            f"the query is not valid: {'; '.join(reasons)}", details=reasons
+        ) from None
