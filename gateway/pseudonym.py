@@ -125,10 +125,10 @@ class InvalidEducatorId(ValueError):
 class Pseudonymizer:
     """Pseudonymises educator IDs for one agreement under one key version.
 
-    Holds the derived key in memory only. ``pseudonymize_many`` hashes each
-    distinct ID once, which is what makes a million-row column fast: a teacher
-    appears on many rows, and an HMAC context is copied from a pre-keyed one
-    rather than rebuilt.
+    Holds the derived key in memory only. ``pseudonymize_distinct`` (which
+    ``pseudonymize_many`` and uploads use) hashes each distinct spelling once, which
+    is what makes a million-row column fast: a teacher appears on many rows, and an
+    HMAC context is copied from a pre-keyed one rather than rebuilt.
     """
 
     def __init__(self, agreement_key: bytes, *, key_version: int, normalisation: Normalisation):
@@ -176,16 +176,8 @@ class Pseudonymizer:
 
         Callers report invalid positions (by row number, never by value).
         """
+        column = list(raw_ids)
         cache: dict[str, str | None] = {}
-        out: list[str | None] = []
-        normalise = self.normalisation.normalise
-        is_valid = self.normalisation.is_valid
-        for raw in raw_ids:
-            if raw is None:
-                out.append(None)
-                continue
-            if raw not in cache:
-                normalised = normalise(raw)
-                cache[raw] = self._mac(normalised) if is_valid(normalised) else None
-            out.append(cache[raw])
-        return out
+        present = [raw for raw in column if raw is not None]
+        self.pseudonymize_distinct(present, cache)  # the one hashing loop
+        return [None if raw is None else cache[raw] for raw in column]
