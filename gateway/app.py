@@ -12,14 +12,21 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
 from gateway.api import routes
+from gateway.api.auth import FailureLimiter
+from gateway.api.hardening import (
+    RequestLimitsMiddleware,
+    SecurityHeadersMiddleware,
+    UnexpectedErrorMiddleware,
+)
 from gateway.config import Settings
 from gateway.context import Gateway
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, TooManyAttempts, Unauthenticated
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -37,9 +44,28 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         openapi_url="/openapi.json",
+        # The interactive pages load scripts from a CDN: off, the document is enough.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.auth_failures = FailureLimiter(
+        settings.auth_failure_limit, settings.auth_failure_window_seconds
     )
     app.include_router(routes.router)
     _install_error_handlers(app)
+    # Added innermost first: the security headers wrap everything, then unexpected
+    # errors become a bare 500, CORS answers preflights (only when origins are
+    # configured), then the body limits.
+    app.add_middleware(RequestLimitsMiddleware, max_request_bytes=settings.max_request_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(UnexpectedErrorMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app
 
 
@@ -58,7 +84,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(_request: Request, exc: GatewayError) -> JSONResponse:
         # The error's own body: some errors add to it (a refused upload's receipt).
-        return JSONResponse(status_code=exc.status, content=exc.to_dict())
+        response = JSONResponse(status_code=exc.status, content=exc.to_dict())
+        if isinstance(exc, Unauthenticated):
+            response.headers["WWW-Authenticate"] = "Bearer"
+        elif isinstance(exc, TooManyAttempts) and exc.details:
+            response.headers["Retry-After"] = str(exc.details[0]["retry_after"])
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

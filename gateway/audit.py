@@ -25,7 +25,7 @@ import io
 import json
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +59,10 @@ EVENT_KINDS: Mapping[str, str] = {
     "agreement-terminated": "an agreement was terminated (operator action or end date)",
     "key-destroyed": "an agreement's key versions were destroyed: pseudonyms can't be remade",
     "data-destroyed": "an agreement's stored data was destroyed; details are the receipt",
+    "credential-issued": "a bearer token was issued (its id, role, party and agreements)",
+    "credential-revoked": "a bearer token was revoked",
+    "access-refused": "an API request was refused: no valid token (401), not allowed (403), "
+    "or too many failed attempts (429)",
 }
 
 
@@ -165,13 +169,16 @@ def event_view(event: AuditEvent) -> dict[str, Any]:
 def query_events(
     *,
     agreement_id: str | None = None,
+    within: Collection[str] | None = None,
     kind: str | None = None,
     party: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> Select[AuditEvent]:
-    """A filtered, ordered selection of events."""
+    """A filtered, ordered selection of events; ``within`` limits it to those agreements'."""
     statement = select(AuditEvent).order_by(AuditEvent.seq)
+    if within is not None:
+        statement = statement.where(AuditEvent.agreement_id.in_(sorted(within)))
     if party is not None:
         statement = statement.where(AuditEvent.actor_party == party)
     if agreement_id is not None:

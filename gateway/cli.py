@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from gateway import __version__, audit, keys
+from gateway import __version__, audit, credentials, keys
 from gateway.agreements import check_agreements, load_registry
 from gateway.agreements.views import agreement_detail, agreement_summary
 from gateway.config import Settings, load_settings
@@ -297,6 +297,104 @@ def agreements_show(ctx: click.Context, agreement_id: str, as_json: bool) -> Non
         click.echo("reports: " + (", ".join(r["name"] for r in d["reports"]) or "none yet"))
 
     _emit(detail, as_json, human)
+
+
+# --- tokens -----------------------------------------------------------------
+
+
+@main.group(cls=GatewayGroup)
+def tokens() -> None:
+    """Issue, list and revoke the API's bearer tokens (see docs/access.md)."""
+
+
+@tokens.command("create")
+@click.option(
+    "--agreement",
+    "agreement_ids",
+    required=True,
+    multiple=True,
+    help="Agreement the token covers (repeat for a reviewer covering several).",
+)
+@click.option("--party", default=None, help="Party it acts for (optional for reviewers).")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(sorted(credentials.ROLES)),
+    help="uploader, analyst or reviewer.",
+)
+@click.option(
+    "--expires",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Last day it is valid (UTC). Default: the agreement's end date; reviewers: none.",
+)
+@json_option
+@click.pass_context
+def tokens_create(
+    ctx: click.Context,
+    agreement_ids: tuple[str, ...],
+    party: str | None,
+    role: str,
+    expires: datetime | None,
+    as_json: bool,
+) -> None:
+    """Make a token; it is printed once and only its keyed hash is kept."""
+    with Gateway.open(_settings(ctx)) as gw, gw.sessions() as session, session.begin():
+        issued = credentials.issue(
+            session,
+            master_key=gw.master_key,
+            registry=gw.registry,
+            agreement_ids=agreement_ids,
+            role=role,
+            party=party,
+            expires=expires.date() if expires else None,
+            actor=audit.OPERATOR,
+        )
+
+    def human(r: dict[str, Any]) -> None:
+        click.echo(f"token:   {r['token']}")
+        click.echo(f"id:      {r['id']}")
+        click.echo(f"role:    {r['role']} for {r['party'] or '(no party)'}")
+        click.echo(f"covers:  {', '.join(r['agreements'])}")
+        click.echo(f"expires: {r['expires_at'] or 'never (revoke it when done)'}")
+        click.echo("The token is shown only now: hand it over securely; it cannot be shown again.")
+
+    _emit(issued.to_dict(), as_json, human)
+
+
+@tokens.command("list")
+@click.option("--agreement", "agreement_id", default=None, help="Only tokens covering it.")
+@json_option
+@click.pass_context
+def tokens_list(ctx: click.Context, agreement_id: str | None, as_json: bool) -> None:
+    """Every token: id, role, party, agreements, status (never the token itself)."""
+    with Gateway.open(_settings(ctx), checkpoint=False) as gw, gw.sessions() as session:
+        rows = credentials.list_credentials(session, agreement_id=agreement_id)
+
+    def human(items: list[dict[str, Any]]) -> None:
+        if not items:
+            click.echo("no tokens")
+        for r in items:
+            click.echo(
+                f"{r['id']}  {r['status']:<8} {r['role']:<9} {r['party'] or '-':<24} "
+                f"{','.join(r['agreements'])}  expires {r['expires_at'] or 'never'}"
+            )
+
+    _emit(rows, as_json, human)
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+@json_option
+@click.pass_context
+def tokens_revoke(ctx: click.Context, token_id: str, as_json: bool) -> None:
+    """Revoke a token by its id; it is refused from the next request on."""
+    with Gateway.open(_settings(ctx)) as gw, gw.sessions() as session, session.begin():
+        state = credentials.revoke(
+            session, registry=gw.registry, credential_id=token_id, actor=audit.OPERATOR
+        )
+
+    _emit(state, as_json, lambda r: click.echo(f"token {r['id']} revoked at {r['revoked_at']}"))
 
 
 # --- upload -----------------------------------------------------------------

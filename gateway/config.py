@@ -69,6 +69,32 @@ class Settings(BaseSettings):
         description="Rows read, validated and stored at a time (bounds upload memory).",
     )
 
+    max_request_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="Largest request body accepted by the API, except uploads, in bytes.",
+    )
+    auth_failure_limit: int = Field(
+        default=10,
+        gt=0,
+        description=(
+            "Failed authentications one client may make within the window before its "
+            "requests are refused with 429."
+        ),
+    )
+    auth_failure_window_seconds: int = Field(
+        default=300,
+        gt=0,
+        description="Window over which failed authentications are counted, in seconds.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Origins allowed to call the API from a browser (CORS), as a JSON list; "
+            "empty (the default) turns CORS off."
+        ),
+    )
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str | None) -> str | None:

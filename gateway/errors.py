@@ -13,7 +13,10 @@ and the CLI to a one-line reason on stderr and a non-zero exit status.
     ├── NotFound                    unknown agreement, party, dataset, event
     ├── PolicyViolation             the agreement does not allow this
     ├── SchemaError                 an uploaded file does not match its schema
-    └── AuditChainBroken            the audit log fails verification
+    ├── AuditChainBroken            the audit log fails verification
+    ├── Unauthenticated             no, unknown, expired or revoked bearer token (401)
+    ├── AccessDenied                the credential's role, agreement or party forbids it (403)
+    └── TooManyAttempts             too many failed authentications from a client (429)
 
 Messages never contain a raw identifier, a name or key material: callers
 describe *where* a problem is (file, row, column) and *what was expected*,
@@ -85,3 +88,27 @@ class AuditChainBroken(GatewayError):
     code = "audit_chain_broken"
     status = 409
     exit_code = 8
+
+
+class Unauthenticated(GatewayError):
+    """No bearer token, or one that is unknown, expired or revoked (HTTP 401)."""
+
+    code = "unauthenticated"
+    status = 401
+    exit_code = 9
+
+
+class AccessDenied(GatewayError):
+    """A valid credential whose role, agreement or party does not allow this (HTTP 403)."""
+
+    code = "access_denied"
+    status = 403
+    exit_code = 10
+
+
+class TooManyAttempts(GatewayError):
+    """Too many failed authentications from one client; try again later (HTTP 429)."""
+
+    code = "too_many_attempts"
+    status = 429
+    exit_code = 11

@@ -144,3 +144,48 @@ def loaded(gateway: Gateway, tmp_path: Path) -> tuple[Gateway, list[dict[str, An
         actor=audit.Actor(role="uploader", party=DISTRICT),
     )
     return gateway, rows
+
+
+# --- bearer tokens for API tests ------------------------------------------------------------
+
+
+def issue_token(
+    settings: Settings,
+    *,
+    role: str,
+    party: str | None,
+    agreements: tuple[str, ...] = (AGREEMENT,),
+) -> str:
+    """A bearer token made the way `gateway tokens create` makes one."""
+    from gateway import credentials
+
+    with Gateway.open(settings, checkpoint=False) as gw, gw.sessions() as session:
+        with session.begin():
+            issued = credentials.issue(
+                session,
+                master_key=gw.master_key,
+                registry=gw.registry,
+                agreement_ids=agreements,
+                role=role,
+                party=party,
+                expires=None,
+                actor=audit.OPERATOR,
+            )
+    return issued.token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def uploader(settings: Settings, party: str = DISTRICT) -> dict[str, str]:
+    """Authorization headers of a new uploader token of ``party`` (default: the district)."""
+    return bearer(issue_token(settings, role="uploader", party=party))
+
+
+def analyst(settings: Settings, party: str = EPP) -> dict[str, str]:
+    return bearer(issue_token(settings, role="analyst", party=party))
+
+
+def reviewer(settings: Settings, agreements: tuple[str, ...] = (AGREEMENT,)) -> dict[str, str]:
+    return bearer(issue_token(settings, role="reviewer", party=None, agreements=agreements))

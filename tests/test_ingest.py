@@ -23,6 +23,7 @@ from gateway.context import Gateway
 from gateway.errors import NotFound, PolicyViolation
 from gateway.ingest import UploadRefused, upload_extract
 from gateway.storage.datasets import DATASET_TABLES, Educator, Upload
+from tests.conftest import uploader
 
 AGREEMENT = "student-teaching-bayview-eastport"
 DISTRICT = "eastport-ps"
@@ -569,7 +570,7 @@ def test_api_upload_returns_the_receipt_and_leaves_no_temporary_file(
     gateway: Gateway, settings: Settings, tmp_path: Path
 ) -> None:
     path = write_csv(tmp_path, HEADER, *GOOD_ROWS)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=uploader(settings)) as client:
         response = client.post(
             f"/v1/agreements/{AGREEMENT}/datasets/evaluations/uploads",
             files={"file": ("district.csv", path.read_bytes(), "text/csv")},
@@ -590,7 +591,8 @@ def test_api_upload_returns_the_receipt_and_leaves_no_temporary_file(
             content=b"not multipart",
             headers={"content-type": "text/csv"},
         )
-        assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "bad_upload_request"
+        assert wrong.status_code == 415
+        assert wrong.json()["error"]["code"] == "unsupported_media_type"
     leftovers = list((settings.data_dir / "tmp").iterdir())
     assert leftovers == []
 
@@ -648,13 +650,13 @@ def test_a_refused_receipt_never_counts_rows_as_accepted(
 
 
 def test_http_refusals_before_reading_are_audited(gateway: Gateway, settings: Settings) -> None:
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=uploader(settings)) as client:
         response = client.post(
             f"/v1/agreements/{AGREEMENT}/datasets/evaluations/uploads",
             content=b"x",
             headers={"content-type": "text/csv"},
         )
-        assert response.status_code == 400
+        assert response.status_code == 415
         empty = client.post(
             f"/v1/agreements/{AGREEMENT}/datasets/evaluations/uploads",
             files={"file": ("empty.csv", b"", "text/csv")},
@@ -671,7 +673,7 @@ def test_http_refusals_before_reading_are_audited(gateway: Gateway, settings: Se
 
 
 def test_http_refusal_body_carries_the_receipt(gateway: Gateway, settings: Settings) -> None:
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=uploader(settings)) as client:
         bad = client.post(
             f"/v1/agreements/{AGREEMENT}/datasets/evaluations/uploads",
             files={

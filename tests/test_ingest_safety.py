@@ -22,6 +22,7 @@ from gateway.app import create_app
 from gateway.config import Settings
 from gateway.context import Gateway, initialise
 from gateway.ingest import UploadRefused, upload_extract
+from tests.conftest import uploader
 from gateway.storage.datasets import DATASET_TABLES, Upload
 
 AGREEMENT = "student-teaching-bayview-eastport"
@@ -123,7 +124,7 @@ def test_no_raw_identifier_name_or_key_is_written_anywhere(
             actor=actor,
         )
     # And over HTTP, where the file is spooled inside the data folder.
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=uploader(settings)) as client:
         response = client.post(
             f"/v1/agreements/{AGREEMENT}/datasets/evaluations/uploads",
             files={"file": ("e.csv", (extracts / "evaluations.csv").read_bytes(), "text/csv")},

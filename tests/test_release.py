@@ -23,7 +23,7 @@ from gateway.ingest import upload_extract
 from gateway.release.budget import BudgetExhausted
 from gateway.release.engine import DifferencingRefused, request_release
 from gateway.release.query import Query, parse_query
-from tests.conftest import AGREEMENT, BANDS, DISTRICT, EPP, settings_env
+from tests.conftest import AGREEMENT, BANDS, DISTRICT, EPP, analyst, settings_env
 from tests.conftest import evaluations_csv as evaluations_csv
 
 ACTOR = audit.Actor(role="analyst", party=EPP)
@@ -408,15 +408,13 @@ def test_api_release_preview_and_budget(loaded: Any, settings: Settings) -> None
         "group_by": ["grade_band"],
         "epsilon": 0.5,
     }
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=analyst(settings)) as client:
         url = f"/v1/agreements/{AGREEMENT}/releases"
-        preview = client.post(url, params={"party": EPP, "dry_run": True}, json=body)
+        preview = client.post(url, params={"dry_run": True}, json=body)
         assert preview.status_code == 200 and preview.json()["preview"] is True
-        done = client.post(url, params={"party": EPP}, json=body)
+        done = client.post(url, json=body)
         assert done.status_code == 200 and len(done.json()["cells"]) == 4
-        refused = client.post(
-            url, params={"party": EPP}, json={**body, "group_by": ["school_code"]}
-        )
+        refused = client.post(url, json={**body, "group_by": ["school_code"]})
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "policy_violation"
         budget = client.get(f"/v1/agreements/{AGREEMENT}/budget").json()
         assert budget["parties"][EPP]["spent"] == 0.5

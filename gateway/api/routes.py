@@ -1,46 +1,105 @@
-"""Routes under ``/v1``. Each is a thin adapter over a domain function."""
+"""Routes under ``/v1``. Each is a thin adapter over a domain function.
+
+Every ``/v1`` route needs a bearer token (:mod:`gateway.api.auth`) and checks the
+token's role, agreement and party before doing anything; ``responses`` lists
+every error status a route can answer with, in the one error shape.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from gateway import audit
 from gateway.agreements.views import agreement_detail, agreement_summary
+from gateway.api.auth import PrincipalDep, deny, require
 from gateway.api.deps import GatewayDep, SessionDep
 from gateway.api.uploads import receive_file, upload_folder
-from gateway.context import Gateway
 from gateway.errors import GatewayError, SchemaError
 from gateway.ingest import upload_extract
 from gateway.ingest.upload import record_refused_request
 from gateway.release.budget import budget_history, budget_report
 from gateway.release.engine import request_release
-from gateway.release.query import parse_query
+from gateway.release.query import Query as ReleaseQuery
 
 router = APIRouter()
 
 
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: list[Any]
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of every failure."""
+
+    error: ErrorDetail
+
+
+_MEANINGS = {
+    400: "The request could not be read.",
+    401: "No bearer token, or one that is not valid, expired or revoked.",
+    403: "The token's role, agreement or party does not allow this, or the agreement refuses it.",
+    404: "No such agreement, dataset or party.",
+    409: "The audit log or data is in a state that refuses this.",
+    413: "The request body is too large.",
+    415: "The request body has the wrong content type.",
+    422: "The request is not valid.",
+    429: "Too many failed authentications from this client; try later.",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error responses a route documents: the auth ones, and ``statuses``."""
+    every = sorted({401, 403, 422, 429, *statuses})
+    return {s: {"model": ErrorBody, "description": _MEANINGS[s]} for s in every}
+
+
 @router.get("/healthz", tags=["meta"])
 def healthz() -> dict[str, str]:
+    """Liveness; needs no token."""
     return {"status": "ok"}
 
 
-@router.get("/v1/agreements", tags=["agreements"])
-def list_agreements(gateway: GatewayDep) -> list[dict[str, Any]]:
-    return [agreement_summary(a) for _, a in sorted(gateway.registry.agreements.items())]
+@router.get("/v1/agreements", tags=["agreements"], responses=_errors())
+def list_agreements(
+    request: Request, gateway: GatewayDep, principal: PrincipalDep
+) -> list[dict[str, Any]]:
+    """The agreements this token covers."""
+    require(gateway, request, principal, roles=("uploader", "analyst", "reviewer"))
+    return [
+        agreement_summary(a)
+        for agreement_id, a in sorted(gateway.registry.agreements.items())
+        if principal.covers(agreement_id)
+    ]
 
 
-@router.get("/v1/agreements/{agreement_id}", tags=["agreements"])
-def show_agreement(agreement_id: str, gateway: GatewayDep) -> dict[str, Any]:
+@router.get("/v1/agreements/{agreement_id}", tags=["agreements"], responses=_errors(404))
+def show_agreement(
+    agreement_id: str, request: Request, gateway: GatewayDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    """One agreement this token covers, with its datasets, allowlists and reports."""
+    require(
+        gateway,
+        request,
+        principal,
+        roles=("uploader", "analyst", "reviewer"),
+        agreement_id=agreement_id,
+    )
     return agreement_detail(gateway.agreement(agreement_id))
 
 
-@router.get("/v1/audit/events", tags=["audit"])
+@router.get("/v1/audit/events", tags=["audit"], responses=_errors(400))
 def list_audit_events(
+    request: Request,
+    gateway: GatewayDep,
+    principal: PrincipalDep,
     session: SessionDep,
     agreement: str | None = None,
     kind: str | None = None,
@@ -53,13 +112,20 @@ def list_audit_events(
         default="json", description="json (paged), or jsonl / csv for an export"
     ),
 ) -> Any:
-    """Audit events, oldest first, filtered; as JSON pages or as a JSON Lines / CSV export."""
+    """Audit events of the agreements this reviewer token covers, oldest first, filtered;
+    as JSON pages or as a JSON Lines / CSV export."""
+    require(gateway, request, principal, roles=("reviewer",), agreement_id=agreement)
     if kind is not None and kind not in audit.EVENT_KINDS:
         raise SchemaError(
             f"unknown event kind {kind!r}; known kinds: {', '.join(sorted(audit.EVENT_KINDS))}"
         )
     statement = audit.query_events(
-        agreement_id=agreement, kind=kind, party=party, since=since, until=until
+        agreement_id=agreement,
+        within=principal.agreements,
+        kind=kind,
+        party=party,
+        since=since,
+        until=until,
     )
     events = [audit.event_view(e) for e in session.scalars(statement.offset(offset).limit(limit))]
     if format != "json":
@@ -68,9 +134,13 @@ def list_audit_events(
     return {"events": events, "offset": offset, "limit": limit}
 
 
-@router.get("/v1/audit/verify", tags=["audit"])
-def verify_audit(gateway: GatewayDep, session: SessionDep) -> dict[str, Any]:
-    """Every hash, link and signed checkpoint of the live log."""
+@router.get("/v1/audit/verify", tags=["audit"], responses=_errors())
+def verify_audit(
+    request: Request, gateway: GatewayDep, principal: PrincipalDep, session: SessionDep
+) -> dict[str, Any]:
+    """Every hash, link and signed checkpoint of the live log (the whole chain: a chain
+    verifies only whole; problems name event numbers, never their contents)."""
+    require(gateway, request, principal, roles=("reviewer",))
     result = audit.verify_chain(session)
     result.problems += audit.verify_checkpoints(session, gateway.signing_key)
     return result.to_dict()
@@ -103,20 +173,33 @@ _UPLOAD_BODY = {
     tags=["uploads"],
     status_code=201,
     openapi_extra=_UPLOAD_BODY,
+    responses=_errors(400, 404, 409, 413, 415),
 )
 async def upload_dataset(
     agreement_id: str,
     dataset: str,
     request: Request,
     gateway: GatewayDep,
-    party: str | None = Query(
-        default=None, description="Uploading party (default: the dataset's provider)."
-    ),
+    principal: PrincipalDep,
     sheet: str | None = Query(default=None, description="Excel worksheet (default: the first)."),
 ) -> dict[str, Any]:
-    """Upload one extract; returns its receipt. A refused file stores nothing."""
-    acting_party = party or _provider(gateway, agreement_id, dataset) or "unknown"
-    actor = audit.Actor(role="operator", party=acting_party)
+    """Upload one extract of a dataset the token's party provides; returns its receipt.
+    A refused file stores nothing. Needs an uploader token of the agreement."""
+    await run_in_threadpool(
+        require, gateway, request, principal, roles=("uploader",), agreement_id=agreement_id
+    )
+    acting_party = principal.party or "unknown"
+    actor = principal.actor
+    provider = _provider(gateway, agreement_id, dataset)
+    if provider is not None and provider != acting_party:
+        await run_in_threadpool(
+            deny,
+            gateway,
+            request,
+            principal,
+            f"dataset {dataset!r} is provided by {provider!r}, not by {acting_party!r}",
+            agreement_id=agreement_id,
+        )
     try:
         with upload_folder(gateway.settings.data_dir) as folder:
             received = await receive_file(
@@ -153,7 +236,7 @@ async def upload_dataset(
         received.discard()
 
 
-def _provider(gateway: Gateway, agreement_id: str, dataset: str) -> str | None:
+def _provider(gateway: GatewayDep, agreement_id: str, dataset: str) -> str | None:
     """The dataset's provider, or None when the agreement or dataset is unknown."""
     try:
         return gateway.agreement(agreement_id).dataset(dataset).provided_by
@@ -161,35 +244,51 @@ def _provider(gateway: Gateway, agreement_id: str, dataset: str) -> str | None:
         return None
 
 
-@router.post("/v1/agreements/{agreement_id}/releases", tags=["releases"])
-async def create_release(
+@router.post(
+    "/v1/agreements/{agreement_id}/releases",
+    tags=["releases"],
+    responses=_errors(400, 404, 409, 413, 415),
+)
+def create_release(
     agreement_id: str,
-    body: dict[str, Any],
+    query: Annotated[ReleaseQuery, Body(description="A query (SPEC section 7).")],
+    request: Request,
     gateway: GatewayDep,
-    party: str = Query(description="Recipient party (until access tokens say who asks)."),
+    principal: PrincipalDep,
     dry_run: bool = Query(default=False, description="Preview accuracy and cost only."),
 ) -> dict[str, Any]:
-    """Release an aggregate (a query, SPEC section 7), or preview it with dry_run."""
-    query = parse_query(body)
-    return await run_in_threadpool(
-        request_release,
+    """Release an aggregate to the token's party, or preview it with dry_run.
+    Needs an analyst token of the agreement."""
+    require(gateway, request, principal, roles=("analyst",), agreement_id=agreement_id)
+    return request_release(
         gateway,
         agreement_id=agreement_id,
-        party=party,
+        party=principal.party or "unknown",
         query=query,
-        actor=audit.Actor(role="operator", party=party),
+        actor=principal.actor,
         dry_run=dry_run,
     )
 
 
-@router.get("/v1/agreements/{agreement_id}/budget", tags=["releases"])
+@router.get("/v1/agreements/{agreement_id}/budget", tags=["releases"], responses=_errors(404))
 def show_budget(
     agreement_id: str,
+    request: Request,
     gateway: GatewayDep,
+    principal: PrincipalDep,
     session: SessionDep,
     history: bool = Query(default=False, description="Add every reservation, oldest first."),
 ) -> dict[str, Any]:
+    """Total, spent and remaining epsilon. A reviewer sees every recipient; an analyst
+    sees the agreement's totals and its own party's share and history only."""
+    require(gateway, request, principal, roles=("analyst", "reviewer"), agreement_id=agreement_id)
     report = budget_report(session, gateway.agreement(agreement_id))
+    entries = budget_history(session, agreement_id) if history else []
+    if principal.role == "analyst":
+        report["parties"] = {
+            p: state for p, state in report["parties"].items() if p == principal.party
+        }
+        entries = [e for e in entries if e["party"] == principal.party]
     if history:
-        report["history"] = budget_history(session, agreement_id)
+        report["history"] = entries
     return report

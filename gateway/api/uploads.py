@@ -29,6 +29,21 @@ class BadUploadRequest(GatewayError):
     status = 400
 
 
+class UnsupportedMediaType(GatewayError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+#: What the multipart envelope may add to an upload's file size.
+MULTIPART_FRAMING_BYTES = 64 * 1024
+
+
+def _too_large(max_bytes: int) -> UploadTooLarge:
+    return UploadTooLarge(
+        f"the upload is larger than the {max_bytes:,} bytes allowed (GATEWAY_MAX_UPLOAD_BYTES)"
+    )
+
+
 @contextmanager
 def upload_folder(data_dir: Path) -> Iterator[Path]:
     folder = data_dir / "tmp"
@@ -90,9 +105,12 @@ async def receive_file(
     """Parse a multipart/form-data body and keep its ``file`` part on disk."""
     content_type, _params = parse_options_header(headers.get("content-type", ""))
     if content_type != b"multipart/form-data":
-        raise BadUploadRequest(
+        raise UnsupportedMediaType(
             "send the extract as multipart/form-data with the file in a field named 'file'"
         )
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes + MULTIPART_FRAMING_BYTES:
+        raise _too_large(max_bytes)
     files: list[File] = []
     others: list[File] = []
 
@@ -113,11 +131,8 @@ async def receive_file(
     try:
         async for block in body:
             received += len(block)
-            if received > max_bytes + 64 * 1024:  # the multipart framing adds a little
-                raise UploadTooLarge(
-                    f"the upload is larger than the {max_bytes:,} bytes allowed "
-                    "(GATEWAY_MAX_UPLOAD_BYTES)"
-                )
+            if received > max_bytes + MULTIPART_FRAMING_BYTES:
+                raise _too_large(max_bytes)
             parser.write(block)
         parser.finalize()
     except GatewayError:

@@ -125,3 +125,33 @@ class AuditCheckpoint(Base):
     signed_at: Mapped[str] = mapped_column(String(40))
     public_key_fingerprint: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(String(128))
+
+
+class Credential(Base):
+    """A bearer token issued to one party of one agreement (a reviewer's: several).
+
+    Only a keyed hash of the token's secret is kept (HMAC-SHA-256 under a key
+    derived from the master key), so the database alone cannot be used to make
+    or check tokens. The id is public: it names the credential in the audit log.
+    """
+
+    __tablename__ = "credentials"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    party: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class CredentialScope(Base):
+    """One agreement a credential covers."""
+
+    __tablename__ = "credential_agreements"
+
+    credential_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("credentials.id", ondelete="CASCADE"), primary_key=True
+    )
+    agreement_id: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)

@@ -1,0 +1,181 @@
+"""Who is asking, and may they: bearer tokens, roles and refusals for the API.
+
+Every ``/v1`` route depends on :func:`get_principal` (a valid bearer token) and
+then calls :func:`require` with the roles it admits and the agreement it touches.
+A refusal is written to the audit log (``access-refused``) before the 401 or 403
+goes out. Failed authentications are counted per client: past
+``GATEWAY_AUTH_FAILURE_LIMIT`` within the window, that client gets 429 until the
+window has passed, without its tokens being checked at all.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Annotated, NoReturn
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from gateway import audit, credentials
+from gateway.api.deps import GatewayDep
+from gateway.context import Gateway
+from gateway.credentials import Principal
+from gateway.errors import AccessDenied, TooManyAttempts, Unauthenticated
+
+bearer = HTTPBearer(
+    auto_error=False,
+    bearerFormat="gw_<id>_<secret>",
+    description="A token from `gateway tokens create`.",
+)
+
+
+class FailureLimiter:
+    """Failed authentications per client over a sliding window (in memory, per process)."""
+
+    def __init__(self, limit: int, window_seconds: float) -> None:
+        self.limit = limit
+        self.window = window_seconds
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        failures = self._failures.setdefault(client, deque())
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        return failures
+
+    def retry_after(self, client: str) -> int | None:
+        """Seconds until ``client`` may try again, or None if it is not locked out."""
+        now = time.monotonic()
+        with self._lock:
+            failures = self._recent(client, now)
+            if len(failures) < self.limit:
+                if not failures:
+                    self._failures.pop(client, None)
+                return None
+            return max(1, int(failures[-self.limit] + self.window - now) + 1)
+
+    def record_failure(self, client: str) -> bool:
+        """Count one failure; True when this one reached the limit (the lockout starts)."""
+        now = time.monotonic()
+        with self._lock:
+            failures = self._recent(client, now)
+            failures.append(now)
+            return len(failures) == self.limit
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _route(request: Request) -> str:
+    route = request.scope.get("route")
+    return str(getattr(route, "path", "")) or "(unmatched)"
+
+
+def record_refusal(
+    gateway: Gateway,
+    request: Request,
+    *,
+    status: int,
+    reason: str,
+    actor: audit.Actor,
+    agreement_id: str | None = None,
+) -> None:
+    """An ``access-refused`` event; tied to the agreement only if it is a loaded one."""
+    agreement = gateway.registry.agreements.get(agreement_id) if agreement_id else None
+    with gateway.sessions() as session, session.begin():
+        audit.append_event(
+            session,
+            kind="access-refused",
+            actor=actor,
+            details={
+                "method": request.method,
+                "route": _route(request),
+                "status": status,
+                "reason": reason,
+            },
+            agreement_id=agreement.id if agreement else None,
+            agreement_version=agreement.version if agreement else None,
+            agreement_hash=agreement.content_hash if agreement else None,
+        )
+
+
+def get_principal(
+    request: Request,
+    gateway: GatewayDep,
+    token: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    limiter: FailureLimiter = request.app.state.auth_failures
+    client = _client(request)
+    wait = limiter.retry_after(client)
+    if wait is not None:
+        raise TooManyAttempts(
+            f"too many failed authentications from this client; try again in {wait} s",
+            details=[{"retry_after": wait}],
+        )
+    try:
+        with gateway.sessions() as session:
+            return credentials.authenticate(
+                session, gateway.master_key, token.credentials if token else None
+            )
+    except Unauthenticated as error:
+        locked = limiter.record_failure(client)
+        known = error.details[0]["credential_id"] if error.details else None
+        record_refusal(
+            gateway,
+            request,
+            status=429 if locked else 401,
+            reason=(
+                "too many failed authentications; client locked out" if locked else error.message
+            ),
+            actor=audit.Actor(role="anonymous", credential_id=known),
+            agreement_id=request.path_params.get("agreement_id"),
+        )
+        raise
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require(
+    gateway: Gateway,
+    request: Request,
+    principal: Principal,
+    *,
+    roles: Iterable[str],
+    agreement_id: str | None = None,
+) -> None:
+    """Refuse (403, audited) unless the principal has one of ``roles`` and covers the agreement."""
+    allowed = tuple(roles)
+    reason: str | None = None
+    if principal.role not in allowed:
+        reason = f"a {principal.role} token may not do this (needs: {' or '.join(allowed)})"
+    elif agreement_id is not None and not principal.covers(agreement_id):
+        # Name the agreement only when it is a loaded one: a path is whatever was sent.
+        named = agreement_id if agreement_id in gateway.registry.agreements else "that agreement"
+        reason = f"this token does not cover agreement {named!r}"
+    if reason is not None:
+        deny(gateway, request, principal, reason, agreement_id=agreement_id)
+
+
+def deny(
+    gateway: Gateway,
+    request: Request,
+    principal: Principal,
+    reason: str,
+    *,
+    agreement_id: str | None = None,
+) -> NoReturn:
+    record_refusal(
+        gateway,
+        request,
+        status=403,
+        reason=reason,
+        actor=principal.actor,
+        agreement_id=agreement_id,
+    )
+    raise AccessDenied(reason)
