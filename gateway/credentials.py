@@ -191,8 +191,15 @@ def issue(
         agreements=unique_ids,
         expires_at=expires_at,
     )
-    details = {k: v for k, v in issued.to_dict().items() if k != "token"}
     for agreement in agreements:
+        # Each agreement's event names only that agreement: its reviewers see its log.
+        details = {
+            "id": credential_id,
+            "role": role,
+            "party": party,
+            "expires_at": issued.to_dict()["expires_at"],
+            "agreements_covered": len(agreements),
+        }
         audit.append_event(
             session,
             kind="credential-issued",

@@ -159,18 +159,21 @@ def issue_token(
     """A bearer token made the way `gateway tokens create` makes one."""
     from gateway import credentials
 
-    with Gateway.open(settings, checkpoint=False) as gw, gw.sessions() as session:
-        with session.begin():
-            issued = credentials.issue(
-                session,
-                master_key=gw.master_key,
-                registry=gw.registry,
-                agreement_ids=agreements,
-                role=role,
-                party=party,
-                expires=None,
-                actor=audit.OPERATOR,
-            )
+    with (
+        Gateway.open(settings, checkpoint=False) as gw,
+        gw.sessions() as session,
+        session.begin(),
+    ):
+        issued = credentials.issue(
+            session,
+            master_key=gw.master_key,
+            registry=gw.registry,
+            agreement_ids=agreements,
+            role=role,
+            party=party,
+            expires=None,
+            actor=audit.OPERATOR,
+        )
     return issued.token
 
 

@@ -22,8 +22,8 @@ from gateway.app import create_app
 from gateway.config import Settings
 from gateway.context import Gateway, initialise
 from gateway.ingest import UploadRefused, upload_extract
-from tests.conftest import uploader
 from gateway.storage.datasets import DATASET_TABLES, Upload
+from tests.conftest import uploader
 
 AGREEMENT = "student-teaching-bayview-eastport"
 # Distinctive raw IDs and names, so a byte search cannot match by accident.

@@ -125,13 +125,14 @@ def get_principal(
     except Unauthenticated as error:
         locked = limiter.record_failure(client)
         known = error.details[0]["credential_id"] if error.details else None
+        reason = error.message
+        if locked:
+            reason += "; too many failed authentications: this client is locked out for a while"
         record_refusal(
             gateway,
             request,
-            status=429 if locked else 401,
-            reason=(
-                "too many failed authentications; client locked out" if locked else error.message
-            ),
+            status=401,
+            reason=reason,
             actor=audit.Actor(role="anonymous", credential_id=known),
             agreement_id=request.path_params.get("agreement_id"),
         )

@@ -95,7 +95,18 @@ def show_agreement(
     return agreement_detail(gateway.agreement(agreement_id))
 
 
-@router.get("/v1/audit/events", tags=["audit"], responses=_errors(400))
+_EXPORTS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A page of events (json), or every matching event (jsonl, csv).",
+        "content": {
+            "application/x-ndjson": {"schema": {"type": "string"}},
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+@router.get("/v1/audit/events", tags=["audit"], responses={**_EXPORTS, **_errors(400)})
 def list_audit_events(
     request: Request,
     gateway: GatewayDep,

@@ -103,11 +103,13 @@ async def receive_file(
     *, headers: dict[str, str], body: AsyncIterator[bytes], folder: Path, max_bytes: int
 ) -> ReceivedFile:
     """Parse a multipart/form-data body and keep its ``file`` part on disk."""
-    content_type, _params = parse_options_header(headers.get("content-type", ""))
+    content_type, params = parse_options_header(headers.get("content-type", ""))
     if content_type != b"multipart/form-data":
         raise UnsupportedMediaType(
             "send the extract as multipart/form-data with the file in a field named 'file'"
         )
+    if not params.get(b"boundary"):
+        raise BadUploadRequest("the multipart/form-data content type has no boundary")
     declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes + MULTIPART_FRAMING_BYTES:
         raise _too_large(max_bytes)

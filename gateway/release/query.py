@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -30,6 +30,8 @@ from gateway.errors import PolicyViolation, SchemaError
 
 #: Budgets are an exact ledger of integer units: epsilon in 10^-12, delta in 10^-18.
 EPSILON_PLACES = 12
+#: No one release may ask for more (budgets are far smaller; this bounds the arithmetic).
+MAX_EPSILON = 100
 DELTA_PLACES = 18
 MAX_GROUPS_PER_TEACHER = 10
 
@@ -78,7 +80,11 @@ class Measure(BaseModel):
 
 
 def _exact(value: Decimal, places: int, name: str) -> Decimal:
-    if value != value.quantize(Decimal(1).scaleb(-places)):
+    try:
+        exact = value == value.quantize(Decimal(1).scaleb(-places))
+    except InvalidOperation:  # too many digits to quantize: far beyond any budget
+        exact = False
+    if not exact:
         raise ValueError(f"{name} may have at most {places} decimal places")
     return value
 
@@ -92,7 +98,7 @@ class Query(BaseModel):
     measure: Measure
     group_by: list[str] = Field(default_factory=list, max_length=4)
     filters: list[Filter] = Field(default_factory=list, max_length=8)
-    epsilon: Annotated[Decimal, Field(gt=0)]
+    epsilon: Annotated[Decimal, Field(gt=0, le=MAX_EPSILON)]
     delta: Annotated[Decimal, Field(ge=0, lt=1)] = Decimal(0)
     max_groups_per_teacher: Annotated[int, Field(ge=1, le=MAX_GROUPS_PER_TEACHER)] | None = None
 
