@@ -61,8 +61,8 @@ EVENT_KINDS: Mapping[str, str] = {
     "data-destroyed": "an agreement's stored data was destroyed; details are the receipt",
     "credential-issued": "a bearer token was issued (its id, role, party and agreements)",
     "credential-revoked": "a bearer token was revoked",
-    "access-refused": "an API request was refused: no valid token (401), not allowed (403), "
-    "or too many failed attempts (429)",
+    "access-refused": "an API request was refused: no valid token (401; the one that starts "
+    "a lockout says so) or not allowed (403)",
 }
 
 

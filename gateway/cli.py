@@ -742,8 +742,15 @@ def audit_verify(ctx: click.Context, bundle: Path | None, as_json: bool) -> None
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--trust-proxy",
+    "proxies",
+    multiple=True,
+    metavar="IP",
+    help="A reverse proxy whose X-Forwarded-For names the client (repeatable).",
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int) -> None:
+def serve(ctx: click.Context, host: str, port: int, proxies: tuple[str, ...]) -> None:
     """Run the HTTP API with uvicorn."""
     import uvicorn
 
@@ -754,7 +761,16 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     # one-line reason instead of a server traceback.
     Gateway.open(settings).close()
     app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, proxy_headers=False, server_header=False)
+    # Client addresses (the failed-authentication lockout counts per address) come from
+    # X-Forwarded-For only when the connection is from a proxy named here.
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=",".join(proxies) if proxies else None,
+        server_header=False,
+    )
 
 
 # --- demo -------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from gateway.errors import ConfigurationError
 
@@ -131,6 +131,12 @@ def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment, with explicit overrides winning."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        # A value that must be JSON (a list setting) and is not: name the variable.
+        raise ConfigurationError(
+            f"invalid settings: {exc} (list settings are JSON, for example "
+            '["https://portal.example.org"])'
+        ) from None
     except ValidationError as exc:
         # One line per the CLI contract: which variable, and what is wrong with it.
         reasons = "; ".join(

@@ -167,6 +167,11 @@ def issue(
         expires = agreements[0].ends  # a party's token ends with its agreement
     if expires is not None and expires < today:
         raise SchemaError(f"the expiry date {expires} has already passed")
+    if role != "reviewer" and expires is not None and expires > agreements[0].ends:
+        raise SchemaError(
+            f"the expiry date {expires} is after the agreement ends ({agreements[0].ends}); "
+            "a party's token cannot outlive its agreement"
+        )
     credential_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(_SECRET_BYTES)
     expires_at = _end_of(expires) if expires is not None else None
@@ -288,6 +293,48 @@ def revoke(
     return _view(credential, agreement_ids, _now())
 
 
+def revoke_party_credentials(
+    session: Session, *, agreement: Agreement, actor: audit.Actor
+) -> list[str]:
+    """Revoke every uploader and analyst token of ``agreement`` (at its termination).
+
+    Reviewers' tokens stay: reviewing a terminated agreement's log is their job.
+    Returns the ids revoked, each with its ``credential-revoked`` event.
+    """
+    covered = select(CredentialScope.credential_id).where(
+        CredentialScope.agreement_id == agreement.id
+    )
+    live = session.scalars(
+        select(Credential)
+        .where(
+            Credential.id.in_(covered),
+            Credential.role != "reviewer",
+            Credential.revoked_at.is_(None),
+        )
+        .order_by(Credential.id)
+        .with_for_update()
+    ).all()
+    now = _now()
+    for credential in live:
+        credential.revoked_at = now
+        audit.append_event(
+            session,
+            kind="credential-revoked",
+            actor=actor,
+            details={
+                "id": credential.id,
+                "role": credential.role,
+                "party": credential.party,
+                "reason": "agreement terminated",
+            },
+            agreement_id=agreement.id,
+            agreement_version=agreement.version,
+            agreement_hash=agreement.content_hash,
+        )
+    session.flush()
+    return [c.id for c in live]
+
+
 def parse_token(token: str) -> tuple[str, str] | None:
     """``(id, secret)`` of a well-formed token, else None."""
     prefix, _, rest = token.partition("_")
@@ -313,12 +360,16 @@ def authenticate(session: Session, master_key: MasterKey, token: str | None) -> 
     expected = credential.secret_hash if credential is not None else _NO_SUCH_HASH
     matches = bytes_eq(_secret_hash(master_key, secret).encode("ascii"), expected.encode("ascii"))
     if credential is None or not matches:
-        raise Unauthenticated("the bearer token is not valid")
+        raise Unauthenticated(
+            "the bearer token is not valid",
+            credential_id=credential.id if credential is not None else None,
+        )
     status = _status(credential, _now())
     if status != "active":
         raise Unauthenticated(
             f"credential {credential.id} is {status}; ask the operator for a new token",
             details=[{"credential_id": credential.id, "status": status}],
+            credential_id=credential.id,
         )
     agreements = _scopes(session, [credential.id]).get(credential.id, [])
     return Principal(

@@ -95,7 +95,15 @@ class Unauthenticated(GatewayError):
 
     code = "unauthenticated"
     status = 401
-    exit_code = 9
+    exit_code = 12
+
+    def __init__(
+        self, message: str, *, details: Sequence[Any] = (), credential_id: str | None = None
+    ) -> None:
+        super().__init__(message, details=details)
+        # For the audit log only (never in the response): the credential a failed
+        # attempt named, when it exists, so guessing against one credential is traced.
+        self.credential_id = credential_id
 
 
 class AccessDenied(GatewayError):
@@ -103,7 +111,7 @@ class AccessDenied(GatewayError):
 
     code = "access_denied"
     status = 403
-    exit_code = 10
+    exit_code = 13
 
 
 class TooManyAttempts(GatewayError):
@@ -111,4 +119,4 @@ class TooManyAttempts(GatewayError):
 
     code = "too_many_attempts"
     status = 429
-    exit_code = 11
+    exit_code = 14

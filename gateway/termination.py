@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from gateway import audit
 from gateway.agreements.models import Agreement
+from gateway.credentials import revoke_party_credentials
 from gateway.errors import NotFound, PolicyViolation
 from gateway.storage.datasets import DATASET_TABLES, Educator, Upload
 from gateway.storage.releases import Release, ReleaseCell, SuppressedCell
@@ -130,6 +131,8 @@ def terminate(
         details={"key_versions": key_versions},
         **reference,
     )
+    # The parties' tokens end with the agreement; reviewers' stay, to review its log.
+    revoked = revoke_party_credentials(session, agreement=agreement, actor=actor)
     receipt = {
         "agreement": {"id": agreement.id, "version": agreement.version},
         "terminated_at": now.isoformat(),
@@ -137,6 +140,7 @@ def terminate(
         "reason": reason,
         "destroyed": destroyed,
         "key_versions_destroyed": key_versions,
+        "credentials_revoked": revoked,
         "kept": "upload receipts, budget ledger and audit log (no personal data)",
     }
     event = audit.append_event(

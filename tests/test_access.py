@@ -496,3 +496,52 @@ def test_expiry_is_inclusive_of_the_given_day(gateway: Gateway) -> None:
     with gateway.sessions() as session:
         row = session.scalars(select(AuditEvent).where(AuditEvent.kind == "credential-issued"))
         assert secret_of(issued.token) not in "".join(e.body for e in row)
+
+
+def test_termination_revokes_the_parties_tokens_but_not_the_reviewers(
+    gateway: Gateway, settings: Settings
+) -> None:
+    party_token = issue_token(settings, role="analyst", party=EPP)
+    review_token = issue_token(settings, role="reviewer", party=None)
+    receipt = gateway.terminate(AGREEMENT, actor=audit.OPERATOR, reason="test")
+    assert receipt["credentials_revoked"] == [party_token.split("_")[1]]
+    with pytest.raises(Unauthenticated, match="revoked"):
+        _authenticate(gateway, party_token)
+    assert _authenticate(gateway, review_token).role == "reviewer"
+    with TestClient(create_app(settings), headers=bearer(review_token)) as client:
+        log = client.get("/v1/audit/events", params={"kind": "data-destroyed"})
+    assert log.status_code == 200 and len(log.json()["events"]) == 1
+    revoked = events(gateway, "credential-revoked")
+    assert [e["details"]["reason"] for e in revoked] == ["agreement terminated"]
+
+
+def test_a_party_token_cannot_outlive_its_agreement(gateway: Gateway, settings: Settings) -> None:
+    ends = gateway.agreement(AGREEMENT).ends
+    later = (ends + timedelta(days=1)).isoformat()
+    result = cli(settings, "tokens", "create", "--agreement", AGREEMENT, "--party", EPP,
+                 "--role", "analyst", "--expires", later)  # fmt: skip
+    assert result.exit_code == SchemaError.exit_code and "after the agreement ends" in result.stderr
+
+
+def test_guessing_against_a_real_credential_is_traced_to_it(
+    gateway: Gateway, settings: Settings
+) -> None:
+    token = issue_token(settings, role="reviewer", party=None)
+    token_id = token.split("_")[1]
+    with TestClient(create_app(settings)) as client:
+        guess = client.get("/v1/agreements", headers=bearer(f"gw_{token_id}_wrongsecret"))
+    assert guess.status_code == 401 and token_id not in guess.text  # the caller learns nothing
+    refused = events(gateway, "access-refused")
+    assert refused[-1]["actor"]["credential_id"] == token_id
+
+
+def test_a_list_setting_that_is_not_json_is_a_one_line_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.config import load_settings
+    from gateway.errors import ConfigurationError
+
+    monkeypatch.setenv("GATEWAY_CORS_ORIGINS", "https://portal.example.org")
+    with pytest.raises(ConfigurationError, match="cors_origins") as refused:
+        load_settings()
+    assert "\n" not in refused.value.message

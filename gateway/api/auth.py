@@ -124,7 +124,7 @@ def get_principal(
             )
     except Unauthenticated as error:
         locked = limiter.record_failure(client)
-        known = error.details[0]["credential_id"] if error.details else None
+        known = error.credential_id
         reason = error.message
         if locked:
             reason += "; too many failed authentications: this client is locked out for a while"
@@ -154,13 +154,41 @@ def require(
     allowed = tuple(roles)
     reason: str | None = None
     if principal.role not in allowed:
-        reason = f"a {principal.role} token may not do this (needs: {' or '.join(allowed)})"
+        needs = " or ".join(f"{_article(r)} {r}" for r in allowed)
+        reason = (
+            f"{_article(principal.role)} {principal.role} token may not do this (needs {needs})"
+        )
     elif agreement_id is not None and not principal.covers(agreement_id):
         # Name the agreement only when it is a loaded one: a path is whatever was sent.
-        named = agreement_id if agreement_id in gateway.registry.agreements else "that agreement"
-        reason = f"this token does not cover agreement {named!r}"
+        if agreement_id in gateway.registry.agreements:
+            reason = f"this token does not cover agreement {agreement_id!r}"
+        else:
+            reason = "this token does not cover the agreement named in the request"
     if reason is not None:
         deny(gateway, request, principal, reason, agreement_id=agreement_id)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+class Allow:
+    """A route's dependency: a principal with one of ``roles``, covering the agreement the
+    request names (its ``agreement_id`` path parameter, or an ``agreement`` filter).
+
+    As a dependency it runs before the request's parameters and body are validated, so
+    a caller who may not use a route learns nothing from how its request was malformed.
+    """
+
+    def __init__(self, *roles: str) -> None:
+        self.roles = roles
+
+    def __call__(self, request: Request, gateway: GatewayDep, principal: PrincipalDep) -> Principal:
+        agreement_id = request.path_params.get("agreement_id") or request.query_params.get(
+            "agreement"
+        )
+        require(gateway, request, principal, roles=self.roles, agreement_id=agreement_id)
+        return principal
 
 
 def deny(

@@ -10,16 +10,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from gateway import audit
 from gateway.agreements.views import agreement_detail, agreement_summary
-from gateway.api.auth import PrincipalDep, deny, require
+from gateway.api.auth import Allow, deny
 from gateway.api.deps import GatewayDep, SessionDep
 from gateway.api.uploads import receive_file, upload_folder
+from gateway.credentials import Principal
 from gateway.errors import GatewayError, SchemaError
 from gateway.ingest import upload_extract
 from gateway.ingest.upload import record_refused_request
@@ -28,6 +29,13 @@ from gateway.release.engine import request_release
 from gateway.release.query import Query as ReleaseQuery
 
 router = APIRouter()
+
+# Each route's principal: a valid token whose role and agreement the route admits.
+AnyRole = Annotated[Principal, Depends(Allow("uploader", "analyst", "reviewer"))]
+Uploader = Annotated[Principal, Depends(Allow("uploader"))]
+Analyst = Annotated[Principal, Depends(Allow("analyst"))]
+Reviewer = Annotated[Principal, Depends(Allow("reviewer"))]
+AnalystOrReviewer = Annotated[Principal, Depends(Allow("analyst", "reviewer"))]
 
 
 class ErrorDetail(BaseModel):
@@ -68,11 +76,8 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/v1/agreements", tags=["agreements"], responses=_errors())
-def list_agreements(
-    request: Request, gateway: GatewayDep, principal: PrincipalDep
-) -> list[dict[str, Any]]:
+def list_agreements(gateway: GatewayDep, principal: AnyRole) -> list[dict[str, Any]]:
     """The agreements this token covers."""
-    require(gateway, request, principal, roles=("uploader", "analyst", "reviewer"))
     return [
         agreement_summary(a)
         for agreement_id, a in sorted(gateway.registry.agreements.items())
@@ -81,17 +86,8 @@ def list_agreements(
 
 
 @router.get("/v1/agreements/{agreement_id}", tags=["agreements"], responses=_errors(404))
-def show_agreement(
-    agreement_id: str, request: Request, gateway: GatewayDep, principal: PrincipalDep
-) -> dict[str, Any]:
+def show_agreement(agreement_id: str, gateway: GatewayDep, principal: AnyRole) -> dict[str, Any]:
     """One agreement this token covers, with its datasets, allowlists and reports."""
-    require(
-        gateway,
-        request,
-        principal,
-        roles=("uploader", "analyst", "reviewer"),
-        agreement_id=agreement_id,
-    )
     return agreement_detail(gateway.agreement(agreement_id))
 
 
@@ -108,9 +104,7 @@ _EXPORTS: dict[int | str, dict[str, Any]] = {
 
 @router.get("/v1/audit/events", tags=["audit"], responses={**_EXPORTS, **_errors(400)})
 def list_audit_events(
-    request: Request,
-    gateway: GatewayDep,
-    principal: PrincipalDep,
+    principal: Reviewer,
     session: SessionDep,
     agreement: str | None = None,
     kind: str | None = None,
@@ -125,7 +119,6 @@ def list_audit_events(
 ) -> Any:
     """Audit events of the agreements this reviewer token covers, oldest first, filtered;
     as JSON pages or as a JSON Lines / CSV export."""
-    require(gateway, request, principal, roles=("reviewer",), agreement_id=agreement)
     if kind is not None and kind not in audit.EVENT_KINDS:
         raise SchemaError(
             f"unknown event kind {kind!r}; known kinds: {', '.join(sorted(audit.EVENT_KINDS))}"
@@ -146,12 +139,9 @@ def list_audit_events(
 
 
 @router.get("/v1/audit/verify", tags=["audit"], responses=_errors())
-def verify_audit(
-    request: Request, gateway: GatewayDep, principal: PrincipalDep, session: SessionDep
-) -> dict[str, Any]:
+def verify_audit(gateway: GatewayDep, principal: Reviewer, session: SessionDep) -> dict[str, Any]:
     """Every hash, link and signed checkpoint of the live log (the whole chain: a chain
     verifies only whole; problems name event numbers, never their contents)."""
-    require(gateway, request, principal, roles=("reviewer",))
     result = audit.verify_chain(session)
     result.problems += audit.verify_checkpoints(session, gateway.signing_key)
     return result.to_dict()
@@ -191,14 +181,11 @@ async def upload_dataset(
     dataset: str,
     request: Request,
     gateway: GatewayDep,
-    principal: PrincipalDep,
+    principal: Uploader,
     sheet: str | None = Query(default=None, description="Excel worksheet (default: the first)."),
 ) -> dict[str, Any]:
     """Upload one extract of a dataset the token's party provides; returns its receipt.
     A refused file stores nothing. Needs an uploader token of the agreement."""
-    await run_in_threadpool(
-        require, gateway, request, principal, roles=("uploader",), agreement_id=agreement_id
-    )
     acting_party = principal.party or "unknown"
     actor = principal.actor
     provider = _provider(gateway, agreement_id, dataset)
@@ -263,14 +250,12 @@ def _provider(gateway: GatewayDep, agreement_id: str, dataset: str) -> str | Non
 def create_release(
     agreement_id: str,
     query: Annotated[ReleaseQuery, Body(description="A query (SPEC section 7).")],
-    request: Request,
     gateway: GatewayDep,
-    principal: PrincipalDep,
+    principal: Analyst,
     dry_run: bool = Query(default=False, description="Preview accuracy and cost only."),
 ) -> dict[str, Any]:
     """Release an aggregate to the token's party, or preview it with dry_run.
     Needs an analyst token of the agreement."""
-    require(gateway, request, principal, roles=("analyst",), agreement_id=agreement_id)
     return request_release(
         gateway,
         agreement_id=agreement_id,
@@ -284,15 +269,13 @@ def create_release(
 @router.get("/v1/agreements/{agreement_id}/budget", tags=["releases"], responses=_errors(404))
 def show_budget(
     agreement_id: str,
-    request: Request,
     gateway: GatewayDep,
-    principal: PrincipalDep,
+    principal: AnalystOrReviewer,
     session: SessionDep,
     history: bool = Query(default=False, description="Add every reservation, oldest first."),
 ) -> dict[str, Any]:
     """Total, spent and remaining epsilon. A reviewer sees every recipient; an analyst
     sees the agreement's totals and its own party's share and history only."""
-    require(gateway, request, principal, roles=("analyst", "reviewer"), agreement_id=agreement_id)
     report = budget_report(session, gateway.agreement(agreement_id))
     entries = budget_history(session, agreement_id) if history else []
     if principal.role == "analyst":
