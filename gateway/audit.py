@@ -25,7 +25,7 @@ import io
 import json
 import tempfile
 import uuid
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from gateway.errors import ConfigurationError, NotInitialised
+from gateway.errors import ConfigurationError, NotInitialised, SchemaError
 from gateway.storage.tables import AuditCheckpoint, AuditEvent, AuditHead
 
 GENESIS_HASH = "0" * 64
@@ -518,8 +518,73 @@ def _verify_checkpoints(
         )
 
 
-def verify_bundle(path: Path) -> Verification:
-    """Verify an exported bundle offline: no database, only the files and the public key."""
+@dataclass(frozen=True)
+class Anchor:
+    """An event count and head hash a reviewer noted earlier (an ``ok:`` line, or an
+    earlier bundle's manifest). The log only grows, so a later log must still hold
+    that event with that hash: otherwise it was cut back or rewritten since, which
+    signatures alone cannot show (the checkpoints may have been removed or re-signed).
+    """
+
+    seq: int
+    head_hash: str
+
+    @classmethod
+    def parse(cls, text: str) -> Anchor:
+        """``SEQ:HASH``, as in ``42:9f86d0...``."""
+        seq, _, head_hash = text.partition(":")
+        if not seq.isdigit() or len(head_hash) != 64 or not _is_hex(head_hash):
+            raise SchemaError(
+                "an anchor is EVENTS:HEAD_HASH, the count and 64-hex-digit head hash "
+                "printed by an earlier verification (for example 42:9f86d081...)"
+            )
+        return cls(int(seq), head_hash.lower())
+
+    @classmethod
+    def of_bundle(cls, path: Path) -> Anchor:
+        """The anchor an earlier bundle's manifest states."""
+        try:
+            manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+            return cls(int(manifest["events"]), str(manifest["head_hash"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigurationError(f"{path} holds no readable manifest.json") from None
+
+    def check(self, hash_at: Callable[[int], str | None]) -> list[ChainProblem]:
+        if self.seq == 0:
+            return []
+        found = hash_at(self.seq)
+        if found is None:
+            return [
+                ChainProblem(
+                    None,
+                    f"event {self.seq}, the head noted earlier, is missing: the log was cut "
+                    "back (truncated or rolled back) since",
+                )
+            ]
+        if found != self.head_hash:
+            return [
+                ChainProblem(
+                    self.seq,
+                    "differs from the head hash noted earlier: the log was rewritten since",
+                )
+            ]
+        return []
+
+
+def _is_hex(text: str) -> bool:
+    return all(ch in "0123456789abcdefABCDEF" for ch in text)
+
+
+def verify_anchor(session: Session, anchor: Anchor) -> list[ChainProblem]:
+    """Check the live log still holds the event and hash of ``anchor``."""
+    return anchor.check(
+        lambda seq: session.scalar(select(AuditEvent.hash).where(AuditEvent.seq == seq))
+    )
+
+
+def verify_bundle(path: Path, *, anchors: Sequence[Anchor] = ()) -> Verification:
+    """Verify an exported bundle offline: no database, only the files and the public key;
+    with ``anchors``, also that it still holds what earlier verifications saw."""
     missing = [name for name in BUNDLE_FILES if not (path / name).is_file()]
     if missing:
         raise ConfigurationError(f"{path} is not an audit bundle: missing {', '.join(missing)}")
@@ -564,6 +629,8 @@ def verify_bundle(path: Path) -> Verification:
         result.problems.append(
             ChainProblem(None, "the events do not match the manifest's count and head")
         )
+    for anchor in anchors:
+        result.problems += anchor.check(hashes.get)
     return result
 
 

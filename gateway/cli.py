@@ -706,21 +706,49 @@ def audit_export(ctx: click.Context, out: Path, as_json: bool) -> None:
     default=None,
     help="Verify an exported bundle offline (no database, no keys needed).",
 )
+@click.option(
+    "--previous",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="An earlier bundle: the log must still hold its events unchanged.",
+)
+@click.option(
+    "--anchor",
+    default=None,
+    metavar="EVENTS:HEAD_HASH",
+    help="A count and head hash noted earlier: the log must still hold that event.",
+)
 @json_option
 @click.pass_context
-def audit_verify(ctx: click.Context, bundle: Path | None, as_json: bool) -> None:
+def audit_verify(
+    ctx: click.Context,
+    bundle: Path | None,
+    previous: Path | None,
+    anchor: str | None,
+    as_json: bool,
+) -> None:
     """Recompute every hash, link and signed checkpoint of the audit log; name each
-    broken event. With --bundle, verify an export offline."""
+    broken event. With --bundle, verify an export offline; with --previous or
+    --anchor, also detect a log cut back or rewritten since an earlier check."""
+    anchors = [audit.Anchor.parse(anchor)] if anchor else []
+    if previous is not None:
+        anchors.append(audit.Anchor.of_bundle(previous))
     if bundle is not None:
-        result = audit.verify_bundle(bundle)
+        result = audit.verify_bundle(bundle, anchors=anchors)
     else:
         with Gateway.open(_settings(ctx), checkpoint=False) as gw, gw.sessions() as session:
             result = audit.verify_chain(session)
             result.problems += audit.verify_checkpoints(session, gw.signing_key)
+            for each in anchors:
+                result.problems += audit.verify_anchor(session, each)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     elif result.ok:
         click.echo(f"ok: {result.events_checked} event(s) verified; head {result.head_hash}")
+        click.echo(
+            f"anchor: {result.events_checked}:{result.head_hash} (note it; check a later log "
+            "with --anchor to detect one cut back or rewritten since)"
+        )
         if result.public_key_fingerprint:
             click.echo(
                 f"signed with the key whose fingerprint is {result.public_key_fingerprint}: "

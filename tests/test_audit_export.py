@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from gateway import audit, keys
+from gateway.app import create_app
 from gateway.cli import main
 from gateway.config import Settings
 from gateway.context import Gateway
@@ -243,3 +245,89 @@ def test_a_substituted_public_key_is_noticed(gateway: Gateway, tmp_path: Path) -
     assert any("signed by another key" in p for p in found)
     assert any("not the one the manifest names" in p for p in found)
     assert audit.verify_bundle(bundle).public_key_fingerprint == other.fingerprint
+
+
+def _roll_back_live_log(gw: Gateway, keep: int) -> None:
+    """The attack signatures alone miss: cut the log back to event ``keep`` and remove
+    every checkpoint after it, with the head set to match, so the shorter log verifies."""
+    with gw.engine.begin() as connection:
+        kept_hash = connection.execute(
+            text("SELECT hash FROM audit_events WHERE seq = :s"), {"s": keep}
+        ).scalar_one()
+        connection.execute(text("DELETE FROM audit_events WHERE seq > :s"), {"s": keep})
+        connection.execute(text("DELETE FROM audit_checkpoints WHERE seq > :s"), {"s": keep})
+        connection.execute(
+            text("UPDATE audit_head SET seq = :s, hash = :h"), {"s": keep, "h": kept_hash}
+        )
+
+
+def test_a_live_log_rolled_back_past_its_checkpoints_is_caught_by_an_anchor(
+    gateway: Gateway, settings: Settings
+) -> None:
+    add_events(gateway, 3)
+    with gateway.sessions() as session, session.begin():
+        audit.sign_checkpoint(session, gateway.signing_key)
+    keep = 3
+    env = settings_env(settings)
+    first = CliRunner().invoke(main, ["audit", "verify"], env=env)
+    assert first.exit_code == 0, first.output
+    anchor = first.stdout.split("anchor: ")[1].split()[0]  # the reviewer notes it
+    add_events(gateway, 2)
+    with gateway.sessions() as session, session.begin():
+        audit.sign_checkpoint(session, gateway.signing_key)
+    before_rollback = CliRunner().invoke(main, ["audit", "verify", "--anchor", anchor], env=env)
+    assert before_rollback.exit_code == 0  # the log grew: the anchor still holds
+
+    later = CliRunner().invoke(main, ["audit", "verify", "--json"], env=env)
+    later_anchor = "{events_checked}:{head_hash}".format(**json.loads(later.stdout))
+    _roll_back_live_log(gateway, keep)
+    plain = CliRunner().invoke(main, ["audit", "verify"], env=env)
+    assert plain.exit_code == 0  # without an anchor the shorter log looks sound...
+    caught = CliRunner().invoke(main, ["audit", "verify", "--anchor", later_anchor], env=env)
+    assert caught.exit_code == 8  # ...with the later anchor it does not
+    assert "is missing: the log was cut back" in caught.stdout
+    with TestClient(create_app(settings), headers=reviewer(settings)) as client:
+        response = client.get("/v1/audit/verify", params={"anchor": later_anchor})
+        malformed = client.get("/v1/audit/verify", params={"anchor": "12:not-a-hash"})
+    assert response.status_code == 200 and response.json()["ok"] is False
+    assert "cut back" in response.json()["problems"][0]["reason"]
+    assert malformed.status_code == 422
+
+
+def test_a_bundle_rolled_back_or_rewritten_since_an_earlier_one_is_caught(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    add_events(gateway, 4)
+    earlier = export(gateway, tmp_path / "earlier")
+    add_events(gateway, 2)
+    later = export(gateway, tmp_path / "later")
+    assert audit.verify_bundle(later, anchors=[audit.Anchor.of_bundle(earlier)]).ok
+    # Cut the later bundle back to before the earlier one ended, and drop the later
+    # checkpoints and fix the manifest: on its own it verifies.
+    manifest = json.loads((earlier / "manifest.json").read_text())
+    # Back to a checkpoint older than the earlier bundle's end (the one signed at start).
+    keep = max(
+        c["seq"]
+        for c in json.loads((earlier / "checkpoints.json").read_text())
+        if c["seq"] < manifest["events"]
+    )
+    rows = lines(later)[:keep]
+    write_lines(later, rows)
+    checkpoints = [
+        c for c in json.loads((later / "checkpoints.json").read_text()) if c["seq"] <= keep
+    ]
+    (later / "checkpoints.json").write_text(json.dumps(checkpoints))
+    later_manifest = json.loads((later / "manifest.json").read_text())
+    later_manifest.update(events=keep, head_hash=json.loads(rows[-1])["hash"])
+    (later / "manifest.json").write_text(json.dumps(later_manifest))
+    assert checkpoints and audit.verify_bundle(later).ok
+    caught = CliRunner().invoke(
+        main, ["audit", "verify", "--bundle", str(later), "--previous", str(earlier)], env={}
+    )
+    assert caught.exit_code == 8 and "cut back" in caught.stdout
+    # A rewritten event the earlier bundle saw is caught too.
+    forged = audit.Anchor(keep, "ab" * 32)
+    found = [str(p) for p in audit.verify_bundle(later, anchors=[forged]).problems]
+    assert found == [
+        f"event {keep}: differs from the head hash noted earlier: the log was rewritten since"
+    ]

@@ -139,11 +139,25 @@ def list_audit_events(
 
 
 @router.get("/v1/audit/verify", tags=["audit"], responses=_errors())
-def verify_audit(gateway: GatewayDep, principal: Reviewer, session: SessionDep) -> dict[str, Any]:
+def verify_audit(
+    gateway: GatewayDep,
+    principal: Reviewer,
+    session: SessionDep,
+    anchor: str | None = Query(
+        default=None,
+        description=(
+            "EVENTS:HEAD_HASH noted from an earlier verification: the log must still "
+            "hold that event with that hash (detects a log cut back or rewritten since)."
+        ),
+        max_length=90,
+    ),
+) -> dict[str, Any]:
     """Every hash, link and signed checkpoint of the live log (the whole chain: a chain
     verifies only whole; problems name event numbers, never their contents)."""
     result = audit.verify_chain(session)
     result.problems += audit.verify_checkpoints(session, gateway.signing_key)
+    if anchor is not None:
+        result.problems += audit.verify_anchor(session, audit.Anchor.parse(anchor))
     return result.to_dict()
 
 
