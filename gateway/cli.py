@@ -195,6 +195,15 @@ def agreements_check(ctx: click.Context, path: Path | None, as_json: bool) -> No
     settings = _settings(ctx)
     target = path if path is not None else settings.agreements_dir
     registry, problems = check_agreements(target, settings.policies_dir)
+    from gateway.agreements.loader import Problem
+    from gateway.release.reports import check_reports
+
+    for agreement in sorted(registry.agreements.values(), key=lambda a: a.id):
+        # Each report's tables must be queries its recipients may ask.
+        problems += [
+            Problem(file=agreement.source_path.name, path="reports", line=None, reason=reason)
+            for reason in check_reports(agreement, registry)
+        ]
     result = {
         "ok": not problems,
         "agreements": sorted(registry.agreements),
@@ -540,9 +549,17 @@ def _print_release(release: dict[str, Any]) -> None:
 @click.option(
     "--query",
     "query_file",
-    required=True,
+    default=None,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="JSON file with the query (docs/releases.md).",
+)
+@click.option("--report", default=None, help="A named report of the agreement, instead.")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A report parameter (repeatable; lists are comma-separated).",
 )
 @click.option("--dry-run", is_flag=True, help="Preview accuracy and cost; spend nothing.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print one CSV row per cell.")
@@ -552,15 +569,26 @@ def release(
     ctx: click.Context,
     agreement_id: str,
     party: str,
-    query_file: Path,
+    query_file: Path | None,
+    report: str | None,
+    params: tuple[str, ...],
     dry_run: bool,
     as_csv: bool,
     as_json: bool,
 ) -> None:
-    """Release a differentially private aggregate to a recipient party."""
+    """Release a differentially private aggregate (a query, or a named report) to a
+    recipient party."""
     from gateway.release.engine import request_release
     from gateway.release.query import parse_query
 
+    if (query_file is None) == (report is None):
+        raise click.UsageError("give exactly one of --query FILE and --report NAME")
+    if params and report is None:
+        raise click.UsageError("--param goes with --report")
+    if report is not None:
+        _release_report(ctx, agreement_id, party, report, params, dry_run, as_csv, as_json)
+        return
+    assert query_file is not None
     try:
         body = json.loads(query_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -579,6 +607,59 @@ def release(
         click.echo(_cells_csv(result), nl=False)
         return
     _emit(result, as_json, _print_release)
+
+
+def _release_report(
+    ctx: click.Context,
+    agreement_id: str,
+    party: str,
+    report: str,
+    params: tuple[str, ...],
+    dry_run: bool,
+    as_csv: bool,
+    as_json: bool,
+) -> None:
+    from gateway.release.reports import parse_param_options, run_report
+
+    with Gateway.open(_settings(ctx)) as gw:
+        result = run_report(
+            gw,
+            agreement_id=agreement_id,
+            party=party,
+            report=report,
+            parameters=parse_param_options(params),
+            actor=audit.Actor(role="operator", party=party),
+            dry_run=dry_run,
+        )
+    if as_csv and not dry_run:
+        for number, table in enumerate(result["tables"]):
+            if number:
+                click.echo("")
+            click.echo(f"# {table['title']}")
+            click.echo(_cells_csv(table["release"]), nl=False)
+        return
+
+    def human(r: dict[str, Any]) -> None:
+        settings = ", ".join(f"{k}={v}" for k, v in r["parameters"].items())
+        click.echo(f"report {r['report']}: {r['description']} ({settings})")
+        for table in r["tables"]:
+            click.echo("")
+            click.echo(table["title"])
+            _print_release(table.get("release") or table["preview"])
+        click.echo("")
+        if r.get("preview"):
+            fits = "fits" if r["would_fit"] else "does NOT fit"
+            click.echo(
+                f"report total: epsilon {r['epsilon']}; budget remaining "
+                f"{r['budget_remaining']} ({fits})"
+            )
+        else:
+            click.echo(
+                f"report total: epsilon spent {r['epsilon_spent']}, budget remaining "
+                f"{r['budget_remaining']}"
+            )
+
+    _emit(result, as_json, human)
 
 
 @main.command()

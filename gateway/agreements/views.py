@@ -39,12 +39,8 @@ def agreement_detail(agreement: Agreement) -> dict[str, Any]:
         for party, fields in agreement.releases.items()
     }
     detail["disclosure"] = disclosure.model_dump(mode="json")
-    detail["reports"] = [
-        {
-            "name": report.name,
-            "description": report.description,
-            "parameters": report.parameters,
-        }
-        for report in agreement.reports
-    ]
+    # Imported here: the report module sits on the release engine, above this package.
+    from gateway.release.reports import list_reports
+
+    detail["reports"] = list_reports(agreement)
     return detail

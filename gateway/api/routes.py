@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from gateway import audit
@@ -27,6 +27,7 @@ from gateway.ingest.upload import record_refused_request
 from gateway.release.budget import budget_history, budget_report
 from gateway.release.engine import request_release
 from gateway.release.query import Query as ReleaseQuery
+from gateway.release.reports import run_report
 
 router = APIRouter()
 
@@ -256,6 +257,15 @@ def _provider(gateway: GatewayDep, agreement_id: str, dataset: str) -> str | Non
         return None
 
 
+class ReportRequest(BaseModel):
+    """A named report of the agreement, with its parameters (docs/reports.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    report: str = Field(max_length=64)
+    parameters: dict[str, str | int | float | list[str | int]] = Field(default_factory=dict)
+
+
 @router.post(
     "/v1/agreements/{agreement_id}/releases",
     tags=["releases"],
@@ -263,13 +273,26 @@ def _provider(gateway: GatewayDep, agreement_id: str, dataset: str) -> str | Non
 )
 def create_release(
     agreement_id: str,
-    query: Annotated[ReleaseQuery, Body(description="A query (SPEC section 7).")],
+    query: Annotated[
+        ReleaseQuery | ReportRequest,
+        Body(description="A query (SPEC section 7), or a named report with its parameters."),
+    ],
     gateway: GatewayDep,
     principal: Analyst,
     dry_run: bool = Query(default=False, description="Preview accuracy and cost only."),
 ) -> dict[str, Any]:
     """Release an aggregate to the token's party, or preview it with dry_run.
     Needs an analyst token of the agreement."""
+    if isinstance(query, ReportRequest):
+        return run_report(
+            gateway,
+            agreement_id=agreement_id,
+            party=principal.party or "unknown",
+            report=query.report,
+            parameters=query.parameters,
+            actor=principal.actor,
+            dry_run=dry_run,
+        )
     return request_release(
         gateway,
         agreement_id=agreement_id,

@@ -646,8 +646,11 @@ def request_release(
     query: Query,
     actor: audit.Actor,
     dry_run: bool = False,
+    report: str | None = None,
 ) -> dict[str, Any]:
     """Run ``query`` for ``party`` (or preview it); see the module docstring.
+
+    ``report`` names the report a query is a table of, for the audit log.
 
     Every refusal, including a budget that does not fit and a failure after the
     budget was reserved, is written to the audit log before the error is raised.
@@ -661,7 +664,7 @@ def request_release(
         plan = plan_query(resolved, agreement)
         if dry_run:
             return _preview(gateway, agreement, party, plan)
-        return _release(gateway, agreement, party, resolved, plan, actor)
+        return _release(gateway, agreement, party, resolved, plan, actor, report)
     except GatewayError as error:
         if not dry_run:
             _record_refusal(gateway, agreement, party, query, actor, error)
@@ -696,6 +699,7 @@ def _release(
     resolved: ResolvedQuery,
     plan: Plan,
     actor: audit.Actor,
+    report: str | None = None,
 ) -> dict[str, Any]:
     query = resolved.query
     profile = agreement.resolved_disclosure
@@ -722,7 +726,7 @@ def _release(
             )
         ).first()
     if repeated is not None:
-        return _repeat(gateway, agreement, party, repeated, actor)
+        return _repeat(gateway, agreement, party, repeated, actor, report)
 
     found = true_cells(frame, resolved, plan)
     if not plan.private_positions:
@@ -838,6 +842,7 @@ def _release(
                 "cells_suppressed": len(pattern.suppressed),
                 "cells_unprotectable": len(pattern.unprotectable),
                 "table_sha256": table_sha256,
+                **({"report": report} if report else {}),
             },
             agreement_id=agreement.id,
             agreement_version=agreement.version,
@@ -1041,7 +1046,12 @@ def _noisy_cells(
 
 
 def _repeat(
-    gateway: Gateway, agreement: Agreement, party: str, earlier: Release, actor: audit.Actor
+    gateway: Gateway,
+    agreement: Agreement,
+    party: str,
+    earlier: Release,
+    actor: audit.Actor,
+    report: str | None = None,
 ) -> dict[str, Any]:
     """Return an identical earlier release again: same numbers, no new noise, no cost."""
     body: dict[str, Any] = json.loads(earlier.body)
@@ -1057,6 +1067,7 @@ def _repeat(
                 "table_sha256": earlier.table_sha256,
                 "epsilon": "0",
                 "delta": "0",
+                **({"report": report} if report else {}),
             },
             agreement_id=agreement.id,
             agreement_version=agreement.version,

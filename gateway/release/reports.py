@@ -1,0 +1,359 @@
+"""Named reports: the questions a partnership asks, declared in its agreement, answered
+through the release engine so every guarantee of an ad-hoc release applies.
+
+A report in an agreement file names its parameters and its tables; each table is a
+query (SPEC section 7) whose values may be parameters, written ``"$name"``:
+
+.. code-block:: yaml
+
+    reports:
+      - name: impact
+        description: Mean growth score of completers' students, by program
+        recipients: [bayview-state]          # optional: default every recipient
+        parameters:
+          years: {type: int_list, default: [2024, 2025], description: School years}
+        tables:
+          - title: Mean student growth percentile, by program
+            query:
+              datasets: [completers, value_added]
+              measure: {kind: mean, field: growth_score}
+              group_by: [program_code]
+              filters: [{field: school_year, op: in, value: $years}]
+
+Every report takes ``epsilon`` too (default: the agreement's per-release cap), the
+total it may spend; it is split evenly over its tables, each of which is one release
+(its own budget reservation, suppression, noise and audit event). Before anything is
+spent, every table is previewed and the whole report must fit the recipient's
+remaining budget; so a report is refused whole, not half-spent, when it does not fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway import audit
+from gateway.agreements.loader import Registry
+from gateway.agreements.models import Agreement, ReportSpec
+from gateway.context import Gateway
+from gateway.errors import GatewayError, NotFound, PolicyViolation, SchemaError
+from gateway.release.budget import BudgetExhausted
+from gateway.release.engine import request_release
+from gateway.release.query import EPSILON_PLACES, Query, parse_query, resolve
+
+ParameterType = Literal["int", "int_list", "str", "str_list"]
+
+
+class ReportParameter(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: ParameterType = "str"
+    description: str
+    default: Any = None
+    choices: list[str | int] | None = None
+
+
+class ReportTable(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str
+    query: dict[str, Any]
+
+
+class ReportDefinition(BaseModel):
+    """A report as declared: checked when it is listed or run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str
+    recipients: list[str] | None = None
+    #: The default total epsilon (else the agreement's per-release cap).
+    epsilon: str | None = None
+    parameters: dict[str, ReportParameter] = Field(default_factory=dict)
+    tables: list[ReportTable] = Field(min_length=1, max_length=8)
+
+
+def definition(spec: ReportSpec) -> ReportDefinition:
+    """The typed definition of a report of the agreement's catalogue."""
+    data = spec.model_dump(by_alias=True)
+    try:
+        return ReportDefinition.model_validate(data)
+    except ValidationError as error:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in error.errors(include_input=False)
+        )
+        raise SchemaError(f"report {spec.name!r} is not well formed: {reasons}") from None
+
+
+def _report(agreement: Agreement, name: str) -> ReportDefinition:
+    for spec in agreement.reports:
+        if spec.name == name:
+            return definition(spec)
+    known = ", ".join(r.name for r in agreement.reports) or "none"
+    raise NotFound(f"agreement {agreement.id!r} has no report {name!r} (reports: {known})")
+
+
+def recipients(agreement: Agreement, report: ReportDefinition) -> list[str]:
+    return report.recipients if report.recipients is not None else sorted(agreement.releases)
+
+
+def list_reports(agreement: Agreement, *, party: str | None = None) -> list[dict[str, Any]]:
+    """The agreement's reports (those ``party`` may run, when given), with parameters."""
+    listed = []
+    for spec in agreement.reports:
+        report = definition(spec)
+        parties = recipients(agreement, report)
+        if party is not None and party not in parties:
+            continue
+        parameters = {
+            name: {
+                "type": p.type,
+                "description": p.description,
+                "default": p.default,
+                "choices": p.choices,
+            }
+            for name, p in report.parameters.items()
+        }
+        parameters["epsilon"] = {
+            "type": "decimal",
+            "description": "Total epsilon the report may spend, split over its tables",
+            "default": report.epsilon or str(agreement.resolved_disclosure.per_release_cap.epsilon),
+            "choices": None,
+        }
+        listed.append(
+            {
+                "name": report.name,
+                "description": report.description,
+                "recipients": parties,
+                "tables": [t.title for t in report.tables],
+                "parameters": parameters,
+            }
+        )
+    return listed
+
+
+# --- parameters -----------------------------------------------------------------------
+
+
+def _parse_value(name: str, spec: ReportParameter, raw: Any) -> Any:
+    """A parameter's value from text (CLI, web form) or JSON (API), typed and checked."""
+    if spec.type in ("int_list", "str_list"):
+        items = raw if isinstance(raw, list) else [p.strip() for p in str(raw).split(",")]
+        items = [i for i in items if i != ""]
+        if not items:
+            raise SchemaError(f"parameter {name!r}: give at least one value")
+        values = [_scalar(name, spec.type.removesuffix("_list"), i) for i in items]
+    else:
+        values = [_scalar(name, spec.type, raw)]
+    if spec.choices is not None:
+        allowed = {str(c) for c in spec.choices}
+        wrong = [v for v in values if str(v) not in allowed]
+        if wrong:
+            raise SchemaError(
+                f"parameter {name!r}: {len(wrong)} value(s) not among the choices "
+                f"({', '.join(sorted(allowed))})"
+            )
+    return values if spec.type.endswith("_list") else values[0]
+
+
+def _scalar(name: str, kind: str, raw: Any) -> int | str:
+    if kind == "int":
+        if isinstance(raw, bool):
+            raise SchemaError(f"parameter {name!r}: expected a whole number")
+        try:
+            return int(str(raw).strip())
+        except ValueError:
+            raise SchemaError(f"parameter {name!r}: expected a whole number") from None
+    text = str(raw).strip()
+    if not text or len(text) > 64:
+        raise SchemaError(f"parameter {name!r}: expected a short text value")
+    return text
+
+
+def resolve_parameters(
+    agreement: Agreement, report: ReportDefinition, given: Mapping[str, Any]
+) -> tuple[dict[str, Any], Decimal]:
+    """Every parameter typed (defaults filled in) and the report's total epsilon."""
+    unknown = sorted(set(given) - set(report.parameters) - {"epsilon"})
+    if unknown:
+        known = ", ".join([*report.parameters, "epsilon"])
+        raise SchemaError(
+            f"report {report.name!r} takes no parameter {', '.join(map(repr, unknown))} "
+            f"(parameters: {known})"
+        )
+    values: dict[str, Any] = {}
+    for name, spec in report.parameters.items():
+        raw = given.get(name, spec.default)
+        if raw is None:
+            raise SchemaError(f"report {report.name!r} needs the parameter {name!r}")
+        values[name] = _parse_value(name, spec, raw)
+    default = report.epsilon or agreement.resolved_disclosure.per_release_cap.epsilon
+    raw_epsilon = given.get("epsilon", default)
+    try:
+        epsilon = Decimal(str(raw_epsilon))
+    except InvalidOperation:
+        raise SchemaError("parameter 'epsilon': expected a number such as 0.5") from None
+    if not epsilon.is_finite() or epsilon <= 0:
+        raise SchemaError("parameter 'epsilon': must be greater than 0")
+    return values, epsilon
+
+
+def _substitute(value: Any, parameters: Mapping[str, Any]) -> Any:
+    if isinstance(value, str) and value.startswith("$"):
+        name = value[1:]
+        if name not in parameters:
+            raise SchemaError(f"the report refers to an undeclared parameter {value!r}")
+        return parameters[name]
+    if isinstance(value, list):
+        return [_substitute(v, parameters) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, parameters) for k, v in value.items()}
+    return value
+
+
+def table_queries(
+    report: ReportDefinition, parameters: Mapping[str, Any], epsilon: Decimal
+) -> list[Query]:
+    """Each table's query with the parameters filled in and its share of epsilon."""
+    share = (epsilon / len(report.tables)).quantize(
+        Decimal(1).scaleb(-EPSILON_PLACES), rounding=ROUND_DOWN
+    )
+    if share <= 0:
+        raise SchemaError("parameter 'epsilon' is too small to share over the report's tables")
+    queries = []
+    for table in report.tables:
+        body = _substitute(table.query, parameters)
+        body["epsilon"] = str(share)
+        queries.append(parse_query(body))
+    return queries
+
+
+def check_reports(agreement: Agreement, registry: Registry) -> list[str]:
+    """Problems of the agreement's report definitions, each ``report NAME: reason``:
+    every table, with the default parameters, must be a query each recipient may ask."""
+    problems: list[str] = []
+    for spec in agreement.reports:
+        try:
+            report = definition(spec)
+            values, epsilon = resolve_parameters(agreement, report, {})
+            queries = table_queries(report, values, epsilon)
+            for party in recipients(agreement, report):
+                for table, query in zip(report.tables, queries, strict=True):
+                    try:
+                        resolve(query, agreement=agreement, registry=registry, party=party)
+                    except GatewayError as error:
+                        problems.append(
+                            f"report {spec.name}: table {table.title!r} for {party}: "
+                            f"{error.message}"
+                        )
+        except GatewayError as error:
+            problems.append(f"report {spec.name}: {error.message}")
+    return problems
+
+
+# --- running ----------------------------------------------------------------------------
+
+
+def run_report(
+    gateway: Gateway,
+    *,
+    agreement_id: str,
+    party: str,
+    report: str,
+    parameters: Mapping[str, Any],
+    actor: audit.Actor,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Run (or preview) a named report for ``party``; see the module docstring."""
+    agreement = gateway.agreement(agreement_id)
+    definition_ = _report(agreement, report)
+    if party not in recipients(agreement, definition_):
+        raise PolicyViolation(
+            f"report {report!r} of agreement {agreement_id!r} is not for {party!r} "
+            f"(recipients: {', '.join(recipients(agreement, definition_))})"
+        )
+    values, epsilon = resolve_parameters(agreement, definition_, parameters)
+    queries = table_queries(definition_, values, epsilon)
+    previews = [
+        request_release(
+            gateway,
+            agreement_id=agreement_id,
+            party=party,
+            query=query,
+            actor=actor,
+            dry_run=True,
+        )
+        for query in queries
+    ]
+    total = sum((q.epsilon for q in queries), Decimal(0))
+    remaining = previews[0]["budget_remaining"]
+    would_fit = float(total) <= remaining and all(p["would_fit"] for p in previews)
+    head = {
+        "report": definition_.name,
+        "description": definition_.description,
+        "agreement": {"id": agreement.id, "version": agreement.version},
+        "parameters": {**values, "epsilon": str(epsilon)},
+    }
+    if dry_run:
+        return {
+            **head,
+            "preview": True,
+            "tables": [
+                {"title": t.title, "preview": p}
+                for t, p in zip(definition_.tables, previews, strict=True)
+            ],
+            "epsilon": float(total),
+            "budget_remaining": remaining,
+            "would_fit": would_fit,
+        }
+    if not would_fit:
+        raise BudgetExhausted(
+            f"report {report!r} would spend epsilon {total} but {party!r} has "
+            f"{remaining} left; nothing was spent",
+        )
+    tables: list[dict[str, Any]] = []
+    for table, query in zip(definition_.tables, queries, strict=True):
+        try:
+            released = request_release(
+                gateway,
+                agreement_id=agreement_id,
+                party=party,
+                query=query,
+                actor=actor,
+                report=definition_.name,
+            )
+        except GatewayError as error:
+            # A refusal only the data can decide (the differencing check) comes after the
+            # table's reservation: say which table stopped the report and what was done.
+            done = ", ".join(t["release"]["release_id"] for t in tables) or "none"
+            error.message = (
+                f"report {report!r} stopped at table {table.title!r}: {error.message} "
+                f"(tables released before it: {done})"
+            )
+            error.args = (error.message,)
+            raise
+        tables.append({"title": table.title, "release": released})
+    return {
+        **head,
+        "tables": tables,
+        "epsilon_spent": float(sum(t["release"]["epsilon_spent"] for t in tables)),
+        "budget_remaining": tables[-1]["release"]["budget_remaining"],
+    }
+
+
+def parse_param_options(options: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` command-line options as a mapping (a repeated key is an error)."""
+    values: dict[str, str] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or not key.strip():
+            raise SchemaError(f"--param {option!r}: expected KEY=VALUE")
+        if key.strip() in values:
+            raise SchemaError(f"--param {key.strip()!r} is given twice")
+        values[key.strip()] = value.strip()
+    return values
