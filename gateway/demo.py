@@ -3,7 +3,10 @@
 The demo never touches the operator's data folder or key: it makes its own
 data folder (DIR/data/, with its own master key) and its own synthetic
 extracts (DIR/extracts/), then uploads every party's extracts to every
-example agreement and verifies the audit log.
+example agreement, runs every report of every agreement for each of its
+recipients (through the release engine: minimum cells, suppression, noise,
+budgets and audit events all apply), verifies the audit log and says how to
+open the web pages (demo tokens in DIR/tokens.txt, mode 0600).
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway import audit
+from gateway import audit, credentials
+from gateway.agreements import Agreement
 from gateway.config import Settings, load_settings
 from gateway.context import Gateway, initialise
+from gateway.errors import GatewayError
 from gateway.ingest import UploadRefused, upload_extract
+from gateway.release.reports import list_reports, run_report
 from gateway.synthetic import generate_agreement_extracts
 
 Echo = Callable[[str], None]
@@ -107,22 +113,125 @@ def run_demo(directory: Path, *, echo: Echo | None = print, seed: int = 2026) ->
                         "rows": rows,
                     }
                 )
+        say("\nRunning every report of every agreement, for each of its recipients:")
+        reports = [_run_reports(gw, agreement, say) for agreement in agreements]
+        tokens_file = _web_tokens(gw, agreements, directory)
         with gw.sessions() as session:
             verification = audit.verify_chain(session)
+            verification.problems += audit.verify_checkpoints(session, gw.signing_key)
     say(
         f"\nAudit log: {verification.events_checked} events, "
-        f"{'chain verified' if verification.ok else 'BROKEN'}"
+        f"{'chain and signed checkpoints verified' if verification.ok else 'BROKEN'}"
     )
+    for problem in verification.problems:
+        say(f"  {problem}")
     command = _gateway_command()
+    data = settings.data_dir
     say(
-        "Look around with, for example:\n"
-        f"  GATEWAY_DATA_DIR={settings.data_dir} {command} audit list\n"
-        f"  GATEWAY_DATA_DIR={settings.data_dir} {command} agreements show "
-        f"{agreements[0].id if agreements else 'ID'}"
+        "\nLook around with, for example:\n"
+        f"  GATEWAY_DATA_DIR={data} {command} audit list\n"
+        f"  GATEWAY_DATA_DIR={data} {command} agreements show "
+        f"{agreements[0].id if agreements else 'ID'}\n"
+        f"  GATEWAY_DATA_DIR={data} {command} release --agreement ID --party PARTY "
+        "--report NAME --dry-run\n"
+        "Open the web pages:\n"
+        f"  GATEWAY_DATA_DIR={data} {command} serve   then visit http://127.0.0.1:8000/web/\n"
+        f"  and sign in with a token from {tokens_file} (an uploader, an analyst and a "
+        "reviewer of the first agreement; demo tokens only)"
     )
     return {
         "directory": str(directory.resolve()),
         "agreements": [a.id for a in agreements],
         "uploads": uploads,
+        "reports": [run for runs in reports for run in runs],
+        "tokens_file": str(tokens_file),
         "audit": verification.to_dict(),
     }
+
+
+def _run_reports(gw: Gateway, agreement: Agreement, say: Echo) -> list[dict[str, Any]]:
+    """Every report of ``agreement`` for each of its recipients, printed as tables."""
+    runs: list[dict[str, Any]] = []
+    for listed in list_reports(agreement):
+        for party in listed["recipients"]:
+            say(f"\n  {agreement.id} / {listed['name']} for {party}: {listed['description']}")
+            try:
+                result = run_report(
+                    gw,
+                    agreement_id=agreement.id,
+                    party=party,
+                    report=listed["name"],
+                    parameters={},
+                    actor=audit.Actor(role="analyst", party=party),
+                )
+            except GatewayError as error:
+                say(f"    refused: {error.message}")
+                runs.append(
+                    {"agreement": agreement.id, "report": listed["name"], "party": party,
+                     "status": "refused", "reason": error.message}
+                )  # fmt: skip
+                continue
+            for table in result["tables"]:
+                say(f"    {table['title']}")
+                for line in _table_lines(table["release"]["cells"]):
+                    say(f"      {line}")
+            say(
+                f"    epsilon spent {result['epsilon_spent']:.3g}; "
+                f"{party}'s budget remaining {result['budget_remaining']:.3g}"
+            )
+            runs.append(
+                {
+                    "agreement": agreement.id,
+                    "report": listed["name"],
+                    "party": party,
+                    "status": "released",
+                    "tables": [t["release"]["release_id"] for t in result["tables"]],
+                    "epsilon_spent": result["epsilon_spent"],
+                }
+            )
+    return runs
+
+
+def _table_lines(cells: list[dict[str, Any]]) -> list[str]:
+    """One aligned line per cell: its group, then the noisy value and interval, or why not."""
+    labels = [", ".join(f"{k} {v}" for k, v in c["group"].items()) or "all" for c in cells]
+    width = max((len(label) for label in labels), default=0)
+    lines = []
+    for label, cell in zip(labels, cells, strict=True):
+        if cell["suppressed"]:
+            shown = f"suppressed ({cell.get('reason')})"
+        elif cell.get("value") is None:
+            shown = str(cell.get("coded") or "-")
+        else:
+            low, high = cell["ci95"]
+            shown = f"{cell['value']:>9.1f}   95% interval {low:.1f} to {high:.1f}"
+        lines.append(f"{label:<{width}}  {shown}")
+    return lines
+
+
+def _web_tokens(gw: Gateway, agreements: list[Agreement], directory: Path) -> Path:
+    """Demo tokens for the web pages, written to a 0600 file (never printed)."""
+    path = directory / "tokens.txt"
+    if not agreements:
+        return path
+    agreement = agreements[0]
+    uploader = next(d.provided_by for d in agreement.datasets)
+    analyst = sorted(agreement.releases)[0]
+    lines = []
+    with gw.sessions() as session, session.begin():
+        for role, party in (("uploader", uploader), ("analyst", analyst), ("reviewer", None)):
+            issued = credentials.issue(
+                session,
+                master_key=gw.master_key,
+                registry=gw.registry,
+                agreement_ids=[agreement.id],
+                role=role,
+                party=party,
+                expires=None,
+                actor=audit.OPERATOR,
+            )
+            lines.append(f"{role:<9} {party or '-':<22} {issued.token}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path

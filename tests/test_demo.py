@@ -8,9 +8,11 @@ from pathlib import Path
 import pandas as pd
 from click.testing import CliRunner
 
+from gateway import audit
 from gateway.agreements import load_registry
 from gateway.cli import main
-from gateway.demo import run_demo
+from gateway.context import Gateway
+from gateway.demo import demo_settings, run_demo
 from tests.conftest import AGREEMENTS_DIR, POLICIES_DIR
 
 
@@ -26,6 +28,30 @@ def test_demo_uploads_every_extract_and_leaves_no_raw_id(
     assert len(result["agreements"]) == 4
     assert result["audit"]["ok"] is True
     assert result["uploads"] and all(u["status"] == "accepted" for u in result["uploads"])
+    # Every report of every example agreement runs for each of its recipients, through
+    # the release engine: each table is a release with its own audit event.
+    from gateway.release.reports import list_reports
+
+    registry_ = load_registry(AGREEMENTS_DIR, POLICIES_DIR)
+    expected = {
+        (agreement.id, report["name"], party)
+        for agreement in registry_.agreements.values()
+        for report in list_reports(agreement)
+        for party in report["recipients"]
+    }
+    ran = {(r["agreement"], r["report"], r["party"]): r for r in result["reports"]}
+    assert set(ran) == expected and len(expected) >= 8
+    assert all(r["status"] == "released" and r["tables"] for r in ran.values()), [
+        r for r in ran.values() if r["status"] != "released"
+    ]
+    settings = demo_settings(tmp_path / "demo")
+    with Gateway.open(settings, checkpoint=False) as gw, gw.sessions() as session:
+        released = {
+            e["details"]["release_id"]: e["details"].get("report")
+            for e in map(audit.event_view, session.scalars(audit.query_events(kind="release")))
+        }
+    for run in ran.values():
+        assert {released[t] for t in run["tables"]} == {run["report"]}
     datasets = {(u["agreement"], u["dataset"]) for u in result["uploads"]}
     assert ("student-teaching-bayview-eastport", "value_added") in datasets
     extracts = tmp_path / "demo" / "extracts"
@@ -56,13 +82,36 @@ def test_demo_uploads_every_extract_and_leaves_no_raw_id(
     found: set[bytes] = set()
     for path in data_dir.rglob("*"):
         if path.is_file() and path.name != "master.key":
-            found |= set(re.findall(rb"[0-9A-Z]{5,}", path.read_bytes()))
-    assert not (found & raw_ids)
+            # Whole runs, not runs inside lowercase hex (release ids, hashes): a digit run
+            # inside a hash would match a 7-digit ID by chance now and then.
+            found |= set(re.findall(rb"(?<![0-9a-f])[0-9A-Z]{5,}(?![0-9a-f])", path.read_bytes()))
+    assert not (found & raw_ids), _where(data_dir, found & raw_ids)
 
 
 def test_demo_command_runs(tmp_path: Path) -> None:
     env = {"GATEWAY_AGREEMENTS_DIR": str(AGREEMENTS_DIR), "GATEWAY_POLICIES_DIR": str(POLICIES_DIR)}
     result = CliRunner().invoke(main, ["demo", "--dir", str(tmp_path / "d")], env=env)
     assert result.exit_code == 0, result.output
-    assert "chain verified" in result.stdout
+    assert "chain and signed checkpoints verified" in result.stdout
     assert (tmp_path / "d" / "extracts").is_dir() and (tmp_path / "d" / "data").is_dir()
+    # The story goes on to the reports and says how to open the web pages.
+    assert "impact for bayview-state" in result.stdout and "95% interval" in result.stdout
+    assert "suppressed (primary)" in result.stdout
+    assert "/web/" in result.stdout
+    tokens = tmp_path / "d" / "tokens.txt"
+    assert tokens.stat().st_mode & 0o077 == 0
+    secrets = [line.split()[-1].split("_", 2)[2] for line in tokens.read_text().splitlines()]
+    assert len(secrets) == 3 and not any(s in result.stdout for s in secrets)
+
+
+def _where(data_dir: Path, leaked: set[bytes]) -> list[str]:
+    """For a failure message: which files hold which leaked values, with context."""
+    places = []
+    for path in data_dir.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            for value in leaked:
+                at = content.find(value)
+                if at >= 0:
+                    places.append(f"{path.name}: {content[max(0, at - 60) : at + 30]!r}")
+    return places
