@@ -1,0 +1,221 @@
+"""Named reports: declared in agreements, run through the release engine table by table,
+previewed and budgeted as a whole, over the CLI and the API."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from gateway import audit
+from gateway.agreements import load_registry
+from gateway.app import create_app
+from gateway.cli import main
+from gateway.config import Settings
+from gateway.context import Gateway
+from gateway.errors import NotFound, PolicyViolation, SchemaError
+from gateway.ingest import upload_extract
+from gateway.release.budget import BudgetExhausted, budget_report
+from gateway.release.reports import check_reports, list_reports, run_report
+from gateway.synthetic import generate_agreement_extracts
+from tests.conftest import (
+    AGREEMENT,
+    AGREEMENTS_DIR,
+    DISTRICT,
+    EPP,
+    POLICIES_DIR,
+    analyst,
+    settings_env,
+)
+
+ANALYST = audit.Actor(role="analyst", party=EPP)
+
+
+@pytest.fixture
+def stocked(gateway: Gateway, tmp_path: Path) -> Gateway:
+    """The student-teaching agreement with every party's generated extracts uploaded."""
+    agreement = gateway.agreement(AGREEMENT)
+    for extract in generate_agreement_extracts(
+        agreement, gateway.registry.schemas, tmp_path / "extracts", seed=7
+    ):
+        upload_extract(
+            gateway,
+            agreement_id=AGREEMENT,
+            party=extract.party,
+            dataset=extract.dataset,
+            path=extract.path,
+            actor=audit.Actor(role="uploader", party=extract.party),
+        )
+    return gateway
+
+
+def spent(gw: Gateway, party: str) -> float:
+    with gw.sessions() as session:
+        return float(budget_report(session, gw.agreement(AGREEMENT))["parties"][party]["spent"])
+
+
+def run(gw: Gateway, report: str, party: str = EPP, **kwargs: Any) -> dict[str, Any]:
+    return run_report(
+        gw,
+        agreement_id=AGREEMENT,
+        party=party,
+        report=report,
+        parameters=kwargs.pop("parameters", {}),
+        actor=ANALYST,
+        **kwargs,
+    )
+
+
+def test_every_example_report_is_a_query_each_recipient_may_ask() -> None:
+    registry = load_registry(AGREEMENTS_DIR, POLICIES_DIR)
+    names = set()
+    for agreement in registry.agreements.values():
+        assert check_reports(agreement, registry) == []
+        names |= {r["name"] for r in list_reports(agreement)}
+    assert {"pipeline", "performance", "impact", "needs", "diversity"} <= names
+
+
+def test_a_report_runs_each_table_through_the_release_engine(stocked: Gateway) -> None:
+    before = spent(stocked, EPP)
+    result = run(stocked, "impact", parameters={"years": "2024,2025", "epsilon": "0.4"})
+    assert result["parameters"] == {"years": [2024, 2025], "epsilon": "0.4"}
+    (table,) = result["tables"]
+    release = table["release"]
+    assert release["epsilon_spent"] == 0.4 and spent(stocked, EPP) == pytest.approx(before + 0.4)
+    # The minimum cell rule holds: a cell is published with a value or marked suppressed.
+    for cell in release["cells"]:
+        assert (cell["value"] is None) == cell["suppressed"]
+        if cell["suppressed"]:
+            assert cell["reason"] in ("primary", "complementary")
+        else:
+            low, high = cell["ci95"]
+            assert low <= cell["value"] <= high
+    with stocked.sessions() as session:
+        events = [audit.event_view(e) for e in session.scalars(audit.query_events(kind="release"))]
+    (event,) = [e for e in events if e["details"]["release_id"] == release["release_id"]]
+    assert event["details"]["report"] == "impact"
+    assert event["details"]["query"]["filters"][0]["value"] == [2024, 2025]
+
+
+def test_epsilon_is_split_over_the_tables_and_previewed_whole(gateway: Gateway) -> None:
+    preview = run_report(
+        gateway,
+        agreement_id="diversity-cedar-valley-harmon",
+        party="harmon-usd",
+        report="diversity",
+        parameters={"epsilon": "0.24"},
+        actor=ANALYST,
+        dry_run=True,
+    )
+    assert preview["preview"] is True and len(preview["tables"]) == 3
+    assert [t["preview"]["epsilon"] for t in preview["tables"]] == [0.08, 0.08, 0.08]
+    assert preview["epsilon"] == pytest.approx(0.24) and preview["would_fit"] is True
+    with gateway.sessions() as session:
+        report = budget_report(session, gateway.agreement("diversity-cedar-valley-harmon"))
+    assert report["spent"] == 0  # a preview spends nothing
+
+
+def test_a_report_that_does_not_fit_is_refused_whole(stocked: Gateway) -> None:
+    run(stocked, "pipeline", parameters={"epsilon": "1.0"})  # 0.5 of the party's 1.5 left
+    with pytest.raises(BudgetExhausted, match="nothing was spent"):
+        run(stocked, "impact", parameters={"epsilon": "0.8"})
+    assert spent(stocked, EPP) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "error", "words"),
+    [
+        ({"colour": "red"}, SchemaError, "takes no parameter 'colour'"),
+        ({"years": "twenty"}, SchemaError, "expected a whole number"),
+        ({"years": ""}, SchemaError, "at least one value"),
+        ({"epsilon": "-1"}, SchemaError, "greater than 0"),
+        ({"epsilon": "lots"}, SchemaError, "expected a number"),
+    ],
+)
+def test_bad_parameters_are_refused_before_anything_is_spent(
+    gateway: Gateway, parameters: dict[str, str], error: type, words: str
+) -> None:
+    with pytest.raises(error, match=words):
+        run(gateway, "pipeline", parameters=parameters)
+    assert spent(gateway, EPP) == 0
+
+
+def test_reports_are_only_for_their_recipients(gateway: Gateway) -> None:
+    with pytest.raises(PolicyViolation, match="not for 'eastport-ps'"):
+        run(gateway, "performance", party=DISTRICT)
+    with pytest.raises(NotFound, match="no report 'nope'"):
+        run(gateway, "nope")
+    listed = {r["name"] for r in list_reports(gateway.agreement(AGREEMENT), party=DISTRICT)}
+    assert "performance" not in listed and "performance_by_provider" in listed
+
+
+def test_a_broken_report_definition_is_named_by_agreements_check(
+    settings: Settings, tmp_path: Path
+) -> None:
+    source = (AGREEMENTS_DIR / f"{AGREEMENT}.yaml").read_text()
+    broken = source.replace(
+        "group_by: [program_code]\n", "group_by: [school_code]\n", 1
+    )  # school_code is not on the EPP's release allowlist
+    assert broken != source
+    folder = tmp_path / "agreements"
+    folder.mkdir()
+    (folder / f"{AGREEMENT}.yaml").write_text(broken)
+    env = settings_env(settings)
+    result = CliRunner().invoke(main, ["agreements", "check", str(folder)], env=env)
+    assert result.exit_code == 4
+    assert "reports: report performance: table" in result.stdout
+    assert "bayview-state" in result.stdout and "school_code" in result.stdout
+
+
+def test_cli_runs_a_report_with_parameters(stocked: Gateway, settings: Settings) -> None:
+    env = settings_env(settings)
+    args = ["release", "--agreement", AGREEMENT, "--party", EPP, "--report", "pipeline"]
+    preview = CliRunner().invoke(main, [*args, "--param", "years=2025", "--dry-run"], env=env)
+    assert preview.exit_code == 0, preview.output
+    assert "report total: epsilon 0.3" in preview.stdout and spent(stocked, EPP) == 0
+    done = CliRunner().invoke(main, [*args, "--param", "years=2025", "--json"], env=env)
+    assert done.exit_code == 0, done.output
+    body = json.loads(done.stdout)
+    assert body["parameters"]["years"] == [2025] and body["tables"][0]["release"]["cells"]
+    as_csv = CliRunner().invoke(main, [*args, "--param", "years=2025", "--csv"], env=env)
+    assert as_csv.stdout.startswith("# Completers employed")
+    header = as_csv.stdout.splitlines()[1].split(",")
+    assert {"program_code", "cohort_year", "value", "ci95_low", "suppressed"} <= set(header)
+    both = CliRunner().invoke(main, [*args, "--query", __file__], env=env)
+    assert both.exit_code == 2 and "exactly one of --query" in both.output
+    bad = CliRunner().invoke(main, [*args, "--param", "years"], env=env)
+    assert bad.exit_code == SchemaError.exit_code and "KEY=VALUE" in bad.stderr
+
+
+def test_api_runs_a_report_for_the_tokens_party(stocked: Gateway, settings: Settings) -> None:
+    url = f"/v1/agreements/{AGREEMENT}/releases"
+    body = {"report": "impact", "parameters": {"years": [2024, 2025]}}
+    with TestClient(create_app(settings), headers=analyst(settings, party=DISTRICT)) as client:
+        preview = client.post(url, params={"dry_run": True}, json=body)
+        done = client.post(url, json=body)
+        not_theirs = client.post(url, json={"report": "performance"})
+        unknown_key = client.post(url, json={"report": "impact", "colour": "red"})
+    assert preview.status_code == 200 and preview.json()["would_fit"] is True
+    assert done.status_code == 200, done.text
+    assert done.json()["tables"][0]["release"]["epsilon_spent"] == 0.3
+    assert spent(stocked, DISTRICT) == pytest.approx(0.3)
+    assert not_theirs.status_code == 403
+    assert unknown_key.status_code == 422
+
+
+def test_agreements_show_lists_reports_with_their_parameters(settings: Settings) -> None:
+    env = settings_env(settings)
+    from gateway.context import initialise
+
+    initialise(settings)
+    shown = CliRunner().invoke(main, ["agreements", "show", AGREEMENT, "--json"], env=env)
+    reports = {r["name"]: r for r in json.loads(shown.stdout)["reports"]}
+    assert reports["impact"]["parameters"]["years"]["default"] == [2023, 2024, 2025]
+    assert reports["impact"]["parameters"]["epsilon"]["default"] == "0.3"
+    assert reports["performance"]["recipients"] == [EPP]
+    assert Decimal(reports["pipeline"]["parameters"]["epsilon"]["default"]) > 0
