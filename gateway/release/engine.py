@@ -54,7 +54,15 @@ from gateway.context import Gateway
 from gateway.errors import GatewayError, PolicyViolation, SchemaError
 from gateway.release import budget as budget_ledger
 from gateway.release import noise
-from gateway.release.query import FieldRef, Filter, Query, ResolvedQuery, bounds, resolve
+from gateway.release.query import (
+    FieldRef,
+    Filter,
+    Query,
+    ResolvedQuery,
+    bounds,
+    resolve,
+    retention_window,
+)
 from gateway.release.suppression import GroupKey, suppress
 from gateway.storage.datasets import DATASET_TABLES, Educator, Upload
 from gateway.storage.releases import Release, ReleaseCell, SuppressedCell
@@ -424,6 +432,10 @@ def true_cells(
                 _canonical_value(ref.spec, low), _canonical_value(ref.spec, high)
             )
         frame = frame.assign(_meets=meets.astype(int))
+    if query.measure.kind == "retention":
+        assert measure_col is not None and resolved.measure_field is not None
+        frame = _retention_rows(frame, resolved, measure_col)
+        measure_col = None  # the year column was only for finding who stayed
     if not resolved.linked:
         assert measure_col is not None and plan.clamp is not None
         grouped = (
@@ -456,7 +468,7 @@ def true_cells(
         if spec is not None and spec.role == "student_measure" and spec.student_count_column:
             student_col = f"{resolved.measure_field.dataset}.{spec.student_count_column}"  # type: ignore[union-attr]
             aggregations[student_col] = "sum"
-    if resolved.condition is not None:
+    if "_meets" in frame:
         aggregations["_meets"] = "max"
     if aggregations:
         teachers = frame.groupby(per_teacher_cols, dropna=False, sort=False).agg(aggregations)
@@ -491,6 +503,27 @@ def true_cells(
             cell.students = int(part[student_col].sum())
         cells[tuple(_plain(v) for v in key_tuple)] = cell
     return cells
+
+
+def _retention_rows(frame: pd.DataFrame, resolved: ResolvedQuery, year_col: str) -> pd.DataFrame:
+    """The rows of the teachers a retention counts, each marked whether the teacher was
+    still there ``years_after`` years after their first year.
+
+    A teacher's first year is their earliest row in the window. Teachers already
+    there in the window's first year are left out (they were hired before it, when is
+    unknown), and so are those hired too late for ``years_after`` to fall within it.
+    """
+    assert resolved.measure_field is not None
+    window = retention_window(resolved.measure_field, resolved.filters)
+    assert window is not None  # checked when the query was resolved
+    first, last = window
+    years_after = resolved.query.measure.years_after or 0
+    years = frame[year_col].astype(int)
+    hired = years.groupby(frame["educator_ref"]).transform("min")
+    there = frame.loc[years == hired + years_after, "educator_ref"].unique()
+    marked = frame.assign(_meets=frame["educator_ref"].isin(there).astype(int))
+    eligible = (hired > first) & (hired + years_after <= last)
+    return marked[eligible.to_numpy()]
 
 
 def _plain(value: Any) -> Any:
@@ -534,6 +567,8 @@ def canonical_query(resolved: ResolvedQuery) -> str:
     measure: dict[str, Any] = {"kind": query.measure.kind}
     if resolved.measure_field is not None:
         measure["field"] = qualified(resolved.measure_field)
+    if query.measure.years_after is not None:
+        measure["years_after"] = query.measure.years_after
     if resolved.condition is not None:
         ref, item = resolved.condition
         measure["condition"] = {"field": qualified(ref), "op": item.op, "value": value(ref, item)}

@@ -63,13 +63,18 @@ class Measure(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["count", "sum", "mean", "distribution", "rate"]
+    kind: Literal["count", "sum", "mean", "distribution", "rate", "retention"]
     field: str | None = None
     condition: Filter | None = None
+    #: For a retention: the share of teachers still there this many years after their
+    #: first year (``field`` is the year column, e.g. staffing's ``school_year``).
+    years_after: Annotated[int, Field(ge=1, le=10)] | None = None
 
     @model_validator(mode="after")
     def _arguments(self) -> Measure:
-        needs_field = self.kind in ("sum", "mean", "distribution")
+        if (self.kind == "retention") != (self.years_after is not None):
+            raise ValueError("'years_after' is required for a retention, and only for one")
+        needs_field = self.kind in ("sum", "mean", "distribution", "retention")
         if needs_field and self.field is None:
             raise ValueError(f"a {self.kind} measure needs a 'field'")
         if not needs_field and self.field is not None:
@@ -236,7 +241,11 @@ def resolve(query: Query, *, agreement: Agreement, registry: Registry, party: st
     measure_field = None
     if query.measure.field is not None:
         measure_field = _resolve_field(query.measure.field, query, agreement, schemas)
-        _allowed(agreement, party, measure_field, as_measure=True)
+        retention = query.measure.kind == "retention"
+        # A retention reads a year dimension (when each teacher was there), not a measure.
+        _allowed(agreement, party, measure_field, as_measure=not retention)
+        if retention:
+            _check_retention(measure_field, filters, linked=all(linked_flags.values()))
         if query.measure.kind == "distribution" and not (
             measure_field.spec.ordinal or measure_field.spec.codes
         ):
@@ -269,6 +278,35 @@ def resolve(query: Query, *, agreement: Agreement, registry: Registry, party: st
         condition=condition,
         linked=all(linked_flags.values()),
     )
+
+
+def retention_window(
+    measure_field: FieldRef, filters: list[tuple[FieldRef, Filter]]
+) -> tuple[int, int] | None:
+    """The first and last year of a retention's window: its filter on the year field."""
+    for ref, item in filters:
+        if (ref.dataset, ref.column) != (measure_field.dataset, measure_field.column):
+            continue
+        if item.op == "in" and isinstance(item.value, list):
+            years = [int(v) for v in item.value if isinstance(v, int | str) and str(v).isdigit()]
+            return (min(years), max(years)) if years else None
+        if item.op == "between" and isinstance(item.value, list):
+            return int(item.value[0]), int(item.value[1])
+    return None
+
+
+def _check_retention(
+    measure_field: FieldRef, filters: list[tuple[FieldRef, Filter]], *, linked: bool
+) -> None:
+    if not linked:
+        raise SchemaError("a retention follows teachers: its datasets need educator IDs")
+    if measure_field.spec.type != "integer":
+        raise SchemaError(f"a retention needs a year field, not {measure_field.label!r}")
+    if retention_window(measure_field, filters) is None:
+        raise SchemaError(
+            f"a retention needs its window of years as a filter on {measure_field.label!r} "
+            "(op 'in' or 'between'), so which years count is public"
+        )
 
 
 def _bounded(spec: ColumnSpec) -> bool:
