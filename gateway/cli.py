@@ -646,6 +646,10 @@ def _release_report(
             click.echo("")
             click.echo(table["title"])
             _print_release(table.get("release") or table["preview"])
+            for name, values in table.get("summary", {}).items():
+                for item in values:
+                    shown = item["value"] if item["value"] is not None else "-"
+                    click.echo(f"  {name} {item['group'] or ''}: {shown} ({item['note']})")
         click.echo("")
         if r.get("preview"):
             fits = "fits" if r["would_fit"] else "does NOT fit"

@@ -175,6 +175,11 @@ def _run_reports(gw: Gateway, agreement: Agreement, say: Echo) -> list[dict[str,
                 say(f"    {table['title']}")
                 for line in _table_lines(table["release"]["cells"]):
                     say(f"      {line}")
+                for name, values in table.get("summary", {}).items():
+                    for item in values:
+                        where = ", ".join(f"{k} {v}" for k, v in item["group"].items())
+                        shown = item["value"] if item["value"] is not None else "-"
+                        say(f"      {name}{' ' + where if where else ''}: {shown} ({item['note']})")
             say(
                 f"    epsilon spent {result['epsilon_spent']:.3g}; "
                 f"{party}'s budget remaining {result['budget_remaining']:.3g}"

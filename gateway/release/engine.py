@@ -211,6 +211,10 @@ def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
         assert resolved.measure_field is not None
         dimensions.append(resolved.measure_field.column)
         key_lists.append(_ordinal_values(resolved.measure_field.spec))
+    elif measure.kind == "joint":
+        for ref in _paired(resolved):  # named with their datasets: both may be "score"
+            dimensions.append(f"{ref.dataset}.{ref.column}")
+            key_lists.append(_ordinal_values(ref.spec))
     public_positions = [i for i, values in enumerate(key_lists) if values is not None]
     private_positions = [i for i, values in enumerate(key_lists) if values is None]
     public_lists = [key_lists[i] or [] for i in public_positions]
@@ -249,7 +253,7 @@ def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
         plan.selection = noise.threshold_noise(groups, query.epsilon / 2, query.delta)
         rest = query.epsilon - query.epsilon / 2
     half = rest / 2
-    if measure.kind in ("count", "distribution"):
+    if measure.kind in ("count", "distribution", "joint"):
         plan.counts = noise.integer_noise(groups, rest)
     elif measure.kind == "sum":
         assert resolved.measure_field is not None
@@ -267,6 +271,11 @@ def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
         plan.numerators = noise.integer_noise(groups, half)
         plan.counts = noise.integer_noise(groups, rest - half)
     return plan
+
+
+def _paired(resolved: ResolvedQuery) -> tuple[FieldRef, FieldRef]:
+    assert resolved.measure_field is not None and resolved.compare_field is not None
+    return resolved.measure_field, resolved.compare_field
 
 
 def _ordinal_values(spec: ColumnSpec) -> list[Any]:
@@ -308,8 +317,13 @@ def _needed_columns(resolved: ResolvedQuery) -> dict[str, set[str]]:
             needed[resolved.measure_field.dataset].add(spec.student_count_column)
     if resolved.condition is not None:
         refs.append(resolved.condition[0])
+    if resolved.compare_field is not None:
+        refs.append(resolved.compare_field)
     for ref in refs:
         needed[ref.dataset].add(ref.column)
+    for column in resolved.link_on:
+        for columns in needed.values():
+            columns.add(column)
     return needed
 
 
@@ -347,20 +361,27 @@ def load_rows(
         for ref, item in resolved.filters:
             if ref.dataset == name:
                 statement = statement.where(_filter_clause(table.c[ref.column], ref, item))
-        measured = resolved.measure_field is not None and resolved.measure_field.dataset == name
+        measured = any(
+            ref is not None and ref.dataset == name
+            for ref in (resolved.measure_field, resolved.compare_field)
+        )
         if resolved.linked and not measured:
             # Only the measured dataset's rows count as rows. Elsewhere a teacher's
             # repeated rows add nothing but would repeat measured rows in the join (two
             # cohorts of one program, say: the students behind a score counted twice),
             # so the database keeps one row per teacher and grouping values.
             statement = statement.distinct()
-        frames.append(_fetch_frame(connection, statement))
+        frame = _fetch_frame(connection, statement)
+        for column in resolved.link_on:  # a shared name to link on, besides the pseudonym
+            frame[f"_link.{column}"] = frame[f"{name}.{column}"]
+        frames.append(frame)
     if not resolved.linked:
         return frames[0], versions
+    keys = ["educator_ref", *(f"_link.{c}" for c in resolved.link_on)]
     linked = frames[0]
     for frame in frames[1:]:
-        linked = linked.merge(frame, on="educator_ref", how="inner")
-    return linked, versions
+        linked = linked.merge(frame, on=keys, how="inner")
+    return linked.drop(columns=keys[1:]), versions
 
 
 def _fetch_frame(connection: Connection, statement: Any) -> pd.DataFrame:
@@ -418,7 +439,12 @@ def true_cells(
         if resolved.measure_field is not None
         else None
     )
-    frame = frame.dropna(subset=group_cols + ([measure_col] if measure_col else []))
+    paired_needed = (
+        [f"{r.dataset}.{r.column}" for r in _paired(resolved)]
+        if resolved.compare_field is not None
+        else []
+    )
+    frame = frame.dropna(subset=group_cols + ([measure_col] if measure_col else []) + paired_needed)
     if resolved.condition is not None:
         ref, item = resolved.condition
         column = frame[f"{ref.dataset}.{ref.column}"]
@@ -459,6 +485,13 @@ def true_cells(
     # One row per teacher per group.
     per_teacher_cols = ["educator_ref", *group_cols]
     aggregations: dict[str, Any] = {}
+    paired_cols: list[str] = []
+    if query.measure.kind in ("agreement", "joint"):
+        # Each teacher's own score on each side (lower median of their rows in the group).
+        paired_cols = [f"{r.dataset}.{r.column}" for r in _paired(resolved)]
+        for column in paired_cols:
+            aggregations[column] = _lower_median
+        measure_col = None
     if measure_col is not None:
         if query.measure.kind == "distribution":
             aggregations[measure_col] = lambda s: s.sort_values().iloc[(len(s) - 1) // 2]
@@ -475,7 +508,11 @@ def true_cells(
         teachers = teachers.reset_index()
     else:
         teachers = frame[per_teacher_cols].drop_duplicates()
+    if query.measure.kind == "agreement":
+        teachers["_meets"] = (teachers[paired_cols[0]] == teachers[paired_cols[1]]).astype(int)
     key_cols = list(group_cols)
+    if query.measure.kind == "joint":
+        key_cols += paired_cols
     if query.measure.kind == "distribution":
         assert measure_col is not None
         key_cols.append(measure_col)
@@ -503,6 +540,10 @@ def true_cells(
             cell.students = int(part[student_col].sum())
         cells[tuple(_plain(v) for v in key_tuple)] = cell
     return cells
+
+
+def _lower_median(values: pd.Series) -> Any:
+    return values.sort_values().iloc[(len(values) - 1) // 2]
 
 
 def _retention_rows(frame: pd.DataFrame, resolved: ResolvedQuery, year_col: str) -> pd.DataFrame:
@@ -569,6 +610,8 @@ def canonical_query(resolved: ResolvedQuery) -> str:
         measure["field"] = qualified(resolved.measure_field)
     if query.measure.years_after is not None:
         measure["years_after"] = query.measure.years_after
+    if resolved.compare_field is not None:
+        measure["compare_to"] = qualified(resolved.compare_field)
     if resolved.condition is not None:
         ref, item = resolved.condition
         measure["condition"] = {"field": qualified(ref), "op": item.op, "value": value(ref, item)}
@@ -587,6 +630,8 @@ def canonical_query(resolved: ResolvedQuery) -> str:
         "delta": str(query.delta.normalize()),
         "max_groups_per_teacher": query.max_groups_per_teacher,
     }
+    if resolved.link_on:
+        body["link_on"] = sorted(resolved.link_on)
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -597,6 +642,8 @@ def _table_signature(resolved: ResolvedQuery) -> str:
     dimensions = sorted(body["group_by"])
     if resolved.query.measure.kind == "distribution" and resolved.measure_field is not None:
         dimensions.append(body["measure"]["field"])
+    if resolved.query.measure.kind == "joint":
+        dimensions += [body["measure"]["field"], body["measure"]["compare_to"]]
     signature = {"datasets": body["datasets"], "filters": body["filters"], "dims": dimensions}
     return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()
 
@@ -1017,7 +1064,7 @@ def _noisy_cells(
             cell.update(value=None, ci95=None, suppressed=True, reason=reason)
             out.append(cell)
             continue
-        if kind in ("count", "distribution"):
+        if kind in ("count", "distribution", "joint"):
             value = float(max(counts[k], 0))
             cell.update(value=value, ci95=_ci(value, count_hw, low=0.0), suppressed=False)
             total = group_totals.get(k[:-1]) if kind == "distribution" else None

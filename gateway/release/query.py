@@ -63,9 +63,12 @@ class Measure(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["count", "sum", "mean", "distribution", "rate", "retention"]
+    kind: Literal["count", "sum", "mean", "distribution", "rate", "retention", "agreement", "joint"]
     field: str | None = None
     condition: Filter | None = None
+    #: For an agreement (share of teachers whose two scores are equal) or a joint
+    #: distribution (teachers per pair of scores): the field compared with ``field``.
+    compare_to: str | None = None
     #: For a retention: the share of teachers still there this many years after their
     #: first year (``field`` is the year column, e.g. staffing's ``school_year``).
     years_after: Annotated[int, Field(ge=1, le=10)] | None = None
@@ -74,7 +77,17 @@ class Measure(BaseModel):
     def _arguments(self) -> Measure:
         if (self.kind == "retention") != (self.years_after is not None):
             raise ValueError("'years_after' is required for a retention, and only for one")
-        needs_field = self.kind in ("sum", "mean", "distribution", "retention")
+        paired = self.kind in ("agreement", "joint")
+        if paired != (self.compare_to is not None):
+            raise ValueError("'compare_to' is required for an agreement or joint, and only then")
+        needs_field = self.kind in (
+            "sum",
+            "mean",
+            "distribution",
+            "retention",
+            "agreement",
+            "joint",
+        )
         if needs_field and self.field is None:
             raise ValueError(f"a {self.kind} measure needs a 'field'")
         if not needs_field and self.field is not None:
@@ -106,6 +119,9 @@ class Query(BaseModel):
     epsilon: Annotated[Decimal, Field(gt=0, le=MAX_EPSILON)]
     delta: Annotated[Decimal, Field(ge=0, lt=1)] = Decimal(0)
     max_groups_per_teacher: Annotated[int, Field(ge=1, le=MAX_GROUPS_PER_TEACHER)] | None = None
+    #: Columns every dataset has that rows must share to link, besides the pseudonym
+    #: (an EPP's and a district's observations of the same domain in the same year).
+    link_on: list[str] = Field(default_factory=list, max_length=3)
 
     @field_validator("epsilon")
     @classmethod
@@ -117,7 +133,7 @@ class Query(BaseModel):
     def _delta_exact(cls, value: Decimal) -> Decimal:
         return _exact(value, DELTA_PLACES, "delta")
 
-    @field_validator("datasets", "group_by")
+    @field_validator("datasets", "group_by", "link_on")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
@@ -165,6 +181,8 @@ class ResolvedQuery:
     measure_field: FieldRef | None
     condition: tuple[FieldRef, Filter] | None
     linked: bool  # rows describe educators (pseudonym-linked datasets)
+    compare_field: FieldRef | None = None
+    link_on: tuple[str, ...] = ()
 
 
 def _resolve_field(
@@ -269,6 +287,17 @@ def resolve(query: Query, *, agreement: Agreement, registry: Registry, party: st
         ref = _resolve_field(query.measure.condition.field, query, agreement, schemas)
         _allowed(agreement, party, ref, as_measure=False)
         condition = (ref, query.measure.condition)
+    compare_field = None
+    if query.measure.compare_to is not None:
+        assert measure_field is not None
+        compare_field = _resolve_field(query.measure.compare_to, query, agreement, schemas)
+        _allowed(agreement, party, compare_field, as_measure=True)
+        for ref in (measure_field, compare_field):
+            if not (ref.spec.ordinal or ref.spec.codes):
+                raise SchemaError(
+                    f"an {query.measure.kind} compares ordinal or coded fields, not {ref.label!r}"
+                )
+    _check_link_on(query, agreement, party, schemas, linked=all(linked_flags.values()))
     return ResolvedQuery(
         query=query,
         schemas=schemas,
@@ -277,7 +306,29 @@ def resolve(query: Query, *, agreement: Agreement, registry: Registry, party: st
         measure_field=measure_field,
         condition=condition,
         linked=all(linked_flags.values()),
+        compare_field=compare_field,
+        link_on=tuple(query.link_on),
     )
+
+
+def _check_link_on(
+    query: Query,
+    agreement: Agreement,
+    party: str,
+    schemas: dict[str, DatasetSchema],
+    *,
+    linked: bool,
+) -> None:
+    if not query.link_on:
+        return
+    if not linked or len(query.datasets) < 2:
+        raise SchemaError("'link_on' links two or more datasets with educator IDs")
+    for column in query.link_on:
+        for name in query.datasets:
+            ref = _resolve_field(f"{name}.{column}", query, agreement, schemas)
+            if ref.spec.role != "quasi_identifier":
+                raise SchemaError(f"'link_on' takes dimensions; {ref.label!r} is a {ref.spec.role}")
+            _allowed(agreement, party, ref, as_measure=False)
 
 
 def retention_window(

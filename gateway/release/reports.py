@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway import audit
@@ -61,6 +62,9 @@ class ReportTable(BaseModel):
 
     title: str
     query: dict[str, Any]
+    #: A statistic computed from the table's released (noisy) cells: post-processing,
+    #: so it costs no budget and reveals nothing the cells do not.
+    summary: Literal["weighted_kappa"] | None = None
 
 
 class ReportDefinition(BaseModel):
@@ -337,13 +341,61 @@ def run_report(
             )
             error.args = (error.message,)
             raise
-        tables.append({"title": table.title, "release": released})
+        entry: dict[str, Any] = {"title": table.title, "release": released}
+        if table.summary == "weighted_kappa":
+            entry["summary"] = {"weighted_kappa": weighted_kappa(released)}
+        tables.append(entry)
     return {
         **head,
         "tables": tables,
         "epsilon_spent": float(sum(t["release"]["epsilon_spent"] for t in tables)),
         "budget_remaining": tables[-1]["release"]["budget_remaining"],
     }
+
+
+def weighted_kappa(release: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Quadratic-weighted kappa of each group of a joint table, from its noisy cells.
+
+    The last two dimensions of the cells are the two raters' scores. A group with a
+    suppressed or coded cell gets no kappa: its noisy counts are not all published,
+    and computing one from the published cells alone would bias it.
+    """
+    cells = release["cells"]
+    if not cells:
+        return []
+    dimensions = list(cells[0]["group"])
+    first, second = dimensions[-2], dimensions[-1]
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for cell in cells:
+        key = tuple(cell["group"][d] for d in dimensions[:-2])
+        groups.setdefault(key, []).append(cell)
+    out: list[dict[str, Any]] = []
+    for key, members in groups.items():
+        group = dict(zip(dimensions[:-2], key, strict=True))
+        if any(c["suppressed"] or c.get("value") is None for c in members):
+            out.append(
+                {"group": group, "value": None, "note": "not computed: a cell is suppressed"}
+            )
+            continue
+        scores = sorted(
+            {c["group"][first] for c in members} | {c["group"][second] for c in members}
+        )
+        index = {score: i for i, score in enumerate(scores)}
+        table = np.zeros((len(scores), len(scores)))
+        for c in members:
+            table[index[c["group"][first]], index[c["group"][second]]] += float(c["value"])
+        total = table.sum()
+        if total <= 0 or len(scores) < 2:
+            out.append({"group": group, "value": None, "note": "not computed: no teachers"})
+            continue
+        shares = table / total
+        i, j = np.indices(shares.shape)
+        weights = 1.0 - (i - j) ** 2 / (len(scores) - 1) ** 2
+        observed = float((weights * shares).sum())
+        expected = float((weights * np.outer(shares.sum(1), shares.sum(0))).sum())
+        value = None if expected >= 1 else round((observed - expected) / (1 - expected), 4)
+        out.append({"group": group, "value": value, "note": "from the noisy counts"})
+    return out
 
 
 def parse_param_options(options: Sequence[str]) -> dict[str, str]:

@@ -1,0 +1,222 @@
+"""Measures derived per teacher: retention (still there N years after the first year),
+agreement of two raters' scores and their joint distribution (with rows linked on
+more than the pseudonym), and the weighted kappa computed from a joint table.
+
+The exact aggregates are checked before noise (``true_cells``) against counts worked
+out by hand from the files written here; the released tables are then checked for
+the guarantees (intervals, suppression marks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import audit
+from gateway.context import Gateway
+from gateway.errors import SchemaError
+from gateway.ingest import upload_extract
+from gateway.release.engine import load_rows, plan_query, request_release, true_cells
+from gateway.release.query import parse_query, resolve
+from gateway.release.reports import weighted_kappa
+from tests.conftest import AGREEMENT, DISTRICT, EPP
+
+ACTOR = audit.Actor(role="analyst", party=EPP)
+CALIBRATION = "calibration-lakeshore-riverbend"
+COMPLETERS = (
+    "MEPID,Last Name,First Name,Email Address,Program,Program Completion Year,"
+    "Completer Status,License Field"
+)
+STAFFING = "MEPID,Last Name,First Name,SY,District Code,School Code,Job Class,License Field,FTE"
+
+
+def upload(gw: Gateway, agreement: str, party: str, dataset: str, path: Path) -> None:
+    upload_extract(
+        gw,
+        agreement_id=agreement,
+        party=party,
+        dataset=dataset,
+        path=path,
+        actor=audit.Actor(role="uploader", party=party),
+    )
+
+
+def exact(gw: Gateway, agreement: str, party: str, body: dict[str, Any]) -> dict[Any, Any]:
+    """The true cells of a query (before suppression and noise), by group key."""
+    query = parse_query({"epsilon": "0.5", **body})
+    agreement_ = gw.agreement(agreement)
+    resolved = resolve(query, agreement=agreement_, registry=gw.registry, party=party)
+    plan = plan_query(resolved, agreement_)
+    with gw.sessions() as session:
+        frame, _ = load_rows(session.connection(), resolved, agreement_, 1)
+    return true_cells(frame, resolved, plan)
+
+
+# --- retention ---------------------------------------------------------------------------
+
+# Teachers by first year in the 2021-2025 window, and the years they stayed.
+SPELLS = {
+    # 20 ELEM completers first there in 2022: 12 still there in 2023 (1 year after);
+    # of those, 6 stay to 2025 (3 years after).
+    "ELEM": [(2022, 2022)] * 8 + [(2022, 2024)] * 6 + [(2022, 2025)] * 6,
+    # 15 SPED completers there since 2021 (hired before the window: left out), and
+    # 12 first there in 2024 (too late for 3 years; all there in 2025).
+    "SPED": [(2021, 2025)] * 15 + [(2024, 2025)] * 12,
+}
+
+
+@pytest.fixture
+def retention_data(gateway: Gateway, tmp_path: Path) -> Gateway:
+    completers = [COMPLETERS]
+    staffing = [STAFFING]
+    teacher = 700000
+    for program, spells in SPELLS.items():
+        for first, last in spells:
+            teacher += 1
+            completers.append(f"{teacher},A,B,a@example.org,{program},2020,completed,ELEM")
+            for year in range(first, last + 1):
+                staffing.append(f"{teacher},A,B,{year},D-1,S-01,teacher,ELEM,1")
+    (tmp_path / "c.csv").write_text("\n".join(completers) + "\n")
+    (tmp_path / "s.csv").write_text("\n".join(staffing) + "\n")
+    upload(gateway, AGREEMENT, EPP, "completers", tmp_path / "c.csv")
+    upload(gateway, AGREEMENT, DISTRICT, "staffing", tmp_path / "s.csv")
+    return gateway
+
+
+def retention_query(years_after: int) -> dict[str, Any]:
+    return {
+        "datasets": ["completers", "staffing"],
+        "measure": {
+            "kind": "retention", "field": "staffing.school_year", "years_after": years_after
+        },
+        "group_by": ["program_code"],
+        "filters": [
+            {"field": "staffing.school_year", "op": "in", "value": [2021, 2022, 2023, 2024, 2025]},
+            {"field": "program_code", "op": "in", "value": ["ELEM", "SPED"]},
+        ],
+        "max_groups_per_teacher": 1,
+    }  # fmt: skip
+
+
+def test_retention_counts_who_stayed_among_those_hired_in_the_window(
+    retention_data: Gateway,
+) -> None:
+    one = exact(retention_data, AGREEMENT, EPP, retention_query(1))
+    assert (one[("ELEM",)].teachers, one[("ELEM",)].meeting) == (20, 12)
+    # SPED: the 2021 teachers were there at the window's start (left out); the 2024
+    # hires count for one year (2025 is inside the window) and all stayed.
+    assert (one[("SPED",)].teachers, one[("SPED",)].meeting) == (12, 12)
+    three = exact(retention_data, AGREEMENT, EPP, retention_query(3))
+    assert (three[("ELEM",)].teachers, three[("ELEM",)].meeting) == (20, 6)
+    assert ("SPED",) not in three or three[("SPED",)].teachers == 0  # hired too late
+    released = request_release(
+        retention_data,
+        agreement_id=AGREEMENT,
+        party=EPP,
+        query=parse_query({"epsilon": "0.5", **retention_query(3)}),
+        actor=ACTOR,
+    )
+    cells = {c["group"]["program_code"]: c for c in released["cells"]}
+    assert cells["SPED"]["suppressed"] and cells["SPED"]["value"] is None
+    assert not cells["ELEM"]["suppressed"] or cells["ELEM"]["reason"] == "complementary"
+
+
+def test_retention_needs_a_public_window(gateway: Gateway) -> None:
+    body = retention_query(1)
+    body["filters"] = body["filters"][1:]
+    with pytest.raises(SchemaError, match="window of years"):
+        exact(gateway, AGREEMENT, EPP, body)
+    with pytest.raises(SchemaError, match="years_after"):
+        parse_query({"epsilon": "0.5", **{**body, "measure": {"kind": "count", "years_after": 1}}})
+
+
+# --- two raters: agreement and the joint table -------------------------------------------
+
+OBSERVATIONS = "IEIN,Academic Year,Supervisor Type,Rubric Domain,Domain Score,Visit Date"
+DISTRICT_OBS = "IEIN,Eval Yr,Evaluator Role,Domain,Rating,Obs Date"
+
+
+@pytest.fixture
+def paired_scores(gateway: Gateway, tmp_path: Path) -> Gateway:
+    """60 teachers observed by both sides in 'planning' 2025, and in 'instruction' by the
+    district only in another year (must not pair with the EPP's planning scores)."""
+    epp = [OBSERVATIONS]
+    district = [DISTRICT_OBS]
+    for n in range(60):
+        teacher = 800000 + n
+        supervisor = 3 if n < 40 else 2
+        # 40 with a supervisor's 3: 30 of them get 3 from the district too, 10 get 4;
+        # 20 with a supervisor's 2: all get 2 from the district.
+        evaluator = 2 if n >= 40 else (3 if n < 30 else 4)
+        epp.append(f"{teacher},2025,epp_supervisor,planning,{supervisor},2025-03-01")
+        district.append(f"{teacher},2025,district_evaluator,planning,{evaluator},2025-03-02")
+        district.append(f"{teacher},2024,district_evaluator,instruction,1,2024-03-02")
+    (tmp_path / "e.csv").write_text("\n".join(epp) + "\n")
+    (tmp_path / "d.csv").write_text("\n".join(district) + "\n")
+    upload(gateway, CALIBRATION, "lakeshore-u", "epp_observations", tmp_path / "e.csv")
+    upload(gateway, CALIBRATION, "riverbend-sd", "district_observations", tmp_path / "d.csv")
+    return gateway
+
+
+def paired_query(kind: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "datasets": ["epp_observations", "district_observations"],
+        "link_on": ["school_year", "rubric_domain"],
+        "measure": {
+            "kind": kind,
+            "field": "epp_observations.score",
+            "compare_to": "district_observations.score",
+        },
+        "max_groups_per_teacher": 1,
+        **extra,
+    }
+
+
+def test_agreement_pairs_scores_of_the_same_domain_and_year(paired_scores: Gateway) -> None:
+    cells = exact(paired_scores, CALIBRATION, "lakeshore-u", paired_query("agreement"))
+    # 30 + 20 of 60 teachers got the same score from both sides; the district's 2024
+    # 'instruction' rows (score 1) never pair with the EPP's 2025 'planning' rows.
+    assert (cells[()].teachers, cells[()].meeting) == (60, 50)
+    unlinked = exact(
+        paired_scores, CALIBRATION, "lakeshore-u", {**paired_query("agreement"), "link_on": []}
+    )
+    assert unlinked[()].meeting < 50  # without link_on, the 1s pair with everything
+
+
+def test_joint_table_and_its_weighted_kappa(paired_scores: Gateway) -> None:
+    cells = exact(paired_scores, CALIBRATION, "lakeshore-u", paired_query("joint"))
+    counts = {k: c.teachers for k, c in cells.items() if c.teachers}
+    assert counts == {(3, 3): 30, (3, 4): 10, (2, 2): 20}
+    released = request_release(
+        paired_scores,
+        agreement_id=CALIBRATION,
+        party="lakeshore-u",
+        query=parse_query({"epsilon": "1.0", **paired_query("joint")}),
+        actor=ACTOR,
+    )
+    assert len(released["cells"]) == 16  # every pair of codes, empty ones included
+    names = list(released["cells"][0]["group"])
+    assert names == ["epp_observations.score", "district_observations.score"]
+    (kappa,) = weighted_kappa(released)
+    # Empty cells are small cells: suppressed, so no kappa from partial counts.
+    assert kappa["value"] is None and "suppressed" in kappa["note"]
+
+
+def test_weighted_kappa_matches_hand_computed_values() -> None:
+    def table(counts: dict[tuple[int, int], float]) -> dict[str, Any]:
+        return {
+            "cells": [
+                {"group": {"a": a, "b": b}, "value": v, "suppressed": False}
+                for (a, b), v in counts.items()
+            ]
+        }
+
+    perfect = table({(1, 1): 20.0, (1, 2): 0.0, (2, 1): 0.0, (2, 2): 30.0})
+    assert weighted_kappa(perfect)[0]["value"] == 1.0
+    # Two categories: quadratic weights give Cohen's kappa. p_o = 35/50 = 0.7,
+    # p_e = (25*30 + 25*20) / 50**2 = 0.5, kappa = (0.7 - 0.5) / 0.5 = 0.4.
+    worked = table({(1, 1): 20.0, (1, 2): 5.0, (2, 1): 10.0, (2, 2): 15.0})
+    assert weighted_kappa(worked)[0]["value"] == pytest.approx(0.4)
+    independent = table({(1, 1): 25.0, (1, 2): 25.0, (2, 1): 25.0, (2, 2): 25.0})
+    assert weighted_kappa(independent)[0]["value"] == pytest.approx(0.0)
