@@ -1,4 +1,5 @@
-"""The application factory: ``create_app(settings)`` builds the HTTP API.
+"""The application factory: ``create_app(settings)`` builds the HTTP API and the web
+pages (:mod:`gateway.web`).
 
 Nothing connects or reads a key until the app starts (its lifespan opens the
 :class:`gateway.context.Gateway`), so tests build their own app with their own
@@ -14,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
@@ -27,6 +29,8 @@ from gateway.api.hardening import (
 from gateway.config import Settings
 from gateway.context import Gateway
 from gateway.errors import GatewayError, TooManyAttempts, Unauthenticated
+from gateway.web import STATIC_DIR
+from gateway.web import router as web_router
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -52,6 +56,9 @@ def create_app(settings: Settings) -> FastAPI:
         settings.auth_failure_limit, settings.auth_failure_window_seconds
     )
     app.include_router(routes.router)
+    # The web pages (docs/web.md): HTML over the same functions, under /web.
+    app.include_router(web_router)
+    app.mount("/web/static", StaticFiles(directory=STATIC_DIR), name="web-static")
     _install_error_handlers(app)
     # Added innermost first: the security headers wrap everything, then unexpected
     # errors become a bare 500, CORS answers preflights (only when origins are

@@ -11,7 +11,8 @@ Pure ASGI middleware, so limits hold before any route code runs:
 - an unexpected exception becomes a 500 in the one error shape, and the log gets
   its type and where it was raised, never its message (which might hold a value);
 - every response carries headers that stop browsers sniffing, framing, caching
-  or leaking referrers.
+  or leaking referrers; HTML pages (:mod:`gateway.web`) get a Content-Security-Policy
+  that admits only the gateway's own stylesheet and forms, and no script at all.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 logger = logging.getLogger("gateway.api")
 
 UPLOAD_PATH = re.compile(r"/v1/agreements/[^/]+/datasets/[^/]+/uploads")
+# The web page's upload form: streamed and limited by its route, like the API's.
+WEB_UPLOAD_PATH = re.compile(r"/web/agreements/[^/]+/upload")
 RELEASE_PATH = re.compile(r"/v1/agreements/[^/]+/releases")
 
 SECURITY_HEADERS: Mapping[str, str] = {
@@ -42,6 +45,13 @@ SECURITY_HEADERS: Mapping[str, str] = {
     "Strict-Transport-Security": "max-age=31536000",
 }
 
+#: The policy of HTML pages: their own stylesheet and forms, nothing else. No script
+#: source at all (the pages have none), no inline styles, no frames, no plugins.
+PAGE_CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'self'; form-action 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
+
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(
@@ -53,6 +63,8 @@ class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp, headers: Mapping[str, str] = SECURITY_HEADERS) -> None:
         self.app = app
         self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        page = {**headers, "Content-Security-Policy": PAGE_CONTENT_SECURITY_POLICY}
+        self.page_headers = [(k.lower().encode(), v.encode()) for k, v in page.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,9 +73,15 @@ class SecurityHeadersMiddleware:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in self.headers if k not in present]
-                message["headers"] = [*message.get("headers", []), *extra]
+                headers = message.get("headers", [])
+                present = {name.lower() for name, _ in headers}
+                html = any(
+                    name.lower() == b"content-type" and value.startswith(b"text/html")
+                    for name, value in headers
+                )
+                wanted = self.page_headers if html else self.headers
+                extra = [(k, v) for k, v in wanted if k not in present]
+                message["headers"] = [*headers, *extra]
             await send(message)
 
         await self.app(scope, receive, with_headers)
@@ -80,7 +98,7 @@ class RequestLimitsMiddleware:
             return
         path: str = scope["path"]
         is_post = scope["method"] == "POST"
-        if is_post and UPLOAD_PATH.fullmatch(path):
+        if is_post and (UPLOAD_PATH.fullmatch(path) or WEB_UPLOAD_PATH.fullmatch(path)):
             await self.app(scope, receive, send)
             return
         limit = self.limit
@@ -135,6 +153,20 @@ class RequestLimitsMiddleware:
         )
 
 
+def log_unexpected(exc: BaseException, *, method: str, path: str) -> None:
+    """One line for the operator: the exception's type and where it was raised, never
+    its message or a traceback (either might hold a value from the data)."""
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    logger.error(
+        "internal error: %s at %s:%s during %s %s",
+        type(exc).__name__,
+        where.filename,
+        where.lineno,
+        method,
+        path,
+    )
+
+
 class UnexpectedErrorMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -153,15 +185,7 @@ class UnexpectedErrorMiddleware:
         try:
             await self.app(scope, receive, tracking)
         except Exception as exc:
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            logger.error(
-                "internal error: %s at %s:%s during %s %s",
-                type(exc).__name__,
-                where.filename,
-                where.lineno,
-                scope["method"],
-                scope["path"],
-            )
+            log_unexpected(exc, method=scope["method"], path=scope["path"])
             if not started:
                 await error_response(
                     500, "internal_error", "internal error; the operator's log has details"

@@ -1,0 +1,109 @@
+"""A release's cells as people read them: one row per cell, and the CSV download.
+
+A suppressed cell says so in words, with the reason, never by colour alone; a cell
+top- or bottom-coded says which band it is in. Numbers are shown as released: the
+noisy value and its 95% interval.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.web.rendering import format_number
+
+# Spreadsheets run a cell that starts with one of these as a formula.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass(frozen=True)
+class CellRow:
+    """One cell of a released table, ready to show."""
+
+    group: tuple[str, ...]
+    value: str
+    interval: str
+    status: str
+    suppressed: bool
+    coded: str | None
+    share: str | None
+
+
+def dimensions(cells: Sequence[Mapping[str, Any]]) -> list[str]:
+    return list(cells[0]["group"]) if cells else []
+
+
+def group_label(cell: Mapping[str, Any]) -> str:
+    return " · ".join(str(v) for v in cell["group"].values()) or "all"
+
+
+def suppression_reason(reason: str | None, minimum: int | None) -> str:
+    """Why a cell is hidden, in a sentence fragment."""
+    if reason == "primary":
+        fewer = f"fewer than {minimum} teachers" if minimum else "too few teachers"
+        return f"{fewer} (or students) behind it (primary suppression)"
+    if reason == "complementary":
+        return "hidden so a small cell cannot be worked out from totals (complementary)"
+    return reason or "hidden"
+
+
+def cell_rows(release: Mapping[str, Any]) -> list[CellRow]:
+    cells: Sequence[Mapping[str, Any]] = release.get("cells") or []
+    minimum = (release.get("minimum_cell") or {}).get("teachers")
+    rows = []
+    for cell in cells:
+        ci = cell.get("ci95")
+        interval = f"{format_number(ci[0])} to {format_number(ci[1])}" if ci else ""
+        share = cell.get("share")
+        coded = cell.get("coded")
+        if cell.get("suppressed"):
+            status = "Suppressed: " + suppression_reason(cell.get("reason"), minimum)
+        elif coded:
+            status = f"Coded: the share is {coded}; no number is given"
+        else:
+            status = "Released"
+        rows.append(
+            CellRow(
+                group=tuple(str(v) for v in cell["group"].values()),
+                value="" if cell.get("value") is None else format_number(cell["value"]),
+                interval=interval,
+                status=status,
+                suppressed=bool(cell.get("suppressed")),
+                coded=coded,
+                share=None if share is None else f"{share * 100:.1f}%",
+            )
+        )
+    return rows
+
+
+def _safe(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def cells_csv(release: Mapping[str, Any]) -> str:
+    """One CSV row per cell (the columns of ``gateway release --csv``); text that a
+    spreadsheet would run as a formula is neutralised."""
+    cells: Sequence[Mapping[str, Any]] = release.get("cells") or []
+    names = dimensions(cells)
+    extra = [c for c in ("share", "coded") if any(c in cell for cell in cells)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*names, "value", "ci95_low", "ci95_high", "suppressed", "reason", *extra])
+    for cell in cells:
+        ci = cell.get("ci95") or [None, None]
+        row = [
+            *(cell["group"][d] for d in names),
+            cell.get("value"),
+            ci[0],
+            ci[1],
+            bool(cell.get("suppressed")),
+            cell.get("reason") or "",
+            *(cell.get(c) for c in extra),
+        ]
+        writer.writerow([_safe(v) for v in row])
+    return buffer.getvalue()
