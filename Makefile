@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
-.PHONY: install run test test-all lint bench clean
+.PHONY: install browser run test test-all lint bench clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,25 @@ install: $(BIN)/gateway
 run: install
 	$(BIN)/gateway demo --dir $(DEMO_DIR)
 
+## browser: Debian's chromium for the web pages' tests (tests/test_web.py), when it is
+## missing and apt-get can install it (as root); Playwright never downloads a browser.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium and chromium-driver with apt-get"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "chromium is missing: sudo apt-get install chromium chromium-driver (the web tests skip without it)"; \
+	  fi; \
+	fi
+
 ## test: the default test suite (SQLite; PostgreSQL too when GATEWAY_TEST_DATABASE_URL is set)
-test: install
+test: install browser
 	$(BIN)/python -m pytest
 
 ## test-all: the default suite plus the slow, exhaustive tests
-test-all: install
+test-all: install browser
 	$(BIN)/python -m pytest -m "slow or not slow"
 
 lint: install
