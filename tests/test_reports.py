@@ -219,3 +219,19 @@ def test_agreements_show_lists_reports_with_their_parameters(settings: Settings)
     assert reports["impact"]["parameters"]["epsilon"]["default"] == "0.3"
     assert reports["performance"]["recipients"] == [EPP]
     assert Decimal(reports["pipeline"]["parameters"]["epsilon"]["default"]) > 0
+
+
+def test_a_report_asked_again_on_the_same_data_is_free_even_on_a_spent_budget(
+    stocked: Gateway,
+) -> None:
+    first = run(stocked, "impact", parameters={"epsilon": "1.0"})
+    run(stocked, "pipeline", parameters={"epsilon": "0.5"})  # the party's 1.5 is spent
+    preview = run(stocked, "impact", parameters={"epsilon": "1.0"}, dry_run=True)
+    assert preview["tables"][0]["preview"]["repeat"] is True
+    assert preview["epsilon"] == 0 and preview["would_fit"] is True
+    again = run(stocked, "impact", parameters={"epsilon": "1.0"})
+    assert again["tables"][0]["release"]["repeated"] is True
+    assert again["tables"][0]["release"]["cells"] == first["tables"][0]["release"]["cells"]
+    assert spent(stocked, EPP) == pytest.approx(1.5)
+    with pytest.raises(BudgetExhausted):
+        run(stocked, "impact", parameters={"epsilon": "0.9"})  # a new query: not free

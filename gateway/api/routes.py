@@ -113,7 +113,7 @@ def list_audit_events(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = Query(default=100, ge=1, le=1000),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=2**31 - 1),
     format: Literal["json", "jsonl", "csv"] = Query(
         default="json", description="json (paged), or jsonl / csv for an export"
     ),

@@ -775,7 +775,7 @@ def request_release(
         resolved = resolve(query, agreement=agreement, registry=gateway.registry, party=party)
         plan = plan_query(resolved, agreement)
         if dry_run:
-            return _preview(gateway, agreement, party, plan)
+            return _preview(gateway, agreement, party, resolved, plan)
         return _release(gateway, agreement, party, resolved, plan, actor, report)
     except GatewayError as error:
         if not dry_run:
@@ -783,25 +783,71 @@ def request_release(
         raise
 
 
-def _preview(gateway: Gateway, agreement: Agreement, party: str, plan: Plan) -> dict[str, Any]:
+def _preview(
+    gateway: Gateway, agreement: Agreement, party: str, resolved: ResolvedQuery, plan: Plan
+) -> dict[str, Any]:
     with gateway.sessions() as session:
         states = {s.party: s for s in budget_ledger.budget_states(session, agreement.id)}
+        # Asked before on the same data: the stored release comes back, at no cost.
+        repeat = _stored_repeat(session, agreement, party, resolved) is not None
     state = states.get(party)
     return {
         "preview": True,
         "agreement": {"id": agreement.id, "version": agreement.version},
         "epsilon": float(plan.epsilon),
         "delta": float(plan.delta_used),
+        "repeat": repeat,
+        "epsilon_cost": 0.0 if repeat else float(plan.epsilon),
         "groups_per_teacher": plan.groups_per_teacher,
         "accuracy_95": plan.accuracy(),
         "cells": len(plan.public_combinations) if not plan.private_positions else None,
         "budget_remaining": float(state.epsilon_remaining) if state else 0.0,
-        "would_fit": bool(
+        "would_fit": repeat
+        or bool(
             state
             and plan.epsilon <= state.epsilon_remaining
             and plan.delta_used <= state.delta_remaining
         ),
     }
+
+
+def _data_versions(
+    connection: Connection, resolved: ResolvedQuery, agreement: Agreement, key_version: int | None
+) -> str:
+    """The uploads a query would read now, as :func:`load_rows` records them."""
+    versions = []
+    for name in resolved.query.datasets:
+        uploads = select(Upload.seq).where(
+            Upload.agreement_id == agreement.id, Upload.dataset == name, Upload.status == "accepted"
+        )
+        versions.append([name, sorted(connection.scalars(uploads))])
+    return json.dumps({"datasets": versions, "key_version": key_version})
+
+
+def _stored_repeat(
+    session: Session,
+    agreement: Agreement,
+    party: str,
+    resolved: ResolvedQuery,
+    data_versions: str | None = None,
+) -> Release | None:
+    """An earlier release of the same canonical query, on the same data, under the same
+    terms (a changed minimum, say, is other terms); None if there is none."""
+    if data_versions is None:
+        key = keys.current_key_version(session, agreement.id)
+        data_versions = _data_versions(
+            session.connection(), resolved, agreement, key.version if key else None
+        )
+    fingerprint = hashlib.sha256(canonical_query(resolved).encode()).hexdigest()
+    return session.scalars(
+        select(Release).where(
+            Release.agreement_id == agreement.id,
+            Release.party == party,
+            Release.query_hash == fingerprint,
+            Release.data_versions == data_versions,
+            Release.agreement_hash == agreement.content_hash,
+        )
+    ).first()
 
 
 def _release(
@@ -827,16 +873,7 @@ def _release(
         data_versions = json.dumps(
             {"datasets": versions, "key_version": key.version if key else None}
         )
-        repeated = session.scalars(
-            select(Release).where(
-                Release.agreement_id == agreement.id,
-                Release.party == party,
-                Release.query_hash == fingerprint,
-                Release.data_versions == data_versions,
-                # Releases made under other terms (a changed minimum, say) are not reused.
-                Release.agreement_hash == agreement.content_hash,
-            )
-        ).first()
+        repeated = _stored_repeat(session, agreement, party, resolved, data_versions)
     if repeated is not None:
         return _repeat(gateway, agreement, party, repeated, actor, report)
 

@@ -294,7 +294,11 @@ def run_report(
         )
         for query in queries
     ]
-    total = sum((q.epsilon for q in queries), Decimal(0))
+    # A table asked before on the same data comes back stored, at no cost.
+    total = sum(
+        (q.epsilon for q, p in zip(queries, previews, strict=True) if not p["repeat"]),
+        Decimal(0),
+    )
     remaining = previews[0]["budget_remaining"]
     would_fit = float(total) <= remaining and all(p["would_fit"] for p in previews)
     head = {
