@@ -112,8 +112,8 @@ def test_epsilon_is_split_over_the_tables_and_previewed_whole(gateway: Gateway) 
         actor=ANALYST,
         dry_run=True,
     )
-    assert preview["preview"] is True and len(preview["tables"]) == 3
-    assert [t["preview"]["epsilon"] for t in preview["tables"]] == [0.08, 0.08, 0.08]
+    assert preview["preview"] is True and len(preview["tables"]) == 4
+    assert [t["preview"]["epsilon"] for t in preview["tables"]] == [0.06] * 4
     assert preview["epsilon"] == pytest.approx(0.24) and preview["would_fit"] is True
     with gateway.sessions() as session:
         report = budget_report(session, gateway.agreement("diversity-cedar-valley-harmon"))
