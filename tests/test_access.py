@@ -555,3 +555,29 @@ def test_a_huge_audit_offset_is_refused_not_a_server_error(
         response = client.get("/v1/audit/events", params={"offset": 10**21})
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_a_large_text_part_is_refused_and_nothing_is_left(
+    gateway: Gateway, settings: Settings
+) -> None:
+    """Found in review: text parts were held in memory up to the upload limit."""
+    from gateway.api.uploads import MAX_TEXT_PART_BYTES
+
+    boundary = "b0undary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\n'.encode()
+        + b"x" * (MAX_TEXT_PART_BYTES + 1)
+        + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        'filename="e.csv"\r\nContent-Type: text/csv\r\n\r\nMEPID,SY\r\n'.encode()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    with TestClient(create_app(settings), headers=uploader(settings)) as client:
+        response = client.post(
+            f"/v1/agreements/{AGREEMENT}/datasets/evaluations/uploads",
+            content=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+    assert response.status_code == 400
+    assert "text part" in response.json()["error"]["message"]
+    assert list((settings.data_dir / "tmp").iterdir()) == []
+    assert "text part" in events(gateway, "upload-refused")[-1]["details"]["reason"]

@@ -265,3 +265,55 @@ def pd_isna(value: Any) -> bool:
     import pandas as pd
 
     return bool(pd.isna(value))
+
+
+# --- refusals found in review ----------------------------------------------------------
+
+
+def test_a_retention_window_must_be_whole_years_and_is_refused_in_the_log(
+    gateway: Gateway,
+) -> None:
+    body = retention_query(1)
+    body["filters"] = [{"field": "staffing.school_year", "op": "between", "value": [2021, "x"]}]
+    with pytest.raises(SchemaError, match="whole years"):
+        request_release(
+            gateway,
+            agreement_id=AGREEMENT,
+            party=EPP,
+            query=parse_query({"epsilon": "0.5", **body}),
+            actor=ACTOR,
+        )
+    with gateway.sessions() as session:
+        refused = list(session.scalars(audit.query_events(kind="release-refused")))
+    assert len(refused) == 1 and "whole years" in audit.event_view(refused[0])["details"]["reason"]
+
+
+def test_paired_measures_refuse_student_derived_fields(gateway: Gateway) -> None:
+    body = {
+        "datasets": ["value_added", "student_surveys"],
+        "measure": {
+            "kind": "agreement",
+            "field": "value_added.growth_score",
+            "compare_to": "student_surveys.mean_score",
+        },
+    }
+    with pytest.raises(SchemaError, match="derived from students"):
+        exact(gateway, AGREEMENT, EPP, body)
+
+
+def test_a_kappa_summary_needs_a_joint_table() -> None:
+    from gateway.agreements.models import ReportSpec
+    from gateway.release.reports import definition
+
+    spec = ReportSpec.model_validate(
+        {
+            "name": "odd",
+            "description": "kappa of a count",
+            "tables": [
+                {"title": "t", "summary": "weighted_kappa", "query": {"measure": {"kind": "count"}}}
+            ],
+        }
+    )
+    with pytest.raises(SchemaError, match="needs a joint measure"):
+        definition(spec)
+    assert weighted_kappa({"cells": [{"group": {"a": 1}, "value": 3.0, "suppressed": False}]}) == []

@@ -9,12 +9,13 @@ overwritten and removed on every path, success or failure.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from python_multipart.multipart import File, create_form_parser, parse_options_header
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from gateway.errors import GatewayError, SchemaError
 
@@ -80,55 +81,123 @@ def safe_display_name(raw: bytes | None) -> str:
 class ReceivedFile:
     """The file part of a multipart request, spooled to the data folder."""
 
-    def __init__(self, part: File, display_name: str) -> None:
-        self._part = part
+    def __init__(self, path: Path, display_name: str) -> None:
+        self.path = path
         self.display_name = display_name
 
-    @property
-    def path(self) -> Path:
-        handle: Any = self._part.file_object
-        return Path(handle.name)
-
     def discard(self) -> None:
-        handle: Any = self._part.file_object
-        name = getattr(handle, "name", None)
-        if isinstance(name, str) and os.path.exists(name):
-            _shred(name)
-        self._part.close()  # NamedTemporaryFile(delete=True): unlinks it
-        if isinstance(name, str) and os.path.exists(name):
-            os.unlink(name)
+        """Overwrite and remove the spooled file (it held raw identifiers)."""
+        if self.path.exists():
+            _shred(str(self.path))
+            self.path.unlink(missing_ok=True)
+
+
+#: A form's text parts are small (a CSRF token, a dataset name): more is refused, so a
+#: request cannot make the server hold a large text part in memory.
+MAX_TEXT_PART_BYTES = 64 * 1024
+MAX_PARTS = 16
+
+
+class _Parts:
+    """The parts of one multipart body: files spooled to disk, text parts bounded."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.files: list[tuple[bytes | None, bytes | None, Path]] = []  # name, filename, path
+        self.count = 0
+        self._headers: dict[bytes, bytes] = {}
+        self._header_name: list[bytes] = []
+        self._header_value: list[bytes] = []
+        self._handle: Any = None
+        self._text_size = 0
+
+    def part_begin(self) -> None:
+        self.count += 1
+        if self.count > MAX_PARTS:
+            raise BadUploadRequest(f"the form has more than {MAX_PARTS} parts")
+        self._headers = {}
+        self._handle = None
+        self._text_size = 0
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name.append(data[start:end])
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value.append(data[start:end])
+
+    def header_end(self) -> None:
+        name = b"".join(self._header_name).lower()
+        self._headers[name] = b"".join(self._header_value).strip(b" \t")
+        self._header_name.clear()
+        self._header_value.clear()
+
+    def headers_finished(self) -> None:
+        _disposition, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        filename = options.get(b"filename")
+        if filename is None:
+            return  # a text part: counted, kept nowhere
+        # mkstemp: mode 0600, in the data folder, never the system's temporary folder.
+        fd, name = tempfile.mkstemp(prefix="upload-", dir=self.folder)
+        self._handle = os.fdopen(fd, "wb")
+        self.files.append((options.get(b"name"), filename, Path(name)))
+
+    def part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._handle is not None:
+            self._handle.write(data[start:end])
+            return
+        self._text_size += end - start
+        if self._text_size > MAX_TEXT_PART_BYTES:
+            raise BadUploadRequest(
+                f"a text part of the form is larger than {MAX_TEXT_PART_BYTES:,} bytes"
+            )
+
+    def part_end(self) -> None:
+        if self._handle is not None:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            self._handle = None
+
+    def discard_all(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        for _name, _filename, path in self.files:
+            ReceivedFile(path, "").discard()
+        self.files.clear()
 
 
 async def receive_file(
     *, headers: dict[str, str], body: AsyncIterator[bytes], folder: Path, max_bytes: int
 ) -> ReceivedFile:
-    """Parse a multipart/form-data body and keep its ``file`` part on disk."""
+    """Parse a multipart/form-data body and keep its ``file`` part on disk.
+
+    Text parts are counted and bounded (``MAX_TEXT_PART_BYTES``), never kept; any file
+    part other than ``file`` is removed. Every spooled file is overwritten and removed
+    on every failure.
+    """
     content_type, params = parse_options_header(headers.get("content-type", ""))
     if content_type != b"multipart/form-data":
         raise UnsupportedMediaType(
             "send the extract as multipart/form-data with the file in a field named 'file'"
         )
-    if not params.get(b"boundary"):
+    boundary = params.get(b"boundary")
+    if not boundary:
         raise BadUploadRequest("the multipart/form-data content type has no boundary")
     declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes + MULTIPART_FRAMING_BYTES:
         raise _too_large(max_bytes)
-    files: list[File] = []
-    others: list[File] = []
-
-    def on_file(part: File) -> None:
-        (files if part.field_name == b"file" else others).append(part)
-
-    parser = create_form_parser(
-        {k.title(): v.encode("latin-1") for k, v in headers.items()},
-        on_field=None,
-        on_file=on_file,
-        config={
-            "UPLOAD_DIR": str(folder),
-            "MAX_MEMORY_FILE_SIZE": 0,  # straight to disk in the data folder
-            "UPLOAD_DELETE_TMP": True,
-        },
-    )
+    parts = _Parts(folder)
+    callbacks: Any = {
+        "on_part_begin": parts.part_begin,
+        "on_part_data": parts.part_data,
+        "on_part_end": parts.part_end,
+        "on_header_field": parts.header_field,
+        "on_header_value": parts.header_value,
+        "on_header_end": parts.header_end,
+        "on_headers_finished": parts.headers_finished,
+    }
+    parser = MultipartParser(boundary, callbacks)
     received = 0
     try:
         async for block in body:
@@ -138,26 +207,21 @@ async def receive_file(
             parser.write(block)
         parser.finalize()
     except GatewayError:
-        for part in files + others:
-            ReceivedFile(part, "").discard()
+        parts.discard_all()
         raise
     except Exception:  # the multipart parser's own errors
-        for part in files + others:
-            ReceivedFile(part, "").discard()
+        parts.discard_all()
         raise BadUploadRequest("the multipart body could not be parsed") from None
-    for part in others:
-        ReceivedFile(part, "").discard()
-    if len(files) != 1:
-        for part in files:
-            ReceivedFile(part, "").discard()
+    wanted = [f for f in parts.files if f[0] == b"file"]
+    if len(wanted) != 1:
+        parts.discard_all()
         raise BadUploadRequest("send exactly one file, in a form field named 'file'")
-    part = files[0]
-    if part.in_memory:
-        part.flush_to_disk()
-    handle: Any = part.file_object
-    handle.flush()
-    received_file = ReceivedFile(part, safe_display_name(part.file_name))
-    if part.size == 0:
+    for name, _filename, path in parts.files:
+        if name != b"file":
+            ReceivedFile(path, "").discard()
+    _name, filename, path = wanted[0]
+    received_file = ReceivedFile(path, safe_display_name(filename))
+    if path.stat().st_size == 0:
         received_file.discard()
         raise SchemaError(f"{received_file.display_name}: the file is empty")
     return received_file

@@ -781,6 +781,13 @@ def request_release(
         if not dry_run:
             _record_refusal(gateway, agreement, party, query, actor, error)
         raise
+    except Exception:
+        # A failure nobody foresaw is still a refusal in the log (its message, which
+        # might hold a value, is not: the operator's log has the exception's type).
+        if not dry_run:
+            failed = GatewayError("the release failed: internal error")
+            _record_refusal(gateway, agreement, party, query, actor, failed)
+        raise
 
 
 def _preview(
@@ -802,6 +809,7 @@ def _preview(
         "accuracy_95": plan.accuracy(),
         "cells": len(plan.public_combinations) if not plan.private_positions else None,
         "budget_remaining": float(state.epsilon_remaining) if state else 0.0,
+        "delta_remaining": float(state.delta_remaining) if state else 0.0,
         "would_fit": repeat
         or bool(
             state

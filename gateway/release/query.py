@@ -293,6 +293,12 @@ def resolve(query: Query, *, agreement: Agreement, registry: Registry, party: st
         compare_field = _resolve_field(query.measure.compare_to, query, agreement, schemas)
         _allowed(agreement, party, compare_field, as_measure=True)
         for ref in (measure_field, compare_field):
+            if ref.spec.role == "student_measure":
+                # Paired scores carry no count of students to hold to the minimum.
+                raise SchemaError(
+                    f"an {query.measure.kind} compares teachers' own scores; "
+                    f"{ref.label!r} is derived from students"
+                )
             if not (ref.spec.ordinal or ref.spec.codes):
                 raise SchemaError(
                     f"an {query.measure.kind} compares ordinal or coded fields, not {ref.label!r}"
@@ -338,11 +344,23 @@ def retention_window(
     for ref, item in filters:
         if (ref.dataset, ref.column) != (measure_field.dataset, measure_field.column):
             continue
-        if item.op == "in" and isinstance(item.value, list):
-            years = [int(v) for v in item.value if isinstance(v, int | str) and str(v).isdigit()]
-            return (min(years), max(years)) if years else None
-        if item.op == "between" and isinstance(item.value, list):
-            return int(item.value[0]), int(item.value[1])
+        values = item.value if isinstance(item.value, list) else [item.value]
+        years = [_year(v) for v in values]
+        if not years or any(y is None for y in years) or item.op == "eq":
+            return None
+        whole = [y for y in years if y is not None]
+        return min(whole), max(whole)
+    return None
+
+
+def _year(value: Any) -> int | None:
+    """A whole year from a filter value (a number or digits), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
     return None
 
 
@@ -356,7 +374,7 @@ def _check_retention(
     if retention_window(measure_field, filters) is None:
         raise SchemaError(
             f"a retention needs its window of years as a filter on {measure_field.label!r} "
-            "(op 'in' or 'between'), so which years count is public"
+            "(op 'in' or 'between', whole years), so which years count is public"
         )
 
 

@@ -85,13 +85,21 @@ def definition(spec: ReportSpec) -> ReportDefinition:
     """The typed definition of a report of the agreement's catalogue."""
     data = spec.model_dump(by_alias=True)
     try:
-        return ReportDefinition.model_validate(data)
+        report = ReportDefinition.model_validate(data)
     except ValidationError as error:
         reasons = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
             for e in error.errors(include_input=False)
         )
         raise SchemaError(f"report {spec.name!r} is not well formed: {reasons}") from None
+    for table in report.tables:
+        kind = (table.query.get("measure") or {}).get("kind")
+        if table.summary == "weighted_kappa" and kind != "joint":
+            raise SchemaError(
+                f"report {spec.name!r}: table {table.title!r} asks for a weighted kappa, "
+                "which needs a joint measure"
+            )
+    return report
 
 
 def _report(agreement: Agreement, name: str) -> ReportDefinition:
@@ -295,12 +303,15 @@ def run_report(
         for query in queries
     ]
     # A table asked before on the same data comes back stored, at no cost.
-    total = sum(
-        (q.epsilon for q, p in zip(queries, previews, strict=True) if not p["repeat"]),
-        Decimal(0),
-    )
+    fresh = [p for p in previews if not p["repeat"]]
+    total = sum((Decimal(str(p["epsilon"])) for p in fresh), Decimal(0))
+    total_delta = sum(p["delta"] for p in fresh)
     remaining = previews[0]["budget_remaining"]
-    would_fit = float(total) <= remaining and all(p["would_fit"] for p in previews)
+    would_fit = (
+        float(total) <= remaining
+        and total_delta <= previews[0]["delta_remaining"]
+        and all(p["would_fit"] for p in previews)
+    )
     head = {
         "report": definition_.name,
         "description": definition_.description,
@@ -365,7 +376,7 @@ def weighted_kappa(release: Mapping[str, Any]) -> list[dict[str, Any]]:
     and computing one from the published cells alone would bias it.
     """
     cells = release["cells"]
-    if not cells:
+    if not cells or len(cells[0]["group"]) < 2:
         return []
     dimensions = list(cells[0]["group"])
     first, second = dimensions[-2], dimensions[-1]
