@@ -235,3 +235,12 @@ def test_a_report_asked_again_on_the_same_data_is_free_even_on_a_spent_budget(
     assert spent(stocked, EPP) == pytest.approx(1.5)
     with pytest.raises(BudgetExhausted):
         run(stocked, "impact", parameters={"epsilon": "0.9"})  # a new query: not free
+
+
+def test_a_repeated_release_keeps_the_order_of_its_dimensions(stocked: Gateway) -> None:
+    first = run(stocked, "pipeline", parameters={"epsilon": "0.3"})
+    again = run(stocked, "pipeline", parameters={"epsilon": "0.3"})
+    assert again["tables"][0]["release"]["repeated"] is True
+    dims = [list(c["group"]) for c in again["tables"][0]["release"]["cells"]]
+    assert dims[0] == ["program_code", "cohort_year"]  # group_by order, not name order
+    assert again["tables"][0]["release"]["cells"] == first["tables"][0]["release"]["cells"]

@@ -1018,7 +1018,7 @@ def _release(
                 measure_signature=measure_signature,
                 epsilon=budget_ledger.epsilon_units(query.epsilon),
                 delta=budget_ledger.delta_units(plan.delta_used),
-                body=json.dumps(body, sort_keys=True),
+                body=json.dumps(body),  # in order: a repeat shows its groups as the first did
                 table_sha256=table_sha256,
                 created_at=datetime.now(UTC),
             )
