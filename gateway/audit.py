@@ -102,12 +102,24 @@ def initialise_chain(session: Session) -> None:
         session.flush()
 
 
+class AgreementRef(Protocol):
+    """What an event records of the agreement it is about."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def content_hash(self) -> str: ...
+
+
 def append_event(
     session: Session,
     *,
     kind: str,
     actor: Actor,
     details: Mapping[str, Any],
+    agreement: AgreementRef | None = None,
     agreement_id: str | None = None,
     agreement_version: str | None = None,
     agreement_hash: str | None = None,
@@ -115,8 +127,14 @@ def append_event(
     """Append one event in the caller's transaction; it commits with the action.
 
     The caller's transaction commits the event together with what it records,
-    so an action is never acknowledged without its event.
+    so an action is never acknowledged without its event. ``agreement`` gives its
+    id, version and file hash at once; the separate fields are for an agreement
+    known only by id.
     """
+    if agreement is not None:
+        agreement_id = agreement.id
+        agreement_version = agreement.version
+        agreement_hash = agreement.content_hash
     if kind not in EVENT_KINDS:
         raise ValueError(f"unknown audit event kind {kind!r}")
     head = session.get(AuditHead, 1, with_for_update=True)

@@ -161,9 +161,7 @@ def keys_rotate(ctx: click.Context, agreement_id: str, as_json: bool) -> None:
         with gw.sessions() as session, session.begin():
             result = keys.rotate_key(
                 session,
-                agreement_id=agreement.id,
-                agreement_version=agreement.version,
-                agreement_hash=agreement.content_hash,
+                agreement=agreement,
                 actor=audit.OPERATOR,
             )
     shown: dict[str, Any] = {"agreement": agreement_id, **result}

@@ -213,7 +213,7 @@ def sync_agreements(session: Session, registry: Registry) -> dict[str, str]:
                 kind="agreement-loaded",
                 actor=audit.OPERATOR,
                 details=details,
-                **_agreement_ref(agreement),
+                agreement=agreement,
             )
             version = keys.create_key_version(session, agreement.id)
             audit.append_event(
@@ -221,7 +221,7 @@ def sync_agreements(session: Session, registry: Registry) -> dict[str, str]:
                 kind="key-created",
                 actor=audit.OPERATOR,
                 details={"key_version": version.version},
-                **_agreement_ref(agreement),
+                agreement=agreement,
             )
             outcome[agreement.id] = "loaded"
         elif record.content_hash != agreement.content_hash:
@@ -235,18 +235,10 @@ def sync_agreements(session: Session, registry: Registry) -> dict[str, str]:
                 kind="agreement-changed",
                 actor=audit.OPERATOR,
                 details={**details, "previous": previous},
-                **_agreement_ref(agreement),
+                agreement=agreement,
             )
             outcome[agreement.id] = "changed"
         else:
             outcome[agreement.id] = "unchanged"
         budget.sync_budgets(session, agreement)
     return outcome
-
-
-def _agreement_ref(agreement: Agreement) -> dict[str, str]:
-    return {
-        "agreement_id": agreement.id,
-        "agreement_version": agreement.version,
-        "agreement_hash": agreement.content_hash,
-    }

@@ -25,6 +25,7 @@ written once for each agreement the credential covers.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -95,7 +96,9 @@ class IssuedCredential:
         }
 
 
+@functools.lru_cache(maxsize=4)
 def _hash_key(master_key: MasterKey) -> bytes:
+    # Derived once per master key, not on every request (the key is already in memory).
     return hkdf_sha256(ikm=master_key.material, salt=None, info=_HASH_INFO, length=32)
 
 
@@ -210,9 +213,7 @@ def issue(
             kind="credential-issued",
             actor=actor,
             details=details,
-            agreement_id=agreement.id,
-            agreement_version=agreement.version,
-            agreement_hash=agreement.content_hash,
+            agreement=agreement,
         )
     return issued
 
@@ -285,9 +286,8 @@ def revoke(
             kind="credential-revoked",
             actor=actor,
             details={"id": credential_id, "role": credential.role, "party": credential.party},
-            agreement_id=agreement_id,
-            agreement_version=agreement.version if agreement else None,
-            agreement_hash=agreement.content_hash if agreement else None,
+            agreement=agreement,
+            agreement_id=agreement_id,  # when its file is no longer loaded
         )
     session.flush()
     return _view(credential, agreement_ids, _now())
@@ -327,9 +327,7 @@ def revoke_party_credentials(
                 "party": credential.party,
                 "reason": "agreement terminated",
             },
-            agreement_id=agreement.id,
-            agreement_version=agreement.version,
-            agreement_hash=agreement.content_hash,
+            agreement=agreement,
         )
     session.flush()
     return [c.id for c in live]

@@ -171,9 +171,7 @@ def pseudonymizer_for(
 def rotate_key(
     session: Session,
     *,
-    agreement_id: str,
-    agreement_version: str,
-    agreement_hash: str,
+    agreement: audit.AgreementRef,
     actor: audit.Actor,
 ) -> dict[str, int | None]:
     """Move an agreement to a new key version, recorded in the audit log.
@@ -182,8 +180,8 @@ def rotate_key(
     re-keyed (the raw IDs are gone), so data under the old version no longer
     links with new uploads and must be uploaded again.
     """
-    previous = current_key_version(session, agreement_id)
-    record = create_key_version(session, agreement_id)
+    previous = current_key_version(session, agreement.id)
+    record = create_key_version(session, agreement.id)
     outcome = {
         "previous_version": previous.version if previous else None,
         "key_version": record.version,
@@ -193,9 +191,7 @@ def rotate_key(
         kind="key-rotated",
         actor=actor,
         details=outcome,
-        agreement_id=agreement_id,
-        agreement_version=agreement_version,
-        agreement_hash=agreement_hash,
+        agreement=agreement,
     )
     return outcome
 

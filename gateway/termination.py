@@ -112,24 +112,19 @@ def terminate(
     )
     record.status = "terminated"
     record.terminated_at = now
-    reference = {
-        "agreement_id": agreement.id,
-        "agreement_version": agreement.version,
-        "agreement_hash": agreement.content_hash,
-    }
     audit.append_event(
         session,
         kind="agreement-terminated",
         actor=actor,
         details={"reason": reason},
-        **reference,
+        agreement=agreement,
     )
     audit.append_event(
         session,
         kind="key-destroyed",
         actor=actor,
         details={"key_versions": key_versions},
-        **reference,
+        agreement=agreement,
     )
     # The parties' tokens end with the agreement; reviewers' stay, to review its log.
     revoked = revoke_party_credentials(session, agreement=agreement, actor=actor)
@@ -144,7 +139,7 @@ def terminate(
         "kept": "upload receipts, budget ledger and audit log (no personal data)",
     }
     event = audit.append_event(
-        session, kind="data-destroyed", actor=actor, details=receipt, **reference
+        session, kind="data-destroyed", actor=actor, details=receipt, agreement=agreement
     )
     receipt["audit_event"] = event.event_id
     receipts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -100,9 +100,7 @@ def test_rotation_makes_a_new_version_and_new_pseudonyms(gateway: Gateway) -> No
     with gateway.sessions() as session, session.begin():
         outcome = keys.rotate_key(
             session,
-            agreement_id=agreement.id,
-            agreement_version=agreement.version,
-            agreement_hash=agreement.content_hash,
+            agreement=agreement,
             actor=audit.OPERATOR,
         )
     assert outcome == {"previous_version": 1, "key_version": 2}

@@ -222,51 +222,6 @@ def test_weighted_kappa_matches_hand_computed_values() -> None:
     assert weighted_kappa(independent)[0]["value"] == pytest.approx(0.0)
 
 
-# --- the read path ---------------------------------------------------------------------
-
-
-def test_arrow_and_row_reads_give_the_same_frame(retention_data: Gateway) -> None:
-    """Releases read SQLite files through ADBC; the rows must be those the driver reads."""
-    from sqlalchemy import select, text
-
-    from gateway.release import engine
-    from gateway.storage.datasets import DATASET_TABLES
-
-    if retention_data.engine.dialect.name != "sqlite":
-        pytest.skip("the Arrow read applies to SQLite files")
-    table = DATASET_TABLES["staffing"]
-    statement = select(
-        table.c.educator_ref, table.c.school_year, table.c.school_code, table.c.fte
-    ).where(table.c.school_year.in_([2022, 2024]))
-    with retention_data.engine.begin() as connection:
-        # A null in a text column, to see both reads agree on missing values too.
-        connection.execute(text("UPDATE rows_staffing SET school_code = NULL WHERE rowid = 2"))
-    with retention_data.sessions() as session:
-        connection = session.connection()
-        arrow = engine._fetch_frame(connection, statement)
-        compiled = statement.compile(
-            dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
-        )
-        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        params = tuple(compiled.params[n] for n in compiled.positiontup or ())
-        rows = cursor.execute(str(compiled), params).fetchall()
-        database = connection.engine.url.database
-        assert database is not None
-        # The Arrow read itself answered (no fallback to the row read).
-        assert engine._fetch_arrow_sqlite(database, str(compiled), params) is not None
-    assert len(arrow) == len(rows) > 0
-    by_row = {
-        tuple(None if pd_isna(v) else v for v in row) for row in arrow.itertuples(index=False)
-    }
-    assert by_row == set(rows)
-
-
-def pd_isna(value: Any) -> bool:
-    import pandas as pd
-
-    return bool(pd.isna(value))
-
-
 # --- refusals found in review ----------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from gateway import audit, credentials
 from gateway.api.deps import GatewayDep
 from gateway.context import Gateway
 from gateway.credentials import Principal
-from gateway.errors import AccessDenied, TooManyAttempts, Unauthenticated
+from gateway.errors import AccessDenied, GatewayError, TooManyAttempts, Unauthenticated
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -98,9 +98,7 @@ def record_refusal(
                 "status": status,
                 "reason": reason,
             },
-            agreement_id=agreement.id if agreement else None,
-            agreement_version=agreement.version if agreement else None,
-            agreement_hash=agreement.content_hash if agreement else None,
+            agreement=agreement,
         )
 
 
@@ -166,6 +164,25 @@ def require(
             reason = "this token does not cover the agreement named in the request"
     if reason is not None:
         deny(gateway, request, principal, reason, agreement_id=agreement_id)
+
+
+def require_provider(
+    gateway: Gateway, request: Request, principal: Principal, agreement_id: str, dataset: str
+) -> None:
+    """Refuse (403, audited) an upload of a dataset another party provides, before any of
+    the file is read. An unknown dataset passes: the upload refuses it by name."""
+    try:
+        provider = gateway.agreement(agreement_id).dataset(dataset).provided_by
+    except GatewayError:
+        return
+    if provider != principal.party:
+        deny(
+            gateway,
+            request,
+            principal,
+            f"dataset {dataset!r} is provided by {provider!r}, not by {principal.party!r}",
+            agreement_id=agreement_id,
+        )
 
 
 def _article(word: str) -> str:

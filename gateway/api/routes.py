@@ -17,13 +17,12 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway import audit
 from gateway.agreements.views import agreement_detail, agreement_summary
-from gateway.api.auth import Allow, deny
+from gateway.api.auth import Allow, require_provider
 from gateway.api.deps import GatewayDep, SessionDep
-from gateway.api.uploads import receive_file, upload_folder
+from gateway.api.uploads import spool_upload
 from gateway.credentials import Principal
-from gateway.errors import GatewayError, SchemaError
+from gateway.errors import SchemaError
 from gateway.ingest import upload_extract
-from gateway.ingest.upload import record_refused_request
 from gateway.release.budget import budget_history, budget_report
 from gateway.release.engine import request_release
 from gateway.release.query import Query as ReleaseQuery
@@ -203,36 +202,16 @@ async def upload_dataset(
     A refused file stores nothing. Needs an uploader token of the agreement."""
     acting_party = principal.party or "unknown"
     actor = principal.actor
-    provider = _provider(gateway, agreement_id, dataset)
-    if provider is not None and provider != acting_party:
-        await run_in_threadpool(
-            deny,
-            gateway,
-            request,
-            principal,
-            f"dataset {dataset!r} is provided by {provider!r}, not by {acting_party!r}",
-            agreement_id=agreement_id,
-        )
-    try:
-        with upload_folder(gateway.settings.data_dir) as folder:
-            received = await receive_file(
-                headers=dict(request.headers),
-                body=request.stream(),
-                folder=folder,
-                max_bytes=gateway.settings.max_upload_bytes,
-            )
-    except GatewayError as error:
-        # Refused before the file could be read: still in the audit log.
-        await run_in_threadpool(
-            record_refused_request,
-            gateway,
-            agreement_id=agreement_id,
-            dataset=dataset,
-            party=acting_party,
-            actor=actor,
-            reason=error.message,
-        )
-        raise
+    await run_in_threadpool(require_provider, gateway, request, principal, agreement_id, dataset)
+    received = await spool_upload(
+        gateway,
+        headers=dict(request.headers),
+        body=request.stream(),
+        agreement_id=agreement_id,
+        party=acting_party,
+        actor=actor,
+        dataset=lambda: dataset,
+    )
     try:
         return await run_in_threadpool(
             upload_extract,
@@ -247,14 +226,6 @@ async def upload_dataset(
         )
     finally:
         received.discard()
-
-
-def _provider(gateway: GatewayDep, agreement_id: str, dataset: str) -> str | None:
-    """The dataset's provider, or None when the agreement or dataset is unknown."""
-    try:
-        return gateway.agreement(agreement_id).dataset(dataset).provided_by
-    except GatewayError:
-        return None
 
 
 class ReportRequest(BaseModel):

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 
-from gateway.errors import GatewayError, SchemaError
+from gateway import audit
+from gateway.context import Gateway
+from gateway.errors import AccessDenied, GatewayError, SchemaError
+from gateway.ingest.upload import record_refused_request
 
 
 class UploadTooLarge(GatewayError):
@@ -225,3 +229,42 @@ async def receive_file(
         received_file.discard()
         raise SchemaError(f"{received_file.display_name}: the file is empty")
     return received_file
+
+
+async def spool_upload(
+    gateway: Gateway,
+    *,
+    headers: dict[str, str],
+    body: AsyncIterator[bytes],
+    agreement_id: str,
+    party: str,
+    actor: audit.Actor,
+    dataset: Callable[[], str],
+) -> ReceivedFile:
+    """Receive an upload's file into the data folder (:func:`receive_file`).
+
+    A request refused before its file could be read is still an ``upload-refused``
+    event (``dataset`` says which dataset it was for, once the form is read); an
+    access refusal is already audited and passes through as it is.
+    """
+    try:
+        with upload_folder(gateway.settings.data_dir) as folder:
+            return await receive_file(
+                headers=headers,
+                body=body,
+                folder=folder,
+                max_bytes=gateway.settings.max_upload_bytes,
+            )
+    except AccessDenied:
+        raise
+    except GatewayError as error:
+        await run_in_threadpool(
+            record_refused_request,
+            gateway,
+            agreement_id=agreement_id,
+            dataset=dataset(),
+            party=party,
+            actor=actor,
+            reason=error.message,
+        )
+        raise

@@ -455,9 +455,7 @@ def _write(
             kind="upload-accepted",
             actor=actor,
             details=_audit_details(receipt),
-            agreement_id=agreement.id,
-            agreement_version=agreement.version,
-            agreement_hash=agreement.content_hash,
+            agreement=agreement,
         )
         receipt["audit_event"] = event.event_id
         upload.receipt = json.dumps(receipt, sort_keys=True)
@@ -859,9 +857,7 @@ def _record_refusal(
             kind="upload-refused",
             actor=actor,
             details=_audit_details(receipt),
-            agreement_id=agreement.id if agreement is not None else None,
-            agreement_version=agreement.version if agreement is not None else None,
-            agreement_hash=agreement.content_hash if agreement is not None else None,
+            agreement=agreement,
         )
         receipt["audit_event"] = event.event_id
         if agreement is not None:

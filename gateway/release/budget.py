@@ -163,9 +163,7 @@ def sync_budgets(session: Session, agreement: Agreement) -> None:
                 "delta_total": str(from_delta_units(total_d)),
                 "previous": previous,
             },
-            agreement_id=agreement.id,
-            agreement_version=agreement.version,
-            agreement_hash=agreement.content_hash,
+            agreement=agreement,
         )
     session.flush()
 
@@ -270,9 +268,7 @@ def reserve(
             "epsilon_spent": str(state.epsilon_spent),
             "epsilon_remaining": str(state.epsilon_remaining),
         },
-        agreement_id=agreement.id,
-        agreement_version=agreement.version,
-        agreement_hash=agreement.content_hash,
+        agreement=agreement,
     )
     return state
 

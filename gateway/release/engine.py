@@ -41,9 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import product
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -349,10 +347,7 @@ def load_rows(
         schema = resolved.schemas[name]
         table = DATASET_TABLES[schema.name]
         columns = sorted(_needed_columns(resolved)[name])
-        uploads = select(Upload.seq).where(
-            Upload.agreement_id == agreement.id, Upload.dataset == name, Upload.status == "accepted"
-        )
-        seqs = sorted(connection.scalars(uploads))
+        seqs = _accepted_uploads(connection, agreement, name)
         versions.append([name, seqs])
         selected = [table.c[c].label(f"{name}.{c}") for c in columns]
         statement = select(table.c.educator_ref, *selected).where(table.c.upload_seq.in_(seqs))
@@ -389,9 +384,10 @@ def load_rows(
 def _fetch_frame(connection: Connection, statement: Any) -> pd.DataFrame:
     """Run ``statement`` on the driver's cursor: a million rows, without per-row ORM work.
 
-    On a SQLite file the rows are read column by column into Arrow through ADBC's
-    SQLite driver, on a read-only connection of its own (about three times faster
-    than building a million Python tuples); anything it cannot read goes the usual way.
+    Always on the session's own connection: a second SQLite library in the process (a
+    driver that bundles its own, such as ADBC's) would keep its own idea of the file's
+    POSIX locks, and closing it drops the locks this one holds, which SQLite documents
+    as a way to corrupt a database (a crash in a concurrent test showed it).
     """
     compiled = statement.compile(
         dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
@@ -400,11 +396,6 @@ def _fetch_frame(connection: Connection, statement: Any) -> pd.DataFrame:
         params: Any = tuple(compiled.params[name] for name in compiled.positiontup or ())
     else:
         params = compiled.params
-    database = connection.engine.url.database if connection.dialect.name == "sqlite" else None
-    if database and database != ":memory:" and not database.startswith("file:"):
-        frame = _fetch_arrow_sqlite(database, str(compiled), params)
-        if frame is not None:
-            return frame
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(str(compiled), params)
@@ -413,21 +404,6 @@ def _fetch_frame(connection: Connection, statement: Any) -> pd.DataFrame:
     finally:
         cursor.close()
     return pd.DataFrame.from_records(rows, columns=columns)
-
-
-def _fetch_arrow_sqlite(database: str, sql: str, params: tuple[Any, ...]) -> pd.DataFrame | None:
-    """The rows of ``sql`` read through ADBC, read-only; None if ADBC cannot read them
-    (a column whose values change type after its first rows, say)."""
-    import adbc_driver_sqlite.dbapi as adbc_sqlite
-
-    uri = f"file:{quote(str(Path(database).resolve()))}?mode=ro"
-    try:
-        with adbc_sqlite.connect(uri) as reader, reader.cursor() as cursor:
-            cursor.execute(sql, params)
-            table = cursor.fetch_arrow_table()
-    except adbc_sqlite.Error:
-        return None
-    return table.to_pandas()
 
 
 # --- true aggregates -------------------------------------------------------------------
@@ -823,13 +799,18 @@ def _data_versions(
     connection: Connection, resolved: ResolvedQuery, agreement: Agreement, key_version: int | None
 ) -> str:
     """The uploads a query would read now, as :func:`load_rows` records them."""
-    versions = []
-    for name in resolved.query.datasets:
-        uploads = select(Upload.seq).where(
-            Upload.agreement_id == agreement.id, Upload.dataset == name, Upload.status == "accepted"
-        )
-        versions.append([name, sorted(connection.scalars(uploads))])
+    versions = [
+        [name, _accepted_uploads(connection, agreement, name)] for name in resolved.query.datasets
+    ]
     return json.dumps({"datasets": versions, "key_version": key_version})
+
+
+def _accepted_uploads(connection: Connection, agreement: Agreement, dataset: str) -> list[int]:
+    """The uploads whose rows a query of ``dataset`` reads now, in order."""
+    uploads = select(Upload.seq).where(
+        Upload.agreement_id == agreement.id, Upload.dataset == dataset, Upload.status == "accepted"
+    )
+    return sorted(connection.scalars(uploads))
 
 
 def _stored_repeat(
@@ -1001,9 +982,7 @@ def _release(
                 "table_sha256": table_sha256,
                 **({"report": report} if report else {}),
             },
-            agreement_id=agreement.id,
-            agreement_version=agreement.version,
-            agreement_hash=agreement.content_hash,
+            agreement=agreement,
         )
         body["audit_event"] = event.event_id
         session.add(
@@ -1226,9 +1205,7 @@ def _repeat(
                 "delta": "0",
                 **({"report": report} if report else {}),
             },
-            agreement_id=agreement.id,
-            agreement_version=agreement.version,
-            agreement_hash=agreement.content_hash,
+            agreement=agreement,
         )
         states = {s.party: s for s in budget_ledger.budget_states(session, agreement.id)}
     body["repeated"] = True
@@ -1273,9 +1250,7 @@ def _record_refusal(
                 "code": error.code,
                 "reason": error.message,
             },
-            agreement_id=agreement.id if agreement is not None else None,
-            agreement_version=agreement.version if agreement is not None else None,
-            agreement_hash=agreement.content_hash if agreement is not None else None,
+            agreement=agreement,
         )
 
 

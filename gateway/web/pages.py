@@ -21,13 +21,12 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway import audit
 from gateway.agreements.models import Agreement
-from gateway.api.auth import deny
+from gateway.api.auth import deny, require_provider
 from gateway.api.deps import GatewayDep
-from gateway.api.uploads import receive_file, upload_folder
+from gateway.api.uploads import spool_upload
 from gateway.context import Gateway
 from gateway.credentials import Principal
 from gateway.errors import (
-    AccessDenied,
     GatewayError,
     NotFound,
     SchemaError,
@@ -35,7 +34,7 @@ from gateway.errors import (
     Unauthenticated,
 )
 from gateway.ingest import UploadRefused, upload_extract
-from gateway.ingest.upload import PROBLEMS_LISTED, record_refused_request
+from gateway.ingest.upload import PROBLEMS_LISTED
 from gateway.release.budget import (
     budget_history,
     budget_report,
@@ -198,39 +197,20 @@ async def upload(
         dataset = sent.get("dataset", "")
         if not dataset:
             raise SchemaError("choose the dataset the file holds")
-        provider = next((d.provided_by for d in agreement.datasets if d.name == dataset), None)
-        if provider is not None and provider != party:
-            await run_in_threadpool(
-                deny,
-                gateway,
-                request,
-                principal,
-                f"dataset {dataset!r} is provided by {provider!r}, not by {party!r}",
-                agreement_id=agreement_id,
-            )
-
-    try:
-        with upload_folder(gateway.settings.data_dir) as folder:
-            received = await receive_file(
-                headers=dict(request.headers),
-                body=checked_stream(request.stream(), fields, check),
-                folder=folder,
-                max_bytes=gateway.settings.max_upload_bytes,
-            )
-    except AccessDenied:
-        raise  # refused before the upload was considered; already audited
-    except GatewayError as error:
-        # Refused before the file could be read: in the audit log, as over the API.
         await run_in_threadpool(
-            record_refused_request,
-            gateway,
-            agreement_id=agreement_id,
-            dataset=fields.fields.get("dataset") or "(none chosen)",
-            party=party,
-            actor=principal.actor,
-            reason=error.message,
+            require_provider, gateway, request, principal, agreement_id, dataset
         )
-        raise
+
+    # Refused before the file could be read: in the audit log, as over the API.
+    received = await spool_upload(
+        gateway,
+        headers=dict(request.headers),
+        body=checked_stream(request.stream(), fields, check),
+        agreement_id=agreement_id,
+        party=party,
+        actor=principal.actor,
+        dataset=lambda: fields.fields.get("dataset") or "(none chosen)",
+    )
     dataset = fields.fields.get("dataset", "")
     sheet = fields.fields.get("sheet", "").strip() or None
     try:
