@@ -32,7 +32,8 @@ from gateway import audit
 from gateway.agreements.models import Agreement
 from gateway.credentials import revoke_party_credentials
 from gateway.errors import NotFound, PolicyViolation
-from gateway.storage.datasets import DATASET_TABLES, Educator, Upload
+from gateway.storage import batches
+from gateway.storage.datasets import Educator, RowBatch, Upload
 from gateway.storage.releases import Release, ReleaseCell, SuppressedCell
 from gateway.storage.tables import AgreementRecord, KeyVersion
 
@@ -76,11 +77,14 @@ def terminate(
     if record.status == "terminated":
         raise PolicyViolation(f"agreement {agreement.id!r} is already terminated")
     uploads = select(Upload.seq).where(Upload.agreement_id == agreement.id)
-    destroyed: dict[str, int] = {}
-    for name, table in DATASET_TABLES.items():
-        result = session.execute(delete(table).where(table.c.upload_seq.in_(uploads)))
-        if result.rowcount:  # type: ignore[attr-defined]
-            destroyed[f"rows_{name}"] = int(result.rowcount)  # type: ignore[attr-defined]
+    connection = session.connection()
+    destroyed: dict[str, int] = {
+        f"rows_{name}": rows
+        for name, rows in sorted(batches.rows_by_schema(connection, uploads).items())
+    }
+    destroyed["row_batches"] = int(
+        session.execute(delete(RowBatch).where(RowBatch.upload_seq.in_(uploads))).rowcount  # type: ignore[attr-defined]
+    )
     releases = select(Release.release_id).where(Release.agreement_id == agreement.id)
     destroyed["release_cells"] = int(
         session.execute(delete(ReleaseCell).where(ReleaseCell.release_id.in_(releases))).rowcount  # type: ignore[attr-defined]
@@ -170,7 +174,7 @@ def release_bytes(engine: Engine) -> None:
             connection.driver_connection.autocommit = True  # type: ignore[union-attr]
             cursor = connection.cursor()
             for table in [
-                *(f"rows_{n}" for n in DATASET_TABLES),
+                "row_batches",
                 "educators",
                 "releases",
                 "release_cells",

@@ -22,7 +22,8 @@ from gateway.config import Settings
 from gateway.context import Gateway
 from gateway.errors import NotFound, PolicyViolation
 from gateway.ingest import UploadRefused, upload_extract
-from gateway.storage.datasets import DATASET_TABLES, Educator, Upload
+from gateway.storage import batches
+from gateway.storage.datasets import Educator, RowBatch, Upload
 from tests.conftest import uploader
 
 AGREEMENT = "student-teaching-bayview-eastport"
@@ -66,8 +67,8 @@ def store_state(gw: Gateway) -> dict[str, int]:
     """Counts of everything an upload could write, but the refusal receipts."""
     with gw.sessions() as session:
         state = {
-            name: session.scalar(select(func.count()).select_from(table)) or 0
-            for name, table in DATASET_TABLES.items()
+            "row_batches": session.scalar(select(func.count()).select_from(RowBatch)) or 0,
+            "rows": session.scalar(select(func.coalesce(func.sum(RowBatch.rows), 0))) or 0,
         }
         state["educators"] = session.scalar(select(func.count()).select_from(Educator)) or 0
         state["accepted"] = (
@@ -80,9 +81,15 @@ def store_state(gw: Gateway) -> dict[str, int]:
 
 
 def stored_rows(gw: Gateway, dataset: str = "evaluations") -> list[dict[str, Any]]:
-    table = DATASET_TABLES[dataset]
+    """Every stored row of a dataset schema, decoded from its column batches."""
     with gw.sessions() as session:
-        return [dict(r._mapping) for r in session.execute(select(table).order_by(table.c.id))]
+        payloads = session.scalars(
+            select(RowBatch.payload)
+            .join(Upload, Upload.seq == RowBatch.upload_seq)
+            .where(Upload.schema_name == dataset)
+            .order_by(RowBatch.id)
+        ).all()
+    return [row for payload in payloads for row in batches.decode(payload, dataset).to_pylist()]
 
 
 # --- accepted uploads --------------------------------------------------------------
@@ -113,9 +120,12 @@ def test_accepted_csv_receipt_and_rows(gateway: Gateway, tmp_path: Path) -> None
     }
     assert receipt["periods"] == {"2024": 1, "2025": 2}
     rows = stored_rows(gateway)
-    assert [r["summative_rating"] for r in rows] == [3, 4, 2]
-    # Codes are stored canonical whatever their case in the file.
-    assert [r["assignment_subject"] for r in rows] == ["MATH", "ELA", "SCI"]
+    # Codes are stored canonical whatever their case in the file; rows by school year.
+    assert [(r["school_year"], r["summative_rating"], r["assignment_subject"]) for r in rows] == [
+        (2024, 2, "SCI"),
+        (2025, 3, "MATH"),
+        (2025, 4, "ELA"),
+    ]
     with gateway.sessions() as session:
         stored = json.loads(
             session.scalars(
@@ -621,7 +631,7 @@ def test_no_sqlite_journal_rows_survive_a_refusal(gateway: Gateway, tmp_path: Pa
     with pytest.raises(UploadRefused):
         upload(gateway, write_csv(tmp_path, HEADER, *rows))
     with gateway.engine.connect() as connection:
-        assert connection.execute(text("SELECT count(*) FROM rows_evaluations")).scalar() == 0
+        assert connection.execute(text("SELECT count(*) FROM row_batches")).scalar() == 0
 
 
 def test_patterns_must_match_the_whole_value() -> None:

@@ -22,7 +22,7 @@ from gateway.app import create_app
 from gateway.config import Settings
 from gateway.context import Gateway, initialise
 from gateway.ingest import UploadRefused, upload_extract
-from gateway.storage.datasets import DATASET_TABLES, Upload
+from gateway.storage.datasets import RowBatch, Upload
 from tests.conftest import uploader
 
 AGREEMENT = "student-teaching-bayview-eastport"
@@ -78,6 +78,10 @@ def _database_text(gateway: Gateway) -> str:
         for table in inspect(connection).get_table_names():
             for row in connection.execute(text(f'SELECT * FROM "{table}"')):
                 chunks.append(repr(tuple(row)))
+                # Stored column batches as their bytes, so any encoding of a value shows.
+                chunks += [
+                    bytes(v).decode("latin-1") for v in row if isinstance(v, bytes | memoryview)
+                ]
     return "\n".join(chunks)
 
 
@@ -214,8 +218,7 @@ def test_a_killed_upload_leaves_no_rows_and_a_valid_chain(
     assert process.returncode == -signal.SIGKILL, "the upload finished before it was killed"
 
     with Gateway.open(local) as gw, gw.sessions() as session:
-        table = DATASET_TABLES["evaluations"]
-        assert session.execute(select(table.c.id).limit(1)).first() is None
+        assert session.execute(select(RowBatch.id).limit(1)).first() is None
         assert session.scalars(select(Upload)).all() == []
         verification = audit.verify_chain(session)
         assert verification.ok, verification.problems

@@ -27,14 +27,14 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Connection, Table, delete, select, text, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
 from gateway import audit, keys
@@ -45,7 +45,8 @@ from gateway.ingest.duplicates import DuplicateKeys
 from gateway.ingest.readers import Chunk, FileFacts, inspect_file, open_chunks
 from gateway.ingest.validate import ProblemGroup, first_problems, validate_column
 from gateway.pseudonym import Normalisation, Pseudonymizer
-from gateway.storage.datasets import DATASET_TABLES, Upload, UploadPeriod
+from gateway.storage import batches
+from gateway.storage.datasets import Upload, UploadPeriod
 
 BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
@@ -53,7 +54,6 @@ IntArray = np.ndarray[Any, np.dtype[np.int64]]
 #: How many problems a receipt lists; the total is always counted.
 PROBLEMS_LISTED = 100
 _PERIOD_COLUMNS = ("school_year", "cohort_year")
-_IN_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -357,7 +357,6 @@ def _write(
 ) -> dict[str, Any]:
     profile = agreement.resolved_disclosure
     refuse_whole = profile.on_bad_rows == "refuse"
-    table = DATASET_TABLES[schema.name]
     id_column = schema.educator_id_column
     normalisation = _normalisation(schema)
     period_column = next((c for c in _PERIOD_COLUMNS if c in plan.kept), None)
@@ -421,14 +420,23 @@ def _write(
             refs: IntArray | None = None
             if educators is not None and educator_ids is not None and key_version is not None:
                 refs = educators.references(session, key_version, educator_ids[good])
-            _insert_rows(connection, table, upload.seq, good, refs, typed, value_columns)
+            _store_rows(
+                connection,
+                upload_seq=upload.seq,
+                schema_name=schema.name,
+                good=good,
+                refs=refs,
+                typed=typed,
+                columns=value_columns,
+                period_column=period_column,
+            )
 
         if tally.rows_read == 0:
             raise SchemaError(f"{facts.name}: the file has a header row but no data rows")
         if (refuse_whole and tally.problem_count) or tally.rows_accepted == 0:
             raise _Refused  # leaving the block rolls back every row written so far
 
-        replaced = _replace_earlier(session, upload, table, period_column, tally.periods)
+        replaced = _replace_earlier(session, upload, period_column, tally.periods)
         receipt = _receipt(
             upload_id=upload_id,
             status="accepted",
@@ -625,71 +633,61 @@ def _store_educators(
     )
     if connection.dialect.name == "sqlite":
         # One query for the whole batch: the list travels as a JSON array.
-        query = text(
+        query = (
             "SELECT pseudonym, id FROM educators "
-            "WHERE pseudonym IN (SELECT value FROM json_each(:wanted))"
+            "WHERE pseudonym IN (SELECT value FROM json_each(?))"
         )
-        rows = connection.execute(query, {"wanted": json.dumps(pseudonyms)})
+        wanted: Any = (json.dumps(pseudonyms),)
     else:
-        query = text("SELECT pseudonym, id FROM educators WHERE pseudonym = ANY(:wanted)")
-        rows = connection.execute(query, {"wanted": pseudonyms})
-    found = {pseudonym: ref for pseudonym, ref in rows}
+        query = "SELECT pseudonym, id FROM educators WHERE pseudonym = ANY(%s)"
+        wanted = (pseudonyms,)
+    # The driver's own cursor: a hundred thousand pairs, without per-row result objects.
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(query, wanted)
+        found: dict[str, int] = dict(cursor.fetchall())
+    finally:
+        cursor.close()
     if len(found) != len(set(pseudonyms)):
         raise RuntimeError("educator references could not be resolved")  # pragma: no cover
     return found
 
 
-def _python_values(
-    array: pa.Array, good: np.ndarray[Any, np.dtype[np.bool_]], sqlite: bool
-) -> list[Any]:
-    values: list[Any] = array.filter(pa.array(good)).to_pylist()
-    if sqlite and pa.types.is_date32(array.type):
-        # Store dates as ISO text, as SQLAlchemy's SQLite Date type does.
-        return [v.isoformat() if isinstance(v, date) else v for v in values]
-    return values
-
-
-def _insert_rows(
+def _store_rows(
     connection: Connection,
-    table: Table,
+    *,
     upload_seq: int,
-    good: np.ndarray[Any, np.dtype[np.bool_]],
+    schema_name: str,
+    good: BoolArray,
     refs: IntArray | None,
     typed: Mapping[str, pa.Array],
     columns: Sequence[str],
+    period_column: str | None,
 ) -> None:
-    """Bulk-insert the good rows of a chunk (driver-level for speed)."""
-    count = int(good.sum())
-    sqlite = connection.dialect.name == "sqlite"
-    names = ["upload_seq", "educator_ref", *columns]
-    data: list[Sequence[Any]] = [
-        [upload_seq] * count,
-        refs.tolist() if refs is not None else [None] * count,
-        *(_python_values(typed[c], good, sqlite) for c in columns),
-    ]
-    rows = list(zip(*data, strict=True))
-    column_list = ", ".join(names)
-    if sqlite:
-        marks = ", ".join("?" for _ in names)
-        connection.exec_driver_sql(
-            f"INSERT INTO {table.name} ({column_list}) VALUES ({marks})",  # noqa: S608 (names are ours)
-            rows,
-        )
+    """Store the good rows of a chunk as column batches, one per school (or cohort) year."""
+    if not good.any():
         return
-    # PostgreSQL: COPY is several times faster than batched INSERTs.
-    raw: Any = connection.connection.dbapi_connection
-    with (
-        raw.cursor() as cursor,
-        cursor.copy(f"COPY {table.name} ({column_list}) FROM STDIN") as copy,
-    ):
-        for row in rows:
-            copy.write_row(row)
+    keep = pa.array(good)
+    kept: dict[str, pa.Array] = {c: typed[c].filter(keep) for c in columns}
+    if refs is not None:
+        kept[batches.EDUCATOR_REF] = pa.array(refs, pa.int64())
+    if period_column is None:
+        parts = [(0, kept)]
+    else:
+        years = np.asarray(kept[period_column].to_numpy(zero_copy_only=False), dtype=np.int64)
+        parts = []
+        for year in np.unique(years).tolist():
+            rows = pa.array(np.flatnonzero(years == year))
+            parts.append((year, {c: a.take(rows) for c, a in kept.items()}))
+    for period, part in parts:
+        batches.write_batch(
+            connection, upload_seq=upload_seq, schema_name=schema_name, period=period, columns=part
+        )
 
 
 def _replace_earlier(
     session: Session,
     upload: Upload,
-    table: Table,
     period_column: str | None,
     periods: Mapping[int, int],
 ) -> list[dict[str, Any]]:
@@ -709,10 +707,7 @@ def _replace_earlier(
             )
         ).all()
         for record, earlier_id in earlier:
-            condition = table.c.upload_seq == record.upload_seq
-            if period_column is not None:
-                condition = condition & (table.c[period_column] == period)
-            session.execute(delete(table).where(condition))
+            batches.delete_rows(session.connection(), upload_seq=record.upload_seq, period=period)
             session.execute(
                 update(UploadPeriod)
                 .where(UploadPeriod.upload_seq == record.upload_seq, UploadPeriod.period == period)

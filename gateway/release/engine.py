@@ -38,13 +38,15 @@ import uuid
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from itertools import product
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
@@ -64,7 +66,8 @@ from gateway.release.query import (
     retention_window,
 )
 from gateway.release.suppression import GroupKey, suppress
-from gateway.storage.datasets import DATASET_TABLES, Educator, Upload
+from gateway.storage import batches
+from gateway.storage.datasets import Upload
 from gateway.storage.releases import Release, ReleaseCell, SuppressedCell
 
 #: Public key sets larger than this are refused: a table that wide is mostly suppressed.
@@ -327,37 +330,60 @@ def _needed_columns(resolved: ResolvedQuery) -> dict[str, set[str]]:
     return needed
 
 
-def _filter_clause(column: Any, ref: FieldRef, item: Filter) -> Any:
-    if item.op == "eq":
-        return column == _canonical_value(ref.spec, item.value)
-    if item.op == "in":
-        assert isinstance(item.value, list)
-        return column.in_([_canonical_value(ref.spec, v) for v in item.value])
-    low, high = _bounds_of(item)
-    return column.between(_canonical_value(ref.spec, low), _canonical_value(ref.spec, high))
+def _filter_mask(column: pa.ChunkedArray, ref: FieldRef, item: Filter) -> pa.ChunkedArray:
+    """Which rows a filter keeps; a null never matches, as in SQL."""
+
+    def scalar(value: Any) -> pa.Scalar:
+        value = _canonical_value(ref.spec, value)
+        if ref.spec.type == "date" and isinstance(value, str):
+            value = date.fromisoformat(value)
+        return pa.scalar(value, type=column.type)
+
+    try:
+        if item.op == "eq":
+            return pc.equal(column, scalar(item.value))
+        if item.op == "in":
+            assert isinstance(item.value, list)
+            values = pa.array([scalar(v).as_py() for v in item.value], type=column.type)
+            return pc.is_in(column, value_set=values)
+        low, high = _bounds_of(item)
+        return pc.and_(pc.greater_equal(column, scalar(low)), pc.less_equal(column, scalar(high)))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+        # A value the column cannot hold (text for a number, say) matches no row.
+        return pa.chunked_array([pa.array(np.zeros(len(column), dtype=bool))])
 
 
 def load_rows(
     connection: Connection, resolved: ResolvedQuery, agreement: Agreement, key_version: int | None
 ) -> tuple[pd.DataFrame, list[list[Any]]]:
-    """The query's rows, filtered and linked on the pseudonym; and the data versions used."""
+    """The query's rows, filtered and linked on the pseudonym; and the data versions used.
+
+    Rows come from the stored column batches of the accepted uploads; an upload made
+    under an earlier key version holds pseudonyms that no longer link, so it is read
+    only for datasets without educators.
+    """
     frames: list[pd.DataFrame] = []
     versions: list[list[Any]] = []
     for name in resolved.query.datasets:
         schema = resolved.schemas[name]
-        table = DATASET_TABLES[schema.name]
         columns = sorted(_needed_columns(resolved)[name])
-        seqs = _accepted_uploads(connection, agreement, name)
+        uploads = _accepted_uploads(connection, agreement, name)
+        seqs = [seq for seq, _ in uploads]
         versions.append([name, seqs])
-        selected = [table.c[c].label(f"{name}.{c}") for c in columns]
-        statement = select(table.c.educator_ref, *selected).where(table.c.upload_seq.in_(seqs))
-        if schema.educator_id_column is not None:
-            statement = statement.join(Educator, Educator.id == table.c.educator_ref).where(
-                Educator.key_version == key_version
-            )
-        for ref, item in resolved.filters:
-            if ref.dataset == name:
-                statement = statement.where(_filter_clause(table.c[ref.column], ref, item))
+        readable = [
+            seq
+            for seq, version in uploads
+            if schema.educator_id_column is None or version == key_version
+        ]
+        filters = [(ref, item) for ref, item in resolved.filters if ref.dataset == name]
+        filtered = sorted({ref.column for ref, _ in filters} - set(columns))
+        table = batches.read_rows(connection, schema.name, readable, [*columns, *filtered])
+        for ref, item in filters:
+            table = table.filter(_filter_mask(table.column(ref.column), ref, item))
+        table = table.select([batches.EDUCATOR_REF, *columns])
+        frame = table.rename_columns(
+            [batches.EDUCATOR_REF, *(f"{name}.{c}" for c in columns)]
+        ).to_pandas()
         measured = any(
             ref is not None and ref.dataset == name
             for ref in (resolved.measure_field, resolved.compare_field)
@@ -366,9 +392,8 @@ def load_rows(
             # Only the measured dataset's rows count as rows. Elsewhere a teacher's
             # repeated rows add nothing but would repeat measured rows in the join (two
             # cohorts of one program, say: the students behind a score counted twice),
-            # so the database keeps one row per teacher and grouping values.
-            statement = statement.distinct()
-        frame = _fetch_frame(connection, statement)
+            # so only one row per teacher and grouping values is kept.
+            frame = frame.drop_duplicates(ignore_index=True)
         for column in resolved.link_on:  # a shared name to link on, besides the pseudonym
             frame[f"_link.{column}"] = frame[f"{name}.{column}"]
         frames.append(frame)
@@ -379,31 +404,6 @@ def load_rows(
     for frame in frames[1:]:
         linked = linked.merge(frame, on=keys, how="inner")
     return linked.drop(columns=keys[1:]), versions
-
-
-def _fetch_frame(connection: Connection, statement: Any) -> pd.DataFrame:
-    """Run ``statement`` on the driver's cursor: a million rows, without per-row ORM work.
-
-    Always on the session's own connection: a second SQLite library in the process (a
-    driver that bundles its own, such as ADBC's) would keep its own idea of the file's
-    POSIX locks, and closing it drops the locks this one holds, which SQLite documents
-    as a way to corrupt a database (a crash in a concurrent test showed it).
-    """
-    compiled = statement.compile(
-        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
-    )
-    if connection.dialect.paramstyle == "qmark":
-        params: Any = tuple(compiled.params[name] for name in compiled.positiontup or ())
-    else:
-        params = compiled.params
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(str(compiled), params)
-        columns = [d[0] for d in cursor.description]
-        rows = cursor.fetchall()
-    finally:
-        cursor.close()
-    return pd.DataFrame.from_records(rows, columns=columns)
 
 
 # --- true aggregates -------------------------------------------------------------------
@@ -800,17 +800,26 @@ def _data_versions(
 ) -> str:
     """The uploads a query would read now, as :func:`load_rows` records them."""
     versions = [
-        [name, _accepted_uploads(connection, agreement, name)] for name in resolved.query.datasets
+        [name, [seq for seq, _ in _accepted_uploads(connection, agreement, name)]]
+        for name in resolved.query.datasets
     ]
     return json.dumps({"datasets": versions, "key_version": key_version})
 
 
-def _accepted_uploads(connection: Connection, agreement: Agreement, dataset: str) -> list[int]:
-    """The uploads whose rows a query of ``dataset`` reads now, in order."""
-    uploads = select(Upload.seq).where(
-        Upload.agreement_id == agreement.id, Upload.dataset == dataset, Upload.status == "accepted"
+def _accepted_uploads(
+    connection: Connection, agreement: Agreement, dataset: str
+) -> list[tuple[int, int | None]]:
+    """The accepted uploads of ``dataset``, in order, each with its key version."""
+    uploads = (
+        select(Upload.seq, Upload.key_version)
+        .where(
+            Upload.agreement_id == agreement.id,
+            Upload.dataset == dataset,
+            Upload.status == "accepted",
+        )
+        .order_by(Upload.seq)
     )
-    return sorted(connection.scalars(uploads))
+    return [(seq, version) for seq, version in connection.execute(uploads)]
 
 
 def _stored_repeat(

@@ -1,15 +1,20 @@
 """Tables for uploads and the rows they store.
 
-Each dataset schema of SPEC section 6 has a typed table ``rows_<schema>``
-holding every column that may be stored, except the raw educator ID and the
-direct identifiers, which never reach the database. The educator is a
-reference to :class:`Educator`, which holds the pseudonym and its key version.
-Which columns an agreement actually keeps is decided at upload time by its
-allowlist: the others stay NULL.
+An upload's accepted rows are stored column by column: one :class:`RowBatch` per
+chunk of the file and school (or cohort) year, holding an Arrow IPC stream of the
+columns the agreement keeps (see :mod:`gateway.storage.batches`). The raw educator
+ID and the direct identifiers never reach it: each row refers to an
+:class:`Educator`, which holds the pseudonym and its key version.
 
-The column lists below are declared in code (and migrated by Alembic) rather
-than built from policies/ at run time, so the database schema only changes
-through a reviewed migration; :func:`storage_mismatches` reports any schema
+Why columns in one blob rather than one database row per extract row: a release
+reads whole columns of a million rows, and an upload writes them, and both were
+dominated by building and storing a million tuples; a batch is written and read in
+one piece, on SQLite and PostgreSQL alike, inside the upload's transaction, so an
+upload is still atomic and a termination still deletes (and overwrites) it.
+
+The storable columns and their types are declared in code (:data:`DATASET_COLUMNS`)
+rather than built from policies/ at run time, so what the gateway can store only
+changes through a reviewed change; :func:`storage_mismatches` reports any schema
 column that has no storage column, and the gateway refuses to start on one.
 """
 
@@ -17,23 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import (
-    Boolean,
-    Column,
-    Date,
-    DateTime,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
-)
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
-from sqlalchemy.types import TypeEngine
 
 from gateway.storage.tables import Base
 
@@ -94,14 +86,6 @@ class Educator(Base):
     key_version: Mapped[int] = mapped_column(Integer)
     pseudonym: Mapped[str] = mapped_column(String(64), unique=True)
 
-
-_TYPES: Mapping[str, type[TypeEngine[Any]]] = {
-    "integer": Integer,
-    "number": Float,
-    "string": String,
-    "date": Date,
-    "boolean": Boolean,
-}
 
 #: The storable columns of each dataset schema, with their schema types.
 DATASET_COLUMNS: Mapping[str, Mapping[str, str]] = {
@@ -171,30 +155,20 @@ DATASET_COLUMNS: Mapping[str, Mapping[str, str]] = {
 EDUCATOR_DATASETS = frozenset(DATASET_COLUMNS) - {"vacancies", "candidate_interest"}
 
 
-def _build_table(schema_name: str, columns: Mapping[str, str]) -> Table:
-    table_name = f"rows_{schema_name}"
-    return Table(
-        table_name,
-        Base.metadata,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column(
-            "upload_seq",
-            Integer,
-            ForeignKey("uploads.seq", ondelete="CASCADE"),
-            nullable=False,
-            index=True,
-        ),
-        # No index and no foreign key on purpose: each would roughly double the
-        # cost of storing a million-row upload, releases join in memory, and
-        # educators are only ever deleted after the rows of their agreement.
-        Column("educator_ref", Integer, nullable=schema_name not in EDUCATOR_DATASETS),
-        *(Column(name, _TYPES[kind](), nullable=True) for name, kind in columns.items()),
+class RowBatch(Base):
+    """Accepted rows of one upload and one period, as an Arrow IPC stream."""
+
+    __tablename__ = "row_batches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    upload_seq: Mapped[int] = mapped_column(
+        Integer, ForeignKey("uploads.seq", ondelete="CASCADE"), index=True
     )
-
-
-DATASET_TABLES: Mapping[str, Table] = {
-    name: _build_table(name, columns) for name, columns in DATASET_COLUMNS.items()
-}
+    # The school or cohort year of every row in the batch; 0 for a dataset without one.
+    # Replacing an upload's year deletes that year's batches, so a batch never spans two.
+    period: Mapped[int] = mapped_column(Integer)
+    rows: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 def storage_mismatches(schemas: Mapping[str, DatasetSchema]) -> list[str]:
@@ -203,7 +177,7 @@ def storage_mismatches(schemas: Mapping[str, DatasetSchema]) -> list[str]:
     for name, schema in schemas.items():
         stored = DATASET_COLUMNS.get(name)
         if stored is None:
-            problems.append(f"dataset schema {name!r} has no storage table (rows_{name})")
+            problems.append(f"dataset schema {name!r} has no storage columns")
             continue
         for column, spec in schema.columns.items():
             if spec.role in ("educator_id", "direct_identifier"):

@@ -1,0 +1,235 @@
+"""stored rows as column batches: row_batches replaces the rows_<schema> tables
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-23 00:10:00
+
+Existing rows are carried over: each upload's rows of one school (or cohort) year
+become one batch, written with :func:`gateway.storage.batches.encode` (the format the
+gateway reads); then the typed tables are dropped. The downgrade recreates them
+and writes every batch's rows back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import date
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+from alembic import op
+
+from gateway.storage.batches import ARROW_TYPES, decode, encode
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+# The typed tables as revision 0002 created them, frozen here: later changes to the
+# storable columns in code must not change what this migration reads or recreates.
+OLD_TABLES: dict[str, dict[str, str]] = {
+    "evaluations": {
+        "school_year": "integer",
+        "district_code": "string",
+        "school_code": "string",
+        "assignment_subject": "string",
+        "grade_band": "string",
+        "years_experience": "integer",
+        "summative_rating": "integer",
+        "gender": "string",
+        "race_ethnicity": "string",
+    },
+    "value_added": {
+        "school_year": "integer",
+        "subject": "string",
+        "growth_score": "number",
+        "student_count": "integer",
+    },
+    "observations": {
+        "school_year": "integer",
+        "observer_role": "string",
+        "rubric_domain": "string",
+        "score": "integer",
+        "observation_date": "date",
+    },
+    "student_surveys": {
+        "school_year": "integer",
+        "construct": "string",
+        "mean_score": "number",
+        "respondent_count": "integer",
+    },
+    "staffing": {
+        "school_year": "integer",
+        "district_code": "string",
+        "school_code": "string",
+        "position": "string",
+        "licensure_area": "string",
+        "fte": "number",
+    },
+    "vacancies": {
+        "school_year": "integer",
+        "school_code": "string",
+        "subject": "string",
+        "licensure_area": "string",
+        "positions_posted": "integer",
+        "positions_unfilled": "integer",
+    },
+    "completers": {
+        "program_code": "string",
+        "cohort_year": "integer",
+        "completion_status": "string",
+        "licensure_area": "string",
+        "gender": "string",
+        "race_ethnicity": "string",
+    },
+    "candidate_interest": {
+        "cohort_year": "integer",
+        "intended_subject": "string",
+        "licensure_area": "string",
+        "candidates": "integer",
+    },
+}
+NO_EDUCATOR = {"vacancies", "candidate_interest"}
+PERIOD_COLUMNS = ("school_year", "cohort_year")
+SQL_TYPES: dict[str, Any] = {
+    "integer": sa.Integer,
+    "number": sa.Float,
+    "string": sa.String,
+    "date": sa.Date,
+    "boolean": sa.Boolean,
+}
+ROWS_PER_BATCH = 100_000
+
+
+def _period_column(columns: dict[str, str]) -> str | None:
+    return next((c for c in PERIOD_COLUMNS if c in columns), None)
+
+
+def _create_row_batches() -> None:
+    op.create_table(
+        "row_batches",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("upload_seq", sa.Integer(), nullable=False),
+        sa.Column("period", sa.Integer(), nullable=False),
+        sa.Column("rows", sa.Integer(), nullable=False),
+        sa.Column("payload", sa.LargeBinary(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["upload_seq"],
+            ["uploads.seq"],
+            name=op.f("fk_row_batches_upload_seq_uploads"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_row_batches")),
+    )
+    with op.batch_alter_table("row_batches", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_row_batches_upload_seq"), ["upload_seq"], unique=False)
+
+
+def _old_table(schema: str, columns: dict[str, str]) -> sa.Table:
+    return sa.Table(
+        f"rows_{schema}",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("upload_seq", sa.Integer(), nullable=False),
+        sa.Column("educator_ref", sa.Integer(), nullable=schema in NO_EDUCATOR),
+        *(sa.Column(name, SQL_TYPES[kind](), nullable=True) for name, kind in columns.items()),
+    )
+
+
+def _groups(rows: Sequence[Any], period: str | None) -> Iterator[tuple[int, int, list[Any]]]:
+    """Rows (ordered by upload and id) split by upload, period and batch size."""
+    current: tuple[int, int] | None = None
+    group: list[Any] = []
+    for row in rows:
+        key = (row.upload_seq, int(getattr(row, period)) if period else 0)
+        if (key != current or len(group) >= ROWS_PER_BATCH) and group:
+            assert current is not None
+            yield current[0], current[1], group
+            group = []
+        current = key
+        group.append(row)
+    if group:
+        assert current is not None
+        yield current[0], current[1], group
+
+
+def upgrade() -> None:
+    _create_row_batches()
+    bind = op.get_bind()
+    batches = sa.table(
+        "row_batches",
+        sa.column("upload_seq", sa.Integer()),
+        sa.column("period", sa.Integer()),
+        sa.column("rows", sa.Integer()),
+        sa.column("payload", sa.LargeBinary()),
+    )
+    for schema, columns in OLD_TABLES.items():
+        table = _old_table(schema, columns)
+        period = _period_column(columns)
+        order = [table.c.upload_seq, *([table.c[period]] if period else []), table.c.id]
+        rows = bind.execute(sa.select(table).order_by(*order)).all()
+        for upload_seq, year, group in _groups(rows, period):
+            arrays: dict[str, pa.Array] = {}
+            if schema not in NO_EDUCATOR:
+                arrays["educator_ref"] = pa.array([r.educator_ref for r in group], pa.int64())
+            for name, kind in columns.items():
+                values = [getattr(r, name) for r in group]
+                if all(v is None for v in values):
+                    continue  # a column the upload did not keep
+                if kind == "date":
+                    values = [date.fromisoformat(v) if isinstance(v, str) else v for v in values]
+                arrays[name] = pa.array(values, ARROW_TYPES[kind])
+            bind.execute(
+                batches.insert().values(
+                    upload_seq=upload_seq,
+                    period=year,
+                    rows=len(group),
+                    payload=encode(schema, arrays),
+                )
+            )
+        with op.batch_alter_table(f"rows_{schema}", schema=None) as batch_op:
+            batch_op.drop_index(batch_op.f(f"ix_rows_{schema}_upload_seq"))
+        op.drop_table(f"rows_{schema}")
+
+
+def downgrade() -> None:
+    bind = op.get_bind()
+    for schema, columns in OLD_TABLES.items():
+        op.create_table(
+            f"rows_{schema}",
+            sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+            sa.Column("upload_seq", sa.Integer(), nullable=False),
+            sa.Column("educator_ref", sa.Integer(), nullable=schema in NO_EDUCATOR),
+            *(sa.Column(name, SQL_TYPES[kind](), nullable=True) for name, kind in columns.items()),
+            sa.ForeignKeyConstraint(
+                ["upload_seq"],
+                ["uploads.seq"],
+                name=op.f(f"fk_rows_{schema}_upload_seq_uploads"),
+                ondelete="CASCADE",
+            ),
+            sa.PrimaryKeyConstraint("id", name=op.f(f"pk_rows_{schema}")),
+        )
+        with op.batch_alter_table(f"rows_{schema}", schema=None) as batch_op:
+            batch_op.create_index(
+                batch_op.f(f"ix_rows_{schema}_upload_seq"), ["upload_seq"], unique=False
+            )
+        table = _old_table(schema, columns)
+        stored = bind.execute(
+            sa.text(
+                "SELECT b.upload_seq, b.payload FROM row_batches b "
+                "JOIN uploads u ON u.seq = b.upload_seq "
+                "WHERE u.schema_name = :schema ORDER BY b.upload_seq, b.id"
+            ),
+            {"schema": schema},
+        ).all()
+        for upload_seq, payload in stored:
+            rows = decode(bytes(payload), schema, ["educator_ref", *columns]).to_pylist()
+            for row in rows:
+                row["upload_seq"] = upload_seq
+            if rows:
+                bind.execute(table.insert(), rows)
+    with op.batch_alter_table("row_batches", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_row_batches_upload_seq"))
+    op.drop_table("row_batches")
