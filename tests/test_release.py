@@ -9,11 +9,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from gateway import audit
+from gateway.agreements.models import ColumnSpec
 from gateway.app import create_app
 from gateway.cli import main
 from gateway.config import Settings
@@ -21,8 +26,8 @@ from gateway.context import Gateway
 from gateway.errors import PolicyViolation, SchemaError
 from gateway.ingest import upload_extract
 from gateway.release.budget import BudgetExhausted
-from gateway.release.engine import DifferencingRefused, request_release
-from gateway.release.query import Query, parse_query
+from gateway.release.engine import DifferencingRefused, _filter_mask, request_release
+from gateway.release.query import FieldRef, Filter, Query, parse_query
 from tests.conftest import AGREEMENT, BANDS, DISTRICT, EPP, analyst, settings_env
 from tests.conftest import evaluations_csv as evaluations_csv
 
@@ -493,3 +498,55 @@ def test_an_invalid_query_never_echoes_its_values() -> None:
         )
     assert "000918273645" not in refused.value.message + str(refused.value.details)
     assert "filters.0" in refused.value.message
+
+
+# --- filters over stored columns -------------------------------------------------------
+
+_SCORE = FieldRef(
+    dataset="evaluations",
+    column="summative_rating",
+    spec=ColumnSpec(type="integer", role="measure", required=False, description="rating"),
+)
+_FILTER_VALUES = st.one_of(
+    st.integers(-3, 8),
+    st.floats(-3, 8, allow_nan=False).map(lambda v: round(v * 2) / 2),  # 2.0, 2.5...
+    st.sampled_from(["3", "x", "", 2**70, True]),
+)
+
+
+def _sql_number(value: Any) -> float | None:
+    """The number an integer column could equal, as SQL compares; None for text,
+    booleans and numbers no 64-bit integer column holds (they match no row)."""
+    if isinstance(value, str):
+        return int(value) if value.strip().lstrip("-").isdigit() else None
+    if isinstance(value, bool) or abs(value) >= 2**63:
+        return None
+    return float(value)
+
+
+@hyp_settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(st.none() | st.integers(-3, 8), max_size=30),
+    op=st.sampled_from(["eq", "in", "between"]),
+    values=st.lists(_FILTER_VALUES, min_size=2, max_size=4),
+)
+def test_filters_keep_what_sql_would_keep(
+    rows: list[int | None], op: str, values: list[Any]
+) -> None:
+    numbers = [_sql_number(v) for v in values]
+    if op == "eq":
+        item = Filter(field="summative_rating", op="eq", value=values[0])
+        expected = [r is not None and r == numbers[0] for r in rows]
+    elif op == "in":
+        item = Filter(field="summative_rating", op="in", value=values)
+        expected = [r is not None and r in [n for n in numbers if n is not None] for r in rows]
+    else:
+        item = Filter(field="summative_rating", op="between", value=values[:2])
+        low, high = numbers[:2]
+        expected = [
+            r is not None and low is not None and high is not None and low <= r <= high
+            for r in rows
+        ]
+    column = pa.chunked_array([pa.array(rows, pa.int64())])
+    kept = _filter_mask(column, _SCORE, item).to_pylist()
+    assert [bool(k) for k in kept] == expected

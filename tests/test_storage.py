@@ -177,9 +177,34 @@ def test_migration_to_row_batches_carries_every_row_over_and_back(
             for schema, rows in before.items():
                 stored = connection.execute(text(f"SELECT count(*) FROM rows_{schema}")).scalar()
                 assert stored == len(rows), schema
+            # An upload that kept no year (an agreement may leave it out): period 0.
+            seq = connection.scalar(text("SELECT min(upload_seq) FROM rows_staffing"))
+            connection.execute(
+                text(
+                    "INSERT INTO rows_staffing (upload_seq, educator_ref, position, fte) "
+                    "VALUES (:seq, 1, 'teacher', 0.5)"
+                ),
+                {"seq": seq},
+            )
+            connection.commit()
         command.upgrade(config, "head")
         assert db.current_revision(engine) == db.head_revision()
-        assert _decoded_rows(engine) == before
+        after = _decoded_rows(engine)
+        yearless = (1, None, None, None, "teacher", None, 0.5)
+        assert yearless in after["staffing"]
+        after["staffing"].remove(yearless)
+        assert after == before
+        with engine.connect() as connection:
+            periods = connection.scalars(select(RowBatch.period).where(RowBatch.upload_seq == seq))
+            assert 0 in set(periods)
+            if engine.dialect.name == "postgresql":  # stored as is, never TOAST-compressed
+                storage = connection.scalar(
+                    text(
+                        "SELECT attstorage FROM pg_attribute WHERE attname = 'payload' "
+                        "AND attrelid = 'row_batches'::regclass"
+                    )
+                )
+                assert storage == "e"
     finally:
         engine.dispose()
     with Gateway.open(settings) as gw, gw.sessions() as session:  # and the gateway reads them

@@ -310,7 +310,7 @@ def _default_groups_per_teacher(resolved: ResolvedQuery, agreement: Agreement) -
 
 
 def _needed_columns(resolved: ResolvedQuery) -> dict[str, set[str]]:
-    # Filters are applied by the database, so their columns are not read.
+    """The columns each dataset's rows need once filtered (filters read their own)."""
     needed: dict[str, set[str]] = {d: set() for d in resolved.query.datasets}
     refs = list(resolved.group_by)
     if resolved.measure_field is not None:
@@ -330,27 +330,60 @@ def _needed_columns(resolved: ResolvedQuery) -> dict[str, set[str]]:
     return needed
 
 
+def _filter_value(ref: FieldRef, value: Any) -> pa.Scalar:
+    """A filter value as an Arrow scalar of its own type: comparing it with the column
+    promotes as SQL does (3.5 never equals an integer), rather than truncating it."""
+    value = _canonical_value(ref.spec, value)
+    if isinstance(value, bool) and ref.spec.type != "boolean":
+        raise TypeError("a boolean matches only a boolean column")  # Arrow would cast it to 1
+    if ref.spec.type == "date" and isinstance(value, str):
+        value = date.fromisoformat(value)
+    return pa.scalar(value)
+
+
+_NO_MATCH = (pa.ArrowException, OverflowError, TypeError, ValueError)
+
+
 def _filter_mask(column: pa.ChunkedArray, ref: FieldRef, item: Filter) -> pa.ChunkedArray:
-    """Which rows a filter keeps; a null never matches, as in SQL."""
-
-    def scalar(value: Any) -> pa.Scalar:
-        value = _canonical_value(ref.spec, value)
-        if ref.spec.type == "date" and isinstance(value, str):
-            value = date.fromisoformat(value)
-        return pa.scalar(value, type=column.type)
-
+    """Which rows a filter keeps; a null, or a value the column cannot hold, never
+    matches, as in SQL."""
+    nothing = pa.chunked_array([pa.array(np.zeros(len(column), dtype=bool))])
+    if item.op == "in":
+        assert isinstance(item.value, list)
+        values = []
+        for value in item.value:
+            try:  # only values the column holds exactly (2.0 is 2; 2.5 and "x" are none)
+                values.append(_filter_value(ref, value).cast(column.type).as_py())
+            except _NO_MATCH:
+                continue
+        return pc.is_in(column, value_set=pa.array(values, type=column.type))
     try:
         if item.op == "eq":
-            return pc.equal(column, scalar(item.value))
-        if item.op == "in":
-            assert isinstance(item.value, list)
-            values = pa.array([scalar(v).as_py() for v in item.value], type=column.type)
-            return pc.is_in(column, value_set=values)
+            return pc.equal(column, _filter_value(ref, item.value))
         low, high = _bounds_of(item)
-        return pc.and_(pc.greater_equal(column, scalar(low)), pc.less_equal(column, scalar(high)))
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
-        # A value the column cannot hold (text for a number, say) matches no row.
-        return pa.chunked_array([pa.array(np.zeros(len(column), dtype=bool))])
+        return pc.and_(
+            pc.greater_equal(column, _filter_value(ref, low)),
+            pc.less_equal(column, _filter_value(ref, high)),
+        )
+    except _NO_MATCH:
+        return nothing
+
+
+def _period_range(resolved: ResolvedQuery, dataset: str) -> tuple[int, int] | None:
+    """The years a dataset's filters allow, when they are whole years, to skip batches."""
+    low, high = None, None
+    for ref, item in resolved.filters:
+        if ref.dataset != dataset or ref.column not in ("school_year", "cohort_year"):
+            continue
+        values = item.value if item.op != "eq" else [item.value]
+        assert isinstance(values, list)
+        years = [_canonical_value(ref.spec, v) for v in values]
+        if not years or not all(isinstance(y, int) and not isinstance(y, bool) for y in years):
+            continue
+        first, last = min(years), max(years)
+        low = first if low is None else max(low, first)
+        high = last if high is None else min(high, last)
+    return None if low is None or high is None else (low, high)
 
 
 def load_rows(
@@ -377,10 +410,20 @@ def load_rows(
         ]
         filters = [(ref, item) for ref, item in resolved.filters if ref.dataset == name]
         filtered = sorted({ref.column for ref, _ in filters} - set(columns))
-        table = batches.read_rows(connection, schema.name, readable, [*columns, *filtered])
-        for ref, item in filters:
-            table = table.filter(_filter_mask(table.column(ref.column), ref, item))
-        table = table.select([batches.EDUCATOR_REF, *columns])
+
+        def keep(rows: pa.Table, filters: list[tuple[FieldRef, Filter]] = filters) -> pa.Table:
+            for ref, item in filters:
+                rows = rows.filter(_filter_mask(rows.column(ref.column), ref, item))
+            return rows
+
+        table = batches.read_rows(
+            connection,
+            schema.name,
+            readable,
+            [*columns, *filtered],
+            periods=_period_range(resolved, name),
+            keep=keep if filters else None,
+        ).select([batches.EDUCATOR_REF, *columns])
         frame = table.rename_columns(
             [batches.EDUCATOR_REF, *(f"{name}.{c}" for c in columns)]
         ).to_pandas()

@@ -8,7 +8,9 @@ back, so readers always see :func:`storage_schema`'s types.
 
 The streams are not compressed, on purpose: the leak and destruction tests search
 every stored byte for raw IDs, names and pseudonyms, and compression would hide
-them from such a scan instead of keeping them out.
+them from such a scan instead of keeping them out. For the same reason migration
+0006 stores the column ``STORAGE EXTERNAL`` on PostgreSQL (out of line, never
+TOAST-compressed).
 
 Writing happens inside the caller's transaction (an upload's, with its receipt and
 audit event), and so does deleting: an upload or a termination is still atomic.
@@ -16,7 +18,7 @@ audit event), and so does deleting: an upload or a termination is still atomic.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -123,16 +125,27 @@ def write_batch(
 
 
 def read_rows(
-    connection: Connection, schema_name: str, upload_seqs: Sequence[int], columns: Sequence[str]
+    connection: Connection,
+    schema_name: str,
+    upload_seqs: Sequence[int],
+    columns: Sequence[str],
+    *,
+    periods: tuple[int, int] | None = None,
+    keep: Callable[[pa.Table], pa.Table] | None = None,
 ) -> pa.Table:
-    """The stored rows of these uploads: ``educator_ref`` and ``columns``, in upload order."""
+    """The stored rows of these uploads: ``educator_ref`` and ``columns``, in upload order.
+
+    ``periods`` (first and last year) skips the batches of other years unread; ``keep``
+    filters each batch as it is decoded, so only the rows kept are held at once.
+    """
     wanted = [EDUCATOR_REF, *(c for c in columns if c != EDUCATOR_REF)]
-    payloads = connection.scalars(
-        select(RowBatch.payload)
-        .where(RowBatch.upload_seq.in_(list(upload_seqs)))
-        .order_by(RowBatch.upload_seq, RowBatch.id)
-    )
-    tables = [decode(payload, schema_name, wanted) for payload in payloads]
+    statement = select(RowBatch.payload).where(RowBatch.upload_seq.in_(list(upload_seqs)))
+    if periods is not None:
+        statement = statement.where(RowBatch.period.between(*periods))
+    tables = []
+    for payload in connection.scalars(statement.order_by(RowBatch.upload_seq, RowBatch.id)):
+        table = decode(payload, schema_name, wanted)
+        tables.append(keep(table) if keep is not None else table)
     if not tables:
         schema = storage_schema(schema_name)
         return pa.schema([schema.field(n) for n in wanted]).empty_table()

@@ -4,10 +4,15 @@ Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-23 00:10:00
 
-Existing rows are carried over: each upload's rows of one school (or cohort) year
-become one batch, written with :func:`gateway.storage.batches.encode` (the format the
-gateway reads); then the typed tables are dropped. The downgrade recreates them
-and writes every batch's rows back.
+Existing rows are carried over, one upload at a time: each upload's rows of one
+school (or cohort) year become one batch, an Arrow IPC stream of the columns the
+upload kept (``gateway.storage.batches.decode`` reads any such stream, widening its
+types); then the typed tables are dropped. The downgrade recreates them and writes
+every batch's rows back. Both directions use only what is frozen in this file, so a
+later change to the storable columns cannot change what this migration does.
+
+On PostgreSQL the payload column is stored without TOAST compression (``STORAGE
+EXTERNAL``), as on SQLite: a scan of the stored bytes must see every value as itself.
 """
 
 from __future__ import annotations
@@ -19,8 +24,6 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 from alembic import op
-
-from gateway.storage.batches import ARROW_TYPES, decode, encode
 
 revision = "0006"
 down_revision = "0005"
@@ -100,7 +103,38 @@ SQL_TYPES: dict[str, Any] = {
     "date": sa.Date,
     "boolean": sa.Boolean,
 }
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "integer": pa.int64(),
+    "number": pa.float64(),
+    "string": pa.string(),
+    "date": pa.date32(),
+    "boolean": pa.bool_(),
+}
 ROWS_PER_BATCH = 100_000
+
+
+def _encode(arrays: dict[str, pa.Array]) -> bytes:
+    batch = pa.RecordBatch.from_pydict(arrays)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _decode(payload: bytes, columns: dict[str, str]) -> list[dict[str, Any]]:
+    """A batch's rows with the frozen columns (those it lacks as nulls)."""
+    with pa.ipc.open_stream(pa.py_buffer(payload)) as reader:
+        stored = reader.read_all()
+    names = ["educator_ref", *columns]
+    types = {"educator_ref": pa.int64(), **{n: ARROW_TYPES[k] for n, k in columns.items()}}
+    arrays = [
+        stored.column(n).cast(types[n])
+        if n in stored.column_names
+        else pa.nulls(len(stored), types[n])
+        for n in names
+    ]
+    rows: list[dict[str, Any]] = pa.Table.from_arrays(arrays, names=names).to_pylist()
+    return rows
 
 
 def _period_column(columns: dict[str, str]) -> str | None:
@@ -143,7 +177,8 @@ def _groups(rows: Sequence[Any], period: str | None) -> Iterator[tuple[int, int,
     current: tuple[int, int] | None = None
     group: list[Any] = []
     for row in rows:
-        key = (row.upload_seq, int(getattr(row, period)) if period else 0)
+        year = getattr(row, period) if period else None
+        key = (row.upload_seq, 0 if year is None else int(year))  # 0: the year was not kept
         if (key != current or len(group) >= ROWS_PER_BATCH) and group:
             assert current is not None
             yield current[0], current[1], group
@@ -158,6 +193,8 @@ def _groups(rows: Sequence[Any], period: str | None) -> Iterator[tuple[int, int,
 def upgrade() -> None:
     _create_row_batches()
     bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        op.execute("ALTER TABLE row_batches ALTER COLUMN payload SET STORAGE EXTERNAL")
     batches = sa.table(
         "row_batches",
         sa.column("upload_seq", sa.Integer()),
@@ -168,27 +205,30 @@ def upgrade() -> None:
     for schema, columns in OLD_TABLES.items():
         table = _old_table(schema, columns)
         period = _period_column(columns)
-        order = [table.c.upload_seq, *([table.c[period]] if period else []), table.c.id]
-        rows = bind.execute(sa.select(table).order_by(*order)).all()
-        for upload_seq, year, group in _groups(rows, period):
-            arrays: dict[str, pa.Array] = {}
-            if schema not in NO_EDUCATOR:
-                arrays["educator_ref"] = pa.array([r.educator_ref for r in group], pa.int64())
-            for name, kind in columns.items():
-                values = [getattr(r, name) for r in group]
-                if all(v is None for v in values):
-                    continue  # a column the upload did not keep
-                if kind == "date":
-                    values = [date.fromisoformat(v) if isinstance(v, str) else v for v in values]
-                arrays[name] = pa.array(values, ARROW_TYPES[kind])
-            bind.execute(
-                batches.insert().values(
-                    upload_seq=upload_seq,
-                    period=year,
-                    rows=len(group),
-                    payload=encode(schema, arrays),
+        uploads = bind.scalars(sa.select(table.c.upload_seq).distinct()).all()
+        for seq in sorted(uploads):  # one upload's rows in memory at a time
+            order = [*([table.c[period]] if period else []), table.c.id]
+            rows = bind.execute(
+                sa.select(table).where(table.c.upload_seq == seq).order_by(*order)
+            ).all()
+            for upload_seq, year, group in _groups(rows, period):
+                arrays: dict[str, pa.Array] = {}
+                if schema not in NO_EDUCATOR:
+                    arrays["educator_ref"] = pa.array([r.educator_ref for r in group], pa.int64())
+                for name, kind in columns.items():
+                    values = [getattr(r, name) for r in group]
+                    if all(v is None for v in values):
+                        continue  # a column the upload did not keep
+                    if kind == "date":
+                        values = [
+                            date.fromisoformat(v) if isinstance(v, str) else v for v in values
+                        ]
+                    arrays[name] = pa.array(values, ARROW_TYPES[kind])
+                bind.execute(
+                    batches.insert().values(
+                        upload_seq=upload_seq, period=year, rows=len(group), payload=_encode(arrays)
+                    )
                 )
-            )
         with op.batch_alter_table(f"rows_{schema}", schema=None) as batch_op:
             batch_op.drop_index(batch_op.f(f"ix_rows_{schema}_upload_seq"))
         op.drop_table(f"rows_{schema}")
@@ -218,14 +258,17 @@ def downgrade() -> None:
         table = _old_table(schema, columns)
         stored = bind.execute(
             sa.text(
-                "SELECT b.upload_seq, b.payload FROM row_batches b "
+                "SELECT b.id, b.upload_seq FROM row_batches b "
                 "JOIN uploads u ON u.seq = b.upload_seq "
                 "WHERE u.schema_name = :schema ORDER BY b.upload_seq, b.id"
             ),
             {"schema": schema},
         ).all()
-        for upload_seq, payload in stored:
-            rows = decode(bytes(payload), schema, ["educator_ref", *columns]).to_pylist()
+        for batch_id, upload_seq in stored:  # one batch in memory at a time
+            payload = bind.scalar(
+                sa.text("SELECT payload FROM row_batches WHERE id = :id"), {"id": batch_id}
+            )
+            rows = _decode(bytes(payload), columns)
             for row in rows:
                 row["upload_seq"] = upload_seq
             if rows:
