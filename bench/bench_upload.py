@@ -1,7 +1,8 @@
 """Uploading a 1M-row evaluations CSV end to end, against a pyarrow + HMAC baseline.
 
 Both sides run in their own fresh process on the same file, so each one's peak
-memory (max RSS) is its own:
+memory (max RSS) is its own; each runs three times, taking turns, and the best time
+of each is compared (the highest peak is reported):
 
 - baseline: read the CSV with pyarrow and compute HMAC-SHA-256 of its ID column;
 - gateway: ``upload_extract`` into a fresh SQLite data folder: parse, validate
@@ -80,16 +81,22 @@ def _measure(mode: str, path: Path, workdir: Path) -> dict[str, Any]:
     return dict(json.loads(output.strip().splitlines()[-1]))
 
 
-def run(rows: int = ROWS) -> list[dict[str, Any]]:
+def run(rows: int = ROWS, repeats: int = 3) -> list[dict[str, Any]]:
+    """Best of ``repeats`` runs each, baseline and gateway taking turns, so a burst of
+    load from a neighbour on a shared machine lands on both sides alike."""
     from gateway.synthetic import write_evaluations_csv
 
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         path = write_evaluations_csv(work / "evaluations.csv", rows=rows, seed=1)
         size_mb = path.stat().st_size / 1e6
-        base = _measure("baseline", path, work / "b")
-        ours = _measure("gateway", path, work / "g")
-    assert ours["rows"] == rows, ours
+        bases, ourses = [], []
+        for turn in range(repeats):
+            bases.append(_measure("baseline", path, work / f"b{turn}"))
+            ourses.append(_measure("gateway", path, work / f"g{turn}"))
+    base = min(bases, key=lambda r: r["seconds"])
+    ours = min(ourses, key=lambda r: r["seconds"])
+    assert all(r["rows"] == rows for r in ourses), ourses
     return [
         {
             "benchmark": f"upload {rows:,}-row evaluations CSV ({size_mb:.0f} MB), SQLite",
@@ -97,8 +104,8 @@ def run(rows: int = ROWS) -> list[dict[str, Any]]:
             "baseline_s": round(base["seconds"], 2),
             "gateway_s": round(ours["seconds"], 2),
             "ratio": round(ours["seconds"] / base["seconds"], 2),
-            "baseline_peak_MB": round(base["max_rss_mb"]),
-            "gateway_peak_MB": round(ours["max_rss_mb"]),
+            "baseline_peak_MB": round(max(r["max_rss_mb"] for r in bases)),
+            "gateway_peak_MB": round(max(r["max_rss_mb"] for r in ourses)),
         }
     ]
 

@@ -167,11 +167,7 @@ class Pseudonymizer:
         for raw in raw_ids:
             if raw not in cache:
                 normalised = normalise(raw)
-                # Spellings of one ID ("00123", "123 ") share a hash: normalising is
-                # idempotent, so the normalised form is a key of the same cache.
-                if normalised not in cache:
-                    cache[normalised] = self._mac(normalised) if is_valid(normalised) else None
-                cache[raw] = cache[normalised]
+                cache[raw] = self._mac(normalised) if is_valid(normalised) else None
             out.append(cache[raw])
         return out
 
