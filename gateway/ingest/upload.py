@@ -623,29 +623,37 @@ class _EducatorIndex:
 def _store_educators(
     session: Session, agreement_id: str, key_version: int, pseudonyms: list[str]
 ) -> dict[str, int]:
-    """Insert the pseudonyms not stored yet and return every one's reference."""
+    """Insert the pseudonyms not stored yet and return every one's reference.
+
+    One statement inserts the whole list (it travels as one JSON array or SQL array)
+    and returns the new references; one more finds those stored before. Both run on
+    the driver's own cursor: a hundred thousand pairs, without per-row result objects.
+    """
     connection = session.connection()
-    mark = "?" if connection.dialect.name == "sqlite" else "%s"  # the driver's placeholder
-    connection.exec_driver_sql(
-        "INSERT INTO educators (agreement_id, key_version, pseudonym) "  # noqa: S608
-        f"VALUES ({mark}, {mark}, {mark}) ON CONFLICT (pseudonym) DO NOTHING",
-        [(agreement_id, key_version, p) for p in pseudonyms],
-    )
     if connection.dialect.name == "sqlite":
-        # One query for the whole batch: the list travels as a JSON array.
-        query = (
+        # "WHERE true" settles SQLite's parsing ambiguity of INSERT ... SELECT ... ON CONFLICT.
+        source = "SELECT ?, ?, value FROM json_each(?) WHERE true"
+        existing = (
             "SELECT pseudonym, id FROM educators "
             "WHERE pseudonym IN (SELECT value FROM json_each(?))"
         )
-        wanted: Any = (json.dumps(pseudonyms),)
+        listed: Any = json.dumps
     else:
-        query = "SELECT pseudonym, id FROM educators WHERE pseudonym = ANY(%s)"
-        wanted = (pseudonyms,)
-    # The driver's own cursor: a hundred thousand pairs, without per-row result objects.
+        source = "SELECT %s, %s, unnest(%s::text[])"
+        existing = "SELECT pseudonym, id FROM educators WHERE pseudonym = ANY(%s)"
+        listed = list
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        cursor.execute(query, wanted)
+        cursor.execute(
+            f"INSERT INTO educators (agreement_id, key_version, pseudonym) {source} "
+            "ON CONFLICT (pseudonym) DO NOTHING RETURNING pseudonym, id",
+            (agreement_id, key_version, listed(pseudonyms)),
+        )
         found: dict[str, int] = dict(cursor.fetchall())
+        earlier = [p for p in pseudonyms if p not in found]
+        if earlier:
+            cursor.execute(existing, (listed(earlier),))
+            found.update(cursor.fetchall())
     finally:
         cursor.close()
     if len(found) != len(set(pseudonyms)):
