@@ -15,6 +15,7 @@ from gateway import audit
 from gateway.config import Settings
 from gateway.context import Gateway, initialise
 from gateway.ingest import upload_extract
+from gateway.synthetic import generate_agreement_extracts
 
 REPO = Path(__file__).resolve().parent.parent
 AGREEMENTS_DIR = REPO / "agreements"
@@ -147,6 +148,24 @@ def loaded(gateway: Gateway, tmp_path: Path) -> tuple[Gateway, list[dict[str, An
 
 
 # --- bearer tokens for API tests ------------------------------------------------------------
+
+
+def upload_generated(
+    gw: Gateway, agreement_id: str, folder: Path, *, seed: int, scale: float = 1.0
+) -> None:
+    """Generate every dataset of an agreement (gateway.synthetic) and upload each one
+    as the party that provides it."""
+    for extract in generate_agreement_extracts(
+        gw.agreement(agreement_id), gw.registry.schemas, folder, seed=seed, scale=scale
+    ):
+        upload_extract(
+            gw,
+            agreement_id=agreement_id,
+            party=extract.party,
+            dataset=extract.dataset,
+            path=extract.path,
+            actor=audit.Actor(role="uploader", party=extract.party),
+        )
 
 
 def issue_token(

@@ -19,10 +19,8 @@ from gateway.cli import main
 from gateway.config import Settings
 from gateway.context import Gateway
 from gateway.errors import NotFound, PolicyViolation, SchemaError
-from gateway.ingest import upload_extract
 from gateway.release.budget import BudgetExhausted, budget_report
 from gateway.release.reports import check_reports, list_reports, run_report
-from gateway.synthetic import generate_agreement_extracts
 from tests.conftest import (
     AGREEMENT,
     AGREEMENTS_DIR,
@@ -31,6 +29,7 @@ from tests.conftest import (
     POLICIES_DIR,
     analyst,
     settings_env,
+    upload_generated,
 )
 
 ANALYST = audit.Actor(role="analyst", party=EPP)
@@ -39,18 +38,7 @@ ANALYST = audit.Actor(role="analyst", party=EPP)
 @pytest.fixture
 def stocked(gateway: Gateway, tmp_path: Path) -> Gateway:
     """The student-teaching agreement with every party's generated extracts uploaded."""
-    agreement = gateway.agreement(AGREEMENT)
-    for extract in generate_agreement_extracts(
-        agreement, gateway.registry.schemas, tmp_path / "extracts", seed=7
-    ):
-        upload_extract(
-            gateway,
-            agreement_id=AGREEMENT,
-            party=extract.party,
-            dataset=extract.dataset,
-            path=extract.path,
-            actor=audit.Actor(role="uploader", party=extract.party),
-        )
+    upload_generated(gateway, AGREEMENT, tmp_path / "extracts", seed=7)
     return gateway
 
 

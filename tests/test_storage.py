@@ -13,12 +13,11 @@ from gateway import audit
 from gateway.config import Settings
 from gateway.context import Gateway, initialise
 from gateway.errors import NotInitialised
-from gateway.ingest import upload_extract
 from gateway.release.engine import load_rows
 from gateway.release.query import Query, resolve
 from gateway.storage import batches, db
 from gateway.storage.datasets import RowBatch, Upload
-from gateway.synthetic import generate_agreement_extracts
+from tests.conftest import upload_generated
 
 EPP_OF_SPED = "northfield-state"
 
@@ -88,8 +87,6 @@ def test_changed_agreement_file_is_recorded(settings: Settings, tmp_path: object
     import shutil
     from pathlib import Path
 
-    from gateway import audit
-
     assert isinstance(tmp_path, Path)
     folder = tmp_path / "agreements"
     shutil.copytree(settings.agreements_dir, folder)
@@ -154,18 +151,7 @@ def test_migration_to_row_batches_carries_every_row_over_and_back(
     agreement_id = "sped-pipeline-northfield-tricounty"
     initialise(settings)
     with Gateway.open(settings) as gw:
-        agreement = gw.agreement(agreement_id)
-        for extract in generate_agreement_extracts(
-            agreement, gw.registry.schemas, tmp_path / "extracts", seed=3, scale=0.05
-        ):
-            upload_extract(
-                gw,
-                agreement_id=agreement_id,
-                party=extract.party,
-                dataset=extract.dataset,
-                path=extract.path,
-                actor=audit.Actor(role="operator"),
-            )
+        upload_generated(gw, agreement_id, tmp_path / "extracts", seed=3, scale=0.05)
     engine = db.make_engine(settings.resolved_database_url)
     try:
         before = _decoded_rows(engine)
