@@ -172,6 +172,14 @@ def test_migration_to_row_batches_carries_every_row_over_and_back(
                 ),
                 {"seq": seq},
             )
+            # A year larger than one batch (100,000 rows) is carried over in pages.
+            connection.execute(
+                text(
+                    "INSERT INTO rows_staffing (upload_seq, educator_ref, school_year, fte) "
+                    "VALUES (:seq, :ref, 2031, 1.0)"
+                ),
+                [{"seq": seq, "ref": 1 + i % 40} for i in range(150_001)],
+            )
             connection.commit()
         command.upgrade(config, "head")
         assert db.current_revision(engine) == db.head_revision()
@@ -179,10 +187,17 @@ def test_migration_to_row_batches_carries_every_row_over_and_back(
         yearless = (1, None, None, None, "teacher", None, 0.5)
         assert yearless in after["staffing"]
         after["staffing"].remove(yearless)
+        paged = [row for row in after["staffing"] if row[1] == 2031]
+        assert sorted(row[0] for row in paged) == sorted(1 + i % 40 for i in range(150_001))
+        assert set(paged) == {(1 + i, 2031, None, None, None, None, 1.0) for i in range(40)}
+        after["staffing"] = [row for row in after["staffing"] if row[1] != 2031]
         assert after == before
         with engine.connect() as connection:
-            periods = connection.scalars(select(RowBatch.period).where(RowBatch.upload_seq == seq))
-            assert 0 in set(periods)
+            batch_rows = connection.execute(
+                select(RowBatch.period, RowBatch.rows).where(RowBatch.upload_seq == seq)
+            ).all()
+            assert (0, 1) in batch_rows
+            assert sorted(r for p, r in batch_rows if p == 2031) == [50_001, 100_000]
             if engine.dialect.name == "postgresql":  # stored as is, never TOAST-compressed
                 storage = connection.scalar(
                     text(

@@ -17,7 +17,7 @@ EXTERNAL``), as on SQLite: a scan of the stored bytes must see every value as it
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
@@ -172,22 +172,41 @@ def _old_table(schema: str, columns: dict[str, str]) -> sa.Table:
     )
 
 
-def _groups(rows: Sequence[Any], period: str | None) -> Iterator[tuple[int, int, list[Any]]]:
-    """Rows (ordered by upload and id) split by upload, period and batch size."""
-    current: tuple[int, int] | None = None
-    group: list[Any] = []
-    for row in rows:
-        year = getattr(row, period) if period else None
-        key = (row.upload_seq, 0 if year is None else int(year))  # 0: the year was not kept
-        if (key != current or len(group) >= ROWS_PER_BATCH) and group:
-            assert current is not None
-            yield current[0], current[1], group
-            group = []
-        current = key
-        group.append(row)
-    if group:
-        assert current is not None
-        yield current[0], current[1], group
+def _pages(
+    bind: Any, table: sa.Table, seq: int, period: str | None, year: Any
+) -> Iterator[list[Any]]:
+    """One upload's rows of one year, by id, ROWS_PER_BATCH at a time (bounded memory)."""
+    condition = table.c.upload_seq == seq
+    if period is not None:
+        column = table.c[period]
+        condition = condition & (column.is_(None) if year is None else column == year)
+    last = 0
+    while True:
+        rows = bind.execute(
+            sa.select(table)
+            .where(condition, table.c.id > last)
+            .order_by(table.c.id)
+            .limit(ROWS_PER_BATCH)
+        ).all()
+        if not rows:
+            return
+        yield list(rows)
+        last = rows[-1].id
+
+
+def _arrays(schema: str, columns: dict[str, str], group: list[Any]) -> dict[str, pa.Array]:
+    """A page of rows as the columns the upload kept (a column all null was not kept)."""
+    arrays: dict[str, pa.Array] = {}
+    if schema not in NO_EDUCATOR:
+        arrays["educator_ref"] = pa.array([r.educator_ref for r in group], pa.int64())
+    for name, kind in columns.items():
+        values = [getattr(r, name) for r in group]
+        if all(v is None for v in values):
+            continue
+        if kind == "date":
+            values = [date.fromisoformat(v) if isinstance(v, str) else v for v in values]
+        arrays[name] = pa.array(values, ARROW_TYPES[kind])
+    return arrays
 
 
 def upgrade() -> None:
@@ -206,29 +225,24 @@ def upgrade() -> None:
         table = _old_table(schema, columns)
         period = _period_column(columns)
         uploads = bind.scalars(sa.select(table.c.upload_seq).distinct()).all()
-        for seq in sorted(uploads):  # one upload's rows in memory at a time
-            order = [*([table.c[period]] if period else []), table.c.id]
-            rows = bind.execute(
-                sa.select(table).where(table.c.upload_seq == seq).order_by(*order)
-            ).all()
-            for upload_seq, year, group in _groups(rows, period):
-                arrays: dict[str, pa.Array] = {}
-                if schema not in NO_EDUCATOR:
-                    arrays["educator_ref"] = pa.array([r.educator_ref for r in group], pa.int64())
-                for name, kind in columns.items():
-                    values = [getattr(r, name) for r in group]
-                    if all(v is None for v in values):
-                        continue  # a column the upload did not keep
-                    if kind == "date":
-                        values = [
-                            date.fromisoformat(v) if isinstance(v, str) else v for v in values
-                        ]
-                    arrays[name] = pa.array(values, ARROW_TYPES[kind])
-                bind.execute(
-                    batches.insert().values(
-                        upload_seq=upload_seq, period=year, rows=len(group), payload=_encode(arrays)
+        for seq in sorted(uploads):
+            years: list[Any] = [None]
+            if period is not None:
+                years = list(
+                    bind.scalars(
+                        sa.select(table.c[period]).where(table.c.upload_seq == seq).distinct()
                     )
                 )
+            for year in years:
+                for group in _pages(bind, table, seq, period, year):
+                    bind.execute(
+                        batches.insert().values(
+                            upload_seq=seq,
+                            period=0 if year is None else int(year),  # 0: the year was not kept
+                            rows=len(group),
+                            payload=_encode(_arrays(schema, columns, group)),
+                        )
+                    )
         with op.batch_alter_table(f"rows_{schema}", schema=None) as batch_op:
             batch_op.drop_index(batch_op.f(f"ix_rows_{schema}_upload_seq"))
         op.drop_table(f"rows_{schema}")
