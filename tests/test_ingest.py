@@ -483,6 +483,38 @@ def test_row_numbers_stay_right_after_ragged_rows_across_chunks(
     ]
 
 
+@hyp_settings(max_examples=30, deadline=None)
+@given(
+    rows=st.integers(1, 30_000),
+    ragged=st.sets(st.integers(0, 29_999), max_size=5),
+    chunk_rows=st.integers(1_000, 40_000),
+)
+def test_csv_chunks_join_small_blocks_and_keep_every_row_number(
+    rows: int, ragged: set[int], chunk_rows: int
+) -> None:
+    """pyarrow reads about 32 blocks ahead, so blocks are small and several make a chunk:
+    every row comes once, in order, with its own line number, and ragged rows are
+    reported by theirs, however blocks and chunks fall."""
+    import tempfile
+
+    from gateway.ingest import readers
+
+    bad = {r for r in ragged if r < rows}
+    lines = [f"{i},x{i % 7}" if i not in bad else f"{i},x,extra" for i in range(rows)]
+    with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(readers, "_CSV_BLOCK_BYTES", 1 << 16)  # many blocks per chunk
+        path = Path(folder) / "f.csv"
+        path.write_text("id,value\n" + "\n".join(lines) + "\n")
+        chunks = list(readers.csv_chunks(path, header=["id", "value"], chunk_rows=chunk_rows))
+    sizes = [len(c) for c in chunks]
+    assert all(size >= chunk_rows for size in sizes[:-1])  # only the last may be short
+    ids = [int(v) for c in chunks for v in c.columns[0].to_pylist()]
+    assert ids == [i for i in range(rows) if i not in bad]
+    numbers = [int(n) for c in chunks for n in c.row_numbers]
+    assert numbers == [i + 2 for i in ids]  # line 1 is the header
+    assert sorted(r.row for c in chunks for r in c.ragged) == sorted(i + 2 for i in bad)
+
+
 def profile_with(settings: Settings, tmp_path: Path, **overrides: str) -> Settings:
     """A copy of the example agreements whose disclosure profile is overridden."""
     folder = tmp_path / "agreements-copy"

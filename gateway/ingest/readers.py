@@ -159,6 +159,23 @@ def read_csv_header(path: Path, display_name: str) -> list[str]:
     return header
 
 
+_CSV_BLOCK_BYTES = 2 << 20
+
+
+def _joined(chunks: list[Chunk]) -> Chunk:
+    """Consecutive chunks as one."""
+    if len(chunks) == 1:
+        return chunks[0]
+    return Chunk(
+        columns=[
+            pa.concat_arrays(list(parts))
+            for parts in zip(*(c.columns for c in chunks), strict=True)
+        ],
+        row_numbers=np.concatenate([c.row_numbers for c in chunks]),
+        ragged=[r for c in chunks for r in c.ragged],
+    )
+
+
 def csv_chunks(path: Path, *, header: list[str], chunk_rows: int) -> Iterator[Chunk]:
     """Rows of a UTF-8 CSV (BOM allowed) after its header, as text, in chunks."""
     names = [f"c{i}" for i in range(len(header))]
@@ -171,8 +188,9 @@ def csv_chunks(path: Path, *, header: list[str], chunk_rows: int) -> Iterator[Ch
         )
         return "skip"
 
-    # Roughly chunk_rows rows per block; pyarrow yields one batch per block.
-    block_size = max(1 << 16, min(64 << 20, chunk_rows * 96))
+    # pyarrow reads about 32 blocks ahead of the batch it yields, so blocks stay small
+    # (2 MB: some 70 MB read ahead) and batches are joined into chunks of chunk_rows.
+    block_size = max(1 << 16, min(_CSV_BLOCK_BYTES, chunk_rows * 96))
     reader = pa_csv.open_csv(
         path,
         read_options=pa_csv.ReadOptions(
@@ -187,6 +205,7 @@ def csv_chunks(path: Path, *, header: list[str], chunk_rows: int) -> Iterator[Ch
     )
     next_row = 2
     reported = 0
+    held: list[Chunk] = []
     for batch in reader:
         # Skipped (ragged) rows keep their numbers: count past them.
         pending = sorted(r.row for r in ragged[reported:])
@@ -198,7 +217,12 @@ def csv_chunks(path: Path, *, header: list[str], chunk_rows: int) -> Iterator[Ch
         new_ragged = [r for r in ragged[reported:] if r.row <= last]
         reported += len(new_ragged)
         next_row = last + 1
-        yield Chunk(columns=list(batch.columns), row_numbers=numbers, ragged=new_ragged)
+        held.append(Chunk(columns=list(batch.columns), row_numbers=numbers, ragged=new_ragged))
+        if sum(len(c) for c in held) >= chunk_rows:
+            yield _joined(held)
+            held = []
+    if held:
+        yield _joined(held)
     if reported < len(ragged):
         yield Chunk(
             columns=[pa.array([], pa.string()) for _ in names],
