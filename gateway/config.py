@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     upload_chunk_rows: int = Field(
         default=100_000,
         gt=0,
+        le=1_000_000,
         description="Rows read, validated and stored at a time (bounds upload memory).",
     )
 

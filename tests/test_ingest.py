@@ -214,6 +214,38 @@ def test_reupload_replaces_the_same_year_only(gateway: Gateway, tmp_path: Path) 
     assert sorted((r["school_year"], r["summative_rating"]) for r in rows) == [(2024, 2), (2025, 4)]
 
 
+def test_concurrent_uploads_of_the_same_new_teachers_both_land(
+    gateway: Gateway, settings: Settings, tmp_path: Path
+) -> None:
+    """Two parties upload the same 600 new teachers at once, in opposite orders and in
+    many chunks: each upload's transaction inserts educators the other also needs. On
+    PostgreSQL that deadlocked until an agreement's uploads took a lock; on SQLite
+    writes are serialised. Both must be accepted and share one educator per teacher."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gateway.settings = settings.model_copy(update={"upload_chunk_rows": 50})
+    ids = [str(700000 + i) for i in range(600)]
+    evaluations = write_csv(
+        tmp_path, "MEPID,SY,Summative Rating", *(f"{i},2025,3" for i in ids), name="e.csv"
+    )
+    completers = write_csv(
+        tmp_path,
+        "MEPID,Program,Program Completion Year,Completer Status,License Field",
+        *(f"{i},ELEM,2023,completed,ELEM" for i in reversed(ids)),
+        name="c.csv",
+    )
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        district = pool.submit(upload, gateway, evaluations)
+        epp = pool.submit(upload, gateway, completers, dataset="completers", party=EPP)
+        receipts = [district.result(timeout=120), epp.result(timeout=120)]
+    assert [r["rows"]["accepted"] for r in receipts] == [600, 600]
+    with gateway.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Educator)) == 600
+    evaluated = {r["educator_ref"] for r in stored_rows(gateway)}
+    completed = {r["educator_ref"] for r in stored_rows(gateway, "completers")}
+    assert evaluated == completed and len(evaluated) == 600
+
+
 def test_party_may_upload_only_what_it_provides(gateway: Gateway, tmp_path: Path) -> None:
     path = write_csv(tmp_path, HEADER, *GOOD_ROWS)
     with pytest.raises(PolicyViolation, match="provided by 'eastport-ps', not 'bayview-state'"):
@@ -307,6 +339,11 @@ def _xlsx_formula(tmp_path: Path) -> Path:
     return path
 
 
+def _written(path: Path, text_: str) -> Path:
+    path.write_text(text_, encoding="utf-8")
+    return path
+
+
 def _rows(*rows: str) -> Callable[[Path], Path]:
     return lambda tmp_path: write_csv(tmp_path, HEADER, *rows)
 
@@ -315,6 +352,12 @@ def _rows(*rows: str) -> Callable[[Path], Path]:
 MALFORMED: list[tuple[str, Callable[[Path], Path], str, dict[str, Any]]] = [
     ("empty", lambda p: _empty(p), "the file is empty", {}),
     ("header only", _rows(), "header row but no data rows", {}),
+    (
+        "header only, no final newline",
+        lambda p: _written(p / "header.csv", HEADER),
+        "header row but no data rows",
+        {},
+    ),
     ("blank header", lambda p: write_csv(p, ",,", "1,2,3"), "row 1: the header row is blank", {}),
     ("latin-1", _latin1, "line 3: the file is not UTF-8", {}),
     ("utf-16", _utf16, "line 1: the file is UTF-16 text, not UTF-8", {}),
@@ -458,6 +501,12 @@ def test_limits_on_size_and_rows(gateway: Gateway, settings: Settings, tmp_path:
     gateway.settings = settings.model_copy(update={"max_upload_rows": 2, "upload_chunk_rows": 1})
     with pytest.raises(UploadRefused, match="more than 2 data rows"):
         upload(gateway, path)
+    # Ragged rows count too, and are stopped while the file is parsed: pyarrow reports
+    # them all before the first batch, so a file of nothing else would fill memory.
+    ragged = write_csv(tmp_path, HEADER, *["482913,A,B,2025"] * 50, name="ragged.csv")
+    with pytest.raises(UploadRefused, match="more than 2 data rows") as refused:
+        upload(gateway, ragged)
+    assert "482913" not in refused.value.message + json.dumps(refused.value.receipt)
     assert store_state(gateway)["accepted"] == 0
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import inspect, select, text
 from gateway import audit
 from gateway.config import Settings
 from gateway.context import Gateway, initialise
-from gateway.errors import NotInitialised
+from gateway.errors import ConfigurationError, NotInitialised
 from gateway.release.engine import load_rows
 from gateway.release.query import Query, resolve
 from gateway.storage import batches, db
@@ -217,3 +217,12 @@ def test_migration_to_row_batches_carries_every_row_over_and_back(
         frame, _ = load_rows(session.connection(), resolved, agreement, 1)
         # A count reads one row per teacher (educator_ref comes first in a stored row).
         assert sorted(frame["educator_ref"]) == sorted({row[0] for row in before["staffing"]})
+
+
+def test_an_sqlite_without_returning_is_refused(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db.sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(db.sqlite3, "sqlite_version", "3.31.1")
+    with pytest.raises(ConfigurationError, match=r"SQLite 3\.31\.1 is too old: .* 3\.35 or newer"):
+        db.make_engine("sqlite:///" + str(settings.data_dir / "old.db"))

@@ -48,7 +48,7 @@ class FileFacts:
     sha256: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ragged:
     """A CSV row whose number of fields differs from the header's."""
 
@@ -176,12 +176,38 @@ def _joined(chunks: list[Chunk]) -> Chunk:
     )
 
 
-def csv_chunks(path: Path, *, header: list[str], chunk_rows: int) -> Iterator[Chunk]:
-    """Rows of a UTF-8 CSV (BOM allowed) after its header, as text, in chunks."""
+def _has_data_lines(path: Path) -> bool:
+    """Whether anything but blank lines follows a CSV's header line."""
+    with path.open("rb") as handle:
+        handle.readline()
+        return any(line.strip() for line in handle)
+
+
+def csv_chunks(
+    path: Path,
+    *,
+    header: list[str],
+    chunk_rows: int,
+    display_name: str = "the file",
+    max_rows: int | None = None,
+) -> Iterator[Chunk]:
+    """Rows of a UTF-8 CSV (BOM allowed) after its header, as text, in chunks.
+
+    Every chunk but the last holds at least ``chunk_rows`` rows. Rows keep their line
+    numbers: a ragged row (another number of fields than the header) is skipped and
+    reported by its number. More than ``max_rows`` ragged rows stop the read (pyarrow
+    reports them all before it yields a batch, so only this bounds their memory). A
+    line pyarrow cannot parse is refused by its position, never by its text.
+    """
     names = [f"c{i}" for i in range(len(header))]
     ragged: list[Ragged] = []
+    too_many = False
 
     def on_invalid_row(row: Any) -> str:
+        nonlocal too_many
+        if max_rows is not None and len(ragged) >= max_rows:
+            too_many = True
+            return "error"  # stops the read; the error raised below says why, not this
         # Keep only the position and field counts; row.text holds raw values.
         ragged.append(
             Ragged(row=row.number, expected=row.expected_columns, found=row.actual_columns)
@@ -191,43 +217,61 @@ def csv_chunks(path: Path, *, header: list[str], chunk_rows: int) -> Iterator[Ch
     # pyarrow reads about 32 blocks ahead of the batch it yields, so blocks stay small
     # (2 MB: some 70 MB read ahead) and batches are joined into chunks of chunk_rows.
     block_size = max(1 << 16, min(_CSV_BLOCK_BYTES, chunk_rows * 96))
-    reader = pa_csv.open_csv(
-        path,
-        read_options=pa_csv.ReadOptions(
-            column_names=names, skip_rows=1, block_size=block_size, use_threads=False
-        ),
-        parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid_row),
-        convert_options=pa_csv.ConvertOptions(
-            column_types=dict.fromkeys(names, pa.string()),
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
     next_row = 2
-    reported = 0
+    ragged_seen = 0
     held: list[Chunk] = []
-    for batch in reader:
-        # Skipped (ragged) rows keep their numbers: count past them.
-        pending = sorted(r.row for r in ragged[reported:])
-        numbers = np.arange(next_row, next_row + batch.num_rows + len(pending), dtype=np.int64)
-        if pending:
-            numbers = numbers[~np.isin(numbers, pending)]
-        numbers = numbers[: batch.num_rows]
-        last = int(numbers[-1]) if len(numbers) else next_row - 1
-        new_ragged = [r for r in ragged[reported:] if r.row <= last]
-        reported += len(new_ragged)
-        next_row = last + 1
-        held.append(Chunk(columns=list(batch.columns), row_numbers=numbers, ragged=new_ragged))
-        if sum(len(c) for c in held) >= chunk_rows:
-            yield _joined(held)
-            held = []
+    try:
+        reader = pa_csv.open_csv(
+            path,
+            read_options=pa_csv.ReadOptions(
+                column_names=names, skip_rows=1, block_size=block_size, use_threads=False
+            ),
+            parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid_row),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.string()),
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        for batch in reader:
+            # Skipped (ragged) rows keep their numbers: count past them.
+            pending = sorted(r.row for r in ragged[ragged_seen:])
+            numbers = np.arange(next_row, next_row + batch.num_rows + len(pending), dtype=np.int64)
+            if pending:
+                numbers = numbers[~np.isin(numbers, pending)]
+            numbers = numbers[: batch.num_rows]
+            last = int(numbers[-1]) if len(numbers) else next_row - 1
+            new_ragged = [r for r in ragged[ragged_seen:] if r.row <= last]
+            ragged_seen += len(new_ragged)
+            next_row = last + 1
+            held.append(Chunk(columns=list(batch.columns), row_numbers=numbers, ragged=new_ragged))
+            del batch
+            if sum(len(c) for c in held) >= chunk_rows:
+                joined, held = _joined(held), []
+                yield joined
+                del joined
+    except pa.ArrowException:
+        if next_row == 2 and not too_many and not _has_data_lines(path):
+            return  # a header and nothing else: the upload says so
+        if too_many:
+            raise SchemaError(
+                f"{display_name}: more than {max_rows:,} data rows "
+                "(GATEWAY_MAX_UPLOAD_ROWS); split the file by school year"
+            ) from None
+        raise SchemaError(
+            f"{display_name}: a line after row {next_row - 1} could not be read as CSV "
+            "(for example a quote left open); expected comma-separated fields"
+        ) from None
+    # Ragged rows after the last data row go with the last chunk (or alone).
     if held:
-        yield _joined(held)
-    if reported < len(ragged):
+        last_chunk = _joined(held)
+        last_chunk.ragged.extend(ragged[ragged_seen:])
+        yield last_chunk
+    elif ragged_seen < len(ragged):
         yield Chunk(
             columns=[pa.array([], pa.string()) for _ in names],
             row_numbers=np.array([], dtype=np.int64),
-            ragged=ragged[reported:],
+            ragged=ragged[ragged_seen:],
         )
 
 
@@ -361,12 +405,20 @@ def _as_text(column: pa.Array) -> pa.Array:
 
 
 def open_chunks(
-    path: Path, facts: FileFacts, *, sheet: str | None, chunk_rows: int
+    path: Path,
+    facts: FileFacts,
+    *,
+    sheet: str | None,
+    chunk_rows: int,
+    max_rows: int | None = None,
 ) -> tuple[list[str], Iterator[Chunk]]:
     """The header and the row chunks of a file whose format is already known."""
     if facts.format == "csv":
         header = read_csv_header(path, facts.name)
-        return header, csv_chunks(path, header=header, chunk_rows=chunk_rows)
+        chunks = csv_chunks(
+            path, header=header, chunk_rows=chunk_rows, display_name=facts.name, max_rows=max_rows
+        )
+        return header, chunks
     if facts.format == "xlsx":
         header, rows = xlsx_rows(path, display_name=facts.name, sheet=sheet)
         return header, xlsx_chunks(rows, width=len(header), chunk_rows=chunk_rows)

@@ -23,6 +23,7 @@ problems are described by row, column and what was expected.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -236,7 +237,11 @@ def upload_extract(
     try:
         facts = inspect_file(path, display_name=name, max_bytes=gateway.settings.max_upload_bytes)
         header, chunks = open_chunks(
-            path, facts, sheet=sheet, chunk_rows=gateway.settings.upload_chunk_rows
+            path,
+            facts,
+            sheet=sheet,
+            chunk_rows=gateway.settings.upload_chunk_rows,
+            max_rows=gateway.settings.max_upload_rows,
         )
         plan = plan_columns(header, dataset=agreement_dataset, schema=schema, file_name=name)
         return _store(
@@ -366,6 +371,7 @@ def _write(
     max_rows = gateway.settings.max_upload_rows
 
     with gateway.sessions() as session, session.begin():
+        _one_upload_at_a_time(session, agreement.id)
         educators: _EducatorIndex | None = None
         key_version: int | None = None
         if normalisation is not None:
@@ -618,6 +624,22 @@ class _EducatorIndex:
                 self._refs[i] = found[self._pseudonyms[i]]
             refs = np.asarray(self._refs, dtype=np.int64)
         return refs[local]
+
+
+def _one_upload_at_a_time(session: Session, agreement_id: str) -> None:
+    """Serialise an agreement's uploads on PostgreSQL, as SQLite serialises all writes.
+
+    Two uploads adding the same new educators in different orders (across their chunks)
+    would otherwise deadlock on the pseudonym index, and two replacing the same year
+    would each miss the other's rows. The lock is the transaction's: commit or rollback
+    releases it.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        return
+    digest = hashlib.sha256(b"gateway-upload\x00" + agreement_id.encode()).digest()
+    key = int.from_bytes(digest[:8], "big", signed=True)
+    connection.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (key,))
 
 
 def _store_educators(

@@ -13,6 +13,7 @@ SQLite settings and why:
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,12 +30,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.errors import ConfigurationError, NotInitialised
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: Uploads store new educators with INSERT ... RETURNING (SQLite 3.35, March 2021).
+MIN_SQLITE = (3, 35)
 
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` with the gateway's connection settings applied."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise ConfigurationError(
+                f"SQLite {sqlite3.sqlite_version} is too old: the gateway needs "
+                f"{'.'.join(map(str, MIN_SQLITE))} or newer (INSERT ... RETURNING)"
+            )
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)

@@ -224,6 +224,12 @@ def upgrade() -> None:
     for schema, columns in OLD_TABLES.items():
         table = _old_table(schema, columns)
         period = _period_column(columns)
+        if period is not None:
+            # Pages of one upload and year, in id order, straight from an index; dropped
+            # with the table below.
+            op.create_index(
+                f"ix_rows_{schema}_copy", f"rows_{schema}", ["upload_seq", period, "id"]
+            )
         uploads = bind.scalars(sa.select(table.c.upload_seq).distinct()).all()
         for seq in sorted(uploads):
             years: list[Any] = [None]
