@@ -536,32 +536,51 @@ def test_row_numbers_stay_right_after_ragged_rows_across_chunks(
 @given(
     rows=st.integers(1, 30_000),
     ragged=st.sets(st.integers(0, 29_999), max_size=5),
+    blank_before=st.sets(st.integers(0, 30_000), max_size=5),
+    newline=st.sampled_from(["\n", "\r\n", "\r"]),
     chunk_rows=st.integers(1_000, 40_000),
 )
-def test_csv_chunks_join_small_blocks_and_keep_every_row_number(
-    rows: int, ragged: set[int], chunk_rows: int
+def test_csv_chunks_join_small_blocks_and_keep_every_line_number(
+    rows: int, ragged: set[int], blank_before: set[int], newline: str, chunk_rows: int
 ) -> None:
     """pyarrow reads about 32 blocks ahead, so blocks are small and several make a chunk:
-    every row comes once, in order, with its own line number, and ragged rows are
-    reported by theirs, however blocks and chunks fall."""
+    every row comes once, in order, numbered by its line in the file (blank lines, which
+    pyarrow skips without counting, included), and ragged rows are reported by theirs,
+    however blocks, chunks and line endings fall."""
     import tempfile
 
     from gateway.ingest import readers
 
     bad = {r for r in ragged if r < rows}
-    lines = [f"{i},x{i % 7}" if i not in bad else f"{i},x,extra" for i in range(rows)]
+    lines = ["id,value"]
+    line_of: dict[int, int] = {}
+    for i in range(rows):
+        if i in blank_before:
+            lines.append("")
+        lines.append(f"{i},x{i % 7}" if i not in bad else f"{i},x,extra")
+        line_of[i] = len(lines)
     with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
         patch.setattr(readers, "_CSV_BLOCK_BYTES", 1 << 16)  # many blocks per chunk
         path = Path(folder) / "f.csv"
-        path.write_text("id,value\n" + "\n".join(lines) + "\n")
+        path.write_bytes((newline.join(lines) + newline).encode())
         chunks = list(readers.csv_chunks(path, header=["id", "value"], chunk_rows=chunk_rows))
     sizes = [len(c) for c in chunks]
     assert all(size >= chunk_rows for size in sizes[:-1])  # only the last may be short
     ids = [int(v) for c in chunks for v in c.columns[0].to_pylist()]
     assert ids == [i for i in range(rows) if i not in bad]
-    numbers = [int(n) for c in chunks for n in c.row_numbers]
-    assert numbers == [i + 2 for i in ids]  # line 1 is the header
-    assert sorted(r.row for c in chunks for r in c.ragged) == sorted(i + 2 for i in bad)
+    assert [int(n) for c in chunks for n in c.row_numbers] == [line_of[i] for i in ids]
+    assert sorted(r.row for c in chunks for r in c.ragged) == sorted(line_of[i] for i in bad)
+
+
+def test_problems_name_the_line_a_person_sees_after_blank_lines(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    rows = [GOOD_ROWS[0], "", "", GOOD_ROWS[1], "482916,A,B,2025,S-01,ELA,3-5,1,9,"]
+    with pytest.raises(UploadRefused) as refused:
+        upload(gateway, write_csv(tmp_path, HEADER, *rows))
+    assert [(p["row"], p["column"]) for p in refused.value.receipt["problems"]] == [
+        (6, "summative_rating")  # the file's sixth line: header, row, two blank lines, row
+    ]
 
 
 def profile_with(settings: Settings, tmp_path: Path, **overrides: str) -> Settings:
