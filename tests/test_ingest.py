@@ -353,6 +353,15 @@ MALFORMED: list[tuple[str, Callable[[Path], Path], str, dict[str, Any]]] = [
     ("empty", lambda p: _empty(p), "the file is empty", {}),
     ("header only", _rows(), "header row but no data rows", {}),
     (
+        "line longer than a read block",
+        lambda p: _written(
+            p / "long.csv", f"{HEADER}\n{GOOD_ROWS[0]}\n{GOOD_ROWS[1]}{'x' * 6_000_000}\n"
+        ),
+        "a line after row 2 could not be read as CSV; expected comma-separated fields on "
+        "lines of ordinary length (under 2,097,152 bytes)",
+        {},
+    ),
+    (
         "header only, no final newline",
         lambda p: _written(p / "header.csv", HEADER),
         "header row but no data rows",

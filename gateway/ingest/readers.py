@@ -314,8 +314,8 @@ def csv_chunks(
             ) from None
         after = int(_seen_as(np.array([next_row - 1], dtype=np.int64), blanks)[0])
         raise SchemaError(
-            f"{display_name}: a line after row {after} could not be read as CSV "
-            "(for example a quote left open); expected comma-separated fields"
+            f"{display_name}: a line after row {after} could not be read as CSV; expected "
+            f"comma-separated fields on lines of ordinary length (under {block_size:,} bytes)"
         ) from None
     # Ragged rows after the last data row go with the last chunk (or alone).
     if held:
