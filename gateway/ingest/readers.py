@@ -268,6 +268,7 @@ def csv_chunks(
     next_row = 2
     ragged_seen = 0
     held: list[Chunk] = []
+    held_rows = 0
     try:
         reader = pa_csv.open_csv(
             path,
@@ -299,9 +300,10 @@ def csv_chunks(
                     ragged=as_seen(new_ragged),
                 )
             )
+            held_rows += batch.num_rows
             del batch
-            if sum(len(c) for c in held) >= chunk_rows:
-                joined, held = _joined(held), []
+            if held_rows >= chunk_rows:
+                joined, held, held_rows = _joined(held), [], 0
                 yield joined
                 del joined
     except pa.ArrowException:

@@ -422,11 +422,10 @@ def _write(
             if not writing or not good.any():
                 continue
             tally.rows_accepted += int(good.sum())
-            _count_periods(tally, typed, good, period_column)
             refs: IntArray | None = None
             if educators is not None and educator_ids is not None and key_version is not None:
                 refs = educators.references(session, key_version, educator_ids[good])
-            _store_rows(
+            stored = _store_rows(
                 connection,
                 upload_seq=upload.seq,
                 schema_name=schema.name,
@@ -436,6 +435,8 @@ def _write(
                 columns=value_columns,
                 period_column=period_column,
             )
+            for period, count in stored.items():
+                tally.periods[period] = tally.periods.get(period, 0) + count
 
         if tally.rows_read == 0:
             raise SchemaError(f"{facts.name}: the file has a header row but no data rows")
@@ -474,18 +475,6 @@ def _write(
         receipt["audit_event"] = event.event_id
         upload.receipt = json.dumps(receipt, sort_keys=True)
     return receipt
-
-
-def _count_periods(
-    tally: _Tally, typed: Mapping[str, pa.Array], good: BoolArray, period_column: str | None
-) -> None:
-    if period_column is None:
-        tally.periods[0] = tally.periods.get(0, 0) + int(good.sum())
-        return
-    years = np.asarray(typed[period_column].to_numpy(zero_copy_only=False))[good]
-    values, counts = np.unique(years.astype(np.int64), return_counts=True)
-    for year, count in zip(values.tolist(), counts.tolist(), strict=True):
-        tally.periods[year] = tally.periods.get(year, 0) + count
 
 
 def _check_chunk(
@@ -693,10 +682,11 @@ def _store_rows(
     typed: Mapping[str, pa.Array],
     columns: Sequence[str],
     period_column: str | None,
-) -> None:
-    """Store the good rows of a chunk as column batches, one per school (or cohort) year."""
+) -> dict[int, int]:
+    """Store the good rows of a chunk as column batches, one per school (or cohort) year
+    (0 when the upload keeps none); how many rows each year got."""
     if not good.any():
-        return
+        return {}
     keep = pa.array(good)
     kept: dict[str, pa.Array] = {c: typed[c].filter(keep) for c in columns}
     if refs is not None:
@@ -709,10 +699,13 @@ def _store_rows(
         for year in np.unique(years).tolist():
             rows = pa.array(np.flatnonzero(years == year))
             parts.append((year, {c: a.take(rows) for c, a in kept.items()}))
+    counts: dict[int, int] = {}
     for period, part in parts:
         batches.write_batch(
             connection, upload_seq=upload_seq, schema_name=schema_name, period=period, columns=part
         )
+        counts[period] = len(next(iter(part.values())))
+    return counts
 
 
 def _replace_earlier(

@@ -908,13 +908,13 @@ def _release(
     fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
     with gateway.sessions() as session:
         key = keys.current_key_version(session, agreement.id)
-        frame, versions = load_rows(
-            session.connection(), resolved, agreement, key.version if key else None
-        )
-        data_versions = json.dumps(
-            {"datasets": versions, "key_version": key.version if key else None}
-        )
+        key_version = key.version if key else None
+        # A repeat is answered from the stored release: look for one before reading data.
+        data_versions = _data_versions(session.connection(), resolved, agreement, key_version)
         repeated = _stored_repeat(session, agreement, party, resolved, data_versions)
+        if repeated is None:
+            frame, versions = load_rows(session.connection(), resolved, agreement, key_version)
+            data_versions = json.dumps({"datasets": versions, "key_version": key_version})
     if repeated is not None:
         return _repeat(gateway, agreement, party, repeated, actor, report)
 

@@ -152,14 +152,12 @@ def read_rows(
     return pa.concat_tables(tables)
 
 
-def delete_rows(connection: Connection, *, upload_seq: int, period: int | None = None) -> int:
-    """Delete an upload's batches (of one period, if given); the number of rows deleted."""
+def delete_rows(connection: Connection, *, upload_seq: int, period: int | None = None) -> None:
+    """Delete an upload's batches (of one period, if given), in the caller's transaction."""
     condition = RowBatch.upload_seq == upload_seq
     if period is not None:
         condition = condition & (RowBatch.period == period)
-    rows = connection.scalar(select(func.coalesce(func.sum(RowBatch.rows), 0)).where(condition))
     connection.execute(delete(RowBatch).where(condition))
-    return int(rows or 0)
 
 
 def rows_by_schema(connection: Connection, upload_seqs: Any) -> dict[str, int]:
