@@ -600,7 +600,7 @@ def release(
             query=query,
             actor=audit.Actor(role="operator", party=party),
             dry_run=dry_run,
-        )
+        ).to_json()
     if as_csv and not dry_run:
         click.echo(_cells_csv(result), nl=False)
         return

@@ -2,9 +2,9 @@
 
 The sample agreement says every party returns or destroys the other's data when the
 agreement ends. Here that is one transaction that deletes the agreement's stored rows,
-its pseudonymised educators, its cached releases (and the teacher sets kept against
-differencing) and its remembered suppressions, and erases the HKDF salt of every key
-version, so its pseudonyms can no longer be recomputed, not even with the master key.
+its pseudonymised educators, its cached releases and its remembered suppressions, and
+erases the HKDF salt of every key version, so its pseudonyms can no longer be
+recomputed, not even with the master key.
 Upload receipts, the budget ledger and the audit log stay: they hold no personal data
 and are what reviewers check.
 
@@ -34,7 +34,7 @@ from gateway.credentials import revoke_party_credentials
 from gateway.errors import NotFound, PolicyViolation
 from gateway.storage import batches
 from gateway.storage.datasets import Educator, RowBatch, Upload
-from gateway.storage.releases import Release, ReleaseCell, SuppressedCell
+from gateway.storage.releases import Release, SuppressedCell
 from gateway.storage.tables import AgreementRecord, KeyVersion
 
 
@@ -84,10 +84,6 @@ def terminate(
     }
     destroyed["row_batches"] = int(
         session.execute(delete(RowBatch).where(RowBatch.upload_seq.in_(uploads))).rowcount  # type: ignore[attr-defined]
-    )
-    releases = select(Release.release_id).where(Release.agreement_id == agreement.id)
-    destroyed["release_cells"] = int(
-        session.execute(delete(ReleaseCell).where(ReleaseCell.release_id.in_(releases))).rowcount  # type: ignore[attr-defined]
     )
     destroyed["releases"] = int(
         session.execute(delete(Release).where(Release.agreement_id == agreement.id)).rowcount  # type: ignore[attr-defined]
@@ -177,7 +173,6 @@ def release_bytes(engine: Engine) -> None:
                 "row_batches",
                 "educators",
                 "releases",
-                "release_cells",
                 "suppressed_cells",
                 "key_versions",
             ]:

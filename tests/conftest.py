@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from sqlalchemy import create_engine, text
 
 from gateway import audit
@@ -64,6 +65,27 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Set
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return make_settings(tmp_path, database_url)
+
+
+#: In a test agreement (``roomy_agreements``) one release may spend up to this much: at
+#: epsilon 10 a count's noise is below 1 with probability 0.9999, and the publish
+#: threshold is a few teachers above the minimum, so tests of what is published and
+#: why can reason about the true counts.
+ROOMY_EPSILON = "10"
+
+
+def roomy_agreements(tmp_path: Path) -> Path:
+    """The example agreements with a per-release cap of epsilon 20 and a budget of 2000,
+    for tests that need near-exact counts (never for tests of the budget's limits)."""
+    folder = tmp_path / "roomy-agreements"
+    folder.mkdir(exist_ok=True)
+    for source in sorted(AGREEMENTS_DIR.glob("*.yaml")):
+        document = yaml.safe_load(source.read_text())
+        overrides = document["disclosure"].setdefault("overrides", {})
+        overrides["per_release_cap"] = {"epsilon": 20.0}
+        overrides["privacy_budget"] = {"epsilon": 2000.0, "delta": 1.0e-4}
+        (folder / source.name).write_text(yaml.safe_dump(document, sort_keys=False))
+    return folder
 
 
 @pytest.fixture
@@ -145,6 +167,29 @@ def loaded(gateway: Gateway, tmp_path: Path) -> tuple[Gateway, list[dict[str, An
         actor=audit.Actor(role="uploader", party=DISTRICT),
     )
     return gateway, rows
+
+
+@pytest.fixture
+def roomy(tmp_path: Path, database_url: str) -> Iterator[Gateway]:
+    """A gateway over ``roomy_agreements``: near-exact counts at epsilon 10."""
+    settings = make_settings(tmp_path, database_url, agreements_dir=roomy_agreements(tmp_path))
+    initialise(settings)
+    with Gateway.open(settings) as gw:
+        yield gw
+
+
+@pytest.fixture
+def roomy_loaded(roomy: Gateway, tmp_path: Path) -> tuple[Gateway, list[dict[str, Any]]]:
+    path, rows = evaluations_csv(tmp_path / "evaluations.csv")
+    upload_extract(
+        roomy,
+        agreement_id=AGREEMENT,
+        party=DISTRICT,
+        dataset="evaluations",
+        path=path,
+        actor=audit.Actor(role="uploader", party=DISTRICT),
+    )
+    return roomy, rows
 
 
 # --- bearer tokens for API tests ------------------------------------------------------------

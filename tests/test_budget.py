@@ -68,10 +68,10 @@ def test_concurrent_threads_spend_exactly_what_fits(loaded: Any) -> None:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         outcomes = list(pool.map(attempt, range(16)))
-    # The agreement's 3.0 is shared by its two recipients: 1.5 each, five releases of 0.3.
-    assert outcomes.count("ok") == 5 and outcomes.count("refused") == 11
+    # The agreement's one pool of 3.0 (no spending limits declared): ten releases of 0.3.
+    assert outcomes.count("ok") == 10 and outcomes.count("refused") == 6
     state = _spent(gw)
-    assert state["exact"]["spent"] == "1.5" and state["remaining"] == 0.0
+    assert state["exact"]["spent"] == "3" and state["remaining"] == 0.0
     with gw.sessions() as session:
         assert audit.verify_chain(session).ok
 
@@ -128,8 +128,8 @@ def test_concurrent_processes_spend_exactly_what_fits(
         out, _ = process.communicate(timeout=120)
         assert process.returncode == 0
         outcomes.append(out.strip())
-    assert outcomes.count("ok") == 3 and outcomes.count("refused") == 5  # 3 x 0.5 = 1.5
-    assert _spent(gw)["exact"]["spent"] == "1.5"
+    assert outcomes.count("ok") == 6 and outcomes.count("refused") == 2  # 6 x 0.5 = 3
+    assert _spent(gw)["exact"]["spent"] == "3"
 
 
 def test_a_reservation_survives_a_failed_release(
@@ -141,7 +141,7 @@ def test_a_reservation_survives_a_failed_release(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the noise source failed")
 
-    monkeypatch.setattr(engine, "_noisy_cells", broken)
+    monkeypatch.setattr(engine.postprocess, "cells", broken)
     with pytest.raises(Exception, match="could not be computed"):
         request_release(
             gw,

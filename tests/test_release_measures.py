@@ -12,7 +12,15 @@ from gateway.context import Gateway
 from gateway.ingest import upload_extract
 from gateway.release.engine import request_release
 from gateway.release.query import parse_query
-from tests.conftest import AGREEMENT, DISTRICT, EPP
+from gateway.config import Settings
+from tests.conftest import (
+    AGREEMENT,
+    DISTRICT,
+    EPP,
+    ROOMY_EPSILON,
+    make_settings,
+    roomy_agreements,
+)
 
 SPED = "sped-pipeline-northfield-tricounty"
 COOPERATIVE = "tri-county-sec"
@@ -20,9 +28,17 @@ NORTHFIELD = "northfield-state"
 ACTOR = audit.Actor(role="analyst")
 
 
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    # Near-exact counts: what is published, coded or shared can be reasoned about.
+    return make_settings(tmp_path, database_url, agreements_dir=roomy_agreements(tmp_path))
+
+
 def run(gw: Gateway, agreement: str, party: str, **body: Any) -> dict[str, Any]:
-    query = parse_query({"epsilon": "0.5", **body})
-    return request_release(gw, agreement_id=agreement, party=party, query=query, actor=ACTOR)
+    query = parse_query({"epsilon": ROOMY_EPSILON, **body})
+    return request_release(
+        gw, agreement_id=agreement, party=party, query=query, actor=ACTOR
+    ).to_json()
 
 
 def ratings_file(tmp_path: Path, ratings: dict[str, list[int]]) -> Path:
@@ -106,7 +122,7 @@ def test_rates_near_all_or_none_are_top_and_bottom_coded(gateway: Gateway, tmp_p
 def test_distribution_shares_only_where_the_group_is_whole(
     gateway: Gateway, tmp_path: Path
 ) -> None:
-    spread = [1] * 12 + [2] * 14 + [3] * 40 + [4] * 16
+    spread = [1] * 15 + [2] * 15 + [3] * 40 + [4] * 16  # every value above the threshold
     uneven = [1] * 11 + [2] * 12 + [3] * 30 + [4] * 2
     bands = {"PK-2": spread, "3-5": uneven, "6-8": spread, "9-12": spread}
     path = ratings_file(tmp_path, bands)
@@ -144,7 +160,7 @@ def test_distribution_shares_only_where_the_group_is_whole(
 def test_distribution_shares_add_up_when_nothing_is_hidden(
     gateway: Gateway, tmp_path: Path
 ) -> None:
-    spread = [1] * 12 + [2] * 14 + [3] * 40 + [4] * 16
+    spread = [1] * 15 + [2] * 15 + [3] * 40 + [4] * 16  # every value above the threshold
     bands = {"PK-2": spread, "3-5": spread, "6-8": spread, "9-12": spread}
     upload_extract(
         gateway,
@@ -161,7 +177,6 @@ def test_distribution_shares_add_up_when_nothing_is_hidden(
         datasets=["evaluations"],
         measure={"kind": "distribution", "field": "summative_rating"},
         group_by=["grade_band"],
-        epsilon="1",
     )
     assert not any(c["suppressed"] for c in result["cells"])
     for band in bands:
@@ -243,11 +258,12 @@ def test_groups_from_the_data_are_selected_with_delta(gateway: Gateway, tmp_path
         measure={"kind": "count"},
         group_by=["school_code"],
         epsilon="1",
-        delta="1e-7",
+        delta="1e-8",
     )
     schools = [c["group"]["school_code"] for c in result["cells"]]
     assert schools == ["BIG-1"]  # the tiny school is not even named
-    assert result["delta_spent"] == 1e-7
+    # The selection's delta and the floor's (the profile's floor_delta, 1e-9).
+    assert result["delta_spent"] == pytest.approx(1.1e-8, rel=1e-12)
     assert any("threshold" in m for m in result["noise"]["mechanisms"])
 
 

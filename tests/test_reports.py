@@ -109,10 +109,13 @@ def test_epsilon_is_split_over_the_tables_and_previewed_whole(gateway: Gateway) 
 
 
 def test_a_report_that_does_not_fit_is_refused_whole(stocked: Gateway) -> None:
-    run(stocked, "pipeline", parameters={"epsilon": "1.0"})  # 0.5 of the party's 1.5 left
+    run(stocked, "pipeline", parameters={"epsilon": "1.0"})
+    run(stocked, "impact", parameters={"epsilon": "1.0"})
+    run(stocked, "impact", parameters={"epsilon": "0.5", "years": "2025"})
+    # 0.5 of the agreement's 3.0 is left: three tables of 0.2 do not fit.
     with pytest.raises(BudgetExhausted, match="nothing was spent"):
-        run(stocked, "impact", parameters={"epsilon": "0.8"})
-    assert spent(stocked, EPP) == pytest.approx(1.0)
+        run(stocked, "retention", parameters={"epsilon": "0.6"})
+    assert spent(stocked, EPP) == pytest.approx(2.5)
 
 
 @pytest.mark.parametrize(
@@ -213,14 +216,19 @@ def test_a_report_asked_again_on_the_same_data_is_free_even_on_a_spent_budget(
     stocked: Gateway,
 ) -> None:
     first = run(stocked, "impact", parameters={"epsilon": "1.0"})
-    run(stocked, "pipeline", parameters={"epsilon": "0.5"})  # the party's 1.5 is spent
+    run(stocked, "pipeline", parameters={"epsilon": "1.0"})
+    run(stocked, "impact", parameters={"epsilon": "1.0", "years": "2025"})  # 3.0 spent
     preview = run(stocked, "impact", parameters={"epsilon": "1.0"}, dry_run=True)
     assert preview["tables"][0]["preview"]["repeat"] is True
     assert preview["epsilon"] == 0 and preview["would_fit"] is True
     again = run(stocked, "impact", parameters={"epsilon": "1.0"})
     assert again["tables"][0]["release"]["repeated"] is True
     assert again["tables"][0]["release"]["cells"] == first["tables"][0]["release"]["cells"]
-    assert spent(stocked, EPP) == pytest.approx(1.5)
+    # The district receives the same table too, free: one release for the partnership.
+    theirs = run(stocked, "impact", party=DISTRICT, parameters={"epsilon": "1.0"})
+    assert theirs["tables"][0]["release"]["release_id"] == first["tables"][0]["release"]["release_id"]
+    assert theirs["tables"][0]["release"]["cells"] == first["tables"][0]["release"]["cells"]
+    assert spent(stocked, EPP) == pytest.approx(3.0) and spent(stocked, DISTRICT) == 0
     with pytest.raises(BudgetExhausted):
         run(stocked, "impact", parameters={"epsilon": "0.9"})  # a new query: not free
 

@@ -13,7 +13,7 @@ from gateway import audit
 from gateway.config import Settings
 from gateway.context import Gateway, initialise
 from gateway.errors import ConfigurationError, NotInitialised
-from gateway.release.engine import load_rows
+from gateway.release.rows import load_rows
 from gateway.release.query import Query, resolve
 from gateway.storage import batches, db
 from gateway.storage.datasets import RowBatch, Upload
@@ -42,7 +42,8 @@ def test_init_migrates_to_head_and_is_idempotent(settings: Settings) -> None:
             "gateway-initialised": 1,
             "agreement-loaded": len(first["agreements"]),
             "key-created": len(first["agreements"]),
-            "budget-changed": 2 * len(first["agreements"]),
+            # Each agreement's pool, and each of its two recipients' spending limit.
+            "budget-changed": 3 * len(first["agreements"]),
         }
     finally:
         engine.dispose()
@@ -214,7 +215,7 @@ def test_migration_to_row_batches_carries_every_row_over_and_back(
             {"datasets": ["staffing"], "measure": {"kind": "count"}, "epsilon": 1}
         )
         resolved = resolve(query, agreement=agreement, registry=gw.registry, party=EPP_OF_SPED)
-        frame, _ = load_rows(session.connection(), resolved, agreement, 1)
+        frame = load_rows(session.connection(), resolved, agreement, 1)
         # A count reads one row per teacher (educator_ref comes first in a stored row).
         assert sorted(frame["educator_ref"]) == sorted({row[0] for row in before["staffing"]})
 

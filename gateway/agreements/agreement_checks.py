@@ -56,6 +56,7 @@ def check_agreement(
     findings += _check_public_values(document, policies)
     resolved, disclosure_findings = _check_disclosure(document, policies)
     findings += disclosure_findings
+    findings += _check_budget_limits(document, resolved)
     findings += duplicates(
         [report.name for report in document.reports],
         "report name",
@@ -349,6 +350,32 @@ def _release_field_problem(
                 "student_measure columns"
             )
     return None
+
+
+def _check_budget_limits(
+    document: AgreementDocument, profile: DisclosureProfile | None
+) -> list[Finding]:
+    """Each limit names a recipient and stays within the agreement's budget."""
+    findings = []
+    for party_id, limit in document.budget_limits.items():
+        base: Loc = ("budget_limits", party_id)
+        if party_id not in document.releases:
+            findings.append(
+                Finding(base, f"{party_id!r} receives no releases (no releases.{party_id})")
+            )
+            continue
+        if profile is None:
+            continue
+        for part in ("epsilon", "delta"):
+            if getattr(limit, part) > getattr(profile.privacy_budget, part):
+                findings.append(
+                    Finding(
+                        (*base, part),
+                        f"the limit's {part} {getattr(limit, part)} exceeds the agreement's "
+                        f"privacy_budget {part} {getattr(profile.privacy_budget, part)}",
+                    )
+                )
+    return findings
 
 
 def _check_disclosure(

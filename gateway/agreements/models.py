@@ -209,6 +209,12 @@ def _check_delta(value: Decimal) -> Decimal:
     return value
 
 
+def _check_floor_delta(value: Decimal) -> Decimal:
+    if not Decimal(0) < value < Decimal("1e-3"):
+        raise ValueError("floor_delta must be greater than 0 and less than 0.001")
+    return value
+
+
 def _check_min_cell(value: int) -> int:
     if value < ABSOLUTE_MIN_CELL:
         raise ValueError(
@@ -239,6 +245,18 @@ class DisclosureProfile(_FileModel):
     min_cell_students: Annotated[int, AfterValidator(_check_min_cell)]
     privacy_budget: Budget
     per_release_cap: Budget
+    #: The least one release may spend: below it noise drowns every cell, and a
+    #: near-zero epsilon would let the release path be probed for almost nothing.
+    per_release_minimum: Budget = Budget(epsilon=Decimal("0.01"), delta=Decimal("1e-12"))
+    #: The delta every release spends for its hard true-data floors (the minimum cell):
+    #: the chance that a floor changes what is published (docs/releases.md).
+    floor_delta: Annotated[Decimal, Field(strict=False), AfterValidator(_check_floor_delta)] = (
+        Decimal("1e-9")
+    )
+    #: A noisy count must reach at least this many teachers before its cell is
+    #: published; the threshold each release uses is the larger of this and the one
+    #: ``floor_delta`` requires at the release's noise scale. Default: the minimum cell.
+    publish_threshold: Annotated[int, Field(ge=1, le=100_000)] | None = None
     on_bad_rows: OnBadRows
     formula_cells: FormulaCells
     top_bottom_coding: bool
@@ -316,6 +334,9 @@ class AgreementDocument(_FileModel):
     datasets: list[AgreementDataset] = Field(min_length=1)
     releases: dict[str, RecipientFields] = Field(default_factory=dict)
     disclosure: Disclosure
+    #: Optional spending limits of recipients within the agreement's one budget pool:
+    #: party id -> {epsilon, delta}. A recipient not listed may spend the whole pool.
+    budget_limits: dict[str, Budget] = Field(default_factory=dict)
     reports: list[ReportSpec] = Field(default_factory=list)
     # Values of a release dimension that are public for this agreement (for example
     # the EPP's program codes): tables list every one of them, so group keys never

@@ -242,6 +242,25 @@ def check_disclosure_profile(profile: DisclosureProfile) -> list[Finding]:
                     related=(("privacy_budget", part),),
                 )
             )
+    floor = profile.per_release_minimum
+    if floor.epsilon > cap.epsilon:
+        findings.append(
+            Finding(
+                ("per_release_minimum", "epsilon"),
+                f"per_release_minimum epsilon {floor.epsilon} exceeds per_release_cap "
+                f"epsilon {cap.epsilon}: no release could be asked",
+                related=(("per_release_cap", "epsilon"),),
+            )
+        )
+    if profile.floor_delta > cap.delta:
+        findings.append(
+            Finding(
+                ("floor_delta",),
+                f"floor_delta {profile.floor_delta} exceeds per_release_cap delta "
+                f"{cap.delta}: every release spends floor_delta, so none would fit",
+                related=(("per_release_cap", "delta"),),
+            )
+        )
     return findings
 
 

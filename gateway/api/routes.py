@@ -25,6 +25,7 @@ from gateway.errors import SchemaError
 from gateway.ingest import upload_extract
 from gateway.release.budget import budget_history, budget_report
 from gateway.release.engine import request_release
+from gateway.release.model import Preview, Release
 from gateway.release.query import Query as ReleaseQuery
 from gateway.release.reports import run_report
 
@@ -251,9 +252,10 @@ def create_release(
     gateway: GatewayDep,
     principal: Analyst,
     dry_run: bool = Query(default=False, description="Preview accuracy and cost only."),
-) -> dict[str, Any]:
+) -> Release | Preview | dict[str, Any]:
     """Release an aggregate to the token's party, or preview it with dry_run.
-    Needs an analyst token of the agreement."""
+    Needs an analyst token of the agreement. The release is the agreement's: every
+    recipient allowed its fields receives the same numbers."""
     if isinstance(query, ReportRequest):
         return run_report(
             gateway,

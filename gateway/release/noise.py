@@ -3,7 +3,8 @@
 Every noisy number the gateway releases is drawn here, by an OpenDP
 measurement (OpenDP 0.16, pinned in pyproject.toml):
 
-- counts get integer (discrete Laplace) noise: ``make_laplace`` on integers;
+- counts get integer (discrete Laplace) noise: ``make_laplace`` on 64-bit integers
+  (32-bit ones saturate at 2^31 - 1 under a large scale, which would read as a count);
 - clamped sums get Laplace noise on floats through OpenDP's ``make_laplace``,
   which samples exactly and rounds safely, never numpy or ``random`` noise;
 - groups whose keys would come from the data are released through
@@ -32,6 +33,12 @@ from functools import lru_cache
 from typing import Any
 
 _FEATURES_ENABLED = False
+#: The threshold of data-dependent group selection is searched up to this count.
+MAX_SELECTION_THRESHOLD = 1 << 40
+
+
+class CalibrationFailed(ValueError):
+    """No scale or threshold meets the budget (the budget is far too small)."""
 
 
 def _dp() -> Any:
@@ -57,7 +64,7 @@ def _calibrate(measurement_for: Any, d_in: Any, epsilon: float) -> tuple[Any, fl
         if measurement.map(d_in) <= epsilon:
             return measurement, scale
         scale = math.nextafter(scale, math.inf) * (1 + 1e-12)
-    raise RuntimeError("could not calibrate the noise scale")  # pragma: no cover
+    raise CalibrationFailed("no noise scale meets the budget")  # pragma: no cover
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,12 @@ class IntegerNoise:
         """Half-width of the (1 - alpha) interval of one cell's noise."""
         return float(_dp().discrete_laplacian_scale_to_accuracy(self.scale, alpha))
 
+    def tail(self, k: int) -> float:
+        """P(noise >= k) for k >= 1: discrete Laplace, P(Z = z) proportional to
+        a^|z| with a = exp(-1/scale), so P(Z >= k) = a^k / (1 + a)."""
+        a = math.exp(-1.0 / self.scale)
+        return math.exp(k * math.log(a)) / (1.0 + a) if k >= 1 else 1.0
+
 
 @dataclass(frozen=True)
 class FloatNoise:
@@ -95,6 +108,10 @@ class FloatNoise:
 
     def half_width(self, alpha: float = 0.05) -> float:
         return float(_dp().laplacian_scale_to_accuracy(self.scale, alpha))
+
+    def tail(self, k: float) -> float:
+        """P(noise >= k) for k >= 0: Laplace, exp(-k / scale) / 2."""
+        return 0.5 * math.exp(-k / self.scale) if k >= 0 else 1.0
 
 
 @dataclass(frozen=True)
@@ -120,7 +137,7 @@ class ThresholdNoise:
 @lru_cache(maxsize=256)
 def integer_noise(sensitivity: int, epsilon: Decimal) -> IntegerNoise:
     dp = _dp()
-    space = dp.vector_domain(dp.atom_domain(T=int)), dp.l1_distance(T=int)
+    space = dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64")
     measurement, scale = _calibrate(
         lambda s: dp.m.make_laplace(*space, scale=s), sensitivity, float(epsilon)
     )
@@ -141,11 +158,11 @@ def float_noise(sensitivity: float, epsilon: Decimal) -> FloatNoise:
 def threshold_noise(groups_per_teacher: int, epsilon: Decimal, delta: Decimal) -> ThresholdNoise:
     """Calibrate the scale from epsilon, then the smallest threshold whose delta fits."""
     if delta <= 0:
-        raise ValueError("selecting data-dependent groups needs a delta greater than 0")
+        raise CalibrationFailed("selecting data-dependent groups needs a delta greater than 0")
     dp = _dp()
     space = (
-        dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T=int)),
-        dp.l01inf_distance(dp.absolute_distance(T=int)),
+        dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T="i64")),
+        dp.l01inf_distance(dp.absolute_distance(T="i64")),
     )
     d_in = (groups_per_teacher, groups_per_teacher, 1)
     target_epsilon, target_delta = float(epsilon), float(delta)
@@ -155,10 +172,15 @@ def threshold_noise(groups_per_teacher: int, epsilon: Decimal, delta: Decimal) -
         return dp.m.make_laplace_threshold(*space, scale=scale, threshold=threshold)
 
     for _ in range(64):
-        if build(scale, 1 << 30).map(d_in)[0] <= target_epsilon:
+        if build(scale, MAX_SELECTION_THRESHOLD).map(d_in)[0] <= target_epsilon:
             break
         scale = math.nextafter(scale, math.inf) * (1 + 1e-12)
-    low, high = 1, 1 << 20  # the smallest threshold whose delta is within the budget
+    else:  # pragma: no cover
+        raise CalibrationFailed("no noise scale meets the budget")
+    high = MAX_SELECTION_THRESHOLD
+    if build(scale, high).map(d_in)[1] > target_delta:
+        raise CalibrationFailed("no selection threshold meets the delta")
+    low = 1  # the smallest threshold whose delta is within the budget
     while low < high:
         middle = (low + high) // 2
         if build(scale, middle).map(d_in)[1] <= target_delta:
@@ -168,5 +190,5 @@ def threshold_noise(groups_per_teacher: int, epsilon: Decimal, delta: Decimal) -
     measurement = build(scale, low)
     spent_epsilon, spent_delta = measurement.map(d_in)
     if spent_epsilon > target_epsilon or spent_delta > target_delta:  # pragma: no cover
-        raise RuntimeError("could not calibrate the threshold mechanism")
+        raise CalibrationFailed("could not calibrate the threshold mechanism")
     return ThresholdNoise(groups_per_teacher, target_epsilon, target_delta, scale, low, measurement)

@@ -21,16 +21,18 @@ query (SPEC section 7) whose values may be parameters, written ``"$name"``:
               filters: [{field: school_year, op: in, value: $years}]
 
 Every report takes ``epsilon`` too (default: the agreement's per-release cap), the
-total it may spend; it is split evenly over its tables, each of which is one release
-(its own budget reservation, suppression, noise and audit event). Before anything is
-spent, every table is previewed and the whole report must fit the recipient's
-remaining budget; so a report is refused whole, not half-spent, when it does not fit.
+total it may spend; it is split evenly over its tables, each of which is one
+partnership release (its own budget reservation, noise, decisions and audit event).
+Before anything is spent, every table is previewed and the whole report must fit the
+recipient's remaining budget, in the ledger's exact arithmetic (budget.py); so a
+report is refused whole, not half-spent, when it does not fit. A table any recipient
+already received on the same data comes back stored, free.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 import numpy as np
@@ -41,9 +43,11 @@ from gateway.agreements.loader import Registry
 from gateway.agreements.models import Agreement, ReportSpec
 from gateway.context import Gateway
 from gateway.errors import GatewayError, NotFound, PolicyViolation, SchemaError
+from gateway.release import budget
 from gateway.release.budget import BudgetExhausted
 from gateway.release.engine import request_release
-from gateway.release.query import EPSILON_PLACES, Query, parse_query, resolve
+from gateway.release.model import Preview, Release
+from gateway.release.query import Query, parse_query, resolve
 
 ParameterType = Literal["int", "int_list", "str", "str_list"]
 
@@ -232,9 +236,7 @@ def table_queries(
     report: ReportDefinition, parameters: Mapping[str, Any], epsilon: Decimal
 ) -> list[Query]:
     """Each table's query with the parameters filled in and its share of epsilon."""
-    share = (epsilon / len(report.tables)).quantize(
-        Decimal(1).scaleb(-EPSILON_PLACES), rounding=ROUND_DOWN
-    )
+    share = budget.split(epsilon, len(report.tables))
     if share <= 0:
         raise SchemaError("parameter 'epsilon' is too small to share over the report's tables")
     queries = []
@@ -291,27 +293,20 @@ def run_report(
         )
     values, epsilon = resolve_parameters(agreement, definition_, parameters)
     queries = table_queries(definition_, values, epsilon)
-    previews = [
-        request_release(
-            gateway,
-            agreement_id=agreement_id,
-            party=party,
-            query=query,
-            actor=actor,
-            dry_run=True,
+    previews: list[Preview] = []
+    for query in queries:
+        preview = request_release(
+            gateway, agreement_id=agreement_id, party=party, query=query, actor=actor, dry_run=True
         )
-        for query in queries
-    ]
+        assert isinstance(preview, Preview)
+        previews.append(preview)
     # A table asked before on the same data comes back stored, at no cost.
-    fresh = [p for p in previews if not p["repeat"]]
-    total = sum((Decimal(str(p["epsilon"])) for p in fresh), Decimal(0))
-    total_delta = sum(p["delta"] for p in fresh)
-    remaining = previews[0]["budget_remaining"]
-    would_fit = (
-        float(total) <= remaining
-        and total_delta <= previews[0]["delta_remaining"]
-        and all(p["would_fit"] for p in previews)
-    )
+    total = sum((Decimal(p.exact["epsilon_cost"]) for p in previews), Decimal(0))
+    total_delta = sum((Decimal(p.exact["delta_cost"]) for p in previews), Decimal(0))
+    with gateway.sessions() as session:
+        state = budget.budget_state(session, agreement.id, party)
+    would_fit = state is not None and state.fits(total, total_delta)
+    remaining = float(state.epsilon_remaining) if state else 0.0
     head = {
         "report": definition_.name,
         "description": definition_.description,
@@ -323,7 +318,7 @@ def run_report(
             **head,
             "preview": True,
             "tables": [
-                {"title": t.title, "preview": p}
+                {"title": t.title, "preview": p.to_json()}
                 for t, p in zip(definition_.tables, previews, strict=True)
             ],
             "epsilon": float(total),
@@ -332,8 +327,8 @@ def run_report(
         }
     if not would_fit:
         raise BudgetExhausted(
-            f"report {report!r} would spend epsilon {total} but {party!r} has "
-            f"{remaining} left; nothing was spent",
+            f"report {report!r} would spend epsilon {total} and delta {total_delta} but "
+            f"{party!r} may spend epsilon {remaining} more; nothing was spent",
         )
     tables: list[dict[str, Any]] = []
     for table, query in zip(definition_.tables, queries, strict=True):
@@ -347,8 +342,8 @@ def run_report(
                 report=definition_.name,
             )
         except GatewayError as error:
-            # A refusal only the data can decide (the differencing check) comes after the
-            # table's reservation: say which table stopped the report and what was done.
+            # Another request may have spent the budget between the check and this
+            # table: say which table stopped the report and what was released before it.
             done = ", ".join(t["release"]["release_id"] for t in tables) or "none"
             error.message = (
                 f"report {report!r} stopped at table {table.title!r}: {error.message} "
@@ -356,14 +351,18 @@ def run_report(
             )
             error.args = (error.message,)
             raise
-        entry: dict[str, Any] = {"title": table.title, "release": released}
+        assert isinstance(released, Release)
+        body = released.to_json()
+        entry: dict[str, Any] = {"title": table.title, "release": body}
         if table.summary == "weighted_kappa":
-            entry["summary"] = {"weighted_kappa": weighted_kappa(released)}
+            entry["summary"] = {"weighted_kappa": weighted_kappa(body)}
         tables.append(entry)
     return {
         **head,
         "tables": tables,
-        "epsilon_spent": float(sum(t["release"]["epsilon_spent"] for t in tables)),
+        "epsilon_spent": float(
+            sum((Decimal(str(t["release"]["epsilon_spent"])) for t in tables), Decimal(0))
+        ),
         "budget_remaining": tables[-1]["release"]["budget_remaining"],
     }
 

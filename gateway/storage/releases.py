@@ -16,7 +16,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     String,
     Text,
 )
@@ -25,8 +24,24 @@ from sqlalchemy.orm import Mapped, mapped_column
 from gateway.storage.tables import Base
 
 
+class BudgetPool(Base):
+    """An agreement's one privacy budget: its total and what all releases spent."""
+
+    __tablename__ = "budget_pools"
+
+    agreement_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("agreements.id", ondelete="CASCADE"), primary_key=True
+    )
+    epsilon_total: Mapped[int] = mapped_column(BigInteger)
+    delta_total: Mapped[int] = mapped_column(BigInteger)
+    epsilon_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    delta_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class PrivacyBudget(Base):
-    """What one recipient party of one agreement may spend, and has spent."""
+    """One recipient party's spending limit within its agreement's pool, and what its
+    own requests spent."""
 
     __tablename__ = "privacy_budgets"
 
@@ -58,7 +73,12 @@ class BudgetEntry(Base):
 
 
 class Release(Base):
-    """A release as returned to its recipient, with what it was computed from."""
+    """A partnership release, with what it was computed from.
+
+    ``party`` is the recipient whose request drew it; every recipient allowed its
+    fields receives the same stored body. ``repeat_key`` (unique) is the hash of the
+    agreement terms, canonical query and data version: at most one release per key.
+    """
 
     __tablename__ = "releases"
 
@@ -77,29 +97,24 @@ class Release(Base):
     body: Mapped[str] = mapped_column(Text)
     table_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    repeat_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: pending (reserved, being computed), released, or failed.
+    status: Mapped[str] = mapped_column(String(16), default="released", server_default="released")
 
     __table_args__ = (
+        Index("ix_releases_repeat_key", "repeat_key", unique=True),
         Index("ix_releases_lookup", "agreement_id", "party", "query_hash"),
         Index("ix_releases_measure", "agreement_id", "party", "measure_signature"),
     )
 
 
-class ReleaseCell(Base):
-    """The teachers behind one published cell, kept to refuse differencing queries."""
-
-    __tablename__ = "release_cells"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    release_id: Mapped[str] = mapped_column(
-        String(36), ForeignKey("releases.release_id", ondelete="CASCADE"), index=True
-    )
-    group_key: Mapped[str] = mapped_column(Text)
-    teachers: Mapped[int] = mapped_column(Integer)
-    members: Mapped[bytes] = mapped_column(LargeBinary)
-
-
 class SuppressedCell(Base):
-    """A cell suppressed in a table: suppressed again whenever the same table is released."""
+    """A cell suppressed in a table: suppressed again whenever the same table is released.
+
+    Kept per agreement (``party`` is empty; rows from before partnership releases name
+    the party that received them): which cells were suppressed was decided on noisy
+    counts, so remembering it reveals nothing the releases did not.
+    """
 
     __tablename__ = "suppressed_cells"
 

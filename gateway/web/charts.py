@@ -260,7 +260,7 @@ def budget_chart(
         )
     levels = [Level(y(total), f"agreement total ε {format_number(total)}", y(total) + 4)]
     if share is not None and share != total:
-        label = f"each recipient's share ε {format_number(share)}"
+        label = f"your spending limit ε {format_number(share)}"
         levels.append(Level(y(share), label, y(share) + 4))
     steps, levels = _spread_labels(steps, levels)
     middle = start + span / 2

@@ -39,7 +39,7 @@ from gateway.release.budget import (
     budget_history,
     budget_report,
     from_epsilon_units,
-    party_share,
+    party_limit,
 )
 from gateway.release.reports import list_reports, run_report
 from gateway.storage.releases import Release
@@ -449,12 +449,9 @@ def budget(
     if principal.role == "analyst":  # its own party's share and history only, as in the API
         report["parties"] = {p: s for p, s in report["parties"].items() if p == principal.party}
         history = [e for e in history if e["party"] == principal.party]
-    # Each recipient's equal share, drawn when there is more than one recipient.
-    share = (
-        float(from_epsilon_units(party_share(agreement)[0]))
-        if len(agreement.releases) > 1
-        else None
-    )
+    # The viewer's spending limit, drawn when the agreement declares one below the pool.
+    limited = principal.party if principal.party in agreement.budget_limits else None
+    share = float(from_epsilon_units(party_limit(agreement, limited)[0])) if limited else None
     chart = budget_chart(
         f"Privacy budget of {agreement.id} over time",
         history,

@@ -1,0 +1,314 @@
+"""One form for every spelling of a query: the key of a stored (free) repeat.
+
+A query that means the same as an earlier one on the same data must come back as
+the stored release, or an analyst could average fresh noise by rewording it. So
+before anything else a resolved query is rewritten into its canonical form, and
+the release is computed from that form, never from the spelling:
+
+- datasets and group_by are sorted (the answer keeps the asked order:
+  :func:`present`);
+- filter values are the column's own values (``"elem"`` is ``ELEM``, ``"2025"`` and
+  ``2025.0`` are ``2025`` in an integer column, ``50`` is ``50.0`` in a number column);
+- ``eq x`` is ``in [x]``; ``in`` lists are sorted and deduplicated; a ``between`` on an
+  integer column spanning few values is the ``in`` list of them; a ``between`` is cut
+  to the column's declared range;
+- several set filters on one field are one filter (their intersection);
+- a filter that cannot exclude any value of a required column's declared domain (every
+  code, the whole range) is dropped, unless it is the window of a retention;
+- epsilon and delta are exact decimals; delta counts only when group keys come from
+  the data (otherwise it buys nothing and is zero).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+from gateway.agreements.models import Agreement, ColumnSpec
+from gateway.release.model import Cell
+from gateway.release.query import FieldRef, Filter, Query, ResolvedQuery
+
+#: A between on an integer column spanning at most this many values is an ``in`` list.
+MAX_LISTED_INTEGERS = 30
+
+
+def column_value(spec: ColumnSpec, value: Any) -> Any:
+    """``value`` as the column holds it, when it can; otherwise unchanged (it then
+    matches nothing, as in SQL)."""
+    if isinstance(value, bool):
+        return value
+    if spec.codes and isinstance(value, str):
+        for code in spec.code_values:
+            if isinstance(code, str) and code.upper() == value.upper():
+                return code
+    if spec.type == "integer":
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    if spec.type == "number" and isinstance(value, int):
+        return float(value)
+    if spec.type == "number" and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return number if math.isfinite(number) else value
+    return value
+
+
+def _sort_key(value: Any) -> tuple[str, str]:
+    return (type(value).__name__, json.dumps(value, default=str))
+
+
+def _distinct(values: Sequence[Any]) -> list[Any]:
+    seen: dict[tuple[str, str], Any] = {}
+    for value in values:
+        seen.setdefault(_sort_key(value), value)
+    return [seen[k] for k in sorted(seen)]
+
+
+def _range(spec: ColumnSpec) -> tuple[float | None, float | None]:
+    if spec.range is None:
+        return None, None
+    return spec.range.min, spec.range.max
+
+
+def _domain(spec: ColumnSpec) -> list[Any] | None:
+    """Every value a stored row of the column can hold, when that is a short list."""
+    if spec.codes:
+        return list(spec.code_values)
+    if spec.type == "boolean":
+        return [False, True]
+    low, high = _range(spec)
+    bounded = spec.type == "integer" and low is not None and high is not None
+    if bounded and high - low < MAX_LISTED_INTEGERS:  # type: ignore[operator]
+        return list(range(int(low), int(high) + 1))  # type: ignore[arg-type]
+    return None
+
+
+def _as_set(ref: FieldRef, item: Filter) -> list[Any] | None:
+    """The values a filter keeps, as a list, when it is one (eq, in, a short integer
+    between); None for a range."""
+    spec = ref.spec
+    if item.op == "eq":
+        return [column_value(spec, item.value)]
+    if item.op == "in":
+        assert isinstance(item.value, list)
+        return _distinct([column_value(spec, v) for v in item.value])
+    low, high = (column_value(spec, v) for v in item.value)  # type: ignore[union-attr]
+    integers = all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high))
+    if spec.type == "integer" and integers:
+        r_low, r_high = _range(spec)
+        low = low if r_low is None else max(low, math.ceil(r_low))
+        high = high if r_high is None else min(high, math.floor(r_high))
+        if high < low:
+            return []
+        if high - low < MAX_LISTED_INTEGERS:
+            return list(range(low, high + 1))
+    return None
+
+
+def _normal_filter(ref: FieldRef, item: Filter) -> Filter | None:
+    """The canonical filter, or None when it cannot exclude any stored value."""
+    spec = ref.spec
+    values = _as_set(ref, item)
+    domain = _domain(spec)
+    if values is not None:
+        kept = {_sort_key(v) for v in values}
+        if spec.required and domain is not None and all(_sort_key(d) in kept for d in domain):
+            return None  # keeps every value a stored row can hold
+        return Filter.model_construct(field=_qualified(ref), op="in", value=values)
+    low, high = (column_value(spec, v) for v in item.value)  # type: ignore[union-attr]
+    r_low, r_high = _range(spec)
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
+    if numeric and spec.type in ("integer", "number"):
+        if r_low is not None and low < r_low:
+            low = float(r_low) if spec.type == "number" else int(r_low)
+        if r_high is not None and high > r_high:
+            high = float(r_high) if spec.type == "number" else int(r_high)
+        whole = r_low is not None and r_high is not None and low <= r_low and high >= r_high
+        if whole and spec.required:
+            return None
+    return Filter.model_construct(field=_qualified(ref), op="between", value=[low, high])
+
+
+def _qualified(ref: FieldRef) -> str:
+    return f"{ref.dataset}.{ref.column}"
+
+
+def _merge(ref: FieldRef, items: list[Filter]) -> list[Filter]:
+    """Set filters on one field become one (their intersection); ranges stay apart."""
+    sets = [f for f in items if f.op == "in"]
+    others = [f for f in items if f.op != "in"]
+    if len(sets) <= 1:
+        return sets + others
+    keep = {_sort_key(v): v for v in sets[0].value}  # type: ignore[union-attr]
+    for other in sets[1:]:
+        mine = {_sort_key(v) for v in other.value}  # type: ignore[union-attr]
+        keep = {k: v for k, v in keep.items() if k in mine}
+    merged = Filter.model_construct(
+        field=_qualified(ref), op="in", value=[keep[k] for k in sorted(keep)]
+    )
+    return [merged, *others]
+
+
+def normalise(resolved: ResolvedQuery, agreement: Agreement) -> ResolvedQuery:
+    """The canonical form of ``resolved`` (see the module docstring)."""
+    window = resolved.measure_field if resolved.query.measure.kind == "retention" else None
+    by_field: dict[tuple[str, str], tuple[FieldRef, list[Filter]]] = {}
+    for ref, item in resolved.filters:
+        normal = _normal_filter(ref, item)
+        is_window = window is not None and (ref.dataset, ref.column) == (
+            window.dataset,
+            window.column,
+        )
+        if normal is None and is_window:
+            normal = Filter.model_construct(
+                field=_qualified(ref), op=item.op, value=item.value
+            )  # the retention's window is public and must stay
+        if normal is None:
+            continue
+        by_field.setdefault((ref.dataset, ref.column), (ref, []))[1].append(normal)
+    filters: list[tuple[FieldRef, Filter]] = []
+    for key in sorted(by_field):
+        ref, items = by_field[key]
+        merged = _merge(ref, items)
+        filters += sorted(((ref, f) for f in merged), key=lambda p: _filter_text(p[1]))
+    condition = resolved.condition
+    if condition is not None:
+        ref, item = condition
+        normal = _normal_filter(ref, item)
+        if normal is None:  # every teacher meets it: still a rate, of all of them
+            domain = _domain(ref.spec) or []
+            normal = Filter.model_construct(field=_qualified(ref), op="in", value=domain)
+        condition = (ref, normal)
+    private = _has_private_keys(resolved, filters, agreement)
+    query = resolved.query
+    canonical_query = Query.model_construct(
+        datasets=sorted(query.datasets),
+        measure=query.measure,
+        group_by=sorted(_qualified(r) for r in resolved.group_by),
+        filters=[f for _, f in filters],
+        epsilon=query.epsilon.normalize(),
+        delta=query.delta.normalize() if private else Decimal(0),
+        max_groups_per_teacher=query.max_groups_per_teacher,
+        link_on=sorted(query.link_on),
+    )
+    return replace(
+        resolved,
+        query=canonical_query,
+        group_by=sorted(resolved.group_by, key=_qualified),
+        filters=filters,
+        condition=condition,
+        link_on=tuple(sorted(resolved.link_on)),
+    )
+
+
+def _has_private_keys(
+    resolved: ResolvedQuery, filters: list[tuple[FieldRef, Filter]], agreement: Agreement
+) -> bool:
+    """Whether some group key would come from the data (see plan.public_values)."""
+    return any(public_values(ref, filters, agreement) is None for ref in resolved.group_by)
+
+
+def public_values(
+    ref: FieldRef, filters: Sequence[tuple[FieldRef, Filter]], agreement: Agreement
+) -> list[Any] | None:
+    """A dimension's keys when they are public: the query's own set filter on it, the
+    agreement's public values (its programs), or the schema's codes; None when the
+    keys can only come from the data."""
+    for other, item in filters:
+        if (other.dataset, other.column) == (ref.dataset, ref.column):
+            values = _as_set(ref, item)
+            if values is not None:
+                return values
+    if ref.column in agreement.public_values:
+        return list(agreement.public_values[ref.column])
+    return _domain(ref.spec) if (ref.spec.codes or ref.spec.type == "boolean") else None
+
+
+def _filter_text(item: Filter) -> str:
+    return json.dumps(
+        {"field": item.field, "op": item.op, "value": item.value}, sort_keys=True, default=str
+    )
+
+
+def canonical_text(resolved: ResolvedQuery) -> str:
+    """The canonical query as one JSON text (``resolved`` already normalised)."""
+
+    def qualified(ref: FieldRef) -> str:
+        return _qualified(ref)
+
+    query = resolved.query
+    measure: dict[str, Any] = {"kind": query.measure.kind}
+    if resolved.measure_field is not None:
+        measure["field"] = qualified(resolved.measure_field)
+    if query.measure.years_after is not None:
+        measure["years_after"] = query.measure.years_after
+    if resolved.compare_field is not None:
+        measure["compare_to"] = qualified(resolved.compare_field)
+    if resolved.condition is not None:
+        ref, item = resolved.condition
+        measure["condition"] = {"field": qualified(ref), "op": item.op, "value": item.value}
+    body: dict[str, Any] = {
+        "datasets": list(query.datasets),
+        "measure": measure,
+        "group_by": [qualified(ref) for ref in resolved.group_by],
+        "filters": [
+            {"field": qualified(ref), "op": item.op, "value": item.value}
+            for ref, item in resolved.filters
+        ],
+        "epsilon": decimal_text(query.epsilon),
+        "delta": decimal_text(query.delta),
+        "max_groups_per_teacher": query.max_groups_per_teacher,
+    }
+    if resolved.link_on:
+        body["link_on"] = list(resolved.link_on)
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def decimal_text(value: Decimal) -> str:
+    """An exact decimal in one spelling: 10, 0.5, 0.000000000001 (no exponent)."""
+    return format(value.normalize(), "f")
+
+
+def fingerprint(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def table_signature(resolved: ResolvedQuery, dimensions: Sequence[str]) -> str:
+    """The identity of a table whatever is measured in it: datasets, filters and the
+    set of its dimensions (the key of the suppression memory)."""
+    body = json.loads(canonical_text(resolved))
+    signature = {
+        "datasets": body["datasets"],
+        "filters": body["filters"],
+        "dims": sorted(dimensions),
+    }
+    return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()
+
+
+def present(cells: Sequence[Cell], asked: Sequence[str], dimensions: Sequence[str]) -> list[Cell]:
+    """Cells computed in canonical dimension order, shown in the asked order: each
+    group's keys in ``asked`` order (the rest after them, as computed) and the cells
+    ordered as a table of that order would be."""
+    order = [d for d in asked if d in dimensions] + [d for d in dimensions if d not in asked]
+    first_seen: dict[str, dict[str, int]] = {d: {} for d in order}
+    for cell in cells:
+        for d in order:
+            text = json.dumps(cell.group.get(d), default=str)
+            first_seen[d].setdefault(text, len(first_seen[d]))
+
+    def rank(cell: Cell) -> tuple[int, ...]:
+        return tuple(first_seen[d][json.dumps(cell.group.get(d), default=str)] for d in order)
+
+    return [
+        cell.model_copy(update={"group": {d: cell.group[d] for d in order if d in cell.group}})
+        for cell in sorted(cells, key=rank)
+    ]

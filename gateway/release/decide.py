@@ -1,0 +1,101 @@
+"""Publish or suppress, and every label: decided on noisy measurements only.
+
+The invariant: whatever a recipient can see that depends on the data (a number,
+whether a cell is published or suppressed and why, a top- or bottom-coding label)
+is a function of noisy measurements drawn within the release's budget. The only
+true-data check is a hard safety floor, the minimum cell, and its effect is
+counted in delta:
+
+    a cell is published  iff  its noisy count >= tau  and  its true count >= minimum
+
+tau is chosen so that a cell whose true count is below the minimum reaches tau
+with probability at most ``p = floor_delta / (g * e^epsilon)`` (``g``: the cells one
+teacher can change). Without the floor the release is (epsilon, 0)-DP (it is
+post-processing of the noisy counts). With it, the output differs from that
+mechanism's only on the event that some cell below the minimum reaches tau; one
+teacher moves at most ``g`` cells across the floor, so for neighbouring datasets
+``P[M(D) in S] <= e^epsilon P[M(D') in S] + e^epsilon * g * p`` and the release is
+(epsilon, floor_delta)-DP. The argument is set out for a privacy officer in
+docs/releases.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from gateway.release.suppression import GroupKey, SuppressionResult, suppress
+
+if TYPE_CHECKING:
+    from gateway.release.plan import Plan
+
+#: Top and bottom coding of percentages (NCES style), on the noisy share.
+BOTTOM_CODE = 0.05
+TOP_CODE = 0.95
+
+
+def floor_tail(plan: Plan) -> float:
+    """The chance each cell below the minimum may have of reaching the threshold."""
+    exponent = min(float(plan.epsilon), 700.0)
+    return float(plan.floor_delta) / (plan.groups_per_teacher * math.exp(exponent))
+
+
+def publish_threshold(plan: Plan, profile_threshold: int | None) -> int:
+    """The smallest tau that keeps the floor's effect within ``floor_delta``, or the
+    profile's own ``publish_threshold`` when that is higher (default: the minimum)."""
+    p = floor_tail(plan)
+    if plan.counts is not None:
+        a = math.exp(-1.0 / plan.counts.scale)
+        # a^k / (1 + a) <= p  <=>  k >= log(p (1 + a)) / log(a)
+        margin = max(1, math.ceil(math.log(p * (1.0 + a)) / math.log(a) - 1e-9))
+        while plan.counts.tail(margin) > p:  # guard against rounding
+            margin += 1
+    else:
+        assert plan.sums is not None
+        margin = max(1, math.ceil(plan.sums.scale * math.log(1.0 / (2.0 * p))))
+    derived = plan.minimum - 1 + margin
+    return max(derived, profile_threshold or plan.minimum)
+
+
+def decide(
+    true_counts: Mapping[GroupKey, int],
+    noisy_counts: Mapping[GroupKey, float],
+    *,
+    plan: Plan,
+    remembered: set[GroupKey],
+) -> SuppressionResult:
+    """Which cells are published, suppressed (primary) or suppressed to protect
+    another (complementary).
+
+    ``noisy_counts`` are the deciding noisy measurements (teachers, or counted units
+    for rows of counts); ``true_counts`` enter only through the floor. Complementary
+    suppression and its linear-programming audit (suppression.py) work on the noisy
+    counts: post-processing, free of charge. ``remembered`` (cells suppressed in
+    earlier releases of the same table, themselves decided this way) are suppressed
+    again, so the same table never shows a cell it hid before.
+    """
+    primary = {
+        key
+        for key, noisy in noisy_counts.items()
+        if noisy < plan.threshold or true_counts.get(key, 0) < plan.minimum
+    }
+    values = {key: max(float(noisy), 0.0) for key, noisy in noisy_counts.items()}
+    return suppress(
+        values,
+        below_minimum=primary,
+        minimum=plan.minimum,
+        small_counts={k for k in primary if values[k] < plan.minimum},
+        remembered=remembered,
+    )
+
+
+def share_label(share: float, *, coding: bool) -> str | None:
+    """ "<5%" or ">95%" for a noisy share near 0% or 100% (when the profile codes them)."""
+    if not coding:
+        return None
+    if share < BOTTOM_CODE:
+        return f"<{round(BOTTOM_CODE * 100)}%"
+    if share > TOP_CODE:
+        return f">{round(TOP_CODE * 100)}%"
+    return None

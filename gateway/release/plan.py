@@ -1,0 +1,272 @@
+"""The noise plan of a release: mechanisms, scales, the publish threshold and the cost.
+
+Everything here depends on the query and the agreement only, never on the data, so
+a preview shows exactly what a release will spend and how accurate it will be,
+and a refusal at this stage says nothing about the data. A query outside the
+profile's per-release bounds (``per_release_minimum`` to ``per_release_cap``) is
+refused here with the bound it broke.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from itertools import product
+from typing import Any
+
+from gateway.agreements.models import Agreement, ColumnSpec
+from gateway.errors import PolicyViolation, SchemaError
+from gateway.release import decide, noise
+from gateway.release.canonical import MAX_LISTED_INTEGERS, public_values
+from gateway.release.query import FieldRef, ResolvedQuery, bounds
+from gateway.release.suppression import GroupKey
+
+#: Public key sets larger than this are refused: a table that wide is mostly suppressed.
+MAX_CELLS = 5000
+
+
+class EpsilonOutOfBounds(PolicyViolation):
+    """The query's epsilon or delta is outside the profile's per-release bounds."""
+
+    code = "epsilon_out_of_bounds"
+
+
+@dataclass
+class Plan:
+    """What each mechanism of a release costs and how accurate it is."""
+
+    epsilon: Decimal
+    selection_delta: Decimal  # delta of selecting data-dependent group keys (0 if none)
+    floor_delta: Decimal  # delta of the hard true-data floors (docs/releases.md)
+    groups_per_teacher: int
+    dimensions: list[str]
+    public_positions: list[int]  # dimensions whose keys are public
+    private_positions: list[int]  # dimensions whose keys come from the data
+    public_combinations: list[GroupKey]
+    minimum: int  # teachers (or counted units) a published cell must rest on
+    students_per_teacher: int  # for student-derived measures: see aggregate.true_cells
+    threshold: int = 0  # a cell is published only if its deciding noisy count reaches it
+    counts: noise.IntegerNoise | None = None
+    selection: noise.ThresholdNoise | None = None
+    sums: noise.FloatNoise | None = None
+    numerators: noise.IntegerNoise | None = None
+    clamp: tuple[float, float] | None = None
+
+    @property
+    def delta_used(self) -> Decimal:
+        """All the delta the release spends: selection and floors."""
+        return self.selection_delta + self.floor_delta
+
+    @property
+    def decided_by_sum(self) -> bool:
+        """Rows of counts (no educators) are decided on the noisy sum of the counts."""
+        return self.counts is None
+
+    def count_half_width(self, alpha: float = 0.05) -> float:
+        return self.counts.half_width(alpha) if self.counts is not None else 0.0
+
+    def keys(self, selected: list[GroupKey]) -> list[GroupKey]:
+        """Every cell: each selected data-dependent key with every public combination."""
+        out = []
+        width = len(self.dimensions)
+        for private in selected:
+            for public in self.public_combinations:
+                key: list[Any] = [None] * width
+                for position, value in zip(self.private_positions, private, strict=True):
+                    key[position] = value
+                for position, value in zip(self.public_positions, public, strict=True):
+                    key[position] = value
+                out.append(tuple(key))
+        return out
+
+    def private_part(self, key: GroupKey) -> GroupKey:
+        return tuple(key[i] for i in self.private_positions)
+
+    def accuracy(self) -> dict[str, Any]:
+        """95% half-widths of each noisy quantity, and the publish threshold."""
+        out: dict[str, Any] = {"publish_threshold": self.threshold}
+        if self.counts is not None:
+            out["count_half_width"] = self.counts.half_width()
+        if self.selection is not None:
+            out["selection_threshold"] = self.selection.threshold
+        if self.sums is not None:
+            out["sum_half_width"] = self.sums.half_width()
+        if self.numerators is not None:
+            out["numerator_half_width"] = self.numerators.half_width()
+        return out
+
+    def mechanisms(self) -> list[str]:
+        out = []
+        if self.counts is not None or self.numerators is not None:
+            out.append("opendp make_laplace (integers: discrete Laplace)")
+        if self.sums is not None:
+            out.append("opendp make_laplace (floats)")
+        if self.selection is not None:
+            out.append("opendp make_laplace_threshold (group selection)")
+        return out
+
+
+def paired(resolved: ResolvedQuery) -> tuple[FieldRef, FieldRef]:
+    assert resolved.measure_field is not None and resolved.compare_field is not None
+    return resolved.measure_field, resolved.compare_field
+
+
+def ordinal_values(spec: ColumnSpec) -> list[Any]:
+    """The values a distribution is taken over: the codes, or a small integer range."""
+    if spec.codes:
+        return list(spec.code_values)
+    if (
+        spec.type == "integer"
+        and spec.range
+        and spec.range.min is not None
+        and spec.range.max is not None
+    ):
+        low, high = int(spec.range.min), int(spec.range.max)
+        if high - low < MAX_LISTED_INTEGERS:
+            return list(range(low, high + 1))
+    raise SchemaError("a distribution needs a field with codes or a small integer range")
+
+
+def _default_groups_per_teacher(resolved: ResolvedQuery, agreement: Agreement) -> int:
+    """One group per teacher, or one per year when the table is broken down by year."""
+    for ref in resolved.group_by:
+        if ref.column in ("school_year", "cohort_year"):
+            values = public_values(ref, resolved.filters, agreement)
+            return min(len(values), 5) if values else 5
+    return 1
+
+
+def _delta_that_fits(agreement: Agreement) -> str:
+    """A round selection delta within the per-release cap, beside the floor's delta."""
+    profile = agreement.resolved_disclosure
+    room = profile.per_release_cap.delta - profile.floor_delta
+    if room <= 0:
+        return str(profile.per_release_minimum.delta)
+    return f"1e{room.adjusted()}"
+
+
+def _check_bounds(resolved: ResolvedQuery, agreement: Agreement, private: bool) -> Decimal:
+    """The query's epsilon and delta within the profile's bounds; the delta of selection."""
+    query = resolved.query
+    profile = agreement.resolved_disclosure
+    cap, least = profile.per_release_cap, profile.per_release_minimum
+    if query.epsilon < least.epsilon:
+        raise EpsilonOutOfBounds(
+            f"the query asks for epsilon {query.epsilon}; agreement {agreement.id!r} needs "
+            f"at least {least.epsilon} per release (disclosure.per_release_minimum): below "
+            "it the noise drowns every cell"
+        )
+    selection_delta = query.delta if private else Decimal(0)
+    if private and selection_delta < least.delta:
+        raise EpsilonOutOfBounds(
+            f"the values of a dimension are not public, so they are selected with a small "
+            f"delta; agreement {agreement.id!r} needs at least {least.delta} "
+            f'(disclosure.per_release_minimum): add e.g. "delta": {_delta_that_fits(agreement)}'
+        )
+    spent = selection_delta + profile.floor_delta
+    if query.epsilon > cap.epsilon or spent > cap.delta:
+        raise EpsilonOutOfBounds(
+            f"the query asks for epsilon {query.epsilon} and delta {spent} (with the "
+            f"floor's {profile.floor_delta}); agreement {agreement.id!r} allows at most "
+            f"epsilon {cap.epsilon} and delta {cap.delta} per release "
+            "(disclosure.per_release_cap)"
+        )
+    return selection_delta
+
+
+def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
+    """Choose mechanisms, scales and the publish threshold for a normalised query."""
+    query = resolved.query
+    profile = agreement.resolved_disclosure
+    dimensions = [ref.column for ref in resolved.group_by]
+    key_lists = [public_values(ref, resolved.filters, agreement) for ref in resolved.group_by]
+    measure = query.measure
+    if measure.kind == "distribution":
+        assert resolved.measure_field is not None
+        dimensions.append(resolved.measure_field.column)
+        key_lists.append(ordinal_values(resolved.measure_field.spec))
+    elif measure.kind == "joint":
+        for ref in paired(resolved):  # named with their datasets: both may be "score"
+            dimensions.append(f"{ref.dataset}.{ref.column}")
+            key_lists.append(ordinal_values(ref.spec))
+    public_positions = [i for i, values in enumerate(key_lists) if values is not None]
+    private_positions = [i for i, values in enumerate(key_lists) if values is None]
+    public_lists = [key_lists[i] or [] for i in public_positions]
+    size = 1
+    for values in public_lists:
+        size *= len(values)
+    if size > MAX_CELLS:
+        raise SchemaError(f"the table would have {size:,} cells; at most {MAX_CELLS:,}")
+    if not resolved.linked and measure.kind != "sum":
+        raise SchemaError(
+            "datasets without educator IDs hold counts, not teachers: ask for the sum of "
+            "one of their count fields"
+        )
+    if private_positions and query.delta == 0:
+        names = ", ".join(dimensions[i] for i in private_positions)
+        raise SchemaError(
+            f"the values of {names} are not public (no schema codes, no filter listing "
+            "them), so they must be selected with a small delta: add e.g. "
+            f'"delta": {_delta_that_fits(agreement)}'
+        )
+    selection_delta = _check_bounds(resolved, agreement, bool(private_positions))
+    if not resolved.linked:
+        groups = 1
+    elif query.max_groups_per_teacher is not None:
+        groups = query.max_groups_per_teacher
+    else:
+        groups = _default_groups_per_teacher(resolved, agreement)
+    minimum = profile.min_cell_teachers
+    plan = Plan(
+        epsilon=query.epsilon,
+        selection_delta=selection_delta,
+        floor_delta=profile.floor_delta,
+        groups_per_teacher=groups,
+        dimensions=dimensions,
+        public_positions=public_positions,
+        private_positions=private_positions,
+        public_combinations=[tuple(k) for k in product(*public_lists)],
+        minimum=minimum,
+        # A teacher counts in a student-derived cell only with this many students, so
+        # that a cell of `minimum` teachers rests on `min_cell_students` students.
+        students_per_teacher=max(1, -(-profile.min_cell_students // minimum)),
+    )
+    try:
+        _choose_noise(plan, resolved, query.epsilon)
+        plan.threshold = decide.publish_threshold(plan, profile.publish_threshold)
+    except noise.CalibrationFailed as error:
+        raise EpsilonOutOfBounds(
+            f"this table cannot be noised at epsilon {query.epsilon} and delta "
+            f"{selection_delta} ({error}); ask for more"
+        ) from None
+    return plan
+
+
+def _choose_noise(plan: Plan, resolved: ResolvedQuery, epsilon: Decimal) -> None:
+    """Split epsilon over the mechanisms the measure needs and calibrate each."""
+    measure = resolved.query.measure
+    groups = plan.groups_per_teacher
+    rest = epsilon
+    if plan.private_positions:
+        # Half the budget selects which data-dependent groups exist (with its delta).
+        plan.selection = noise.threshold_noise(groups, epsilon / 2, plan.selection_delta)
+        rest = epsilon - epsilon / 2
+    half = rest / 2
+    if measure.kind in ("count", "distribution", "joint"):
+        plan.counts = noise.integer_noise(groups, rest)
+    elif measure.kind in ("sum", "mean"):
+        assert resolved.measure_field is not None
+        plan.clamp = bounds(resolved.measure_field.spec)
+        if not resolved.linked:
+            # Rows of counts: the unit is one counted person or position, and the cell
+            # is decided on the noisy sum itself.
+            plan.sums = noise.float_noise(1.0, rest)
+            return
+        # A teacher adds at most max(|low|, |high|) to each of its groups; the noisy
+        # count of teachers decides whether the cell is published.
+        unit = max(abs(plan.clamp[0]), abs(plan.clamp[1]))
+        plan.sums = noise.float_noise(groups * unit, half)
+        plan.counts = noise.integer_noise(groups, rest - half)
+    else:  # rate, retention, agreement: a noisy numerator over a noisy count
+        plan.numerators = noise.integer_noise(groups, half)
+        plan.counts = noise.integer_noise(groups, rest - half)

@@ -1,0 +1,363 @@
+"""Every transaction of a release: reserve, record, repeat, refuse.
+
+One release per agreement, canonical query, data version and agreement terms (its
+``repeat_key``). The reservation inserts the release as ``pending`` with its key,
+in the same transaction that reserves the budget, so of two concurrent identical
+requests (from one recipient or two) exactly one reserves and draws noise; the other
+finds the key taken, waits for the first to be recorded and is answered with it,
+free. A release is recorded, with its ``release`` audit event, in one transaction
+before it is returned. Reservations are never refunded (budget.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from gateway import audit
+from gateway.agreements.models import Agreement
+from gateway.context import Gateway
+from gateway.errors import GatewayError
+from gateway.release import budget
+from gateway.release.model import AgreementRef, Preview, Release
+from gateway.release.plan import Plan
+from gateway.release.query import Query
+from gateway.storage.releases import Release as ReleaseRow
+from gateway.storage.releases import SuppressedCell
+
+#: How long a request waits for an identical one being computed, and when a pending
+#: release is taken for dead (its process stopped after reserving).
+WAIT_SECONDS = 120.0
+STALE_AFTER = timedelta(minutes=10)
+AGREEMENT_WIDE = ""  # the party of a suppression remembered for the whole agreement
+
+
+class ReleaseFailed(GatewayError):
+    """The release failed after its budget was reserved; the reservation stays spent."""
+
+    code = "release_failed"
+    status = 500
+    exit_code = 10
+
+
+class ReleaseBusy(GatewayError):
+    """An identical release is still being computed; asking again returns it, free."""
+
+    code = "release_in_progress"
+    status = 409
+    exit_code = 9
+
+
+@dataclass(frozen=True)
+class Asked:
+    """The identity of a release: its canonical query on one version of the data."""
+
+    canonical: str
+    data_version: str
+    agreement_hash: str
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.canonical.encode()).hexdigest()
+
+    @property
+    def repeat_key(self) -> str:
+        text = json.dumps([self.agreement_hash, self.fingerprint, self.data_version])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @property
+    def measure_signature(self) -> str:
+        measure = json.loads(self.canonical)["measure"]
+        return hashlib.sha256(json.dumps(measure, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Reservation:
+    release_id: str
+    state: budget.BudgetState
+
+
+def _stored(session: Session, key: str) -> ReleaseRow | None:
+    return session.scalars(select(ReleaseRow).where(ReleaseRow.repeat_key == key)).first()
+
+
+def find_repeat(gateway: Gateway, asked: Asked) -> ReleaseRow | None:
+    """The recorded release of ``asked``, if there is one."""
+    with gateway.sessions() as session:
+        row = _stored(session, asked.repeat_key)
+        return row if row is not None and row.status == "released" else None
+
+
+def preview(
+    gateway: Gateway, agreement: Agreement, party: str, plan: Plan, asked: Asked
+) -> Preview:
+    """Cost and accuracy; whether the query would come back stored (free); spends nothing."""
+    with gateway.sessions() as session:
+        state = budget.budget_state(session, agreement.id, party)
+        row = _stored(session, asked.repeat_key)
+    repeat = row is not None and row.status == "released"
+    return Preview(
+        agreement=AgreementRef(id=agreement.id, version=agreement.version),
+        epsilon=float(plan.epsilon),
+        delta=float(plan.delta_used),
+        repeat=repeat,
+        epsilon_cost=0.0 if repeat else float(plan.epsilon),
+        delta_cost=0.0 if repeat else float(plan.delta_used),
+        groups_per_teacher=plan.groups_per_teacher,
+        accuracy_95=plan.accuracy(),
+        cells=len(plan.public_combinations) if not plan.private_positions else None,
+        budget_remaining=float(state.epsilon_remaining) if state else 0.0,
+        delta_remaining=float(state.delta_remaining) if state else 0.0,
+        would_fit=repeat or bool(state and state.fits(plan.epsilon, plan.delta_used)),
+        exact={
+            "epsilon_cost": "0" if repeat else str(plan.epsilon.normalize()),
+            "delta_cost": "0" if repeat else str(plan.delta_used.normalize()),
+        },
+    )
+
+
+def reserve(
+    gateway: Gateway,
+    *,
+    agreement: Agreement,
+    party: str,
+    plan: Plan,
+    asked: Asked,
+    actor: audit.Actor,
+) -> Reservation | ReleaseRow:
+    """Reserve the budget and claim the release's key, committed, before any noise is
+    drawn; or, when an identical release holds the key, that release once recorded."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        release_id = str(uuid.uuid4())
+        try:
+            with gateway.sessions() as session, session.begin():
+                # The key first: a second identical request fails here, spending nothing.
+                session.add(
+                    ReleaseRow(
+                        release_id=release_id,
+                        agreement_id=agreement.id,
+                        agreement_hash=agreement.content_hash,
+                        party=party,
+                        query_hash=asked.fingerprint,
+                        query=asked.canonical,
+                        data_versions=asked.data_version,
+                        measure_signature=asked.measure_signature,
+                        epsilon=budget.epsilon_units(plan.epsilon),
+                        delta=budget.delta_units(plan.delta_used),
+                        body="",
+                        table_sha256="",
+                        created_at=datetime.now(UTC),
+                        repeat_key=asked.repeat_key,
+                        status="pending",
+                    )
+                )
+                session.flush()
+                state = budget.reserve(
+                    session,
+                    agreement=agreement,
+                    party=party,
+                    epsilon=plan.epsilon,
+                    delta=plan.delta_used,
+                    release_id=release_id,
+                    actor=actor,
+                )
+            return Reservation(release_id=release_id, state=state)
+        except IntegrityError:
+            pass  # the key is taken: an identical release is recorded or on its way
+        with gateway.sessions() as session, session.begin():
+            other = _stored(session, asked.repeat_key)
+            if other is not None and other.status == "released":
+                return other
+            if other is not None and datetime.now(UTC) - _aware(other.created_at) > STALE_AFTER:
+                _release_key(session, other.release_id)  # its process died: take over
+                continue
+        if time.monotonic() > deadline:
+            raise ReleaseBusy(
+                "an identical release is still being computed; ask again shortly (it "
+                "will then come back stored, at no cost)"
+            )
+        time.sleep(0.05)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _release_key(session: Session, release_id: str) -> None:
+    session.execute(
+        update(ReleaseRow)
+        .where(ReleaseRow.release_id == release_id)
+        .values(status="failed", repeat_key=None)
+    )
+
+
+def fail(gateway: Gateway, reservation: Reservation) -> None:
+    """Mark a reserved release failed: its key is free again, its budget stays spent."""
+    with gateway.sessions() as session, session.begin():
+        _release_key(session, reservation.release_id)
+
+
+def remembered(gateway: Gateway, agreement: Agreement, signature: str) -> set[str]:
+    """Cells suppressed in earlier releases of the same table (named keys)."""
+    with gateway.sessions() as session:
+        return set(
+            session.scalars(
+                select(SuppressedCell.group_key).where(
+                    SuppressedCell.agreement_id == agreement.id,
+                    SuppressedCell.table_signature == signature,
+                )
+            )
+        )
+
+
+def table_hash(release: Release) -> str:
+    cells = release.to_json()["cells"]
+    return hashlib.sha256(
+        json.dumps(cells, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def record(
+    gateway: Gateway,
+    *,
+    agreement: Agreement,
+    release: Release,
+    asked: Asked,
+    plan: Plan,
+    actor: audit.Actor,
+    signature: str,
+    newly_suppressed: list[str],
+    counts: dict[str, int],
+    report: str | None,
+) -> Release:
+    """Record the release and its audit event in one transaction; return it as recorded."""
+    sha = table_hash(release)
+    with gateway.sessions() as session, session.begin():
+        event = audit.append_event(
+            session,
+            kind="release",
+            actor=actor,
+            details={
+                "release_id": release.release_id,
+                "requester": release.party,
+                "recipients": release.recipients,
+                "query": json.loads(asked.canonical),
+                "data_version": asked.data_version,
+                "epsilon": str(plan.epsilon.normalize()),
+                "delta": str(plan.delta_used.normalize()),
+                "floor_delta": str(plan.floor_delta.normalize()),
+                "publish_threshold": plan.threshold,
+                **counts,
+                "table_sha256": sha,
+                **({"report": report} if report else {}),
+            },
+            agreement=agreement,
+        )
+        recorded = release.model_copy(update={"audit_event": event.event_id})
+        session.execute(
+            update(ReleaseRow)
+            .where(ReleaseRow.release_id == release.release_id)
+            .values(body=json.dumps(recorded.to_json()), table_sha256=sha, status="released")
+        )
+        now = datetime.now(UTC)
+        for key in newly_suppressed:
+            session.merge(
+                SuppressedCell(
+                    agreement_id=agreement.id,
+                    party=AGREEMENT_WIDE,
+                    table_signature=signature,
+                    group_key=key,
+                    created_at=now,
+                )
+            )
+    return recorded
+
+
+def repeat(
+    gateway: Gateway,
+    *,
+    agreement: Agreement,
+    party: str,
+    row: ReleaseRow,
+    actor: audit.Actor,
+    report: str | None,
+) -> Release:
+    """The recorded release again, to ``party``: same numbers, no new noise, no cost."""
+    stored = Release.from_json(json.loads(row.body))
+    with gateway.sessions() as session, session.begin():
+        event = audit.append_event(
+            session,
+            kind="release-repeated",
+            actor=actor,
+            details={
+                "release_id": row.release_id,
+                "requester": party,
+                "first_requester": row.party,
+                "query": json.loads(row.query),
+                "table_sha256": row.table_sha256,
+                "epsilon": "0",
+                "delta": "0",
+                **({"report": report} if report else {}),
+            },
+            agreement=agreement,
+        )
+        state = budget.budget_state(session, agreement.id, party)
+    return stored.model_copy(
+        update={
+            "repeated": True,
+            "epsilon_spent": 0.0,
+            "delta_spent": 0.0,
+            "audit_event": event.event_id,
+            "budget_remaining": float(state.epsilon_remaining) if state else 0.0,
+        }
+    )
+
+
+def _redacted(query: Query) -> dict[str, Any]:
+    """The query as a refusal event keeps it: field names and operators, no values.
+
+    A refused query may name fields it may not see (an educator ID, say); its values
+    are not needed to review the refusal and must not enter the permanent log.
+    """
+    body: dict[str, Any] = json.loads(query.canonical())
+    body["filters"] = [{"field": f["field"], "op": f["op"]} for f in body["filters"]]
+    if body["measure"].get("condition"):
+        condition = body["measure"]["condition"]
+        body["measure"]["condition"] = {"field": condition["field"], "op": condition["op"]}
+    return body
+
+
+def refuse(
+    gateway: Gateway,
+    *,
+    agreement: Agreement | None,
+    party: str,
+    query: Query,
+    actor: audit.Actor,
+    error: GatewayError,
+) -> None:
+    """Write a refusal to the audit log (refusals depend on the query, the agreement,
+    the role and the budget only: never on the data)."""
+    with gateway.sessions() as session, session.begin():
+        audit.append_event(
+            session,
+            kind="release-refused",
+            actor=actor,
+            details={
+                "requester": party[:128],
+                "query": _redacted(query),
+                "code": error.code,
+                "reason": error.message,
+            },
+            agreement=agreement,
+        )

@@ -1,0 +1,195 @@
+"""Reading a release's rows: the current stored batches, filtered and linked.
+
+Rows come from the column batches of accepted uploads (storage/batches.py). An
+upload made under an earlier key version holds pseudonyms that no longer link, so
+for datasets with educators only uploads under the current key version are read.
+Filters are applied as each batch is decoded, with SQL's semantics (a null, or a
+value the column cannot hold, never matches).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlalchemy import Connection, select
+
+from gateway.agreements.models import Agreement
+from gateway.release.canonical import column_value
+from gateway.release.query import FieldRef, Filter, ResolvedQuery
+from gateway.storage import batches
+from gateway.storage.datasets import Upload
+
+
+def _needed_columns(resolved: ResolvedQuery) -> dict[str, set[str]]:
+    """The columns each dataset's rows need once filtered (filters read their own)."""
+    needed: dict[str, set[str]] = {d: set() for d in resolved.query.datasets}
+    refs = list(resolved.group_by)
+    if resolved.measure_field is not None:
+        refs.append(resolved.measure_field)
+        spec = resolved.measure_field.spec
+        if spec.role == "student_measure" and spec.student_count_column:
+            needed[resolved.measure_field.dataset].add(spec.student_count_column)
+    if resolved.condition is not None:
+        refs.append(resolved.condition[0])
+    if resolved.compare_field is not None:
+        refs.append(resolved.compare_field)
+    for ref in refs:
+        needed[ref.dataset].add(ref.column)
+    for column in resolved.link_on:
+        for columns in needed.values():
+            columns.add(column)
+    return needed
+
+
+def bounds_of(item: Filter) -> tuple[Any, Any]:
+    assert isinstance(item.value, list) and len(item.value) == 2
+    return item.value[0], item.value[1]
+
+
+def _filter_value(ref: FieldRef, value: Any) -> pa.Scalar:
+    """A filter value as an Arrow scalar of its own type: comparing it with the column
+    promotes as SQL does (3.5 never equals an integer), rather than truncating it."""
+    value = column_value(ref.spec, value)
+    if isinstance(value, bool) and ref.spec.type != "boolean":
+        raise TypeError("a boolean matches only a boolean column")  # Arrow would cast it to 1
+    if ref.spec.type == "date" and isinstance(value, str):
+        value = date.fromisoformat(value)
+    return pa.scalar(value)
+
+
+_NO_MATCH = (pa.ArrowException, OverflowError, TypeError, ValueError)
+
+
+def filter_mask(column: pa.ChunkedArray, ref: FieldRef, item: Filter) -> pa.ChunkedArray:
+    """Which rows a filter keeps; a null, or a value the column cannot hold, never
+    matches, as in SQL."""
+    nothing = pa.chunked_array([pa.array(np.zeros(len(column), dtype=bool))])
+    if item.op == "in":
+        assert isinstance(item.value, list)
+        values = []
+        for value in item.value:
+            try:  # only values the column holds exactly (2.0 is 2; 2.5 and "x" are none)
+                values.append(_filter_value(ref, value).cast(column.type).as_py())
+            except _NO_MATCH:
+                continue
+        return pc.is_in(column, value_set=pa.array(values, type=column.type))
+    try:
+        if item.op == "eq":
+            return pc.equal(column, _filter_value(ref, item.value))
+        low, high = bounds_of(item)
+        return pc.and_(
+            pc.greater_equal(column, _filter_value(ref, low)),
+            pc.less_equal(column, _filter_value(ref, high)),
+        )
+    except _NO_MATCH:
+        return nothing
+
+
+def _period_range(resolved: ResolvedQuery, dataset: str) -> tuple[int, int] | None:
+    """The years a dataset's filters allow, when they are whole years, to skip batches."""
+    low, high = None, None
+    for ref, item in resolved.filters:
+        if ref.dataset != dataset or ref.column not in ("school_year", "cohort_year"):
+            continue
+        values = item.value if item.op != "eq" else [item.value]
+        assert isinstance(values, list)
+        years = [column_value(ref.spec, v) for v in values]
+        if not years or not all(isinstance(y, int) and not isinstance(y, bool) for y in years):
+            continue
+        first, last = min(years), max(years)
+        low = first if low is None else max(low, first)
+        high = last if high is None else min(high, last)
+    return None if low is None or high is None else (low, high)
+
+
+def load_rows(
+    connection: Connection, resolved: ResolvedQuery, agreement: Agreement, key_version: int | None
+) -> pd.DataFrame:
+    """The query's rows, filtered and linked on the pseudonym.
+
+    Rows come from the stored column batches of the accepted uploads; an upload made
+    under an earlier key version holds pseudonyms that no longer link, so it is read
+    only for datasets without educators.
+    """
+    frames: list[pd.DataFrame] = []
+    for name in resolved.query.datasets:
+        schema = resolved.schemas[name]
+        columns = sorted(_needed_columns(resolved)[name])
+        uploads = _accepted_uploads(connection, agreement, name)
+        readable = [
+            seq
+            for seq, version in uploads
+            if schema.educator_id_column is None or version == key_version
+        ]
+        filters = [(ref, item) for ref, item in resolved.filters if ref.dataset == name]
+        filtered = sorted({ref.column for ref, _ in filters} - set(columns))
+
+        def keep(rows: pa.Table, filters: list[tuple[FieldRef, Filter]] = filters) -> pa.Table:
+            for ref, item in filters:
+                rows = rows.filter(filter_mask(rows.column(ref.column), ref, item))
+            return rows
+
+        table = batches.read_rows(
+            connection,
+            schema.name,
+            readable,
+            [*columns, *filtered],
+            periods=_period_range(resolved, name),
+            keep=keep if filters else None,
+        ).select([batches.EDUCATOR_REF, *columns])
+        frame = table.rename_columns(
+            [batches.EDUCATOR_REF, *(f"{name}.{c}" for c in columns)]
+        ).to_pandas()
+        measured = any(
+            ref is not None and ref.dataset == name
+            for ref in (resolved.measure_field, resolved.compare_field)
+        )
+        if resolved.linked and not measured:
+            # Only the measured dataset's rows count as rows. Elsewhere a teacher's
+            # repeated rows add nothing but would repeat measured rows in the join (two
+            # cohorts of one program, say: the students behind a score counted twice),
+            # so only one row per teacher and grouping values is kept.
+            frame = frame.drop_duplicates(ignore_index=True)
+        for column in resolved.link_on:  # a shared name to link on, besides the pseudonym
+            frame[f"_link.{column}"] = frame[f"{name}.{column}"]
+        frames.append(frame)
+    if not resolved.linked:
+        return frames[0]
+    keys = ["educator_ref", *(f"_link.{c}" for c in resolved.link_on)]
+    linked = frames[0]
+    for frame in frames[1:]:
+        linked = linked.merge(frame, on=keys, how="inner")
+    return linked.drop(columns=keys[1:])
+
+
+def data_version(
+    connection: Connection, resolved: ResolvedQuery, agreement: Agreement, key_version: int | None
+) -> str:
+    """What the query would read now: the accepted uploads of each of its datasets."""
+    versions = [
+        [name, [seq for seq, _ in _accepted_uploads(connection, agreement, name)]]
+        for name in resolved.query.datasets
+    ]
+    return json.dumps({"datasets": versions, "key_version": key_version})
+
+
+def _accepted_uploads(
+    connection: Connection, agreement: Agreement, dataset: str
+) -> list[tuple[int, int | None]]:
+    """The accepted uploads of ``dataset``, in order, each with its key version."""
+    uploads = (
+        select(Upload.seq, Upload.key_version)
+        .where(
+            Upload.agreement_id == agreement.id,
+            Upload.dataset == dataset,
+            Upload.status == "accepted",
+        )
+        .order_by(Upload.seq)
+    )
+    return [(seq, version) for seq, version in connection.execute(uploads)]
