@@ -397,6 +397,10 @@ def _write(
         session.add(upload)
         session.flush()
         connection = session.connection()
+        # What a release under this key version reads now, before this upload's rows.
+        version_before = batches.data_version(
+            connection, agreement_id=agreement.id, dataset=dataset.name, key_version=key_version
+        )
 
         writing = True
         for chunk in chunks:
@@ -444,6 +448,9 @@ def _write(
             raise _Refused  # leaving the block rolls back every row written so far
 
         replaced = _replace_earlier(session, upload, period_column, tally.periods)
+        version = batches.data_version(
+            connection, agreement_id=agreement.id, dataset=dataset.name, key_version=key_version
+        )
         receipt = _receipt(
             upload_id=upload_id,
             status="accepted",
@@ -458,6 +465,8 @@ def _write(
             replaced=replaced,
             reason=None,
             created_at=upload.created_at,
+            data_version=version,
+            unchanged=version == version_before,
         )
         upload.rows_read = tally.rows_read
         upload.rows_accepted = tally.rows_accepted
@@ -761,6 +770,8 @@ def _receipt(
     replaced: list[dict[str, Any]],
     reason: str | None,
     created_at: datetime,
+    data_version: str | None = None,
+    unchanged: bool | None = None,
 ) -> dict[str, Any]:
     tally = tally or _Tally()
     return {
@@ -794,6 +805,10 @@ def _receipt(
         if status == "accepted"
         else {},
         "replaced": replaced,
+        # The dataset's data version after this upload (gateway.storage.batches.
+        # data_version), and whether the upload left it as it was: the same rows stored.
+        "data_version": data_version,
+        "unchanged": unchanged,
         "problem_count": tally.problem_count,
         "problems": [p.to_dict() for p in tally.problems],
     }
@@ -815,6 +830,8 @@ def _audit_details(receipt: Mapping[str, Any]) -> dict[str, Any]:
         ],
         "key_version": receipt["key_version"],
         "replaced": receipt["replaced"],
+        "data_version": receipt["data_version"],
+        "unchanged": receipt["unchanged"],
         "problem_count": receipt["problem_count"],
     }
 

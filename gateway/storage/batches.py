@@ -14,16 +14,23 @@ TOAST-compressed).
 
 Writing happens inside the caller's transaction (an upload's, with its receipt and
 audit event), and so does deleting: an upload or a termination is still atomic.
+
+Each batch also stores a digest of its rows (:func:`content_digest`), from which
+:func:`data_version` tells, without reading a row, whether a dataset's stored content
+is the same as before: a re-upload of identical rows keeps the version.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cache
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import ColumnElement, Connection, delete, func, insert, or_, select
 
 from gateway.storage.datasets import DATASET_COLUMNS, EDUCATOR_DATASETS, RowBatch, Upload
 
@@ -68,19 +75,27 @@ def _compact(array: pa.Array, target: pa.DataType) -> pa.Array:
     return array
 
 
-def encode(schema_name: str, columns: Mapping[str, pa.Array]) -> bytes:
-    """One batch's bytes: ``columns`` (storable names, equal lengths) as an IPC stream."""
+def _compacted(schema_name: str, columns: Mapping[str, pa.Array]) -> pa.RecordBatch:
+    """``columns`` (storable names, equal lengths) in the schema's order, compacted."""
     schema = storage_schema(schema_name)
     unknown = sorted(set(columns) - set(schema.names))
     if unknown:
         raise ValueError(f"rows_{schema_name} has no column(s) {', '.join(unknown)}")
     names = [name for name in schema.names if name in columns]  # the schema's order
     arrays = [_compact(columns[name], schema.field(name).type) for name in names]
-    batch = pa.RecordBatch.from_arrays(arrays, names=names)
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _stream(batch: pa.RecordBatch) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_batch(batch)
     return bytes(sink.getvalue().to_pybytes())
+
+
+def encode(schema_name: str, columns: Mapping[str, pa.Array]) -> bytes:
+    """One batch's bytes: ``columns`` (storable names, equal lengths) as an IPC stream."""
+    return _stream(_compacted(schema_name, columns))
 
 
 def decode(payload: bytes, schema_name: str, columns: Sequence[str] | None = None) -> pa.Table:
@@ -114,12 +129,16 @@ def write_batch(
     sizes = {len(array) for array in columns.values()}
     if len(sizes) != 1:
         raise ValueError("a batch's columns must all have the same length")
+    batch = _compacted(schema_name, columns)
     connection.execute(
         insert(RowBatch).values(
             upload_seq=upload_seq,
             period=period,
             rows=sizes.pop(),
-            payload=encode(schema_name, columns),
+            payload=_stream(batch),
+            content_digest=content_digest(
+                dict(zip(batch.schema.names, batch.columns, strict=True))
+            ),
         )
     )
 
@@ -171,12 +190,207 @@ def rows_by_schema(connection: Connection, upload_seqs: Any) -> dict[str, int]:
     return {name: int(total) for name, total in counts if total}
 
 
+# --- what a dataset holds: row digests and data versions ------------------------------
+#
+# A batch's digest is an order-independent sum of its rows' hashes: two lanes, each the
+# sum modulo 2**64 of a 64-bit hash of every row (so 128 bits). A row's hash in a lane
+# mixes the sum of its cells' hashes, each a bijective mix of the cell's value (its
+# 64-bit pattern, or for text a BLAKE2b of its UTF-8 bytes) under a key of its column
+# and lane; an empty cell adds nothing, so a column a batch lacks (read as nulls) and one
+# it holds empty give the same digest. Digests of batches add up the same way, so a
+# dataset's digest is the sum over its current batches, however its rows were split
+# into files, chunks and years, and in whatever order. Values are hashed as readers see
+# them: integers whatever width they are stored in, text whatever its encoding, -0.0 as
+# 0.0. Migration 0007 holds a frozen copy of this algorithm for existing batches;
+# changing it here means a migration that recomputes every stored digest.
+#
+# The hash is not keyed (a migration must compute it without the master key), so it
+# detects any accidental change, not rows crafted to collide; a collision could make a
+# release look like a repeat and be answered with the stored, earlier release.
+
+_LANES = 2
+_DIGEST_LABEL = b"gateway row digest v1\x00"
+_VERSION_LABEL = b"gateway data version v1\x00"
+_WORD = 2**64
+_MIX_1 = np.uint64(0xFF51AFD7ED558CCD)
+_MIX_2 = np.uint64(0xC4CEB9FE1A85EC53)
+_SHIFT = np.uint64(33)
+
+Words = np.ndarray[Any, np.dtype[np.uint64]]
+
+
+def _mix(words: Words, scratch: Words | None = None) -> Words:
+    """MurmurHash3's 64-bit finaliser, in place: a bijection that spreads every bit.
+
+    ``scratch``, of the same shape, spares a temporary array per step.
+    """
+    if scratch is None:
+        scratch = np.empty_like(words)
+    for multiplier in (_MIX_1, _MIX_2):
+        np.right_shift(words, _SHIFT, out=scratch)
+        words ^= scratch
+        words *= multiplier
+    np.right_shift(words, _SHIFT, out=scratch)
+    words ^= scratch
+    return words
+
+
+@cache
+def _key(label: str) -> Words:
+    """One 64-bit key per lane for ``label``."""
+    digest = hashlib.sha256(_DIGEST_LABEL + label.encode()).digest()
+    return np.frombuffer(digest[: 8 * _LANES], dtype="<u8").astype(np.uint64)
+
+
+def _table(words: Words, key: Words) -> Words:
+    """The hashes of a few distinct values (a row each; one more row, of zeros, for an
+    empty cell), from their 64-bit words: one per value, or one per value and lane."""
+    table = np.zeros((len(words) + 1, _LANES), dtype=np.uint64)
+    table[:-1] = words if words.ndim == 2 else words[:, np.newaxis]
+    table[:-1] ^= key
+    _mix(table[:-1])
+    return table
+
+
+def _cell_hashes(array: pa.Array, key: Words, out: Words, scratch: Words) -> None:
+    """Each cell's hash in every lane, into ``out`` (a row per cell); 0 for an empty cell.
+
+    Text and integers spanning no more values than there are cells are hashed once per
+    distinct value and looked up; other values are hashed where they are.
+    """
+    kind = array.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        array = pc.dictionary_encode(array)
+        kind = array.type
+    if pa.types.is_dictionary(kind):
+        values = array.dictionary.cast(pa.string()).to_pylist()
+        text = b"".join(
+            hashlib.blake2b((v or "").encode("utf-8"), digest_size=8 * _LANES).digest()
+            for v in values
+        )
+        words = np.frombuffer(text, dtype="<u8").astype(np.uint64)
+        table = _table(words.reshape(len(values), _LANES), key)
+        table[[i for i, v in enumerate(values) if v is None]] = 0  # an empty value: a null
+        codes = array.indices
+        if codes.null_count:
+            codes = pc.fill_null(codes.cast(pa.int64()), len(values))  # the row of zeros
+        np.take(table, codes.to_numpy(zero_copy_only=False), axis=0, out=out, mode="clip")
+        return
+    valid = array.is_valid().to_numpy(zero_copy_only=False) if array.null_count else None
+    if pa.types.is_floating(kind):
+        floats = pc.fill_null(array.cast(pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+        words = (floats + 0.0).view(np.uint64)  # -0.0 + 0.0 is 0.0
+    elif pa.types.is_integer(kind) or pa.types.is_date32(kind) or pa.types.is_boolean(kind):
+        if not pa.types.is_integer(kind):
+            array = array.cast(pa.int32() if pa.types.is_date32(kind) else pa.int8())
+        filled = array if valid is None else pc.fill_null(array, 0)
+        integers = np.asarray(filled.to_numpy(zero_copy_only=False), dtype=np.int64)
+        low, high = (v.as_py() for v in pc.min_max(array).values())
+        if high - low <= len(array):
+            table = _table(np.arange(low, high + 1, dtype=np.int64).view(np.uint64), key)
+            positions = integers - low
+            if valid is not None:
+                positions[~valid] = high - low + 1
+            np.take(table, positions, axis=0, out=out, mode="clip")
+            return
+        words = integers.view(np.uint64)
+    else:
+        raise TypeError(f"no row digest for Arrow type {kind}")
+    out[:] = words[:, np.newaxis]
+    out ^= key
+    _mix(out, scratch)
+    if valid is not None:
+        out[~valid] = 0
+
+
+def content_digest(columns: Mapping[str, pa.Array | pa.ChunkedArray]) -> str:
+    """The digest of a batch's rows: 32 hex digits, the same for the same rows in any
+    order, split in any way (see :func:`add_digests`), with or without all-empty columns."""
+    sizes = {len(array) for array in columns.values()}
+    if len(sizes) > 1:
+        raise ValueError("a batch's columns must all have the same length")
+    size = sizes.pop() if sizes else 0
+    rows = np.zeros((size, _LANES), dtype=np.uint64)
+    cells = np.empty_like(rows)
+    scratch = np.empty_like(rows)
+    for name, array in columns.items():
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        if array.null_count == size:  # no value: adds nothing
+            continue
+        _cell_hashes(array, _key("column " + name), cells, scratch)
+        rows += cells
+    rows ^= _key("row")
+    _mix(rows, scratch)
+    lanes = (rows[:, lane].sum(dtype=np.uint64) for lane in range(_LANES))  # wraps: mod 2**64
+    return "".join(f"{int(lane):016x}" for lane in lanes)
+
+
+def payload_digest(payload: bytes) -> str:
+    """The digest of a stored batch, from its bytes."""
+    with pa.ipc.open_stream(pa.py_buffer(payload)) as reader:
+        table = reader.read_all()
+    return content_digest({name: table.column(name) for name in table.column_names})
+
+
+def add_digests(digests: Iterable[str]) -> str:
+    """The digest of the rows of several batches together (lane by lane, modulo 2**64)."""
+    sums = [0] * _LANES
+    for digest in digests:
+        for lane in range(_LANES):
+            sums[lane] += int(digest[16 * lane : 16 * (lane + 1)], 16)
+    return "".join(f"{total % _WORD:016x}" for total in sums)
+
+
+def data_version(
+    connection: Connection, *, agreement_id: str, dataset: str, key_version: int | None
+) -> str:
+    """A dataset's data version: 64 hex digits that change exactly when what a release
+    of the agreement would read from it now changes.
+
+    It is a function of the rows stored, never of which upload stored them: the batches
+    of the dataset's accepted uploads (a replaced year's batches are deleted), for a
+    dataset with educators only those of uploads made under ``key_version`` (the
+    pseudonyms of other versions do not link; none when it is None), as a release reads
+    them. Uploading the same rows again, in any order or format, keeps it; changing,
+    adding or removing a row changes it. Only the stored digests are read.
+    """
+    readable: ColumnElement[bool] = Upload.schema_name.not_in(sorted(EDUCATOR_DATASETS))
+    if key_version is not None:
+        readable = or_(readable, Upload.key_version == key_version)
+    stored = connection.execute(
+        select(RowBatch.id, RowBatch.rows, RowBatch.content_digest)
+        .join(Upload, Upload.seq == RowBatch.upload_seq)
+        .where(
+            Upload.agreement_id == agreement_id,
+            Upload.dataset == dataset,
+            Upload.status == "accepted",
+            readable,
+        )
+    ).all()
+    digests = []
+    for batch_id, _, digest in stored:
+        if digest is None:  # never after migration 0007; computed rather than trusted absent
+            payload = connection.execute(
+                select(RowBatch.payload).where(RowBatch.id == batch_id)
+            ).scalar_one()
+            digest = payload_digest(bytes(payload))
+        digests.append(digest)
+    rows = sum(count for _, count, _ in stored)
+    material = _VERSION_LABEL + rows.to_bytes(8, "big") + bytes.fromhex(add_digests(digests))
+    return hashlib.sha256(material).hexdigest()
+
+
 __all__ = [
     "ARROW_TYPES",
     "EDUCATOR_REF",
+    "add_digests",
+    "content_digest",
+    "data_version",
     "decode",
     "delete_rows",
     "encode",
+    "payload_digest",
     "read_rows",
     "rows_by_schema",
     "storage_schema",

@@ -169,6 +169,11 @@ class RowBatch(Base):
     period: Mapped[int] = mapped_column(Integer)
     rows: Mapped[int] = mapped_column(Integer)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
+    # An order-independent digest of the batch's rows (gateway.storage.batches.
+    # content_digest), written with the batch; data versions add these up instead of
+    # reading rows. Nullable only so migration 0007 could add it without rewriting the
+    # table; it filled every batch stored before, and a missing one is computed on read.
+    content_digest: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 def storage_mismatches(schemas: Mapping[str, DatasetSchema]) -> list[str]:
