@@ -129,7 +129,7 @@ def _gateway(files: dict[str, Path], work: Path) -> dict[str, float]:
                 gw, agreement_id=AGREEMENT, party="bayview-state", query=query, actor=actor
             )
             times[name] = time.perf_counter() - start
-            assert len(result["cells"]) == len(PROGRAMS)
+            assert len(result.to_json()["cells"]) == len(PROGRAMS)
     return times
 
 

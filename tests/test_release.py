@@ -27,8 +27,8 @@ from gateway.errors import PolicyViolation, SchemaError
 from gateway.ingest import upload_extract
 from gateway.release.budget import BudgetExhausted
 from gateway.release.engine import request_release
-from gateway.release.rows import filter_mask
 from gateway.release.query import FieldRef, Filter, Query, parse_query
+from gateway.release.rows import filter_mask
 from tests.conftest import AGREEMENT, BANDS, DISTRICT, EPP, ROOMY_EPSILON, analyst, settings_env
 from tests.conftest import evaluations_csv as evaluations_csv
 

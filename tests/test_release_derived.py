@@ -21,9 +21,9 @@ from gateway.release.aggregate import true_cells
 from gateway.release.canonical import normalise
 from gateway.release.engine import request_release
 from gateway.release.plan import plan_query
-from gateway.release.rows import load_rows
 from gateway.release.query import parse_query, resolve
 from gateway.release.reports import weighted_kappa
+from gateway.release.rows import load_rows
 from tests.conftest import AGREEMENT, DISTRICT, EPP
 
 ACTOR = audit.Actor(role="analyst", party=EPP)

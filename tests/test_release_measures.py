@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from gateway import audit
+from gateway.config import Settings
 from gateway.context import Gateway
 from gateway.ingest import upload_extract
 from gateway.release.engine import request_release
 from gateway.release.query import parse_query
-from gateway.config import Settings
 from tests.conftest import (
     AGREEMENT,
     DISTRICT,

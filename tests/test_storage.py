@@ -13,8 +13,8 @@ from gateway import audit
 from gateway.config import Settings
 from gateway.context import Gateway, initialise
 from gateway.errors import ConfigurationError, NotInitialised
-from gateway.release.rows import load_rows
 from gateway.release.query import Query, resolve
+from gateway.release.rows import load_rows
 from gateway.storage import batches, db
 from gateway.storage.datasets import RowBatch, Upload
 from tests.conftest import upload_generated

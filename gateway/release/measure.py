@@ -64,6 +64,16 @@ def select_groups(
     return {k: cells.get(k, TrueCell()) for k in plan.keys(selected)}
 
 
+def table_cells(
+    found: Mapping[GroupKey, TrueCell], plan: Plan, *, linked: bool
+) -> dict[GroupKey, TrueCell]:
+    """The table's cells: every public key (empty ones too: never left out, never
+    shown as 0), with data-dependent keys first selected by a noisy count."""
+    if plan.selection is not None:
+        return select_groups(found, plan, linked=linked)
+    return {k: found.get(k, TrueCell()) for k in plan.keys([()])}
+
+
 def measure(cells: Mapping[GroupKey, TrueCell], plan: Plan) -> Measurements:
     """Draw every cell's noise (OpenDP) in one vector per mechanism."""
     keys = list(cells)

@@ -8,12 +8,14 @@ from the noisy counts. Post-processing costs no budget.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+from gateway.agreements.models import Agreement
 from gateway.release import decide
 from gateway.release.groupkeys import named_group
 from gateway.release.measure import Measurements
-from gateway.release.model import Cell
+from gateway.release.model import AgreementRef, Cell, Release
 from gateway.release.plan import Plan
 from gateway.release.suppression import GroupKey, SuppressionResult
 
@@ -147,9 +149,47 @@ def _rate_cell(
     )
 
 
-def unprotectable(pattern: SuppressionResult, plan: Plan) -> list[dict[str, Any]]:
-    """Hidden cells whose every line is hidden whole (docs/releases.md)."""
-    return [named_group(plan.dimensions, k) for k in sorted(pattern.unprotectable, key=repr)]
+def release(
+    *,
+    release_id: str,
+    agreement: Agreement,
+    party: str,
+    recipients: list[str],
+    query: dict[str, Any],
+    table: list[Cell],
+    pattern: SuppressionResult,
+    plan: Plan,
+    budget_remaining: float,
+) -> Release:
+    """The typed release, as every recipient will see it."""
+    profile = agreement.resolved_disclosure
+    return Release(
+        release_id=release_id,
+        agreement=AgreementRef(id=agreement.id, version=agreement.version),
+        party=party,
+        recipients=recipients,
+        query=query,
+        cells=table,
+        epsilon_spent=float(plan.epsilon),
+        delta_spent=float(plan.delta_used),
+        budget_remaining=budget_remaining,
+        noise={
+            "mechanisms": plan.mechanisms(),
+            "groups_per_teacher": plan.groups_per_teacher,
+            "accuracy_95": plan.accuracy(),
+        },
+        minimum_cell={"teachers": plan.minimum, "students": profile.min_cell_students},
+        decisions={
+            "publish_threshold": plan.threshold,
+            "floor_delta": float(plan.floor_delta),
+            "students_per_teacher": plan.students_per_teacher,
+        },
+        # Hidden cells whose every line is hidden whole (docs/releases.md).
+        unprotectable=[
+            named_group(plan.dimensions, k) for k in sorted(pattern.unprotectable, key=repr)
+        ],
+        created_at=datetime.now(UTC).isoformat(),
+    )
 
 
-__all__ = ["cells", "unprotectable"]
+__all__ = ["cells", "release"]

@@ -27,10 +27,12 @@ from gateway import audit
 from gateway.agreements.models import Agreement
 from gateway.context import Gateway
 from gateway.errors import GatewayError
-from gateway.release import budget
+from gateway.release import budget, rows
+from gateway.release.groupkeys import named_key
 from gateway.release.model import AgreementRef, Preview, Release
 from gateway.release.plan import Plan
-from gateway.release.query import Query
+from gateway.release.query import Query, ResolvedQuery
+from gateway.release.suppression import SuppressionResult
 from gateway.storage.releases import Release as ReleaseRow
 from gateway.storage.releases import SuppressedCell
 
@@ -78,6 +80,13 @@ class Asked:
     def measure_signature(self) -> str:
         measure = json.loads(self.canonical)["measure"]
         return hashlib.sha256(json.dumps(measure, sort_keys=True).encode()).hexdigest()
+
+
+def asked(gateway: Gateway, agreement: Agreement, resolved: ResolvedQuery, canonical: str) -> Asked:
+    """The identity of a release of ``resolved`` on the data as it is now."""
+    with gateway.sessions() as session:
+        version = rows.current_version(session, resolved, agreement)
+    return Asked(canonical=canonical, data_version=version, agreement_hash=agreement.content_hash)
 
 
 @dataclass(frozen=True)
@@ -234,14 +243,15 @@ def record(
     release: Release,
     asked: Asked,
     plan: Plan,
+    pattern: SuppressionResult,
     actor: audit.Actor,
     signature: str,
-    newly_suppressed: list[str],
-    counts: dict[str, int],
     report: str | None,
 ) -> Release:
-    """Record the release and its audit event in one transaction; return it as recorded."""
+    """Record the release, its audit event and its suppressions (remembered for the
+    table) in one transaction; return it as recorded."""
     sha = table_hash(release)
+    hidden = pattern.suppressed
     with gateway.sessions() as session, session.begin():
         event = audit.append_event(
             session,
@@ -257,7 +267,9 @@ def record(
                 "delta": str(plan.delta_used.normalize()),
                 "floor_delta": str(plan.floor_delta.normalize()),
                 "publish_threshold": plan.threshold,
-                **counts,
+                "cells_released": len(release.cells) - len(hidden),
+                "cells_suppressed": len(hidden),
+                "cells_unprotectable": len(pattern.unprotectable),
                 "table_sha256": sha,
                 **({"report": report} if report else {}),
             },
@@ -270,7 +282,7 @@ def record(
             .values(body=json.dumps(recorded.to_json()), table_sha256=sha, status="released")
         )
         now = datetime.now(UTC)
-        for key in newly_suppressed:
+        for key in sorted(named_key(plan.dimensions, k) for k in hidden):
             session.merge(
                 SuppressedCell(
                     agreement_id=agreement.id,

@@ -317,6 +317,18 @@ def resolve(query: Query, *, agreement: Agreement, registry: Registry, party: st
     )
 
 
+def allowed_recipients(query: Query, *, agreement: Agreement, registry: Registry) -> list[str]:
+    """Every recipient allowed all of ``query``'s fields: each receives its release."""
+    allowed = []
+    for party in sorted(agreement.releases):
+        try:
+            resolve(query, agreement=agreement, registry=registry, party=party)
+        except (PolicyViolation, SchemaError):
+            continue
+        allowed.append(party)
+    return allowed
+
+
 def _check_link_on(
     query: Query,
     agreement: Agreement,

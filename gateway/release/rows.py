@@ -18,7 +18,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import Connection, select
+from sqlalchemy.orm import Session
 
+from gateway import keys
 from gateway.agreements.models import Agreement
 from gateway.release.canonical import column_value
 from gateway.release.query import FieldRef, Filter, ResolvedQuery
@@ -193,3 +195,18 @@ def _accepted_uploads(
         .order_by(Upload.seq)
     )
     return [(seq, version) for seq, version in connection.execute(uploads)]
+
+
+def _key_version(session: Session, agreement: Agreement) -> int | None:
+    key = keys.current_key_version(session, agreement.id)
+    return key.version if key else None
+
+
+def read(session: Session, resolved: ResolvedQuery, agreement: Agreement) -> pd.DataFrame:
+    """The query's rows under the agreement's current key version."""
+    return load_rows(session.connection(), resolved, agreement, _key_version(session, agreement))
+
+
+def current_version(session: Session, resolved: ResolvedQuery, agreement: Agreement) -> str:
+    """The data version the query would read now."""
+    return data_version(session.connection(), resolved, agreement, _key_version(session, agreement))
