@@ -172,3 +172,79 @@ def test_ledger_arithmetic_never_goes_negative(requests: list[Decimal]) -> None:
         assert total - spent >= 0
     assert delta_units(Decimal("1e-18")) == 1
     json.dumps(spent)
+
+
+def test_a_declared_spending_limit_caps_one_recipient_within_the_pool(
+    tmp_path: Path, database_url: str
+) -> None:
+    import yaml
+
+    from gateway.context import initialise
+    from tests.conftest import AGREEMENTS_DIR, DISTRICT, evaluations_csv, make_settings
+
+    folder = tmp_path / "agreements"
+    folder.mkdir()
+    for source in AGREEMENTS_DIR.glob("*.yaml"):
+        document = yaml.safe_load(source.read_text())
+        if document["id"] == AGREEMENT:
+            document["budget_limits"] = {EPP: {"epsilon": 0.5, "delta": 1.0e-7}}
+        (folder / source.name).write_text(yaml.safe_dump(document, sort_keys=False))
+    settings = make_settings(tmp_path, database_url, agreements_dir=folder)
+    initialise(settings)
+    path, _ = evaluations_csv(tmp_path / "e.csv")
+    with Gateway.open(settings) as gw:
+        from gateway.ingest import upload_extract
+
+        upload_extract(
+            gw,
+            agreement_id=AGREEMENT,
+            party=DISTRICT,
+            dataset="evaluations",
+            path=path,
+            actor=audit.Actor(role="uploader"),
+        )
+
+        def ask(party: str, i: int) -> None:
+            request_release(
+                gw,
+                agreement_id=AGREEMENT,
+                party=party,
+                query=_query(i, "0.3"),
+                actor=audit.Actor(role="analyst", party=party),
+            )
+
+        ask(EPP, 1)
+        with pytest.raises(BudgetExhausted, match=r"may spend epsilon 0\.2 and"):
+            ask(EPP, 2)  # 0.3 + 0.3 > the limit of 0.5
+        for i in range(3, 3 + 9):
+            ask(DISTRICT, i)  # the district may spend the rest of the pool: 2.7
+        with pytest.raises(BudgetExhausted):
+            ask(DISTRICT, 20)
+        with gw.sessions() as session:
+            report = budget_report(session, gw.agreement(AGREEMENT))
+    assert report["exact"]["spent"] == "3" and report["remaining"] == 0
+    assert report["parties"][EPP]["total"] == 0.5 and report["parties"][EPP]["spent"] == 0.3
+    assert report["parties"][DISTRICT]["exact"]["spent"] == "2.7"
+
+
+def test_a_limit_for_a_party_that_receives_nothing_is_named_by_the_check(tmp_path: Path) -> None:
+    import yaml
+
+    from gateway.agreements.loader import load_registry
+    from gateway.errors import GatewayError
+    from tests.conftest import AGREEMENTS_DIR, POLICIES_DIR
+
+    folder = tmp_path / "agreements"
+    folder.mkdir()
+    source = AGREEMENTS_DIR / f"{AGREEMENT}.yaml"
+    document = yaml.safe_load(source.read_text())
+    document["budget_limits"] = {
+        "nobody": {"epsilon": 0.5, "delta": 1.0e-7},
+        EPP: {"epsilon": 30, "delta": 1.0e-7},
+    }
+    (folder / source.name).write_text(yaml.safe_dump(document, sort_keys=False))
+    with pytest.raises(GatewayError) as refused:
+        load_registry(folder, POLICIES_DIR)
+    text = str(refused.value) + json.dumps(getattr(refused.value, "details", []))
+    assert "budget_limits" in text and "'nobody' receives no releases" in text
+    assert "exceeds the agreement's privacy_budget epsilon" in text

@@ -302,6 +302,19 @@ def test_every_rewording_is_served_as_the_stored_release_for_free(loaded: Any) -
         assert len(list(session.scalars(select(BudgetEntry)))) == 1
 
 
+def test_a_byte_identical_reupload_keeps_the_stored_release_free(
+    loaded: Any, tmp_path: Path
+) -> None:
+    from tests.conftest import evaluations_csv
+
+    gw, _ = loaded
+    first = _release(gw, BASE)
+    path, _ = evaluations_csv(tmp_path / "again.csv")  # the same rows, written again
+    _upload(gw, path, "evaluations")
+    again = _release(gw, BASE, party=DISTRICT)
+    assert again["release_id"] == first["release_id"] and again["epsilon_spent"] == 0
+
+
 def test_dataset_order_does_not_make_a_new_release(gateway: Gateway, tmp_path: Path) -> None:
     from tests.conftest import upload_generated
 

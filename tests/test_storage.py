@@ -17,7 +17,7 @@ from gateway.release.query import Query, resolve
 from gateway.release.rows import load_rows
 from gateway.storage import batches, db
 from gateway.storage.datasets import RowBatch, Upload
-from tests.conftest import upload_generated
+from tests.conftest import AGREEMENT, upload_generated
 
 EPP_OF_SPED = "northfield-state"
 
@@ -227,3 +227,75 @@ def test_an_sqlite_without_returning_is_refused(
     monkeypatch.setattr(db.sqlite3, "sqlite_version", "3.31.1")
     with pytest.raises(ConfigurationError, match=r"SQLite 3\.31\.1 is too old: .* 3\.35 or newer"):
         db.make_engine("sqlite:///" + str(settings.data_dir / "old.db"))
+
+
+def test_migration_to_partnership_releases_carries_the_ledgers_over_and_back(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Revision 0008 makes each agreement's budget one pool: its total and its spend
+    are the sums of the recipients' former shares and spends, so nothing spent is
+    forgotten; release_cells (teacher sets kept for the withdrawn differencing check)
+    is dropped. The downgrade recreates release_cells and removes the pools."""
+    initialise(settings)
+    engine = db.make_engine(settings.resolved_database_url)
+    try:
+        config = db._alembic_config(engine)
+        command.downgrade(config, "0007")
+        with engine.begin() as connection:
+            assert "budget_pools" not in inspect(connection).get_table_names()
+            connection.execute(text("DELETE FROM privacy_budgets"))
+            connection.execute(
+                text(
+                    "INSERT INTO privacy_budgets (agreement_id, party, epsilon_total, "
+                    "delta_total, epsilon_spent, delta_spent, updated_at) VALUES "
+                    "(:a, :p, :et, :dt, :es, :ds, :at)"
+                ),
+                [
+                    {
+                        "a": AGREEMENT,
+                        "p": "bayview-state",
+                        "et": 1_500_000_000_000,
+                        "dt": 500_000_000_000,
+                        "es": 300_000_000_000,
+                        "ds": 7,
+                        "at": "2026-11-01",
+                    },
+                    {
+                        "a": AGREEMENT,
+                        "p": "eastport-ps",
+                        "et": 1_500_000_000_000,
+                        "dt": 500_000_000_000,
+                        "es": 1_000_000_000_000,
+                        "ds": 0,
+                        "at": "2026-11-02",
+                    },
+                ],
+            )
+        command.upgrade(config, "0008")
+        with engine.connect() as connection:
+            pool = connection.execute(
+                text(
+                    "SELECT epsilon_total, delta_total, epsilon_spent, delta_spent "
+                    "FROM budget_pools WHERE agreement_id = :a"
+                ),
+                {"a": AGREEMENT},
+            ).one()
+            assert tuple(pool) == (3_000_000_000_000, 1_000_000_000_000, 1_300_000_000_000, 7)
+            assert "release_cells" not in inspect(connection).get_table_names()
+            columns = {c["name"] for c in inspect(connection).get_columns("releases")}
+            assert {"repeat_key", "status"} <= columns
+        # At the next start the pool's total is the agreement's again; the spend stays.
+        with Gateway.open(settings) as gw, gw.sessions() as session:
+            from gateway.release.budget import budget_report
+
+            report = budget_report(session, gw.agreement(AGREEMENT))
+        assert report["exact"]["spent"] == "1.3" and report["total"] == 3.0
+        assert report["parties"]["eastport-ps"]["exact"]["spent"] == "1"
+        command.downgrade(config, "0007")
+        with engine.connect() as connection:
+            tables = inspect(connection).get_table_names()
+            assert "release_cells" in tables and "budget_pools" not in tables
+        command.upgrade(config, "head")
+        assert db.current_revision(engine) == db.head_revision()
+    finally:
+        engine.dispose()

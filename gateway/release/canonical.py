@@ -102,8 +102,13 @@ def _as_set(ref: FieldRef, item: Filter) -> list[Any] | None:
         assert isinstance(item.value, list)
         return _distinct([column_value(spec, v) for v in item.value])
     low, high = (column_value(spec, v) for v in item.value)  # type: ignore[union-attr]
-    integers = all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high))
-    if spec.type == "integer" and integers:
+    numbers = all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        for v in (low, high)
+    )
+    if spec.type == "integer" and numbers:
+        # An integer column holds whole numbers: x >= 1.5 is x >= 2, x <= 3.5 is x <= 3.
+        low, high = math.ceil(low), math.floor(high)
         r_low, r_high = _range(spec)
         low = low if r_low is None else max(low, math.ceil(r_low))
         high = high if r_high is None else min(high, math.floor(r_high))

@@ -173,12 +173,16 @@ def load_rows(
 def data_version(
     connection: Connection, resolved: ResolvedQuery, agreement: Agreement, key_version: int | None
 ) -> str:
-    """What the query would read now: the accepted uploads of each of its datasets."""
-    versions = [
-        [name, [seq for seq, _ in _accepted_uploads(connection, agreement, name)]]
-        for name in resolved.query.datasets
-    ]
-    return json.dumps({"datasets": versions, "key_version": key_version})
+    """What the query would read now: each dataset's content digest (storage/batches.py),
+    a function of the stored rows, not of the uploads that stored them, so uploading
+    the same rows again keeps it and a stored release is still a free repeat."""
+    versions = {
+        name: batches.data_version(
+            connection, agreement_id=agreement.id, dataset=name, key_version=key_version
+        )
+        for name in sorted(resolved.query.datasets)
+    }
+    return json.dumps({"datasets": versions, "key_version": key_version}, sort_keys=True)
 
 
 def _accepted_uploads(

@@ -57,9 +57,7 @@ def upgrade() -> None:
     with op.batch_alter_table("releases", schema=None) as batch_op:
         batch_op.add_column(sa.Column("repeat_key", sa.String(length=64), nullable=True))
         batch_op.add_column(
-            sa.Column(
-                "status", sa.String(length=16), nullable=False, server_default="released"
-            )
+            sa.Column("status", sa.String(length=16), nullable=False, server_default="released")
         )
         batch_op.create_index("ix_releases_repeat_key", ["repeat_key"], unique=True)
     with op.batch_alter_table("release_cells", schema=None) as batch_op:
