@@ -48,3 +48,11 @@ def test_95_percent_intervals_cover_about_95_percent() -> None:
     # 4000 draws: the binomial standard error is about 0.35 percentage points.
     assert 0.93 <= covered <= 0.985
     assert 0.93 <= covered_sums <= 0.97
+
+
+def test_counts_under_a_large_scale_are_never_clamped_to_a_32_bit_sentinel() -> None:
+    # At a scale of 10^12 a 32-bit sampler saturates at 2^31 - 1 nearly every time.
+    wide = noise.integer_noise(1, Decimal("1e-12"))
+    values = wide.release([5] * 50)
+    assert all(abs(v) not in (2**31 - 1, 2**31) for v in values)
+    assert max(abs(v) for v in values) > 2**31  # 64-bit integers: the noise is what it is
