@@ -50,12 +50,12 @@ def test_the_threshold_is_the_smallest_that_keeps_the_floor_within_floor_delta(
     plan = _plan(epsilon, groups, minimum, floor_delta)
     tau = decide.publish_threshold(plan, None)
     assert plan.counts is not None
-    per_cell = float(floor_delta) / (groups * math.exp(float(epsilon)))
+    per_cell = float(floor_delta) / (groups * (1 + math.exp(float(epsilon))))
     # A cell of minimum - 1 teachers reaches tau only with noise >= tau - (minimum - 1).
     reach = plan.counts.tail(tau - (minimum - 1))
     assert reach <= per_cell * (1 + 1e-9)
-    # The g cells one teacher can move, at e^epsilon: within floor_delta in total.
-    assert groups * math.exp(float(epsilon)) * reach <= float(floor_delta) * (1 + 1e-9)
+    # The g cells one teacher can move, both ways round: within floor_delta in total.
+    assert groups * (1 + math.exp(float(epsilon))) * reach <= float(floor_delta) * (1 + 1e-9)
     if tau - 1 >= minimum:  # one lower would not do
         assert plan.counts.tail(tau - 1 - (minimum - 1)) > per_cell
     assert tau >= minimum

@@ -52,6 +52,11 @@ def delta_units(value: Decimal) -> int:
     return int((value / DELTA_UNIT).to_integral_exact())
 
 
+def decimal_text(value: Decimal) -> str:
+    """An exact decimal in one spelling, without an exponent: "10", "0.5", "0.000000001"."""
+    return format(value.normalize(), "f")
+
+
 def from_epsilon_units(units: int) -> Decimal:
     return (Decimal(units) * EPSILON_UNIT).normalize()
 
@@ -101,11 +106,11 @@ class BudgetState:
             "delta_spent": float(self.delta_spent),
             "delta_remaining": float(self.delta_remaining),
             "exact": {
-                "total": str(self.epsilon_total),
-                "spent": str(self.epsilon_spent),
-                "remaining": str(self.epsilon_remaining),
-                "delta_total": str(self.delta_total),
-                "delta_spent": str(self.delta_spent),
+                "total": decimal_text(self.epsilon_total),
+                "spent": decimal_text(self.epsilon_spent),
+                "remaining": decimal_text(self.epsilon_remaining),
+                "delta_total": decimal_text(self.delta_total),
+                "delta_spent": decimal_text(self.delta_spent),
             },
         }
 
@@ -173,9 +178,12 @@ def sync_budgets(session: Session, agreement: Agreement) -> None:
         select(PrivacyBudget).where(PrivacyBudget.agreement_id == agreement.id)
     ):
         if former.party not in current and former.epsilon_total != former.epsilon_spent:
-            # No longer a recipient: its spending is closed at what it spent.
+            # No longer a recipient: its spending is closed at what it spent (logged).
+            was = (former.epsilon_total, former.delta_total)
             former.epsilon_total, former.delta_total = former.epsilon_spent, former.delta_spent
             former.updated_at = now
+            closed = (former.epsilon_total, former.delta_total)
+            _log_change(session, agreement, former.party, closed, was)
     for party in sorted(current):
         limit_e, limit_d = party_limit(agreement, party)
         row = session.get(PrivacyBudget, (agreement.id, party), with_for_update=True)
@@ -210,8 +218,8 @@ def _log_change(
     previous = None
     if before is not None:
         previous = {
-            "epsilon_total": str(from_epsilon_units(before[0])),
-            "delta_total": str(from_delta_units(before[1])),
+            "epsilon_total": decimal_text(from_epsilon_units(before[0])),
+            "delta_total": decimal_text(from_delta_units(before[1])),
         }
     audit.append_event(
         session,
@@ -220,8 +228,8 @@ def _log_change(
         details={
             # party None: the agreement's pool; a party: its spending limit.
             "party": party,
-            "epsilon_total": str(from_epsilon_units(total[0])),
-            "delta_total": str(from_delta_units(total[1])),
+            "epsilon_total": decimal_text(from_epsilon_units(total[0])),
+            "delta_total": decimal_text(from_delta_units(total[1])),
             "previous": previous,
         },
         agreement=agreement,
@@ -270,9 +278,9 @@ def budget_report(session: Session, agreement: Agreement) -> dict[str, Any]:
             "delta": float(agreement.resolved_disclosure.per_release_minimum.delta),
         },
         "exact": {
-            "total": str(from_epsilon_units(total_e)),
-            "spent": str(from_epsilon_units(spent_e)),
-            "remaining": str(from_epsilon_units(max(total_e - spent_e, 0))),
+            "total": decimal_text(from_epsilon_units(total_e)),
+            "spent": decimal_text(from_epsilon_units(spent_e)),
+            "remaining": decimal_text(from_epsilon_units(max(total_e - spent_e, 0))),
         },
         "parties": {s.party: s.to_dict() for s in budget_states(session, agreement.id)},
     }
@@ -344,10 +352,10 @@ def reserve(
         details={
             "release_id": release_id,
             "party": party,
-            "epsilon": str(epsilon),
-            "delta": str(delta),
-            "epsilon_spent": str(from_epsilon_units(pool.epsilon_spent)),
-            "epsilon_remaining": str(state.epsilon_remaining),
+            "epsilon": decimal_text(epsilon),
+            "delta": decimal_text(delta),
+            "epsilon_spent": decimal_text(from_epsilon_units(pool.epsilon_spent)),
+            "epsilon_remaining": decimal_text(state.epsilon_remaining),
         },
         agreement=agreement,
     )
@@ -367,9 +375,9 @@ def budget_history(session: Session, agreement_id: str) -> list[dict[str, Any]]:
                 "at": entry.created_at.isoformat(),
                 "party": entry.party,
                 "release_id": entry.release_id,
-                "epsilon": str(from_epsilon_units(entry.epsilon)),
-                "delta": str(from_delta_units(entry.delta)),
-                "party_spent": str(from_epsilon_units(running[entry.party])),
+                "epsilon": decimal_text(from_epsilon_units(entry.epsilon)),
+                "delta": decimal_text(from_delta_units(entry.delta)),
+                "party_spent": decimal_text(from_epsilon_units(running[entry.party])),
             }
         )
     return history

@@ -30,6 +30,7 @@ from decimal import Decimal
 from typing import Any
 
 from gateway.agreements.models import Agreement, ColumnSpec
+from gateway.release.budget import decimal_text
 from gateway.release.model import Cell
 from gateway.release.query import FieldRef, Filter, Query, ResolvedQuery
 
@@ -276,11 +277,6 @@ def canonical_text(resolved: ResolvedQuery) -> str:
     if resolved.link_on:
         body["link_on"] = list(resolved.link_on)
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def decimal_text(value: Decimal) -> str:
-    """An exact decimal in one spelling: 10, 0.5, 0.000000000001 (no exponent)."""
-    return format(value.normalize(), "f")
 
 
 def fingerprint(text: str) -> str:

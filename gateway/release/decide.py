@@ -9,14 +9,18 @@ counted in delta:
     a cell is published  iff  its noisy count >= tau  and  its true count >= minimum
 
 tau is chosen so that a cell whose true count is below the minimum reaches tau
-with probability at most ``p = floor_delta / (g * e^epsilon)`` (``g``: the cells one
-teacher can change). Without the floor the release is (epsilon, 0)-DP (it is
-post-processing of the noisy counts). With it, the output differs from that
-mechanism's only on the event that some cell below the minimum reaches tau; one
-teacher moves at most ``g`` cells across the floor, so for neighbouring datasets
-``P[M(D) in S] <= e^epsilon P[M(D') in S] + e^epsilon * g * p`` and the release is
-(epsilon, floor_delta)-DP. The argument is set out for a privacy officer in
-docs/releases.md.
+with probability at most ``p = floor_delta / (g * (1 + e^epsilon))`` (``g``: the cells
+one teacher can change). Without the floor the release M is (epsilon, 0)-DP (it is
+post-processing of the noisy counts); call the release with the floor M'. Take
+neighbouring datasets D, D' (one teacher's rows added or removed). Cells whose true
+counts are equal in D and D' have identical output distributions under M' (the floor
+acts on both alike and their noise is independent of the rest), so fix them. Of the at
+most ``g`` cells whose counts differ, M' differs from M only when such a cell is below
+the minimum and its noisy count reaches tau: probability at most ``g * p``. Hence
+``P[M'(D) in S] <= P[M(D) in S] + g p <= e^eps P[M(D') in S] + g p
+<= e^eps (P[M'(D') in S] + g p) + g p = e^eps P[M'(D') in S] + (1 + e^eps) g p``,
+and with ``p`` as above the release is (epsilon, floor_delta)-DP. docs/releases.md
+sets the argument out for a privacy officer.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ TOP_CODE = 0.95
 def floor_tail(plan: Plan) -> float:
     """The chance each cell below the minimum may have of reaching the threshold."""
     exponent = min(float(plan.epsilon), 700.0)
-    return float(plan.floor_delta) / (plan.groups_per_teacher * math.exp(exponent))
+    return float(plan.floor_delta) / (plan.groups_per_teacher * (1.0 + math.exp(exponent)))
 
 
 def publish_threshold(plan: Plan, profile_threshold: int | None) -> int:

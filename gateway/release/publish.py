@@ -128,8 +128,8 @@ def preview(
         delta_remaining=float(state.delta_remaining) if state else 0.0,
         would_fit=repeat or bool(state and state.fits(plan.epsilon, plan.delta_used)),
         exact={
-            "epsilon_cost": "0" if repeat else str(plan.epsilon.normalize()),
-            "delta_cost": "0" if repeat else str(plan.delta_used.normalize()),
+            "epsilon_cost": "0" if repeat else budget.decimal_text(plan.epsilon),
+            "delta_cost": "0" if repeat else budget.decimal_text(plan.delta_used),
         },
     )
 
@@ -230,9 +230,15 @@ def remembered(gateway: Gateway, agreement: Agreement, signature: str) -> set[st
 
 
 def table_hash(release: Release) -> str:
-    cells = release.to_json()["cells"]
+    """SHA-256 of the cells, whatever order they are shown in (each recipient sees them
+    in the order it asked): each cell as JSON with sorted keys, the texts sorted, then
+    the list as JSON."""
+    texts = sorted(
+        json.dumps(cell, sort_keys=True, separators=(",", ":"))
+        for cell in release.to_json()["cells"]
+    )
     return hashlib.sha256(
-        json.dumps(cells, sort_keys=True, separators=(",", ":")).encode()
+        json.dumps([json.loads(t) for t in texts], sort_keys=True, separators=(",", ":")).encode()
     ).hexdigest()
 
 
@@ -263,9 +269,9 @@ def record(
                 "recipients": release.recipients,
                 "query": json.loads(asked.canonical),
                 "data_version": asked.data_version,
-                "epsilon": str(plan.epsilon.normalize()),
-                "delta": str(plan.delta_used.normalize()),
-                "floor_delta": str(plan.floor_delta.normalize()),
+                "epsilon": budget.decimal_text(plan.epsilon),
+                "delta": budget.decimal_text(plan.delta_used),
+                "floor_delta": budget.decimal_text(plan.floor_delta),
                 "publish_threshold": plan.threshold,
                 "cells_released": len(release.cells) - len(hidden),
                 "cells_suppressed": len(hidden),

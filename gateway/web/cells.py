@@ -40,11 +40,11 @@ def group_label(cell: Mapping[str, Any]) -> str:
     return " · ".join(str(v) for v in cell["group"].values()) or "all"
 
 
-def suppression_reason(reason: str | None, minimum: int | None) -> str:
-    """Why a cell is hidden, in a sentence fragment."""
+def suppression_reason(reason: str | None, threshold: int | None) -> str:
+    """Why a cell is hidden, in a sentence fragment (decided on the noisy count)."""
     if reason == "primary":
-        fewer = f"fewer than {minimum} teachers" if minimum else "too few teachers"
-        return f"{fewer} (or students) behind it (primary suppression)"
+        needed = f"{threshold} teachers" if threshold else "the publish threshold"
+        return f"its noisy count did not reach {needed} (primary suppression)"
     if reason == "complementary":
         return "hidden so a small cell cannot be worked out from totals (complementary)"
     return reason or "hidden"
@@ -52,7 +52,8 @@ def suppression_reason(reason: str | None, minimum: int | None) -> str:
 
 def cell_rows(release: Mapping[str, Any]) -> list[CellRow]:
     cells: Sequence[Mapping[str, Any]] = release.get("cells") or []
-    minimum = (release.get("minimum_cell") or {}).get("teachers")
+    decisions = release.get("decisions") or {}
+    threshold = decisions.get("publish_threshold")
     rows = []
     for cell in cells:
         ci = cell.get("ci95")
@@ -60,7 +61,7 @@ def cell_rows(release: Mapping[str, Any]) -> list[CellRow]:
         share = cell.get("share")
         coded = cell.get("coded")
         if cell.get("suppressed"):
-            status = "Suppressed: " + suppression_reason(cell.get("reason"), minimum)
+            status = "Suppressed: " + suppression_reason(cell.get("reason"), threshold)
         elif coded:
             status = f"Coded: the share is {coded}; no number is given"
         else:
