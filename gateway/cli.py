@@ -425,6 +425,11 @@ def _print_receipt(receipt: dict[str, Any]) -> None:
         click.echo(f"  dropped: {dropped['header']!r} ({dropped['reason']})")
     if receipt.get("key_version") is not None:
         click.echo(f"  pseudonym key version {receipt['key_version']}")
+    if receipt.get("unchanged"):
+        click.echo(
+            "  the stored rows are unchanged (data version kept): releases asked before "
+            "come back stored, at no cost"
+        )
     for replaced in receipt["replaced"]:
         period = f" for {replaced['period']}" if replaced["period"] is not None else ""
         click.echo(f"  replaces upload {replaced['upload_id']}{period} ({replaced['rows']} rows)")

@@ -376,3 +376,22 @@ def test_migration_0007_fills_the_digest_of_every_stored_batch(
             "staffing": version(gw, dataset="staffing", agreement=SPED),
             "vacancies": version(gw, dataset="vacancies", agreement=SPED, key_version=None),
         } == before
+
+
+def test_the_command_line_says_when_a_reupload_left_the_rows_unchanged(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+    from tests.conftest import AGREEMENT, DISTRICT, evaluations_csv, settings_env
+
+    initialise(settings)
+    path, _ = evaluations_csv(tmp_path / "e.csv")
+    args = ["upload", "--agreement", AGREEMENT, "--party", DISTRICT, "--dataset"]
+    env = settings_env(settings)
+    first = CliRunner().invoke(main, [*args, "evaluations", str(path)], env=env)
+    again = CliRunner().invoke(main, [*args, "evaluations", str(path)], env=env)
+    assert first.exit_code == 0 and again.exit_code == 0, again.output
+    assert "unchanged" not in first.stdout
+    assert "the stored rows are unchanged (data version kept)" in again.stdout
