@@ -698,6 +698,9 @@ def _standard_profile() -> DisclosureProfile:
     return load_registry(AGREEMENTS, POLICIES).profiles["standard"]
 
 
+# No deadline: the first example loads the registry (cached for the rest), which takes
+# longer than Hypothesis's default 200 ms on a busy machine.
+@settings(deadline=None)
 @given(_overrides)
 def test_overrides_win_and_everything_else_is_inherited(overrides: dict[str, Any]) -> None:
     base = _standard_profile()
@@ -744,7 +747,7 @@ def test_every_model_field_is_documented() -> None:
 
 def test_agreement_model_adds_only_loader_fields() -> None:
     added = set(Agreement.model_fields) - set(agreement_models.AgreementDocument.model_fields)
-    assert added == {"resolved_disclosure", "content_hash", "source_path"}
+    assert added == {"resolved_disclosure", "content_hash", "source_path", "hierarchies"}
 
 
 def test_terms_hash_follows_the_file_and_the_policies_it_uses(tmp_path: Path) -> None:

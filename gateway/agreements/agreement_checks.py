@@ -5,7 +5,11 @@ Release rules chosen here (documented in docs/agreements.md):
 - a **dimension** must be a ``quasi_identifier`` column of type string,
   integer or boolean: numbers and dates would give one cell per value;
 - a **measure** must be a ``measure`` or ``student_measure`` column;
-- ``educator_id`` and direct identifiers are never release fields.
+- ``educator_id`` and direct identifiers are never release fields;
+- a plain release field stored by several datasets coarsens alike in each
+  (one hierarchy per field), and the agreement's ``groupings`` follow the
+  hierarchy rules of :mod:`.hierarchy_checks` over the column's codes or the
+  agreement's public values.
 """
 
 from __future__ import annotations
@@ -15,9 +19,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.agreements.findings import Finding, duplicates
-from gateway.agreements.models import AgreementDocument, DatasetSchema, DisclosureProfile
+from gateway.agreements.hierarchy_checks import check_hierarchy
+from gateway.agreements.models import (
+    AgreementDocument,
+    ColumnSpec,
+    DatasetSchema,
+    DisclosureProfile,
+    Hierarchy,
+    HierarchyCode,
+)
 from gateway.agreements.policy_checks import resolve_disclosure
 from gateway.agreements.yamldoc import Loc
+from gateway.errors import NotFound
 
 #: Column types a release dimension may have: few distinct values per column.
 DIMENSION_TYPES = frozenset({"string", "integer", "boolean"})
@@ -54,6 +67,9 @@ def check_agreement(
     findings += _check_linkage(document, policies)
     findings += _check_releases(document, policies)
     findings += _check_public_values(document, policies)
+    findings += _check_groupings(document, policies)
+    findings += _check_public_values_grouped(document, policies)
+    findings += _check_one_hierarchy_per_field(document, policies)
     resolved, disclosure_findings = _check_disclosure(document, policies)
     findings += disclosure_findings
     findings += _check_budget_limits(document, resolved)
@@ -391,3 +407,166 @@ def _check_disclosure(
             reason = f"unknown disclosure profile {name!r} (known profiles: {known})"
         return None, [Finding(("disclosure", "profile"), reason)]
     return resolve_disclosure(profile, document.disclosure.overrides)
+
+
+# --- hierarchies -----------------------------------------------------------------
+
+
+def _values_of(
+    document: AgreementDocument, column: str, spec: ColumnSpec
+) -> tuple[HierarchyCode, ...] | None:
+    """All the values ``column`` takes under this agreement, when they are listed: the
+    agreement's public values, else the schema's codes (booleans: both)."""
+    if column in document.public_values:
+        return tuple(document.public_values[column])
+    if spec.codes:
+        return tuple(code for code in spec.code_values if not isinstance(code, float))
+    if spec.type == "boolean":
+        return (False, True)
+    return None
+
+
+def effective_hierarchies(
+    document: AgreementDocument, schemas: Mapping[str, DatasetSchema]
+) -> dict[str, dict[str, Hierarchy]]:
+    """The hierarchy in force for each stored column that has one, by dataset and column.
+
+    An agreement's ``groupings`` entry for ``dataset.column`` wins over one for the
+    plain ``column``, which wins over the schema's; the result keeps only the
+    values the agreement lists (its public values), so a program area with none
+    of this EPP's programs is not a group here.
+    """
+    found: dict[str, dict[str, Hierarchy]] = {}
+    for dataset in document.datasets:
+        schema = schemas.get(dataset.schema_name)
+        if schema is None:
+            continue
+        for column in dataset.stored_fields:
+            spec = schema.columns.get(column)
+            if spec is None:
+                continue
+            hierarchy = document.groupings.get(
+                f"{dataset.name}.{column}", document.groupings.get(column, spec.hierarchy)
+            )
+            if hierarchy is None:
+                continue
+            values = _values_of(document, column, spec)
+            if values is not None and not hierarchy.pooled:
+                hierarchy = hierarchy.restricted_to(values)
+            found.setdefault(dataset.name, {})[column] = hierarchy
+    return found
+
+
+def _column_specs(
+    document: AgreementDocument, policies: Policies, ref: str
+) -> list[tuple[str, ColumnSpec]]:
+    """(dataset name, column spec) of each dataset storing the release field ``ref``."""
+    column = ref.rpartition(".")[2]
+    specs = []
+    for dataset in document.datasets_storing(ref):
+        schema = policies.schemas.get(dataset.schema_name)
+        spec = schema.columns.get(column) if schema is not None else None
+        if spec is not None:
+            specs.append((dataset.name, spec))
+    return specs
+
+
+def _check_groupings(document: AgreementDocument, policies: Policies) -> list[Finding]:
+    """Each grouping names a stored column and is a valid hierarchy of it."""
+    findings: list[Finding] = []
+    dataset_names = {d.name for d in document.datasets}
+    for ref, hierarchy in document.groupings.items():
+        base: Loc = ("groupings", ref)
+        dataset_name, dot, column = ref.rpartition(".")
+        if dot and dataset_name not in dataset_names:
+            findings.append(
+                Finding(
+                    base,
+                    f"{ref!r} names dataset {dataset_name!r}, which this agreement does not have",
+                )
+            )
+            continue
+        if not document.datasets_storing(ref):
+            where = f"dataset {dataset_name!r}" if dot else "any dataset of this agreement"
+            findings.append(Finding(base, f"{ref!r} is not a stored field of {where}"))
+            continue
+        for _, spec in _column_specs(document, policies, ref):
+            for finding in check_hierarchy(
+                hierarchy,
+                spec,
+                name=ref,
+                base=base,
+                codes=_values_of(document, column, spec),
+                codes_are=(
+                    f"this agreement's public_values of {column!r}"
+                    if column in document.public_values
+                    else None
+                ),
+            ):
+                if finding not in findings:  # a plain field over two datasets: say it once
+                    findings.append(finding)
+    return findings
+
+
+def _check_public_values_grouped(document: AgreementDocument, policies: Policies) -> list[Finding]:
+    """A schema's hierarchy of a column without codes (``program_code``) covers
+    every public value the agreement lists for it."""
+    findings: list[Finding] = []
+    for column, values in document.public_values.items():
+        for dataset in document.datasets_storing(column):
+            schema = policies.schemas.get(dataset.schema_name)
+            spec = schema.columns.get(column) if schema is not None else None
+            if (
+                spec is None
+                or spec.codes  # the schema's own check covers every code
+                or spec.hierarchy is None
+                or spec.hierarchy.pooled
+                or column in document.groupings
+                or f"{dataset.name}.{column}" in document.groupings
+            ):
+                continue
+            for index, value in enumerate(values):
+                for level in spec.hierarchy.levels:
+                    try:
+                        spec.hierarchy.parent(value, level.name)
+                    except NotFound:
+                        finding = Finding(
+                            ("public_values", column, index),
+                            f"{value!r} is in no group of level {level.name!r} of the hierarchy "
+                            f"of {dataset.schema_name}.{column} (policies/datasets/"
+                            f"{dataset.schema_name}.yaml): add it there, or declare this "
+                            f"agreement's own groupings.{column}",
+                        )
+                        if finding not in findings:
+                            findings.append(finding)
+                        break
+    return findings
+
+
+def _check_one_hierarchy_per_field(
+    document: AgreementDocument, policies: Policies
+) -> list[Finding]:
+    """A plain release field stored by several datasets coarsens the same way in each,
+    so a cell of that field has one parent."""
+    findings: list[Finding] = []
+    hierarchies = effective_hierarchies(document, policies.schemas)
+    for party_id, fields in document.releases.items():
+        for kind, refs in (("dimensions", fields.dimensions), ("measures", fields.measures)):
+            for index, ref in enumerate(refs):
+                if "." in ref:
+                    continue
+                used = [
+                    (name, hierarchies.get(name, {}).get(ref))
+                    for name, _ in _column_specs(document, policies, ref)
+                ]
+                differing = next((other for other in used[1:] if other[1] != used[0][1]), None)
+                if differing is not None:
+                    findings.append(
+                        Finding(
+                            ("releases", party_id, kind, index),
+                            f"{ref!r} coarsens differently in dataset {used[0][0]!r} than in "
+                            f"dataset {differing[0]!r} (their schemas' hierarchies differ): "
+                            f"declare the agreement's own groupings.{ref}, or qualify the field",
+                        )
+                    )
+    return findings

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from gateway.agreements.agreement_checks import Policies, check_agreement
+from gateway.agreements.agreement_checks import Policies, check_agreement, effective_hierarchies
 from gateway.agreements.findings import Finding, validation_findings
 from gateway.agreements.models import (
     Agreement,
@@ -337,6 +337,7 @@ def _load_agreement(
             "resolved_disclosure": resolved,
             "content_hash": _terms_hash(raw, parsed, policies, resolved),
             "source_path": path,
+            "hierarchies": effective_hierarchies(parsed, policies.schemas),
         }
     )
     return agreement, document

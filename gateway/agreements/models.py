@@ -12,8 +12,9 @@ Every field named here is documented in ``docs/agreements.md``.
 
 from __future__ import annotations
 
+import numbers
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
@@ -109,6 +111,193 @@ class Normalisation(_FileModel):
     strip_leading_zeros: bool
 
 
+# --- hierarchies -------------------------------------------------------------------
+
+#: A code a hierarchy groups: a value of a string, integer or boolean column.
+HierarchyCode = str | int | bool
+#: A level of a hierarchy, by position (0 is the finest declared level) or by name.
+LevelRef = int | str
+
+
+def code_key(value: Any) -> tuple[bool, Any]:
+    """How codes are compared: by value, except that ``True`` and ``1`` differ
+    (as in the schemas' code lists)."""
+    return (isinstance(value, bool), value)
+
+
+def _check_pool(value: int) -> int:
+    if value < 1:
+        raise ValueError(f"pool must be a whole number of years, at least 1, got {value}")
+    return value
+
+
+def window_label(end: int, pool: int) -> str:
+    """The label of the ``pool`` years ending at ``end``: 2023, an en dash, 2025."""
+    start = end - pool + 1
+    return str(end) if start == end else f"{start}\u2013{end}"
+
+
+class HierarchyLevel(_FileModel):
+    """One level of a hierarchy: codes gathered into labelled groups, or pooled years.
+
+    Exactly one of ``groups`` (group label -> the codes it covers) and ``pool``
+    (a window of that many consecutive years, one ending at each year) is given.
+    """
+
+    name: Text
+    groups: dict[Text, list[HierarchyCode]] | None = None
+    pool: Annotated[int, AfterValidator(_check_pool)] | None = None
+
+    @model_validator(mode="after")
+    def _groups_or_pool(self) -> HierarchyLevel:
+        if (self.groups is None) == (self.pool is None):
+            raise ValueError(
+                "a level has either groups (label: [codes]) or a pool (a window of years), "
+                + ("not both" if self.groups is not None else "and this one has neither")
+            )
+        return self
+
+    def window(self, end: int) -> list[int]:
+        """The years of this pool level's window ending at ``end``, oldest first."""
+        if self.pool is None:
+            raise ValueError(f"level {self.name!r} groups codes; it has no windows of years")
+        return list(range(end - self.pool + 1, end + 1))
+
+
+class Hierarchy(_FileModel):
+    """How one dimension coarsens: its declared levels, finest first, then the top.
+
+    Every hierarchy ends in an implicit top level whose one group, labelled
+    ``top``, covers every value. Levels are referred to by position (0 is the
+    finest declared level, ``len(levels)`` the top) or by name (the top level's
+    name is its label). The rules a valid hierarchy follows (every code in
+    exactly one group per level, levels nesting) are checked by
+    :mod:`.hierarchy_checks`; the methods here assume them.
+    """
+
+    levels: list[HierarchyLevel]
+    top: Text = "all"
+
+    # code key -> group label, one mapping per level (empty for pools): built once.
+    _parents: tuple[dict[tuple[bool, Any], str], ...] = PrivateAttr(default=())
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Index each level's groups by code, so :meth:`parent` is one lookup."""
+        indexes = []
+        for level in self.levels:
+            index: dict[tuple[bool, Any], str] = {}
+            for label, codes in (level.groups or {}).items():
+                for code in codes:
+                    index.setdefault(code_key(code), label)
+            indexes.append(index)
+        self._parents = tuple(indexes)
+
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        """The names of the levels, finest first, ending with the top level's."""
+        return (*(level.name for level in self.levels), self.top)
+
+    @property
+    def pooled(self) -> bool:
+        """True when the levels pool years (rather than group codes)."""
+        return any(level.pool is not None for level in self.levels)
+
+    @property
+    def codes(self) -> tuple[HierarchyCode, ...]:
+        """The codes the finest level groups, in file order (empty when it pools years)."""
+        if not self.levels or self.levels[0].groups is None:
+            return ()
+        return tuple(code for codes in self.levels[0].groups.values() for code in codes)
+
+    def level_index(self, level: LevelRef) -> int:
+        """The position of ``level`` (a position or a name); :class:`NotFound` if none."""
+        names = self.level_names
+        if isinstance(level, int) and not isinstance(level, bool):
+            if 0 <= level < len(names):
+                return level
+        elif isinstance(level, str) and level in names:
+            return names.index(level)
+        raise NotFound(f"no level {level!r} in this hierarchy (levels: {', '.join(names)})")
+
+    def parent(self, value: HierarchyCode, level: LevelRef) -> str:
+        """The label of the group of ``level`` that covers ``value``.
+
+        For a pool level that is the window ending at ``value`` (see
+        :func:`window_label`); at the top level, ``top``. :class:`NotFound` if
+        ``value`` is in no group.
+        """
+        index = self.level_index(level)
+        if index == len(self.levels):
+            return self.top
+        pool = self.levels[index].pool
+        if pool is not None:
+            # Integral, not int: years read from a table may be numpy integers.
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise NotFound(
+                    f"{value!r} is not a year: level {self.levels[index].name!r} pools years"
+                )
+            return window_label(int(value), pool)
+        try:
+            return self._parents[index][code_key(value)]
+        except KeyError:
+            raise NotFound(
+                f"{value!r} is in no group of level {self.levels[index].name!r}"
+            ) from None
+
+    def parents(self, value: HierarchyCode) -> tuple[str, ...]:
+        """The label covering ``value`` at each level, finest first, ending with ``top``."""
+        return tuple(self.parent(value, index) for index in range(len(self.level_names)))
+
+    def groups(
+        self, level: LevelRef, values: Sequence[HierarchyCode] | None = None
+    ) -> dict[str, list[HierarchyCode]]:
+        """The groups of ``level``: label -> the codes it covers, in file order.
+
+        With ``values`` (the keys a table asks for), only those values are placed,
+        and groups covering none of them are left out; a value in no group is
+        :class:`NotFound`. A pool level needs ``values``: one window ends at each,
+        listing all its years (windows of consecutive years overlap).
+        """
+        index = self.level_index(level)
+        if values is None and self.pooled:
+            raise ValueError("this hierarchy pools years: name the years its windows end at")
+        if index == len(self.levels):
+            return {self.top: list(values if values is not None else self.codes)}
+        declared = self.levels[index]
+        if declared.pool is not None and values is not None:
+            windows: dict[str, list[HierarchyCode]] = {}
+            for year in sorted(values, key=lambda v: (isinstance(v, str), v)):
+                label = self.parent(year, index)  # NotFound for a value that is not a year
+                windows.setdefault(label, list(declared.window(int(year))))
+            return windows
+        groups = declared.groups or {}
+        if values is None:
+            return {label: list(codes) for label, codes in groups.items()}
+        placed: dict[str, list[HierarchyCode]] = {label: [] for label in groups}
+        for value in values:
+            placed[self.parent(value, index)].append(value)
+        return {label: codes for label, codes in placed.items() if codes}
+
+    def restricted_to(self, values: Sequence[HierarchyCode]) -> Hierarchy:
+        """This hierarchy over ``values`` only (an agreement's own programs): codes
+        not among them are left out, and groups left empty dropped. Pools are kept."""
+        keep = {code_key(value) for value in values}
+        levels = [
+            level
+            if level.groups is None
+            else HierarchyLevel(
+                name=level.name,
+                groups={
+                    label: kept
+                    for label, codes in level.groups.items()
+                    if (kept := [code for code in codes if code_key(code) in keep])
+                },
+            )
+            for level in self.levels
+        ]
+        return Hierarchy(levels=levels, top=self.top)
+
+
 class ColumnSpec(_FileModel):
     """One canonical column of a dataset schema."""
 
@@ -122,6 +311,9 @@ class ColumnSpec(_FileModel):
     pattern: str | None = None
     normalization: Normalisation | None = None
     student_count_column: str | None = None
+    #: How the column coarsens (rating bands, program areas, pooled years), for releases
+    #: whose cells are too small at the column's own values.
+    hierarchy: Hierarchy | None = None
 
     @field_validator("codes", mode="before")
     @classmethod
@@ -342,6 +534,10 @@ class AgreementDocument(_FileModel):
     # the EPP's program codes): tables list every one of them, so group keys never
     # depend on the data.
     public_values: dict[str, list[str | int | bool]] = Field(default_factory=dict)
+    #: The agreement's own hierarchies, by release field (``race_ethnicity``, or
+    #: ``completers.race_ethnicity`` for one dataset's column): they replace the
+    #: schema's hierarchy of that column, if it has one.
+    groupings: dict[str, Hierarchy] = Field(default_factory=dict)
 
     def party(self, party_id: str) -> Party:
         """The party with this id; :class:`NotFound` if it did not sign the agreement."""
@@ -389,6 +585,31 @@ class Agreement(AgreementDocument):
     resolved_disclosure: DisclosureProfile
     content_hash: str
     source_path: Path
+    #: The hierarchy in force for each dataset column that has one: dataset name ->
+    #: column -> hierarchy (the agreement's groupings over the schema's, kept to the
+    #: agreement's public values where it lists them).
+    hierarchies: dict[str, dict[str, Hierarchy]] = Field(default_factory=dict)
+
+    def hierarchy(self, dataset: str, column: str) -> Hierarchy | None:
+        """How ``column`` of ``dataset`` coarsens under this agreement; None if it does not.
+
+        :class:`NotFound` if the agreement has no dataset ``dataset``.
+        """
+        self.dataset(dataset)
+        return self.hierarchies.get(dataset, {}).get(column)
+
+    def field_hierarchy(self, field: str) -> Hierarchy | None:
+        """How a release field (``school_year`` or ``staffing.school_year``) coarsens.
+
+        A plain field stored by several datasets coarsens alike in each of them
+        when it is a release field (the checker refuses anything else).
+        """
+        column = field.rpartition(".")[2]
+        for dataset in self.datasets_storing(field):
+            found = self.hierarchy(dataset.name, column)
+            if found is not None:
+                return found
+        return None
 
     def in_force(self, on: date) -> bool:
         """True when ``on`` lies between ``effective`` and ``ends``, both included."""

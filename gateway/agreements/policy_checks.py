@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway.agreements.findings import Finding, allowed_fields, describe_error, duplicates
+from gateway.agreements.hierarchy_checks import check_hierarchy
 from gateway.agreements.models import (
     ColumnSpec,
     DatasetSchema,
@@ -120,7 +121,20 @@ def _check_column(schema: DatasetSchema, name: str, spec: ColumnSpec) -> list[Fi
             )
         )
 
-    findings += _check_codes_and_range(base, spec)
+    code_findings = _check_codes_and_range(base, spec)
+    findings += code_findings
+    codes_valid = not any(f.loc[: len(base) + 1] == (*base, "codes") for f in code_findings)
+    # A hierarchy is checked against the column's codes once they are valid, so a bad
+    # code is one problem, not one more for each level that groups it.
+    if spec.hierarchy is not None and codes_valid:
+        findings += check_hierarchy(
+            spec.hierarchy,
+            spec,
+            name=name,
+            base=(*base, "hierarchy"),
+            # A number column's codes are floats; check_hierarchy refuses its hierarchy.
+            codes=[c for c in spec.code_values if not isinstance(c, float)] if spec.codes else None,
+        )
     return findings
 
 
