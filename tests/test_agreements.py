@@ -784,3 +784,14 @@ def test_terms_hash_follows_the_file_and_the_policies_it_uses(tmp_path: Path) ->
     for agreement_id, value in after_profile.items():
         uses_standard = registry.agreement(agreement_id).resolved_disclosure.name == "standard"
         assert (value != after_comment[agreement_id]) == uses_standard
+
+
+def test_a_dataset_of_positions_may_not_carry_an_educator_id(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    schema = policies / "datasets" / "evaluations.yaml"
+    schema.write_text(schema.read_text().replace("unit: teacher", "unit: position"))
+    _, problems = check_agreements(AGREEMENTS, policies)
+    found = [p for p in problems if p.path == "unit"]
+    assert found and "carries no educator_id" in found[0].reason
+    assert found[0].file.endswith("evaluations.yaml") and found[0].line == 8

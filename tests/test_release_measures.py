@@ -195,9 +195,11 @@ def vacancies_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_sum_of_a_count_field_on_a_dataset_without_educators(
+def test_positions_are_released_exactly_free_and_unsuppressed(
     gateway: Gateway, tmp_path: Path
 ) -> None:
+    """Vacancies are posted positions, not people (their schema's unit): by default a
+    release of them is exact, with no noise, no minimum and no cost."""
     upload_extract(
         gateway,
         agreement_id=SPED,
@@ -206,24 +208,68 @@ def test_sum_of_a_count_field_on_a_dataset_without_educators(
         path=vacancies_file(tmp_path),
         actor=ACTOR,
     )
-    result = run(
-        gateway,
-        SPED,
-        NORTHFIELD,
-        datasets=["vacancies"],
-        measure={"kind": "sum", "field": "positions_posted"},
-        group_by=["licensure_area"],
-        filters=[{"field": "licensure_area", "op": "in", "value": ["SPED", "MATH", "ELEM"]}],
-    )
+    body = {
+        "datasets": ["vacancies"],
+        "measure": {"kind": "sum", "field": "positions_posted"},
+        "group_by": ["licensure_area"],
+        "filters": [{"field": "licensure_area", "op": "in", "value": ["SPED", "MATH", "ELEM"]}],
+    }
+    result = run(gateway, SPED, NORTHFIELD, **body)
     cells = {c["group"]["licensure_area"]: c for c in result["cells"]}
-    assert set(cells) == {"SPED", "MATH", "ELEM"}
+    # 36, 6 and 18 positions, as uploaded: the 6 below the minimum of 10 is not hidden.
+    assert {k: (c["value"], c["ci95"]) for k, c in cells.items()} == {
+        "SPED": (36.0, [36.0, 36.0]),
+        "MATH": (6.0, [6.0, 6.0]),
+        "ELEM": (18.0, [18.0, 18.0]),
+    }
+    assert result["epsilon_spent"] == 0 and result["delta_spent"] == 0
+    assert result["decisions"]["exact"] is True and result["noise"]["mechanisms"] == []
+    # Any epsilon asks for the same exact table: it comes back stored.
+    again = run(gateway, SPED, NORTHFIELD, **{**body, "epsilon": "0.2"})
+    assert again["release_id"] == result["release_id"]
+    with pytest.raises(Exception, match="hold counts, not teachers"):
+        run(gateway, SPED, NORTHFIELD, datasets=["vacancies"], measure={"kind": "count"})
+
+
+def test_an_agreement_may_have_positions_noised_like_people(
+    tmp_path: Path, database_url: str
+) -> None:
+    import yaml
+
+    from gateway.context import initialise
+
+    folder = roomy_agreements(tmp_path)
+    source = folder / f"{SPED}.yaml"
+    document = yaml.safe_load(source.read_text())
+    document["disclosure"]["overrides"]["position_data"] = "noisy"
+    source.write_text(yaml.safe_dump(document, sort_keys=False))
+    settings = make_settings(tmp_path, database_url, agreements_dir=folder)
+    initialise(settings)
+    with Gateway.open(settings) as gw:
+        upload_extract(
+            gw,
+            agreement_id=SPED,
+            party=COOPERATIVE,
+            dataset="vacancies",
+            path=vacancies_file(tmp_path),
+            actor=ACTOR,
+        )
+        result = run(
+            gw,
+            SPED,
+            NORTHFIELD,
+            datasets=["vacancies"],
+            measure={"kind": "sum", "field": "positions_posted"},
+            group_by=["licensure_area"],
+            filters=[{"field": "licensure_area", "op": "in", "value": ["SPED", "MATH", "ELEM"]}],
+        )
+    cells = {c["group"]["licensure_area"]: c for c in result["cells"]}
     assert not cells["SPED"]["suppressed"]  # 36 positions
     assert cells["MATH"]["reason"] == "primary"  # 6 positions: below the minimum of 10
     assert cells["ELEM"]["reason"] == "complementary"
     low, high = cells["SPED"]["ci95"]
-    assert low <= cells["SPED"]["value"] <= high and low >= 0
-    with pytest.raises(Exception, match="hold counts, not teachers"):
-        run(gateway, SPED, NORTHFIELD, datasets=["vacancies"], measure={"kind": "count"})
+    assert low <= cells["SPED"]["value"] <= high and low >= 0 and high > low
+    assert result["epsilon_spent"] == float(ROOMY_EPSILON)
 
 
 def test_groups_from_the_data_are_selected_with_delta(gateway: Gateway, tmp_path: Path) -> None:

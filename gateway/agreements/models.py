@@ -39,6 +39,9 @@ ColumnRole = Literal[
 PartyKind = Literal["district", "epp"]
 OnBadRows = Literal["refuse", "reject_rows"]
 FormulaCells = Literal["reject", "neutralise"]
+#: What one row of a dataset is about (docs/agreements.md#the-unit-of-a-dataset).
+RowUnit = Literal["teacher", "candidate", "student_derived", "position"]
+PositionData = Literal["exact", "noisy"]
 
 #: PTAC's absolute floor for a minimum cell size (SPEC section 5).
 ABSOLUTE_MIN_CELL = 3
@@ -346,6 +349,9 @@ class DatasetSchema(_FileModel):
     description: Text
     providers: list[PartyKind] = Field(min_length=1)
     key: list[str] = Field(min_length=1)
+    #: What a row is about: teachers, candidates, results derived from students, or
+    #: posted positions (not people: released exactly unless the profile says otherwise).
+    unit: RowUnit
     columns: dict[Identifier, ColumnSpec] = Field(min_length=1)
 
     def column(self, name: str) -> ColumnSpec:
@@ -452,6 +458,10 @@ class DisclosureProfile(_FileModel):
     on_bad_rows: OnBadRows
     formula_cells: FormulaCells
     top_bottom_coding: bool
+    #: Datasets whose rows are posted positions, not people: ``exact`` releases their
+    #: sums as they are (no noise, no minimum, no budget); ``noisy`` treats them as the
+    #: counts of people are treated.
+    position_data: PositionData = "exact"
 
 
 # --- agreements ------------------------------------------------------------------

@@ -59,6 +59,15 @@ def check_dataset_schema(schema: DatasetSchema) -> list[Finding]:
                 f"only one column may be the educator_id (the join key); {id_columns[0]!r} is",
             )
         )
+    if schema.unit == "position" and id_columns:
+        # A row about a person (an educator) is never released exactly.
+        findings.append(
+            Finding(
+                ("unit",),
+                "a dataset of positions carries no educator_id: its rows are about posted "
+                f"positions, not people ({id_columns[0]!r} is an educator_id)",
+            )
+        )
     for name, spec in schema.columns.items():
         findings += _check_column(schema, name, spec)
     return findings

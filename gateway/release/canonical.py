@@ -16,7 +16,8 @@ the release is computed from that form, never from the spelling:
 - a filter that cannot exclude any value of a required column's declared domain (every
   code, the whole range) is dropped, unless it is the window of a retention;
 - epsilon and delta are exact decimals; delta counts only when group keys come from
-  the data (otherwise it buys nothing and is zero).
+  the data (otherwise it buys nothing and is zero); a query released exactly (rows
+  about posted positions) spends nothing, so both are zero.
 """
 
 from __future__ import annotations
@@ -195,14 +196,16 @@ def normalise(resolved: ResolvedQuery, agreement: Agreement) -> ResolvedQuery:
             normal = Filter.model_construct(field=_qualified(ref), op="in", value=domain)
         condition = (ref, normal)
     private = _has_private_keys(resolved, filters, agreement)
+    exact = exact_release(resolved, agreement)
     query = resolved.query
     canonical_query = Query.model_construct(
         datasets=sorted(query.datasets),
         measure=query.measure,
         group_by=sorted(_qualified(r) for r in resolved.group_by),
         filters=[f for _, f in filters],
-        epsilon=query.epsilon.normalize(),
-        delta=query.delta.normalize() if private else Decimal(0),
+        # Released exactly, a query spends nothing: its epsilon and delta are moot.
+        epsilon=Decimal(0) if exact else query.epsilon.normalize(),
+        delta=query.delta.normalize() if private and not exact else Decimal(0),
         max_groups_per_teacher=query.max_groups_per_teacher,
         link_on=sorted(query.link_on),
     )
@@ -214,6 +217,14 @@ def normalise(resolved: ResolvedQuery, agreement: Agreement) -> ResolvedQuery:
         condition=condition,
         link_on=tuple(sorted(resolved.link_on)),
     )
+
+
+def exact_release(resolved: ResolvedQuery, agreement: Agreement) -> bool:
+    """Whether the query reads only rows about posted positions (not people) under a
+    profile that releases them exactly (``position_data: exact``, the default)."""
+    if agreement.resolved_disclosure.position_data != "exact":
+        return False
+    return all(resolved.schemas[name].unit == "position" for name in resolved.query.datasets)
 
 
 def _has_private_keys(

@@ -79,6 +79,8 @@ def decide(
     earlier releases of the same table, themselves decided this way) are suppressed
     again, so the same table never shows a cell it hid before.
     """
+    if plan.exact:  # rows about positions, not people: nothing to protect (plan.py)
+        return SuppressionResult()
     primary = {
         key
         for key, noisy in noisy_counts.items()

@@ -71,13 +71,20 @@ def table_cells(
     shown as 0), with data-dependent keys first selected by a noisy count."""
     if plan.selection is not None:
         return select_groups(found, plan, linked=linked)
+    if plan.exact and plan.private_positions:  # exact data: its keys are not secret
+        parts = sorted({plan.private_part(k) for k in found}, key=key_text)
+        return {k: found.get(k, TrueCell()) for k in plan.keys(parts)}
     return {k: found.get(k, TrueCell()) for k in plan.keys([()])}
 
 
 def measure(cells: Mapping[GroupKey, TrueCell], plan: Plan) -> Measurements:
-    """Draw every cell's noise (OpenDP) in one vector per mechanism."""
+    """Draw every cell's noise (OpenDP) in one vector per mechanism (none for an exact
+    plan: its sums are the true ones)."""
     keys = list(cells)
     out = Measurements(keys=keys)
+    if plan.exact:  # rows about positions, not people: no noise (plan.py)
+        out.sums = {k: cells[k].total for k in keys}
+        return out
     if plan.counts is not None:
         noisy = plan.counts.release([cells[k].teachers for k in keys])
         out.counts = dict(zip(keys, noisy, strict=True))

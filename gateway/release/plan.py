@@ -17,7 +17,7 @@ from typing import Any
 from gateway.agreements.models import Agreement, ColumnSpec
 from gateway.errors import PolicyViolation, SchemaError
 from gateway.release import decide, noise
-from gateway.release.canonical import MAX_LISTED_INTEGERS, public_values
+from gateway.release.canonical import MAX_LISTED_INTEGERS, exact_release, public_values
 from gateway.release.query import FieldRef, ResolvedQuery, bounds
 from gateway.release.suppression import GroupKey
 
@@ -46,6 +46,8 @@ class Plan:
     minimum: int  # teachers (or counted units) a published cell must rest on
     students_per_teacher: int  # for student-derived measures: see aggregate.true_cells
     threshold: int = 0  # a cell is published only if its deciding noisy count reaches it
+    #: Rows about posted positions, released exactly: no noise, no minimum, no cost.
+    exact: bool = False
     counts: noise.IntegerNoise | None = None
     selection: noise.ThresholdNoise | None = None
     sums: noise.FloatNoise | None = None
@@ -84,6 +86,8 @@ class Plan:
 
     def accuracy(self) -> dict[str, Any]:
         """95% half-widths of each noisy quantity, and the publish threshold."""
+        if self.exact:
+            return {"exact": True}
         out: dict[str, Any] = {"publish_threshold": self.threshold}
         if self.counts is not None:
             out["count_half_width"] = self.counts.half_width()
@@ -202,6 +206,11 @@ def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
             "datasets without educator IDs hold counts, not teachers: ask for the sum of "
             "one of their count fields"
         )
+    if exact_release(resolved, agreement):
+        plan = _exact_plan(dimensions, public_positions, private_positions, public_lists)
+        assert resolved.measure_field is not None  # a sum: checked above
+        plan.clamp = bounds(resolved.measure_field.spec)
+        return plan
     if private_positions and query.delta == 0:
         names = ", ".join(dimensions[i] for i in private_positions)
         raise SchemaError(
@@ -240,6 +249,29 @@ def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
             f"{selection_delta} ({error}); ask for more"
         ) from None
     return plan
+
+
+def _exact_plan(
+    dimensions: list[str],
+    public_positions: list[int],
+    private_positions: list[int],
+    public_lists: list[list[Any]],
+) -> Plan:
+    """Rows about posted positions, not people (docs/agreements.md#the-unit-of-a-dataset):
+    every cell is released as it is, free, whether its keys are public or not."""
+    return Plan(
+        epsilon=Decimal(0),
+        selection_delta=Decimal(0),
+        floor_delta=Decimal(0),
+        groups_per_teacher=1,
+        dimensions=dimensions,
+        public_positions=public_positions,
+        private_positions=private_positions,
+        public_combinations=[tuple(k) for k in product(*public_lists)],
+        minimum=0,
+        students_per_teacher=1,
+        exact=True,
+    )
 
 
 def _choose_noise(plan: Plan, resolved: ResolvedQuery, epsilon: Decimal) -> None:

@@ -97,6 +97,8 @@ def _distribution_shares(
 
 
 def _sum_cell(group: dict[str, Any], noisy: float, plan: Plan) -> Cell:
+    if plan.exact:  # the true sum: its interval is the value itself
+        return Cell(group=group, value=round(noisy, 4), ci95=[noisy, noisy], suppressed=False)
     assert plan.sums is not None
     floor = 0.0 if plan.clamp and plan.clamp[0] >= 0 else None
     # A sum of non-negative values is never negative: clip (post-processing).
@@ -180,6 +182,7 @@ def release(
         },
         minimum_cell={"teachers": plan.minimum, "students": profile.min_cell_students},
         decisions={
+            "exact": plan.exact,
             "publish_threshold": plan.threshold,
             "floor_delta": float(plan.floor_delta),
             "students_per_teacher": plan.students_per_teacher,
