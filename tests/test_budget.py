@@ -248,3 +248,38 @@ def test_a_limit_for_a_party_that_receives_nothing_is_named_by_the_check(tmp_pat
     text = str(refused.value) + json.dumps(getattr(refused.value, "details", []))
     assert "budget_limits" in text and "'nobody' receives no releases" in text
     assert "exceeds the agreement's privacy_budget epsilon" in text
+
+
+def test_a_release_taken_over_while_slow_is_never_shown(
+    loaded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pending release taken for dead (publish.STALE_AFTER) and drawn again by another
+    request must not also be shown: the slow one is refused when it comes to record."""
+    from sqlalchemy import update
+
+    import gateway.release.engine as engine
+    from gateway.storage.releases import Release as ReleaseRow
+
+    gw, _ = loaded
+    real = engine.postprocess.cells
+
+    def taken_over(*args: Any, **kwargs: Any) -> Any:
+        with gw.sessions() as session, session.begin():
+            session.execute(
+                update(ReleaseRow)
+                .where(ReleaseRow.status == "pending")
+                .values(status="failed", repeat_key=None)
+            )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.postprocess, "cells", taken_over)
+    with pytest.raises(Exception, match="another request made it"):
+        request_release(
+            gw,
+            agreement_id=AGREEMENT,
+            party=EPP,
+            query=_query(1, "0.5"),
+            actor=audit.Actor(role="analyst", party=EPP),
+        )
+    with gw.sessions() as session:
+        assert list(session.scalars(audit.query_events(kind="release"))) == []

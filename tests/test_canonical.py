@@ -24,12 +24,13 @@ DOMAINS: dict[str, Any] = {
     "school_year": st.integers(2000, 2100),
     "summative_rating": st.integers(1, 4),
     "grade_band": st.sampled_from(["PK-2", "3-5", "6-8", "9-12"]),
+    "school_code": st.sampled_from(["101", "S-01", "2025", "x"]),
 }
 VALUES = st.one_of(
     st.integers(1990, 2110),
     st.integers(-2, 6),
     st.floats(-3, 2200, allow_nan=False).map(lambda v: round(v * 2) / 2),
-    st.sampled_from(["2025", "pk-2", "9-12", "x", "", True, 2**70]),
+    st.sampled_from(["2025", "pk-2", "9-12", "x", "", True, 2**70, 101, "101", "S-01"]),
 )
 FILTERS = st.lists(
     st.builds(
@@ -74,13 +75,14 @@ def _kept(resolved: Any, table: pa.Table) -> list[bool]:
 def test_the_canonical_filters_keep_exactly_the_rows_the_asked_ones_keep(
     filters: list[dict[str, Any]], rows: list[dict[str, Any]]
 ) -> None:
-    asked = _resolved(filters)
+    asked = _resolved(filters, party=DISTRICT)  # the district may filter on schools
     canonical = normalise(asked, AGREEMENT_)
     table = pa.table(
         {
             "school_year": pa.array([r["school_year"] for r in rows], pa.int16()),
             "summative_rating": pa.array([r["summative_rating"] for r in rows], pa.int8()),
             "grade_band": pa.array([r["grade_band"] for r in rows], pa.string()),
+            "school_code": pa.array([r["school_code"] for r in rows], pa.string()),
         }
     )
     assert _kept(canonical, table) == _kept(asked, table)
@@ -95,7 +97,10 @@ def test_filter_order_and_dataset_qualification_do_not_change_the_text(
 ) -> None:
     shuffled = data.draw(st.permutations(filters))
     qualified = [{**f, "field": f"evaluations.{f['field']}"} for f in shuffled]
-    texts = {canonical_text(normalise(_resolved(f), AGREEMENT_)) for f in (filters, qualified)}
+    texts = {
+        canonical_text(normalise(_resolved(f, party=DISTRICT), AGREEMENT_))
+        for f in (filters, qualified)
+    }
     assert len(texts) == 1
 
 
@@ -114,3 +119,40 @@ def test_delta_counts_only_when_a_group_key_comes_from_the_data() -> None:
     asked = _resolved([], party=DISTRICT, group_by=["school_code"], delta="1e-8")
     private = normalise(asked, AGREEMENT_)
     assert '"delta":"0.00000001"' in canonical_text(private)
+
+
+def _text(filters: list[dict[str, Any]], **extra: Any) -> str:
+    return canonical_text(normalise(_resolved(filters, **extra), AGREEMENT_))
+
+
+def test_rewordings_found_in_review_are_one_text() -> None:
+    year = "school_year"
+    # A long integer range with fractional bounds is its whole-number range.
+    assert _text([{"field": year, "op": "between", "value": [2000.5, 2040.5]}]) == _text(
+        [{"field": year, "op": "between", "value": [2001, 2040]}]
+    )
+    # Two ranges on one field are their intersection.
+    assert _text(
+        [
+            {"field": year, "op": "between", "value": [2001, 2060]},
+            {"field": year, "op": "between", "value": [2010, 2090]},
+        ]
+    ) == _text([{"field": year, "op": "between", "value": [2010, 2060]}])
+    # The default number of groups per teacher, left out or spelled out.
+    assert _text([], group_by=["grade_band"]) == _text(
+        [], group_by=["grade_band"], max_groups_per_teacher=1
+    )
+
+
+def test_a_condition_that_excludes_nothing_is_kept_as_the_whole_domain() -> None:
+    body = {
+        "datasets": ["value_added"],
+        "measure": {
+            "kind": "rate",
+            "condition": {"field": "growth_score", "op": "between", "value": [-5, 150]},
+        },
+        "epsilon": "0.5",
+    }
+    asked = resolve(parse_query(body), agreement=AGREEMENT_, registry=REGISTRY, party=EPP)
+    _, condition = normalise(asked, AGREEMENT_).condition  # type: ignore[misc]
+    assert (condition.op, condition.value) == ("between", [1.0, 99.0])  # never "in []"

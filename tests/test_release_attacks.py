@@ -421,3 +421,41 @@ def test_tiny_epsilon_over_http_is_a_403_never_a_500(loaded: Any, settings: Sett
             answer = client.post(url, params=params, json=body)
             assert answer.status_code == 403, answer.text
             assert answer.json()["error"]["code"] == "epsilon_out_of_bounds"
+
+
+REVIEW_BODIES: list[dict[str, Any]] = [
+    # The same column named twice in group_by, once qualified.
+    {"group_by": ["grade_band", "evaluations.grade_band"]},
+    # Years no stored period can hold.
+    {"filters": [{"field": "school_year", "op": "eq", "value": 10**19}]},
+    {"filters": [{"field": "school_year", "op": "in", "value": [-(10**20), 2025]}]},
+    # A number matched against a text column, with eq and with in.
+    {"filters": [{"field": "school_code", "op": "eq", "value": 101}]},
+    {"filters": [{"field": "school_code", "op": "in", "value": [101, "S-01"]}]},
+]
+
+
+@pytest.mark.parametrize("change", REVIEW_BODIES)
+def test_bodies_that_once_failed_after_the_reservation_are_answered(
+    loaded: Any, change: dict[str, Any]
+) -> None:
+    gw, _ = loaded
+    body = {"datasets": ["evaluations"], "measure": {"kind": "count"}, "epsilon": "0.3"}
+    try:
+        result = _release(gw, {**body, **change}, party=DISTRICT)
+    except GatewayError as error:
+        assert error.code in DOCUMENTED and error.status < 500, error.message
+        return
+    assert result["cells"]
+
+
+def test_a_retention_window_outside_the_declared_years_is_answered(loaded: Any) -> None:
+    gw, _ = loaded
+    body = {
+        "datasets": ["evaluations"],
+        "measure": {"kind": "retention", "field": "school_year", "years_after": 1},
+        "filters": [{"field": "school_year", "op": "between", "value": [2101, 2120]}],
+        "epsilon": "0.3",
+    }
+    result = _release(gw, body, party=DISTRICT)
+    assert len(result["cells"]) == 1 and result["cells"][0]["suppressed"]

@@ -351,3 +351,31 @@ def test_rows_repeated_by_a_join_count_once(gateway: Gateway, tmp_path: Path) ->
     elem = next(c for c in result["cells"] if c["group"]["program_code"] == "ELEM")
     # 12 teachers pass the teachers' minimum, but 12 students fail the students' 20.
     assert elem["suppressed"] and elem["reason"] == "primary"
+
+
+def test_a_rate_whose_condition_excludes_nothing_is_everyone(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    lines = ["MEPID,SY,Test Subject,Median SGP,SGP N"]
+    lines += [f"{900000 + i},2025,MATH,{1 + i % 99},25" for i in range(120)]
+    (tmp_path / "va.csv").write_text("\n".join(lines) + "\n")
+    upload_extract(
+        gateway,
+        agreement_id=AGREEMENT,
+        party=DISTRICT,
+        dataset="value_added",
+        path=tmp_path / "va.csv",
+        actor=ACTOR,
+    )
+    result = run(
+        gateway,
+        AGREEMENT,
+        EPP,
+        datasets=["value_added"],
+        measure={
+            "kind": "rate",
+            "condition": {"field": "growth_score", "op": "between", "value": [-5, 150]},
+        },
+    )
+    (cell,) = result["cells"]
+    assert not cell["suppressed"] and cell["coded"] == ">95%"  # all 120 meet it, not 0%

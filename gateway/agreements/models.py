@@ -395,22 +395,29 @@ class DatasetSchema(_FileModel):
 # --- disclosure profiles ---------------------------------------------------------
 
 
+def _whole_units(value: Decimal, places: int, name: str) -> Decimal:
+    """The ledger counts in units of 10^-places: a finer amount would round away."""
+    if value != value.quantize(Decimal(1).scaleb(-places)):
+        raise ValueError(f"{name} may have at most {places} decimal places (the ledger's unit)")
+    return value
+
+
 def _check_epsilon(value: Decimal) -> Decimal:
     if value <= 0:
         raise ValueError("epsilon must be greater than 0")
-    return value
+    return _whole_units(value, 12, "epsilon")
 
 
 def _check_delta(value: Decimal) -> Decimal:
     if not Decimal(0) <= value < Decimal(1):
         raise ValueError("delta must be at least 0 and less than 1")
-    return value
+    return _whole_units(value, 18, "delta")
 
 
 def _check_floor_delta(value: Decimal) -> Decimal:
     if not Decimal(0) < value < Decimal("1e-3"):
         raise ValueError("floor_delta must be greater than 0 and less than 0.001")
-    return value
+    return _whole_units(value, 18, "floor_delta")
 
 
 def _check_min_cell(value: int) -> int:

@@ -64,12 +64,15 @@ def column_value(spec: ColumnSpec, value: Any) -> Any:
     return value
 
 
-def _sort_key(value: Any) -> tuple[str, str]:
-    return (type(value).__name__, json.dumps(value, default=str))
+def _sort_key(value: Any) -> tuple[str, Any, str]:
+    """Numbers in numeric order (1 before 10), then other values by type and text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return ("", value, type(value).__name__)  # ints and floats compare exactly
+    return (type(value).__name__, 0.0, json.dumps(value, default=str))
 
 
 def _distinct(values: Sequence[Any]) -> list[Any]:
-    seen: dict[tuple[str, str], Any] = {}
+    seen: dict[tuple[str, Any, str], Any] = {}
     for value in values:
         seen.setdefault(_sort_key(value), value)
     return [seen[k] for k in sorted(seen)]
@@ -117,7 +120,7 @@ def _as_set(ref: FieldRef, item: Filter) -> list[Any] | None:
         if high < low:
             return []
         if high - low < MAX_LISTED_INTEGERS:
-            return list(range(low, high + 1))
+            return _distinct(list(range(low, high + 1)))
     return None
 
 
@@ -133,7 +136,12 @@ def _normal_filter(ref: FieldRef, item: Filter) -> Filter | None:
         return Filter.model_construct(field=_qualified(ref), op="in", value=values)
     low, high = (column_value(spec, v) for v in item.value)  # type: ignore[union-attr]
     r_low, r_high = _range(spec)
-    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
+    numeric = all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        for v in (low, high)
+    )
+    if numeric and spec.type == "integer":
+        low, high = math.ceil(low), math.floor(high)  # whole numbers, as in _as_set
     if numeric and spec.type in ("integer", "number"):
         if r_low is not None and low < r_low:
             low = float(r_low) if spec.type == "number" else int(r_low)
@@ -150,9 +158,18 @@ def _qualified(ref: FieldRef) -> str:
 
 
 def _merge(ref: FieldRef, items: list[Filter]) -> list[Filter]:
-    """Set filters on one field become one (their intersection); ranges stay apart."""
+    """Set filters on one field become one (their intersection), and so do numeric
+    ranges on one field; anything else stays apart."""
     sets = [f for f in items if f.op == "in"]
     others = [f for f in items if f.op != "in"]
+    ranges = [f for f in others if _numeric_range(f)]
+    if len(ranges) > 1:
+        low = max(f.value[0] for f in ranges)  # type: ignore[index]
+        high = min(f.value[1] for f in ranges)  # type: ignore[index]
+        merged_range = Filter.model_construct(
+            field=_qualified(ref), op="between", value=[low, high]
+        )
+        others = [f for f in others if not _numeric_range(f)] + [merged_range]
     if len(sets) <= 1:
         return sets + others
     keep = {_sort_key(v): v for v in sets[0].value}  # type: ignore[union-attr]
@@ -165,24 +182,62 @@ def _merge(ref: FieldRef, items: list[Filter]) -> list[Filter]:
     return [merged, *others]
 
 
+def _numeric_range(item: Filter) -> bool:
+    return item.op == "between" and all(
+        isinstance(v, int | float) and not isinstance(v, bool)
+        for v in item.value  # type: ignore[union-attr]
+    )
+
+
+def _window(ref: FieldRef, item: Filter) -> Filter:
+    """A retention's window as asked, its years as the column holds them: never cut to
+    the declared range or dropped, since which teachers count depends on where it
+    starts (docs/releases.md)."""
+    values = item.value if isinstance(item.value, list) else [item.value]
+    years = [column_value(ref.spec, v) for v in values]
+    if item.op == "in":
+        years = _distinct(years)
+    return Filter.model_construct(field=_qualified(ref), op=item.op, value=years)
+
+
+def _always(ref: FieldRef) -> Filter:
+    """A condition every stored row meets, in one spelling: the whole domain."""
+    domain = _domain(ref.spec)
+    if domain is not None:
+        return Filter.model_construct(field=_qualified(ref), op="in", value=domain)
+    low, high = _range(ref.spec)
+    cast = float if ref.spec.type == "number" else int
+    return Filter.model_construct(
+        field=_qualified(ref),
+        op="between",
+        value=[cast(low), cast(high)],  # type: ignore[arg-type]
+    )
+
+
 def normalise(resolved: ResolvedQuery, agreement: Agreement) -> ResolvedQuery:
     """The canonical form of ``resolved`` (see the module docstring)."""
     window = resolved.measure_field if resolved.query.measure.kind == "retention" else None
     by_field: dict[tuple[str, str], tuple[FieldRef, list[Filter]]] = {}
+    windows: list[tuple[FieldRef, Filter]] = []
     for ref, item in resolved.filters:
-        normal = _normal_filter(ref, item)
-        is_window = window is not None and (ref.dataset, ref.column) == (
-            window.dataset,
-            window.column,
+        # The retention's window is its first filter on the year field (query.py).
+        is_window = (
+            not windows
+            and window is not None
+            and (ref.dataset, ref.column)
+            == (
+                window.dataset,
+                window.column,
+            )
         )
-        if normal is None and is_window:
-            normal = Filter.model_construct(
-                field=_qualified(ref), op=item.op, value=item.value
-            )  # the retention's window is public and must stay
+        if is_window:  # kept apart: never merged with another filter on the year
+            windows.append((ref, _window(ref, item)))
+            continue
+        normal = _normal_filter(ref, item)
         if normal is None:
             continue
         by_field.setdefault((ref.dataset, ref.column), (ref, []))[1].append(normal)
-    filters: list[tuple[FieldRef, Filter]] = []
+    filters: list[tuple[FieldRef, Filter]] = list(windows)
     for key in sorted(by_field):
         ref, items = by_field[key]
         merged = _merge(ref, items)
@@ -190,14 +245,15 @@ def normalise(resolved: ResolvedQuery, agreement: Agreement) -> ResolvedQuery:
     condition = resolved.condition
     if condition is not None:
         ref, item = condition
-        normal = _normal_filter(ref, item)
-        if normal is None:  # every teacher meets it: still a rate, of all of them
-            domain = _domain(ref.spec) or []
-            normal = Filter.model_construct(field=_qualified(ref), op="in", value=domain)
-        condition = (ref, normal)
+        # Every teacher meets a condition that excludes nothing: still a rate, of all.
+        condition = (ref, _normal_filter(ref, item) or _always(ref))
     private = _has_private_keys(resolved, filters, agreement)
     exact = exact_release(resolved, agreement)
     query = resolved.query
+    measure_field, compare_field = resolved.measure_field, resolved.compare_field
+    if query.measure.kind == "agreement" and measure_field and compare_field:
+        # Whether two scores are equal does not depend on which is named first.
+        measure_field, compare_field = sorted((measure_field, compare_field), key=_qualified)
     canonical_query = Query.model_construct(
         datasets=sorted(query.datasets),
         measure=query.measure,
@@ -206,13 +262,15 @@ def normalise(resolved: ResolvedQuery, agreement: Agreement) -> ResolvedQuery:
         # Released exactly, a query spends nothing: its epsilon and delta are moot.
         epsilon=Decimal(0) if exact else query.epsilon.normalize(),
         delta=query.delta.normalize() if private and not exact else Decimal(0),
-        max_groups_per_teacher=query.max_groups_per_teacher,
+        max_groups_per_teacher=_groups_per_teacher(resolved, filters, agreement),
         link_on=sorted(query.link_on),
     )
     return replace(
         resolved,
         query=canonical_query,
         group_by=sorted(resolved.group_by, key=_qualified),
+        measure_field=measure_field,
+        compare_field=compare_field,
         filters=filters,
         condition=condition,
         link_on=tuple(sorted(resolved.link_on)),
@@ -225,6 +283,23 @@ def exact_release(resolved: ResolvedQuery, agreement: Agreement) -> bool:
     if agreement.resolved_disclosure.position_data != "exact":
         return False
     return all(resolved.schemas[name].unit == "position" for name in resolved.query.datasets)
+
+
+def _groups_per_teacher(
+    resolved: ResolvedQuery, filters: list[tuple[FieldRef, Filter]], agreement: Agreement
+) -> int:
+    """In how many groups a teacher may count, spelled out: the query's own, else one,
+    or one per year when the table is broken down by year (at most 5); always one for
+    rows without educators."""
+    if not resolved.linked:
+        return 1
+    if resolved.query.max_groups_per_teacher is not None:
+        return resolved.query.max_groups_per_teacher
+    for ref in resolved.group_by:
+        if ref.column in ("school_year", "cohort_year"):
+            values = public_values(ref, filters, agreement)
+            return min(len(values), 5) if values else 5
+    return 1
 
 
 def _has_private_keys(

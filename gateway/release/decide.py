@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from gateway.release.plan import Plan
 
 #: Top and bottom coding of percentages (NCES style), on the noisy share.
+#: Tables up to this many cells get the linear-programming audit of suppression.
+MAX_AUDITED_CELLS = 64
 BOTTOM_CODE = 0.05
 TOP_CODE = 0.95
 
@@ -93,6 +95,9 @@ def decide(
         minimum=plan.minimum,
         small_counts={k for k in primary if values[k] < plan.minimum},
         remembered=remembered,
+        # The audit's cost grows steeply with the table (seconds at 100 cells, minutes
+        # at 400); wider tables keep the line rule, and their values are noisy anyway.
+        audit=len(values) <= MAX_AUDITED_CELLS,
     )
 
 

@@ -119,6 +119,7 @@ def _compute(r: _Request, asked: publish.Asked, reservation: publish.Reservation
     try:
         with r.gateway.sessions() as session:
             frame = rows.read(session, resolved, r.agreement)
+            now = rows.current_version(session, resolved, r.agreement)
         found = aggregate.true_cells(frame, resolved, plan)
         cells = measure.table_cells(found, plan, linked=resolved.linked)
         measured = measure.measure(cells, plan)
@@ -137,6 +138,12 @@ def _compute(r: _Request, asked: publish.Asked, reservation: publish.Reservation
             f"the release could not be computed ({type(error).__name__}); the budget "
             "reserved for it stays spent"
         ) from error
+    if now != asked.data_version:  # an upload landed since the key: never mislabel a table
+        publish.fail(r.gateway, reservation)
+        raise ReleaseFailed(
+            "the data changed while the release was being made (an upload landed); ask "
+            "again: the budget reserved for this attempt stays spent"
+        )
     recipients = allowed_recipients(
         resolved.query, agreement=r.agreement, registry=r.gateway.registry
     )

@@ -131,15 +131,6 @@ def ordinal_values(spec: ColumnSpec) -> list[Any]:
     raise SchemaError("a distribution needs a field with codes or a small integer range")
 
 
-def _default_groups_per_teacher(resolved: ResolvedQuery, agreement: Agreement) -> int:
-    """One group per teacher, or one per year when the table is broken down by year."""
-    for ref in resolved.group_by:
-        if ref.column in ("school_year", "cohort_year"):
-            values = public_values(ref, resolved.filters, agreement)
-            return min(len(values), 5) if values else 5
-    return 1
-
-
 def _delta_that_fits(agreement: Agreement) -> str:
     """A round selection delta within the per-release cap, beside the floor's delta."""
     profile = agreement.resolved_disclosure
@@ -219,12 +210,8 @@ def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
             f'"delta": {_delta_that_fits(agreement)}'
         )
     selection_delta = _check_bounds(resolved, agreement, bool(private_positions))
-    if not resolved.linked:
-        groups = 1
-    elif query.max_groups_per_teacher is not None:
-        groups = query.max_groups_per_teacher
-    else:
-        groups = _default_groups_per_teacher(resolved, agreement)
+    # Spelled out by the canonical form (canonical._groups_per_teacher).
+    groups = query.max_groups_per_teacher or 1
     minimum = profile.min_cell_teachers
     plan = Plan(
         epsilon=query.epsilon,

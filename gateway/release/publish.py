@@ -39,7 +39,7 @@ from gateway.storage.releases import SuppressedCell
 #: How long a request waits for an identical one being computed, and when a pending
 #: release is taken for dead (its process stopped after reserving).
 WAIT_SECONDS = 120.0
-STALE_AFTER = timedelta(minutes=10)
+STALE_AFTER = timedelta(hours=1)
 AGREEMENT_WIDE = ""  # the party of a suppression remembered for the whole agreement
 
 
@@ -259,6 +259,18 @@ def record(
     sha = table_hash(release)
     hidden = pattern.suppressed
     with gateway.sessions() as session, session.begin():
+        claimed = session.execute(
+            update(ReleaseRow)
+            .where(ReleaseRow.release_id == release.release_id, ReleaseRow.status == "pending")
+            .values(status="recording")
+        ).rowcount  # type: ignore[attr-defined]
+        if claimed != 1:
+            # Taken for dead and drawn again by another request: this draw is never
+            # shown, so one release stays one table (its reservation stays spent).
+            raise ReleaseFailed(
+                "the release took too long and another request made it; ask again to "
+                "receive that one, at no cost"
+            )
         event = audit.append_event(
             session,
             kind="release",

@@ -244,12 +244,14 @@ def resolve(query: Query, *, agreement: Agreement, registry: Registry, party: st
             f"dataset(s) {', '.join(unlinked)} carry no educator ID and cannot be linked "
             "with other datasets"
         )
-    group_by = []
+    group_by: list[FieldRef] = []
     for name in query.group_by:
         ref = _resolve_field(name, query, agreement, schemas)
         _allowed(agreement, party, ref, as_measure=False)
         if ref.spec.role != "quasi_identifier":
             raise PolicyViolation(f"field {name!r} is a {ref.spec.role}; only dimensions can group")
+        if any((r.dataset, r.column) == (ref.dataset, ref.column) for r in group_by):
+            raise SchemaError(f"group_by names {ref.dataset}.{ref.column} twice")
         group_by.append(ref)
     filters = []
     for item in query.filters:

@@ -60,6 +60,9 @@ def _filter_value(ref: FieldRef, value: Any) -> pa.Scalar:
     value = column_value(ref.spec, value)
     if isinstance(value, bool) and ref.spec.type != "boolean":
         raise TypeError("a boolean matches only a boolean column")  # Arrow would cast it to 1
+    if ref.spec.type == "string" and not isinstance(value, str):
+        # 101 never equals the text "101" (as in SQL), whether asked with eq or in.
+        raise TypeError("only text matches a text column")
     if ref.spec.type == "date" and isinstance(value, str):
         value = date.fromisoformat(value)
     return pa.scalar(value)
@@ -102,7 +105,10 @@ def _period_range(resolved: ResolvedQuery, dataset: str) -> tuple[int, int] | No
         values = item.value if item.op != "eq" else [item.value]
         assert isinstance(values, list)
         years = [column_value(ref.spec, v) for v in values]
-        if not years or not all(isinstance(y, int) and not isinstance(y, bool) for y in years):
+        whole = all(isinstance(y, int) and not isinstance(y, bool) for y in years)
+        # Only years a stored period can hold narrow the read (a 64-bit overflow would
+        # fail the query); the filter itself still drops the rest, as SQL would.
+        if not years or not whole or not all(abs(y) < 2**31 for y in years):
             continue
         first, last = min(years), max(years)
         low = first if low is None else max(low, first)

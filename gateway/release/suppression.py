@@ -111,6 +111,7 @@ def suppress(
     small_counts: set[GroupKey] | None = None,
     remembered: set[GroupKey] = frozenset(),  # type: ignore[assignment]
     max_rounds: int = 200,
+    audit: bool = True,
 ) -> SuppressionResult:
     """Primary, complementary and audited suppression of an additive table.
 
@@ -123,7 +124,8 @@ def suppress(
     exactly, and what each mark says: a "primary" cell small by its count holds at
     most ``minimum - 1`` teachers, a "complementary" one at least ``minimum``. Each
     cell small by its count must stay anywhere in ``[0, minimum - 1]`` (or in
-    ``[0, total]`` when a line through it totals less than that).
+    ``[0, total]`` when a line through it totals less than that). With ``audit``
+    false only the line rule applies (no linear programming).
     """
     keys = list(values)
     result = SuppressionResult(primary=set(below_minimum) & set(keys))
@@ -169,6 +171,8 @@ def suppress(
                     changed = True
         if changed:
             continue
+        if not audit:  # the line rule only (decide.py: tables too wide to audit)
+            return result
         # Audit every suppressed cell by linear programming.
         failing = []
         result.intervals = {}

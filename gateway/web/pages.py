@@ -419,8 +419,12 @@ def release_csv(
     if stored is None:
         raise NotFound("no such release")
     body = json.loads(stored.body) if stored.status == "released" else {}
-    # A partnership release goes to every recipient allowed its fields (its recipients).
+    agreement = gateway.agreement(agreement_id)
+    gateway.require_active(agreement, refused="releases")
+    # A partnership release goes to every recipient allowed its fields (its recipients),
+    # while the party still receives releases under the agreement as it stands.
     receives = principal.party in body.get("recipients", [stored.party])
+    receives = receives and principal.party in agreement.releases
     if stored.agreement_id != agreement_id or not receives:
         deny(
             gateway,

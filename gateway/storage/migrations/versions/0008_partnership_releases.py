@@ -18,6 +18,14 @@ Create Date: 2026-12-01 23:30:00
 - ``release_cells`` (the teachers behind every published cell, kept only for the
   exact differencing refusal, which is withdrawn) is dropped: it held teacher sets
   the gateway no longer needs.
+- ``suppressed_cells`` remembered before this revision are deleted: they were decided
+  on true counts, and suppression memory is now agreement-wide, so keeping them would
+  show one recipient what was decided on true data for another.
+
+The downgrade returns to per-party shares: each party keeps what it spent and the
+older code gives it an equal share again, so a party that had spent more than its old
+share has nothing left, but the agreement's parties together may then spend past the
+total by that excess. Downgrade only to recover from a failed upgrade.
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ def upgrade() -> None:
     with op.batch_alter_table("release_cells", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_release_cells_release_id"))
     op.drop_table("release_cells")
+    op.execute("DELETE FROM suppressed_cells")
 
 
 def downgrade() -> None:
