@@ -155,18 +155,23 @@ def evaluations_csv(path: Path, *, extra_2024: bool = False) -> tuple[Path, list
     return path, rows
 
 
-@pytest.fixture
-def loaded(gateway: Gateway, tmp_path: Path) -> tuple[Gateway, list[dict[str, Any]]]:
-    path, rows = evaluations_csv(tmp_path / "evaluations.csv")
+def _load_evaluations(gw: Gateway, folder: Path) -> tuple[Gateway, list[dict[str, Any]]]:
+    """The district uploads the small known extract; its rows, for the tests' counts."""
+    path, rows = evaluations_csv(folder / "evaluations.csv")
     upload_extract(
-        gateway,
+        gw,
         agreement_id=AGREEMENT,
         party=DISTRICT,
         dataset="evaluations",
         path=path,
         actor=audit.Actor(role="uploader", party=DISTRICT),
     )
-    return gateway, rows
+    return gw, rows
+
+
+@pytest.fixture
+def loaded(gateway: Gateway, tmp_path: Path) -> tuple[Gateway, list[dict[str, Any]]]:
+    return _load_evaluations(gateway, tmp_path)
 
 
 @pytest.fixture
@@ -180,16 +185,7 @@ def roomy(tmp_path: Path, database_url: str) -> Iterator[Gateway]:
 
 @pytest.fixture
 def roomy_loaded(roomy: Gateway, tmp_path: Path) -> tuple[Gateway, list[dict[str, Any]]]:
-    path, rows = evaluations_csv(tmp_path / "evaluations.csv")
-    upload_extract(
-        roomy,
-        agreement_id=AGREEMENT,
-        party=DISTRICT,
-        dataset="evaluations",
-        path=path,
-        actor=audit.Actor(role="uploader", party=DISTRICT),
-    )
-    return roomy, rows
+    return _load_evaluations(roomy, tmp_path)
 
 
 # --- bearer tokens for API tests ------------------------------------------------------------

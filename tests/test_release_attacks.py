@@ -174,7 +174,7 @@ def test_neighbouring_populations_look_alike_within_epsilon_and_delta(
     from gateway.context import initialise
     from tests.conftest import make_settings, roomy_agreements
 
-    runs = 120
+    runs = 80
     frequencies = []
     for small in (9, 10):  # min - 1 and min teachers in PK-2
         folder = tmp_path / f"n{small}"
