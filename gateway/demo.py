@@ -207,6 +207,8 @@ def _table_lines(cells: list[dict[str, Any]]) -> list[str]:
             shown = f"suppressed ({cell.get('reason')})"
         elif cell.get("value") is None:
             shown = str(cell.get("coded") or "-")
+        elif cell["ci95"][0] == cell["ci95"][1]:  # released exactly (posted positions)
+            shown = f"{cell['value']:>9.1f}   exact"
         else:
             low, high = cell["ci95"]
             shown = f"{cell['value']:>9.1f}   95% interval {low:.1f} to {high:.1f}"
