@@ -24,6 +24,7 @@ from gateway.config import Settings, load_settings
 from gateway.context import Gateway, initialise
 from gateway.errors import GatewayError
 from gateway.ingest import UploadRefused, upload_extract
+from gateway.release.budget import budget_report
 from gateway.release.reports import list_reports, run_report
 from gateway.synthetic import generate_agreement_extracts
 
@@ -115,6 +116,7 @@ def run_demo(directory: Path, *, echo: Echo | None = print, seed: int = 2026) ->
                 )
         say("\nRunning every report of every agreement, for each of its recipients:")
         reports = [_run_reports(gw, agreement, say) for agreement in agreements]
+        summary = _summary(gw, agreements, [run for runs in reports for run in runs])
         tokens_file = _web_tokens(gw, agreements, directory)
         with gw.sessions() as session:
             verification = audit.verify_chain(session)
@@ -125,6 +127,7 @@ def run_demo(directory: Path, *, echo: Echo | None = print, seed: int = 2026) ->
     )
     for problem in verification.problems:
         say(f"  {problem}")
+    say(f"\n{summary}")
     command = _gateway_command()
     data = settings.data_dir
     say(
@@ -146,6 +149,7 @@ def run_demo(directory: Path, *, echo: Echo | None = print, seed: int = 2026) ->
         "reports": [run for runs in reports for run in runs],
         "tokens_file": str(tokens_file),
         "audit": verification.to_dict(),
+        "summary": summary,
     }
 
 
@@ -192,9 +196,49 @@ def _run_reports(gw: Gateway, agreement: Agreement, say: Echo) -> list[dict[str,
                     "status": "released",
                     "tables": [t["release"]["release_id"] for t in result["tables"]],
                     "epsilon_spent": result["epsilon_spent"],
+                    "cells": {
+                        t["release"]["release_id"]: _cell_counts(t["release"]["cells"])
+                        for t in result["tables"]
+                    },
                 }
             )
     return runs
+
+
+def _cell_counts(cells: list[dict[str, Any]]) -> dict[str, int]:
+    """How a table's cells came out: noisy, exact, coded or suppressed."""
+    counts = {"noisy": 0, "exact": 0, "coded": 0, "suppressed": 0}
+    for cell in cells:
+        if cell["suppressed"]:
+            counts["suppressed"] += 1
+        elif cell.get("value") is None:
+            counts["coded"] += 1
+        elif cell["ci95"][0] == cell["ci95"][1]:
+            counts["exact"] += 1
+        else:
+            counts["noisy"] += 1
+    return counts
+
+
+def _summary(gw: Gateway, agreements: list[Agreement], runs: list[dict[str, Any]]) -> str:
+    """One line: what the pass published (each partnership release once) and cost."""
+    tables: dict[str, dict[str, int]] = {}
+    for run in runs:
+        tables.update(run.get("cells", {}))
+    totals = {
+        k: sum(t[k] for t in tables.values()) for k in ("noisy", "exact", "coded", "suppressed")
+    }
+    cells = sum(totals.values()) or 1
+    with gw.sessions() as session:
+        pools = [budget_report(session, a) for a in agreements]
+    kept = min((p["remaining"] / p["total"] for p in pools if p["total"]), default=1.0)
+    return (
+        f"Summary: {len(tables)} tables, {cells} cells: {totals['noisy']} published with "
+        f"noise, {totals['exact']} exact (posted positions), {totals['coded']} coded, "
+        f"{totals['suppressed']} suppressed ({totals['suppressed'] / cells:.0%}); epsilon "
+        f"spent {sum(p['spent'] for p in pools):.3g} of {sum(p['total'] for p in pools):.3g}, "
+        f"every agreement keeping at least {kept:.0%} of its budget"
+    )
 
 
 def _table_lines(cells: list[dict[str, Any]]) -> list[str]:

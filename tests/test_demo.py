@@ -98,6 +98,17 @@ def test_demo_command_runs(tmp_path: Path) -> None:
     assert "impact for bayview-state" in result.stdout and "95% interval" in result.stdout
     assert "suppressed (primary)" in result.stdout
     assert "/web/" in result.stdout
+    # It ends with one line of what was published and what the pass cost, counting each
+    # partnership release once: the counts add up to the cells.
+    summary = re.search(
+        r"Summary: (\d+) tables, (\d+) cells: (\d+) published with noise, (\d+) exact "
+        r"\(posted positions\), (\d+) coded, (\d+) suppressed",
+        result.stdout,
+    )
+    assert summary is not None
+    tables, cells, *parts = (int(n) for n in summary.groups())
+    assert tables > 0 and cells == sum(parts)
+    assert "epsilon spent" in result.stdout and "of its budget" in result.stdout
     tokens = tmp_path / "d" / "tokens.txt"
     assert tokens.stat().st_mode & 0o077 == 0
     secrets = [line.split()[-1].split("_", 2)[2] for line in tokens.read_text().splitlines()]
