@@ -365,10 +365,6 @@ def canonical_text(resolved: ResolvedQuery) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def fingerprint(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def table_signature(resolved: ResolvedQuery, dimensions: Sequence[str]) -> str:
     """The identity of a table whatever is measured in it: datasets, filters and the
     set of its dimensions (the key of the suppression memory)."""
