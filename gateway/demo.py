@@ -177,13 +177,19 @@ def _run_reports(gw: Gateway, agreement: Agreement, say: Echo) -> list[dict[str,
                 continue
             for table in result["tables"]:
                 say(f"    {table['title']}")
-                for line in _table_lines(table["release"]["cells"]):
+                release = table["release"]
+                for line in _table_lines(release["cells"], release["query"]["measure"]["kind"]):
                     say(f"      {line}")
                 for name, values in table.get("summary", {}).items():
                     for item in values:
                         where = ", ".join(f"{k} {v}" for k, v in item["group"].items())
-                        shown = item["value"] if item["value"] is not None else "-"
-                        say(f"      {name}{' ' + where if where else ''}: {shown} ({item['note']})")
+                        say(f"      {name.replace('_', ' ')}{' ' + where if where else ''}: "
+                            + _figure(item))  # fmt: skip
+            for figure in result.get("derived", []):
+                say(f"    {figure['title']}")
+                for row in figure["rows"]:
+                    where = ", ".join(f"{k} {v}" for k, v in row["group"].items())
+                    say(f"      {where or 'all'}: {_figure(row)}")
             say(
                 f"    epsilon spent {result['epsilon_spent']:.3g}; "
                 f"{party}'s budget remaining {result['budget_remaining']:.3g}"
@@ -205,9 +211,21 @@ def _run_reports(gw: Gateway, agreement: Agreement, say: Echo) -> list[dict[str,
     return runs
 
 
+def _figure(item: dict[str, Any]) -> str:
+    """A derived figure: its value and 95% interval, or why it has none; and its note."""
+    if item.get("value") is None:
+        return f"- ({item.get('note')})"
+    shown = f"{item['value']:.2f}"
+    if item.get("ci95"):
+        low, high = item["ci95"]
+        shown += f"   95% interval {low:.2f} to {high:.2f}"
+    return shown + (f" ({item['note']})" if item.get("note") else "")
+
+
 def _cell_counts(cells: list[dict[str, Any]]) -> dict[str, int]:
-    """How a table's cells came out: noisy, exact, coded or suppressed."""
-    counts = {"noisy": 0, "exact": 0, "coded": 0, "suppressed": 0}
+    """How a table's cells came out: noisy (as asked or rolled up), exact, coded or
+    suppressed."""
+    counts = {"noisy": 0, "rolled_up": 0, "exact": 0, "coded": 0, "suppressed": 0}
     for cell in cells:
         if cell["suppressed"]:
             counts["suppressed"] += 1
@@ -215,6 +233,8 @@ def _cell_counts(cells: list[dict[str, Any]]) -> dict[str, int]:
             counts["coded"] += 1
         elif cell["ci95"][0] == cell["ci95"][1]:
             counts["exact"] += 1
+        elif cell.get("steps"):
+            counts["rolled_up"] += 1
         else:
             counts["noisy"] += 1
     return counts
@@ -225,25 +245,39 @@ def _summary(gw: Gateway, agreements: list[Agreement], runs: list[dict[str, Any]
     tables: dict[str, dict[str, int]] = {}
     for run in runs:
         tables.update(run.get("cells", {}))
-    totals = {
-        k: sum(t[k] for t in tables.values()) for k in ("noisy", "exact", "coded", "suppressed")
-    }
+    kinds = ("noisy", "rolled_up", "exact", "coded", "suppressed")
+    totals = {k: sum(t.get(k, 0) for t in tables.values()) for k in kinds}
     cells = sum(totals.values()) or 1
     with gw.sessions() as session:
         pools = [budget_report(session, a) for a in agreements]
     kept = min((p["remaining"] / p["total"] for p in pools if p["total"]), default=1.0)
     return (
         f"Summary: {len(tables)} tables, {cells} cells: {totals['noisy']} published with "
-        f"noise, {totals['exact']} exact (posted positions), {totals['coded']} coded, "
+        f"noise as asked, {totals['rolled_up']} rolled up into coarser groups, "
+        f"{totals['exact']} exact (posted positions), {totals['coded']} coded, "
         f"{totals['suppressed']} suppressed ({totals['suppressed'] / cells:.0%}); epsilon "
         f"spent {sum(p['spent'] for p in pools):.3g} of {sum(p['total'] for p in pools):.3g}, "
         f"every agreement keeping at least {kept:.0%} of its budget"
     )
 
 
-def _table_lines(cells: list[dict[str, Any]]) -> list[str]:
+def _cell_label(cell: dict[str, Any]) -> str:
+    """A cell's group as a reader wants it: each dimension's value, and for one that
+    rolled up, the level it stands at ("program_code secondary (program area)")."""
+    level = cell.get("level") or {}
+    parts = []
+    for name, value in cell["group"].items():
+        at = level.get(name)
+        shown = f"{name} {value}"
+        if at and at != "as asked" and not str(value).startswith(("all ", at)):
+            shown += f" ({at})"
+        parts.append(shown)
+    return ", ".join(parts) or "all"
+
+
+def _table_lines(cells: list[dict[str, Any]], kind: str = "count") -> list[str]:
     """One aligned line per cell: its group, then the noisy value and interval, or why not."""
-    labels = [", ".join(f"{k} {v}" for k, v in c["group"].items()) or "all" for c in cells]
+    labels = [_cell_label(c) for c in cells]
     width = max((len(label) for label in labels), default=0)
     lines = []
     for label, cell in zip(labels, cells, strict=True):
@@ -255,7 +289,12 @@ def _table_lines(cells: list[dict[str, Any]]) -> list[str]:
             shown = f"{cell['value']:>9.1f}   exact"
         else:
             low, high = cell["ci95"]
-            shown = f"{cell['value']:>9.1f}   95% interval {low:.1f} to {high:.1f}"
+            if kind in ("rate", "retention", "agreement"):  # a share of teachers
+                shown = f"{cell['value']:>9.0%}   95% interval {low:.0%} to {high:.0%}"
+            else:
+                shown = f"{cell['value']:>9.1f}   95% interval {low:.1f} to {high:.1f}"
+            if cell.get("note"):
+                shown += f"  ({cell['note']})"
         lines.append(f"{label:<{width}}  {shown}")
     return lines
 

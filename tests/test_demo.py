@@ -103,8 +103,9 @@ def test_demo_command_runs(tmp_path: Path) -> None:
     # It ends with one line of what was published and what the pass cost, counting each
     # partnership release once: the counts add up to the cells.
     summary = re.search(
-        r"Summary: (\d+) tables, (\d+) cells: (\d+) published with noise, (\d+) exact "
-        r"\(posted positions\), (\d+) coded, (\d+) suppressed",
+        r"Summary: (\d+) tables, (\d+) cells: (\d+) published with noise as asked, (\d+) "
+        r"rolled up into coarser groups, (\d+) exact \(posted positions\), (\d+) coded, "
+        r"(\d+) suppressed",
         result.stdout,
     )
     assert summary is not None

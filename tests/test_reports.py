@@ -101,7 +101,18 @@ def test_epsilon_is_split_over_the_tables_and_previewed_whole(gateway: Gateway) 
         dry_run=True,
     )
     assert preview["preview"] is True and len(preview["tables"]) == 4
-    assert [t["preview"]["epsilon"] for t in preview["tables"]] == [0.06] * 4
+    shares = [Decimal(t["preview"]["exact"]["epsilon_cost"]) for t in preview["tables"]]
+    # Every share to the unit of the ledger, never more than the whole between them.
+    assert Decimal("0.24") - Decimal("4e-12") <= sum(shares) <= Decimal("0.24")
+    # Each table's share in proportion to (cells x teachers' groups^2)^(1/3): the split
+    # that minimises the report's summed squared error (reports.allocate).
+    weights = [
+        (t["preview"]["cells"] * t["preview"]["groups_per_teacher"] ** 2) ** (1 / 3)
+        for t in preview["tables"]
+    ]
+    for share, weight in zip(shares, weights, strict=True):
+        assert float(share) == pytest.approx(0.24 * weight / sum(weights), abs=1e-11)
+    assert len(set(shares)) > 1  # the tables differ in size: so do their shares
     assert preview["epsilon"] == pytest.approx(0.24) and preview["would_fit"] is True
     with gateway.sessions() as session:
         report = budget_report(session, gateway.agreement("diversity-cedar-valley-harmon"))

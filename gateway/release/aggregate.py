@@ -11,6 +11,7 @@ minimum of students (decide.py needs one floor, on teachers).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,3 +196,21 @@ def _retention_rows(frame: pd.DataFrame, resolved: ResolvedQuery, year_col: str)
     marked = frame.assign(_meets=frame["educator_ref"].isin(there).astype(int))
     eligible = (hired > first) & (hired + years_after <= last)
     return marked[eligible.to_numpy()]
+
+
+def distinct_teachers(
+    cells: Mapping[GroupKey, TrueCell], *, linked: bool
+) -> Callable[[Sequence[GroupKey]], int]:
+    """The hard floor's count for a set of cells merged into one (release/coarsen.py):
+    the distinct teachers under them (for rows of counts, the units they sum)."""
+
+    def count(keys: Sequence[GroupKey]) -> int:
+        present = [cells[k] for k in keys if k in cells]
+        if not linked:
+            return sum(cell.teachers for cell in present)
+        if len(present) == 1:
+            return present[0].teachers
+        parts = [cell.members for cell in present if cell.members.size]
+        return int(np.unique(np.concatenate(parts)).size) if parts else 0
+
+    return count

@@ -264,6 +264,8 @@ def normalise(resolved: ResolvedQuery, agreement: Agreement) -> ResolvedQuery:
         delta=query.delta.normalize() if private and not exact else Decimal(0),
         max_groups_per_teacher=_groups_per_teacher(resolved, filters, agreement),
         link_on=sorted(query.link_on),
+        # Released exactly, every cell is published: nothing to roll up.
+        coarsen=query.coarsen and not exact,
     )
     return replace(
         resolved,
@@ -362,6 +364,8 @@ def canonical_text(resolved: ResolvedQuery) -> str:
     }
     if resolved.link_on:
         body["link_on"] = list(resolved.link_on)
+    if query.coarsen:
+        body["coarsen"] = True
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -374,6 +378,8 @@ def table_signature(resolved: ResolvedQuery, dimensions: Sequence[str]) -> str:
         "filters": body["filters"],
         "dims": sorted(dimensions),
     }
+    if body.get("coarsen"):  # its cells are named by level: another table
+        signature["coarsen"] = True
     return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()
 
 

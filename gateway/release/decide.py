@@ -26,9 +26,12 @@ sets the argument out for a privacy officer.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gateway.release import coarsen
+from gateway.release.coarsen import Node
 from gateway.release.suppression import GroupKey, SuppressionResult, suppress
 
 if TYPE_CHECKING:
@@ -42,9 +45,20 @@ TOP_CODE = 0.95
 
 
 def floor_tail(plan: Plan) -> float:
-    """The chance each cell below the minimum may have of reaching the threshold."""
+    """The chance each cell below the minimum may have of reaching the threshold.
+
+    One teacher changes at most ``groups_per_teacher`` cells of a table; in a coarsened
+    table, at most that many nodes at each of the ladder's steps and as many
+    remainders (release/coarsen.py). So at most that many cells' floors differ
+    between neighbouring datasets.
+    """
     exponent = min(float(plan.epsilon), 700.0)
-    return float(plan.floor_delta) / (plan.groups_per_teacher * (1.0 + math.exp(exponent)))
+    # A coarsened table publishes nodes and remainders: two cells per step at most;
+    # a joint table's statistics stand for one more cell per group (postprocess.py).
+    cells = plan.groups_per_teacher * (
+        (1 if plan.ladder is None else 2 * plan.steps) + (1 if plan.summarised else 0)
+    )
+    return float(plan.floor_delta) / (cells * (1.0 + math.exp(exponent)))
 
 
 def publish_threshold(plan: Plan, profile_threshold: int | None) -> int:
@@ -62,6 +76,42 @@ def publish_threshold(plan: Plan, profile_threshold: int | None) -> int:
         margin = max(1, math.ceil(plan.sums.scale * math.log(1.0 / (2.0 * p))))
     derived = plan.minimum - 1 + margin
     return max(derived, profile_threshold or plan.minimum)
+
+
+def node_threshold(plan: Plan, leaves: int) -> int:
+    """The publish threshold of a cell made of ``leaves`` measured cells, whose noisy
+    count is the sum of theirs (release/coarsen.py).
+
+    A teacher is in at most ``min(g, leaves)`` of them, so a cell with fewer than
+    ``minimum`` distinct teachers sums to at most ``min(g, leaves) * (minimum - 1)``;
+    the margin above that bounds the tail of a sum of ``leaves`` independent draws
+    (exact for discrete Laplace, noise.py) by the same ``p`` as one cell's. With one
+    leaf this is :func:`publish_threshold`.
+    """
+    if leaves <= 1:
+        return plan.threshold
+    cached = plan.node_thresholds.get(leaves)
+    if cached is not None:
+        return cached
+    p = floor_tail(plan)
+    noise_ = plan.counts if plan.counts is not None else plan.sums
+    assert noise_ is not None
+    margin = 1
+    while noise_.sum_tail(leaves, margin) > p:  # exponential, then binary search
+        margin *= 2
+    low, high = margin // 2 + 1, margin
+    while low < high:
+        middle = (low + high) // 2
+        if noise_.sum_tail(leaves, middle) <= p:
+            high = middle
+        else:
+            low = middle + 1
+    floor = min(plan.groups_per_teacher, leaves) * (plan.minimum - 1)
+    derived = floor + max(high, 1)
+    # The profile's own threshold, for one cell, holds for a merged one too.
+    threshold = max(derived, plan.threshold)
+    plan.node_thresholds[leaves] = threshold
+    return threshold
 
 
 def decide(
@@ -99,6 +149,63 @@ def decide(
         # at 400); wider tables keep the line rule, and their values are noisy anyway.
         audit=len(values) <= MAX_AUDITED_CELLS,
     )
+
+
+@dataclass
+class Coarsened:
+    """A coarsened table's decisions: its tree's roots, the nodes published (disjoint,
+    in table order) and the suppression pattern of the roots."""
+
+    roots: list[Node]
+    published: list[Node]
+    pattern: SuppressionResult
+
+
+def decide_coarsened(
+    leaves: Sequence[GroupKey],
+    noisy_counts: Mapping[GroupKey, float],
+    teachers: Callable[[Sequence[GroupKey]], int],
+    *,
+    plan: Plan,
+    remembered: Callable[[GroupKey], bool],
+) -> Coarsened:
+    """Publish each cell at the finest level where its whole family clears, on noisy
+    sums only, with the hard floor on ``teachers`` (distinct, under a set of leaves).
+
+    The roots (the cells of the ladder's top step) are decided as a flat table is,
+    complementary suppression included; under each root that is published, the
+    decision goes down the tree, all or none (release/coarsen.py).
+    """
+    assert plan.ladder is not None
+    roots = coarsen.tree(leaves, plan.ladder)
+    verdicts: dict[tuple[GroupKey, ...], bool] = {}
+
+    def clears(merged: Sequence[GroupKey]) -> bool:
+        key = tuple(merged)
+        found = verdicts.get(key)
+        if found is None:
+            noisy = sum(noisy_counts[leaf] for leaf in merged)
+            found = noisy >= node_threshold(plan, len(merged)) and (
+                teachers(merged) >= plan.minimum
+            )
+            verdicts[key] = found
+        return found
+
+    values = {root.key: max(sum(noisy_counts[leaf] for leaf in root.leaves), 0.0) for root in roots}
+    primary = {root.key for root in roots if not clears(root.leaves)}
+    pattern = suppress(
+        values,
+        below_minimum=primary,
+        minimum=plan.minimum,
+        small_counts={k for k in primary if values[k] < plan.minimum},
+        remembered={root.key for root in roots if remembered(root.key)},
+        audit=len(values) <= MAX_AUDITED_CELLS,
+    )
+    shown = [root for root in roots if root.key not in pattern.suppressed]
+    published = coarsen.decide_tree(shown, clears, plan.ladder.stepped).published
+    order = {leaf: i for i, leaf in enumerate(leaves)}
+    published.sort(key=lambda node: order[node.leaves[0]])
+    return Coarsened(roots=roots, published=published, pattern=pattern)
 
 
 def share_label(share: float, *, coding: bool) -> str | None:

@@ -124,14 +124,32 @@ def _compute(r: _Request, asked: publish.Asked, reservation: publish.Reservation
         cells = measure.table_cells(found, plan, linked=resolved.linked)
         measured = measure.measure(cells, plan)
         memory = publish.remembered(r.gateway, r.agreement, signature)
-        pattern = decide.decide(
-            {k: c.teachers for k, c in cells.items()},  # the hard floor only
-            measured.deciding(plan),
-            plan=plan,
-            remembered={k for k in cells if named_key(plan.dimensions, k) in memory},
-        )
         kind, coding = resolved.query.measure.kind, profile.top_bottom_coding
-        table = postprocess.cells(measured, pattern, plan, kind=kind, coding=coding)
+        if plan.ladder is not None:  # too small a cell rolls up (coarsen.py)
+            coarse = decide.decide_coarsened(
+                measured.keys,
+                measured.deciding(plan),
+                aggregate.distinct_teachers(cells, linked=resolved.linked),  # the floor
+                plan=plan,
+                remembered=lambda key: named_key(plan.dimensions, key) in memory,
+            )
+            pattern = coarse.pattern
+            table = postprocess.coarsened_table(coarse, measured, plan, kind=kind, coding=coding)
+        else:
+            pattern = decide.decide(
+                {k: c.teachers for k, c in cells.items()},  # the hard floor only
+                measured.deciding(plan),
+                plan=plan,
+                remembered={k for k in cells if named_key(plan.dimensions, k) in memory},
+            )
+            table = postprocess.cells(measured, pattern, plan, kind=kind, coding=coding)
+        stats = (
+            postprocess.statistics(
+                measured, plan, aggregate.distinct_teachers(cells, linked=resolved.linked)
+            )
+            if kind == "joint"
+            else None
+        )
     except Exception as error:  # the reservation stays spent
         publish.fail(r.gateway, reservation)
         raise ReleaseFailed(
@@ -157,6 +175,7 @@ def _compute(r: _Request, asked: publish.Asked, reservation: publish.Reservation
         pattern=pattern,
         plan=plan,
         budget_remaining=float(reservation.state.epsilon_remaining),
+        stats=stats,
     )
     return publish.record(
         r.gateway,

@@ -28,6 +28,8 @@ class Measurements:
     counts: dict[GroupKey, int] = field(default_factory=dict)
     sums: dict[GroupKey, float] = field(default_factory=dict)
     numerators: dict[GroupKey, int] = field(default_factory=dict)
+    #: For a coarsened table's cells: how many measured cells each one sums (else 1).
+    terms: dict[GroupKey, int] = field(default_factory=dict)
 
     def deciding(self, plan: Plan) -> dict[GroupKey, float]:
         """The noisy count each cell's publication is decided on."""

@@ -42,6 +42,22 @@ class Cell(BaseModel):
     share: float | None = None
     #: "<5%" or ">95%": a noisy share near 0% or 100%, shown only as its band.
     coded: str | None = None
+    #: The 95% interval of ``share``, from the noise (where a share is given).
+    share_ci95: list[float] | None = None
+    #: Why a published value should not be used as it is: a rate or share whose 95%
+    #: interval spans more than half of 0 to 1, and what would narrow it.
+    note: str | None = None
+    #: In a coarsened table: the level each coarsening dimension's value stands at
+    #: ("as asked", "rating band", "3-year window", or its hierarchy's top) ...
+    level: dict[str, str] | None = None
+    #: ... and how many coarsening steps above the table as asked (0: as asked).
+    steps: int | None = None
+    #: A remainder (the rest of a group beside its members published on their own):
+    #: the dimension and the labels of the members it stands for.
+    covers: dict[str, list[Any]] | None = None
+    #: In a coarsened table, a count's or sum's noise standard deviation (0 when exact),
+    #: so figures derived from published cells can carry their uncertainty.
+    noise_sd: float | None = None
 
     @model_serializer(mode="wrap")
     def _serialise(
@@ -50,7 +66,16 @@ class Cell(BaseModel):
         # Only what a cell has: a reason when hidden, a label when coded, and a share
         # in a distribution (given, None or not, only where the table has shares).
         out: dict[str, Any] = handler(self)
-        for name in ("reason", "coded"):
+        for name in (
+            "reason",
+            "coded",
+            "share_ci95",
+            "note",
+            "level",
+            "steps",
+            "covers",
+            "noise_sd",
+        ):
             if out.get(name) is None:
                 out.pop(name, None)
         if "share" not in self.model_fields_set:
@@ -80,6 +105,9 @@ class Release(BaseModel):
     #: the hard floor (docs/releases.md).
     decisions: dict[str, Any] = Field(default_factory=dict)
     unprotectable: list[dict[str, Any]] = Field(default_factory=list)
+    #: Statistics derived from every noisy cell of the table (a joint table's weighted
+    #: kappa and exact agreement per group), each with its 95% interval and a note.
+    statistics: list[dict[str, Any]] = Field(default_factory=list)
     created_at: str
     audit_event: str | None = None
     repeated: bool = False
@@ -89,8 +117,9 @@ class Release(BaseModel):
         self, handler: SerializerFunctionWrapHandler, info: SerializationInfo
     ) -> dict[str, Any]:
         out: dict[str, Any] = handler(self)
-        if not out.get("repeated"):
-            out.pop("repeated", None)
+        for name in ("repeated", "statistics"):
+            if not out.get(name):
+                out.pop(name, None)
         return out
 
     def to_json(self) -> dict[str, Any]:

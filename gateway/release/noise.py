@@ -26,7 +26,7 @@ by the gateway before any measurement sees the data (see release.engine).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -67,6 +67,83 @@ def _calibrate(measurement_for: Any, d_in: Any, epsilon: float) -> tuple[Any, fl
     raise CalibrationFailed("no noise scale meets the budget")  # pragma: no cover
 
 
+def chernoff_tail(log_mgf: Callable[[float], float], limit: float, terms: int, k: float) -> float:
+    """The Chernoff bound on P(S >= k) for S a sum of ``terms`` independent copies of a
+    symmetric noise with log moment generating function ``log_mgf`` (finite on
+    ``[0, limit)``): ``min over s of exp(terms * log_mgf(s) - s k)``.
+
+    Any ``s`` gives a valid bound, so the (convex) minimisation needs no precision to
+    stay safe: a golden-section search over the open interval, never above 1.
+    """
+    if k <= 0:
+        return 1.0
+
+    def exponent(s: float) -> float:
+        return terms * log_mgf(s) - s * k
+
+    low, high = 0.0, limit * (1.0 - 1e-9)
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    for _ in range(200):
+        left, right = high - ratio * (high - low), low + ratio * (high - low)
+        if exponent(left) <= exponent(right):
+            high = right
+        else:
+            low = left
+    best = min(exponent(low), exponent(high), exponent((low + high) / 2.0))
+    return min(1.0, math.exp(best)) if best < 700 else 1.0
+
+
+def _difference_of_negative_binomials_tail(a: float, terms: int, k: int) -> float | None:
+    """P(N1 - N2 >= k) for independent negative binomials (``terms`` successes of
+    probability ``1 - a``), with the neglected tail added whole; None if it will not
+    converge quickly (the caller then uses the Chernoff bound)."""
+    if k <= 0:
+        return 1.0
+    import numpy as np
+    from scipy.stats import nbinom
+
+    p = 1.0 - a
+    rest = 1.0
+    total = 0.0
+    j = 0
+    chunk = 256
+    while j < 1_000_000:
+        js = np.arange(j, j + chunk)
+        total += float(np.sum(nbinom.pmf(js, terms, p) * nbinom.sf(k + js - 1, terms, p)))
+        rest = float(nbinom.sf(j + chunk - 1, terms, p))  # P(N2 >= j + chunk)
+        j += chunk
+        if rest < 1e-3 * total or rest < 1e-300:
+            return min(1.0, total + rest)
+    return None  # pragma: no cover
+
+
+def _smallest(holds: Callable[[float], bool], *, integer: bool) -> float:
+    """The smallest t >= 0 (a whole number when ``integer``) for which ``holds(t)``,
+    given that it holds for every t above some point (bisection to 1e-6 relative)."""
+    high: float = 1.0
+    while not holds(high):
+        high *= 2.0
+        if high > 1e18:  # pragma: no cover
+            raise CalibrationFailed("no finite bound on the noise")
+    low: float = 0.0
+    if integer:
+        lo, hi = 0, int(high)
+        while lo < hi:
+            split = (lo + hi) // 2
+            if holds(float(split)):
+                hi = split
+            else:
+                lo = split + 1
+        return float(lo)
+    while high - low > 1e-6 * high:
+        middle = (low + high) / 2.0
+        if holds(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
 @dataclass(frozen=True)
 class IntegerNoise:
     """Discrete Laplace noise on a vector of counts with a given L1 sensitivity."""
@@ -91,6 +168,38 @@ class IntegerNoise:
         a = math.exp(-1.0 / self.scale)
         return math.exp(k * math.log(a)) / (1.0 + a) if k >= 1 else 1.0
 
+    @property
+    def variance(self) -> float:
+        """Var Z = 2a / (1 - a)^2 with a = exp(-1/scale)."""
+        a = math.exp(-1.0 / self.scale)
+        return 2.0 * a / math.expm1(-1.0 / self.scale) ** 2
+
+    def log_mgf(self, s: float) -> float:
+        """log E[e^{sZ}] = log((1 - a)^2 / ((1 - a e^s)(1 - a e^-s))), for 0 <= s < 1/scale."""
+        a = math.exp(-1.0 / self.scale)
+        return 2.0 * math.log1p(-a) - math.log1p(-a * math.exp(s)) - math.log1p(-a * math.exp(-s))
+
+    def sum_tail(self, terms: int, k: float) -> float:
+        """P(Z_1 + ... + Z_terms >= k) for independent draws, from above.
+
+        A discrete Laplace draw is the difference of two geometric ones, so the sum is
+        ``N1 - N2`` with ``N1, N2`` negative binomial (``terms`` successes, success
+        probability ``1 - a``): ``P(S >= k) = sum_j P(N2 = j) P(N1 >= k + j)``, summed
+        until ``P(N2 > J)`` (added whole, as a bound on the rest) is negligible. The
+        Chernoff bound (:func:`chernoff_tail`) is the fallback, never smaller.
+        """
+        if terms <= 1:
+            return self.tail(math.ceil(k))
+        return _difference_of_negative_binomials_tail(
+            math.exp(-1.0 / self.scale), terms, math.ceil(k)
+        ) or chernoff_tail(self.log_mgf, 1.0 / self.scale, terms, k)
+
+    def sum_half_width(self, terms: int, alpha: float = 0.05) -> float:
+        """A half-width t with P(|Z_1 + ... + Z_terms| >= t) <= alpha (exact for one)."""
+        if terms <= 1:
+            return self.half_width(alpha)
+        return float(_smallest(lambda t: 2.0 * self.sum_tail(terms, t) <= alpha, integer=True))
+
 
 @dataclass(frozen=True)
 class FloatNoise:
@@ -112,6 +221,28 @@ class FloatNoise:
     def tail(self, k: float) -> float:
         """P(noise >= k) for k >= 0: Laplace, exp(-k / scale) / 2."""
         return 0.5 * math.exp(-k / self.scale) if k >= 0 else 1.0
+
+    @property
+    def variance(self) -> float:
+        """Var Z = 2 scale^2."""
+        return 2.0 * self.scale * self.scale
+
+    def log_mgf(self, s: float) -> float:
+        """log E[e^{sZ}] = -log(1 - (scale s)^2), for 0 <= s < 1/scale."""
+        return -math.log1p(-((self.scale * s) ** 2))
+
+    def sum_tail(self, terms: int, k: float) -> float:
+        """An upper bound on P(Z_1 + ... + Z_terms >= k): exact for one term, the
+        Chernoff bound for more."""
+        if terms <= 1:
+            return self.tail(k)
+        return chernoff_tail(self.log_mgf, 1.0 / self.scale, terms, k)
+
+    def sum_half_width(self, terms: int, alpha: float = 0.05) -> float:
+        """A half-width t with P(|Z_1 + ... + Z_terms| >= t) <= alpha (exact for one)."""
+        if terms <= 1:
+            return self.half_width(alpha)
+        return _smallest(lambda t: 2.0 * self.sum_tail(terms, t) <= alpha, integer=False)
 
 
 @dataclass(frozen=True)

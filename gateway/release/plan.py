@@ -9,15 +9,16 @@ refused here with the bound it broke.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import product
 from typing import Any
 
 from gateway.agreements.models import Agreement, ColumnSpec
 from gateway.errors import PolicyViolation, SchemaError
-from gateway.release import decide, noise
+from gateway.release import coarsen, decide, noise
 from gateway.release.canonical import MAX_LISTED_INTEGERS, exact_release, public_values
+from gateway.release.coarsen import Ladder
 from gateway.release.query import FieldRef, ResolvedQuery, bounds
 from gateway.release.suppression import GroupKey
 
@@ -53,6 +54,17 @@ class Plan:
     sums: noise.FloatNoise | None = None
     numerators: noise.IntegerNoise | None = None
     clamp: tuple[float, float] | None = None
+    #: How the table's cells roll up when too small (a query that asks to coarsen).
+    ladder: Ladder | None = None
+    #: Statistics are derived from the whole table per group (a joint table's kappa).
+    summarised: bool = False
+    #: Publish thresholds of cells made of several measured cells, by their number.
+    node_thresholds: dict[int, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def steps(self) -> int:
+        """The levels a cell may be published at: one, or the ladder's steps."""
+        return len(self.ladder.steps) if self.ladder is not None else 1
 
     @property
     def delta_used(self) -> Decimal:
@@ -97,6 +109,42 @@ class Plan:
             out["sum_half_width"] = self.sums.half_width()
         if self.numerators is not None:
             out["numerator_half_width"] = self.numerators.half_width()
+        if self.ladder is not None and not self.private_positions:
+            out["coarsening"] = self._ladder_accuracy()
+        return out
+
+    def _ladder_accuracy(self) -> list[dict[str, Any]]:
+        """For each step of the ladder: its levels, how many cells it has, and the
+        publish threshold and 95% half-width of a count there (from its smallest to its
+        largest cell, by the number of measured cells each merges)."""
+        assert self.ladder is not None
+        noisy = self.counts if self.counts is not None else self.sums
+        assert noisy is not None
+        roots = coarsen.tree(self.keys([()]), self.ladder)
+        sizes: dict[int, list[int]] = {}
+        stack = list(roots)
+        while stack:
+            node = stack.pop()
+            sizes.setdefault(node.step, []).append(len(node.leaves))
+            stack += node.children
+
+        def span(values: list[float]) -> float | list[float]:
+            low, high = min(values), max(values)
+            return low if low == high else [low, high]
+
+        out = []
+        for step in range(len(self.ladder.steps)):
+            found = sorted(set(sizes.get(step, [])))
+            if not found:
+                continue
+            out.append(
+                {
+                    "level": self.ladder.level_names(step),
+                    "cells": len(sizes[step]),
+                    "publish_threshold": span([decide.node_threshold(self, k) for k in found]),
+                    "count_half_width": span([round(noisy.sum_half_width(k), 4) for k in found]),
+                }
+            )
         return out
 
     def mechanisms(self) -> list[str]:
@@ -184,6 +232,7 @@ def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
         for ref in paired(resolved):  # named with their datasets: both may be "score"
             dimensions.append(f"{ref.dataset}.{ref.column}")
             key_lists.append(ordinal_values(ref.spec))
+    ladder = _ladder(resolved, agreement, dimensions, key_lists) if query.coarsen else None
     public_positions = [i for i, values in enumerate(key_lists) if values is not None]
     private_positions = [i for i, values in enumerate(key_lists) if values is None]
     public_lists = [key_lists[i] or [] for i in public_positions]
@@ -226,6 +275,8 @@ def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
         # A teacher counts in a student-derived cell only with this many students, so
         # that a cell of `minimum` teachers rests on `min_cell_students` students.
         students_per_teacher=max(1, -(-profile.min_cell_students // minimum)),
+        ladder=ladder,
+        summarised=measure.kind == "joint",
     )
     try:
         _choose_noise(plan, resolved, query.epsilon)
@@ -236,6 +287,31 @@ def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
             f"{selection_delta} ({error}); ask for more"
         ) from None
     return plan
+
+
+def _ladder(
+    resolved: ResolvedQuery,
+    agreement: Agreement,
+    dimensions: list[str],
+    key_lists: list[list[Any] | None],
+) -> Ladder | None:
+    """The coarsening ladder over the dimensions whose keys are public and that have a
+    hierarchy under the agreement; None when none has (the table is decided flat)."""
+    refs: list[tuple[FieldRef, str]] = [(ref, "codes") for ref in resolved.group_by]
+    kind = resolved.query.measure.kind
+    if kind == "distribution" and resolved.measure_field is not None:
+        refs.append((resolved.measure_field, "values"))
+    elif kind == "joint":
+        refs += [(ref, "values") for ref in paired(resolved)]
+    axes = []
+    for position, ((ref, role), values) in enumerate(zip(refs, key_lists, strict=True)):
+        hierarchy = agreement.hierarchy(ref.dataset, ref.column)
+        if hierarchy is None or values is None:
+            continue
+        found = coarsen.axis(position, dimensions[position], hierarchy, values, kind=role)
+        if found is not None:
+            axes.append(found)
+    return coarsen.ladder(axes)
 
 
 def _exact_plan(

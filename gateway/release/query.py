@@ -122,6 +122,10 @@ class Query(BaseModel):
     #: Columns every dataset has that rows must share to link, besides the pseudonym
     #: (an EPP's and a district's observations of the same domain in the same year).
     link_on: list[str] = Field(default_factory=list, max_length=3)
+    #: Roll cells too small to publish up along the agreement's hierarchies (rating
+    #: bands, program areas, pooled years, declared groupings) instead of suppressing
+    #: them: see release/coarsen.py. Reports ask for it.
+    coarsen: bool = False
 
     @field_validator("epsilon")
     @classmethod

@@ -31,11 +31,11 @@ already received on the same data comes back stored, free.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway import audit
@@ -43,7 +43,7 @@ from gateway.agreements.loader import Registry
 from gateway.agreements.models import Agreement, ReportSpec
 from gateway.context import Gateway
 from gateway.errors import GatewayError, NotFound, PolicyViolation, SchemaError
-from gateway.release import budget
+from gateway.release import budget, derived
 from gateway.release.budget import BudgetExhausted
 from gateway.release.engine import request_release
 from gateway.release.model import Preview, Release
@@ -66,9 +66,31 @@ class ReportTable(BaseModel):
 
     title: str
     query: dict[str, Any]
-    #: A statistic computed from the table's released (noisy) cells: post-processing,
-    #: so it costs no budget and reveals nothing the cells do not.
+    #: A statistic of the table shown beside it: a joint table's weighted kappa (and
+    #: exact agreement), which the release derives from all its noisy cells.
     summary: Literal["weighted_kappa"] | None = None
+    #: Cells too small to publish roll up along the agreement's hierarchies (pooled
+    #: years, rating bands, program areas, declared groupings) instead of being
+    #: suppressed: the default for a report.
+    coarsen: bool = True
+    #: This table's weight when the report's epsilon is shared out (default: the
+    #: error-minimising share, see :func:`allocate`).
+    weight: Annotated[float, Field(gt=0, le=100)] | None = None
+
+
+class DerivedSpec(BaseModel):
+    """A figure computed from two tables' released cells: the gap between them (the
+    first minus the second) or the conversion from the first to the second, for each
+    group both tables publish with the same labels (derived.py gives the interval)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str
+    kind: Literal["gap", "conversion"]
+    #: The two tables, by position in ``tables`` (0 is the first).
+    tables: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]
+    #: Cells of the first table kept (the others left out), e.g. a stage.
+    where: dict[str, str | int] = Field(default_factory=dict)
 
 
 class ReportDefinition(BaseModel):
@@ -83,6 +105,7 @@ class ReportDefinition(BaseModel):
     epsilon: str | None = None
     parameters: dict[str, ReportParameter] = Field(default_factory=dict)
     tables: list[ReportTable] = Field(min_length=1, max_length=8)
+    derived: list[DerivedSpec] = Field(default_factory=list, max_length=8)
 
 
 def definition(spec: ReportSpec) -> ReportDefinition:
@@ -96,6 +119,12 @@ def definition(spec: ReportSpec) -> ReportDefinition:
             for e in error.errors(include_input=False)
         )
         raise SchemaError(f"report {spec.name!r} is not well formed: {reasons}") from None
+    for item in report.derived:
+        if max(item.tables) >= len(report.tables):
+            raise SchemaError(
+                f"report {spec.name!r}: derived figure {item.title!r} names table "
+                f"{max(item.tables)}, but the report has {len(report.tables)} (counted from 0)"
+            )
     for table in report.tables:
         kind = (table.query.get("measure") or {}).get("kind")
         if table.summary == "weighted_kappa" and kind != "joint":
@@ -233,18 +262,56 @@ def _substitute(value: Any, parameters: Mapping[str, Any]) -> Any:
 
 
 def table_queries(
-    report: ReportDefinition, parameters: Mapping[str, Any], epsilon: Decimal
+    report: ReportDefinition,
+    parameters: Mapping[str, Any],
+    epsilon: Decimal,
+    shares: Sequence[Decimal] | None = None,
 ) -> list[Query]:
-    """Each table's query with the parameters filled in and its share of epsilon."""
-    share = budget.split(epsilon, len(report.tables))
-    if share <= 0:
+    """Each table's query with the parameters filled in and its share of epsilon
+    (``shares``, else an even split)."""
+    if shares is None:
+        shares = [budget.split(epsilon, len(report.tables))] * len(report.tables)
+    if any(share <= 0 for share in shares):
         raise SchemaError("parameter 'epsilon' is too small to share over the report's tables")
     queries = []
-    for table in report.tables:
+    for table, share in zip(report.tables, shares, strict=True):
         body = _substitute(table.query, parameters)
         body["epsilon"] = str(share)
+        if table.coarsen:
+            body.setdefault("coarsen", True)
         queries.append(parse_query(body))
     return queries
+
+
+def allocate(
+    report: ReportDefinition, previews: Sequence[Preview], epsilon: Decimal
+) -> list[Decimal]:
+    """The report's epsilon shared over its tables to minimise its expected error.
+
+    A table released exactly (posted positions) costs nothing and gets nothing. For
+    the rest, the expected squared error summed over a table's ``n`` cells is
+    proportional to ``n (g / epsilon_t)^2`` (``g``: cells a teacher may be in), so
+    the total is smallest, for a fixed sum of the ``epsilon_t``, when each is
+    proportional to ``(n g^2)^(1/3)`` (a Lagrange multiplier). A table's declared
+    ``weight`` replaces that. Shares are rounded down to the ledger's unit, so they
+    never add up to more than ``epsilon``.
+    """
+    weights: list[Decimal] = []
+    for table, preview in zip(report.tables, previews, strict=True):
+        if preview.accuracy_95.get("exact"):
+            weights.append(Decimal(0))
+        elif table.weight is not None:
+            weights.append(Decimal(str(table.weight)))
+        else:
+            n = max(preview.cells or 1, 1)
+            g = preview.groups_per_teacher
+            weights.append(Decimal(repr((n * g * g) ** (1.0 / 3.0))))
+    even = budget.split(epsilon, len(weights))
+    total = sum(weights, Decimal(0))
+    if total <= 0:
+        return [even] * len(weights)
+    # An exact table's query keeps a nominal epsilon: it is released free whatever it.
+    return [budget.split(epsilon * w / total, 1) if w else even for w in weights]
 
 
 def check_reports(agreement: Agreement, registry: Registry) -> list[str]:
@@ -292,14 +359,29 @@ def run_report(
             f"(recipients: {', '.join(recipients(agreement, definition_))})"
         )
     values, epsilon = resolve_parameters(agreement, definition_, parameters)
-    queries = table_queries(definition_, values, epsilon)
-    previews: list[Preview] = []
-    for query in queries:
-        preview = request_release(
-            gateway, agreement_id=agreement_id, party=party, query=query, actor=actor, dry_run=True
-        )
-        assert isinstance(preview, Preview)
-        previews.append(preview)
+
+    def preview_all(queries: list[Query]) -> list[Preview]:
+        previews = []
+        for query in queries:
+            preview = request_release(
+                gateway,
+                agreement_id=agreement_id,
+                party=party,
+                query=query,
+                actor=actor,
+                dry_run=True,
+            )
+            assert isinstance(preview, Preview)
+            previews.append(preview)
+        return previews
+
+    # Shape first (cells, teachers' groups, exact or not: none depends on epsilon),
+    # then the error-minimising shares, previewed again for their cost.
+    shares = allocate(
+        definition_, preview_all(table_queries(definition_, values, epsilon)), epsilon
+    )
+    queries = table_queries(definition_, values, epsilon, shares)
+    previews = preview_all(queries)
     # A table asked before on the same data comes back stored, at no cost.
     total = sum((Decimal(p.exact["epsilon_cost"]) for p in previews), Decimal(0))
     total_delta = sum((Decimal(p.exact["delta_cost"]) for p in previews), Decimal(0))
@@ -360,6 +442,10 @@ def run_report(
     return {
         **head,
         "tables": tables,
+        "derived": [
+            {"title": item.title, "kind": item.kind, "rows": derived_rows(item, tables)}
+            for item in definition_.derived
+        ],
         "epsilon_spent": float(
             sum((Decimal(str(t["release"]["epsilon_spent"])) for t in tables), Decimal(0))
         ),
@@ -368,48 +454,84 @@ def run_report(
 
 
 def weighted_kappa(release: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Quadratic-weighted kappa of each group of a joint table, from its noisy cells.
-
-    The last two dimensions of the cells are the two raters' scores. A group with a
-    suppressed or coded cell gets no kappa: its noisy counts are not all published,
-    and computing one from the published cells alone would bias it.
-    """
-    cells = release["cells"]
-    if not cells or len(cells[0]["group"]) < 2:
-        return []
-    dimensions = list(cells[0]["group"])
-    first, second = dimensions[-2], dimensions[-1]
-    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
-    for cell in cells:
-        key = tuple(cell["group"][d] for d in dimensions[:-2])
-        groups.setdefault(key, []).append(cell)
-    out: list[dict[str, Any]] = []
-    for key, members in groups.items():
-        group = dict(zip(dimensions[:-2], key, strict=True))
-        if any(c["suppressed"] or c.get("value") is None for c in members):
-            out.append(
-                {"group": group, "value": None, "note": "not computed: a cell is suppressed"}
-            )
-            continue
-        scores = sorted(
-            {c["group"][first] for c in members} | {c["group"][second] for c in members}
+    """The weighted kappa of each group of a joint table, as the release derived it from
+    all its noisy cells (postprocess.statistics), with its 95% interval and a note."""
+    out = []
+    for entry in release.get("statistics") or []:
+        kappa = entry.get("weighted_kappa") or {}
+        out.append(
+            {
+                "group": entry["group"],
+                "value": kappa.get("value"),
+                "ci95": kappa.get("ci95"),
+                "usable": kappa.get("usable", False),
+                "note": kappa.get("note") or entry.get("note") or "from every noisy cell",
+            }
         )
-        index = {score: i for i, score in enumerate(scores)}
-        table = np.zeros((len(scores), len(scores)))
-        for c in members:
-            table[index[c["group"][first]], index[c["group"][second]]] += float(c["value"])
-        total = table.sum()
-        if total <= 0 or len(scores) < 2:
-            out.append({"group": group, "value": None, "note": "not computed: no teachers"})
-            continue
-        shares = table / total
-        i, j = np.indices(shares.shape)
-        weights = 1.0 - (i - j) ** 2 / (len(scores) - 1) ** 2
-        observed = float((weights * shares).sum())
-        expected = float((weights * np.outer(shares.sum(1), shares.sum(0))).sum())
-        value = None if expected >= 1 else round((observed - expected) / (1 - expected), 4)
-        out.append({"group": group, "value": value, "note": "from the noisy counts"})
     return out
+
+
+# --- figures from two tables --------------------------------------------------------------
+
+
+def _noisy_cell(cell: Mapping[str, Any]) -> derived.Noisy | None:
+    """A published cell as a noisy measurement: its value and, from its 95% interval's
+    half-width, its noise variance (exact cells: 0). None for a hidden or coded cell."""
+    if cell.get("suppressed") or cell.get("value") is None or not cell.get("ci95"):
+        return None
+    value = float(cell["value"])
+    if cell.get("noise_sd") is not None:  # a coarsened table's cell says it
+        return derived.Noisy(value, float(cell["noise_sd"]) ** 2)
+    low, high = cell["ci95"]
+    half = max(high - value, value - low, 0.0)
+    # One Laplace draw's 95% half-width is ln(20) scales; its variance 2 scale^2.
+    return derived.Noisy(value, 2.0 * (half / math.log(20.0)) ** 2)
+
+
+def _by_group(
+    cells: Sequence[Mapping[str, Any]], keep: Mapping[str, Any], dims: Sequence[str]
+) -> dict[tuple[Any, ...], derived.Noisy | None]:
+    """Cells summed by their labels on ``dims`` (after keeping those matching ``keep``);
+    a group with a hidden cell is None (its sum is not known)."""
+    out: dict[tuple[Any, ...], derived.Noisy | None] = {}
+    for cell in cells:
+        group = cell["group"]
+        if any(str(group.get(k)) != str(v) for k, v in keep.items()):
+            continue
+        key = tuple(group.get(d) for d in dims)
+        noisy = _noisy_cell(cell)
+        if key in out and out[key] is None:
+            continue
+        out[key] = (
+            None
+            if noisy is None
+            else derived.total([m for m in (out.get(key), noisy) if m is not None])
+        )
+    return out
+
+
+def derived_rows(spec: DerivedSpec, tables: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A derived figure for each group both tables publish with the same labels on the
+    dimensions they share (summing each table over its other dimensions)."""
+    first = tables[spec.tables[0]]["release"]["cells"]
+    second = tables[spec.tables[1]]["release"]["cells"]
+    if not first or not second:
+        return []
+    dims_first = [d for d in first[0]["group"] if d not in spec.where]
+    dims = [d for d in dims_first if d in second[0]["group"]]
+    a = _by_group(first, spec.where, dims)
+    b = _by_group(second, {}, dims)
+    rows = []
+    for key in [k for k in a if k in b]:
+        x, y = a[key], b[key]
+        if x is None or y is None:
+            continue
+        if spec.kind == "gap":
+            result = derived.gap(minuend=x, subtrahend=y)
+        else:
+            result = derived.conversion(from_stage=x, to_stage=y)
+        rows.append({"group": dict(zip(dims, key, strict=True)), **result.to_json()})
+    return rows
 
 
 def parse_param_options(options: Sequence[str]) -> dict[str, str]:

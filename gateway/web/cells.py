@@ -7,16 +7,12 @@ noisy value and its 95% interval.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.release import export
 from gateway.web.rendering import format_number
-
-# Spreadsheets run a cell that starts with one of these as a formula.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -30,6 +26,8 @@ class CellRow:
     suppressed: bool
     coded: str | None
     share: str | None
+    #: For a rolled-up cell: where it stands ("program area", "3-year window").
+    level: str | None = None
 
 
 def dimensions(cells: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -50,6 +48,14 @@ def suppression_reason(reason: str | None, threshold: int | None) -> str:
     return reason or "hidden"
 
 
+def _level(cell: Mapping[str, Any]) -> str | None:
+    """The levels a rolled-up cell stands at, in words; None for a cell as asked."""
+    if not cell.get("steps"):
+        return None
+    levels = [f"{name}: {at}" for name, at in (cell.get("level") or {}).items() if at != "as asked"]
+    return "rolled up (" + "; ".join(levels) + ")"
+
+
 def cell_rows(release: Mapping[str, Any]) -> list[CellRow]:
     cells: Sequence[Mapping[str, Any]] = release.get("cells") or []
     decisions = release.get("decisions") or {}
@@ -65,7 +71,8 @@ def cell_rows(release: Mapping[str, Any]) -> list[CellRow]:
         elif coded:
             status = f"Coded: the share is {coded}; no number is given"
         else:
-            status = "Released"
+            level = _level(cell)
+            status = f"Released, {level}" if level else "Released"
         rows.append(
             CellRow(
                 group=tuple(str(v) for v in cell["group"].values()),
@@ -75,36 +82,12 @@ def cell_rows(release: Mapping[str, Any]) -> list[CellRow]:
                 suppressed=bool(cell.get("suppressed")),
                 coded=coded,
                 share=None if share is None else f"{share * 100:.1f}%",
+                level=_level(cell),
             )
         )
     return rows
 
 
-def _safe(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
 def cells_csv(release: Mapping[str, Any]) -> str:
-    """One CSV row per cell (the columns of ``gateway release --csv``); text that a
-    spreadsheet would run as a formula is neutralised."""
-    cells: Sequence[Mapping[str, Any]] = release.get("cells") or []
-    names = dimensions(cells)
-    extra = [c for c in ("share", "coded") if any(c in cell for cell in cells)]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*names, "value", "ci95_low", "ci95_high", "suppressed", "reason", *extra])
-    for cell in cells:
-        ci = cell.get("ci95") or [None, None]
-        row = [
-            *(cell["group"][d] for d in names),
-            cell.get("value"),
-            ci[0],
-            ci[1],
-            bool(cell.get("suppressed")),
-            cell.get("reason") or "",
-            *(cell.get(c) for c in extra),
-        ]
-        writer.writerow([_safe(v) for v in row])
-    return buffer.getvalue()
+    """One CSV row per cell (the columns of ``gateway release --csv``)."""
+    return export.cells_csv(release)

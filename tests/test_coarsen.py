@@ -1,0 +1,422 @@
+"""Coarsening instead of suppressing (release/coarsen.py): the ladder, the tree, the
+top-down decisions with remainders, consistent values, the thresholds of merged cells
+and whole releases that roll small cells up into their groups."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
+
+from gateway import audit
+from gateway.agreements.models import Hierarchy
+from gateway.context import Gateway, initialise
+from gateway.ingest import upload_extract
+from gateway.release import coarsen, decide, noise
+from gateway.release.engine import request_release
+from gateway.release.model import Preview, Release
+from gateway.release.plan import Plan
+from gateway.release.query import parse_query
+from tests.conftest import AGREEMENT, DISTRICT, EPP, ROOMY_EPSILON, make_settings, roomy_agreements
+
+ACTOR = audit.Actor(role="analyst", party=EPP)
+
+RATINGS = Hierarchy.model_validate(
+    {
+        "levels": [
+            {
+                "name": "rating band",
+                "groups": {"below proficient": [1, 2], "proficient": [3], "exemplary": [4]},
+            }
+        ],
+        "top": "all ratings",
+    }
+)
+YEARS = Hierarchy.model_validate(
+    {"levels": [{"name": "3-year window", "pool": 3}], "top": "all years"}
+)
+
+
+# --- the ladder and the tree ---------------------------------------------------------------
+
+
+def test_pooled_windows_partition_the_years_asked_aligned_on_the_latest() -> None:
+    axis = coarsen.axis(
+        0, "school_year", YEARS, [2019, 2020, 2021, 2022, 2023, 2024, 2025], kind="codes"
+    )
+    assert axis is not None and axis.kind == "years"
+    windows: dict[Any, list[int]] = {}
+    for year in range(2019, 2026):
+        windows.setdefault(axis.label(year, 1), []).append(year)
+    assert windows == {
+        "2023\u20132025": [2023, 2024, 2025],
+        "2020\u20132022": [2020, 2021, 2022],
+        "2019": [2019],  # the oldest window, cut to the years asked, named for them
+    }
+    assert {axis.label(year, 2) for year in range(2019, 2026)} == {"all years"}
+
+
+def test_the_ladder_coarsens_codes_then_years_then_values_and_never_values_to_the_top() -> None:
+    years = coarsen.axis(1, "school_year", YEARS, [2023, 2024, 2025], kind="codes")
+    ratings = coarsen.axis(2, "summative_rating", RATINGS, [1, 2, 3, 4], kind="values")
+    assert years is not None and ratings is not None
+    ladder = coarsen.ladder([ratings, years])
+    assert ladder is not None
+    assert ladder.describe() == [
+        {"school_year": "as asked", "summative_rating": "as asked"},
+        {"school_year": "3-year window", "summative_rating": "as asked"},
+        {"school_year": "3-year window", "summative_rating": "rating band"},
+        {"school_year": "all years", "summative_rating": "rating band"},
+    ]
+    assert [ladder.stepped(s) for s in range(1, 4)] == [1, 2, 1]
+
+
+@given(
+    st.lists(st.integers(2000, 2030), min_size=1, max_size=12, unique=True),
+    st.lists(st.sampled_from([1, 2, 3, 4]), min_size=1, max_size=4, unique=True),
+)
+def test_every_step_partitions_the_leaves_and_nests_in_the_next(
+    years: list[int], ratings: list[int]
+) -> None:
+    axes = [
+        coarsen.axis(0, "school_year", YEARS, years, kind="codes"),
+        coarsen.axis(1, "summative_rating", RATINGS, ratings, kind="values"),
+    ]
+    ladder = coarsen.ladder([a for a in axes if a is not None])
+    if ladder is None:
+        return
+    leaves = [(y, r) for y in years for r in ratings]
+    roots = coarsen.tree(leaves, ladder)
+    seen: list[Any] = []
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        if node.children:
+            # Children partition their node, one step below it.
+            assert sorted(leaf for c in node.children for leaf in c.leaves) == sorted(node.leaves)
+            assert all(c.step == node.step - 1 for c in node.children)
+            stack += node.children
+        else:
+            assert node.step == 0 and node.leaves == [node.key]
+            seen.append(node.key)
+        assert all(ladder.node(leaf, node.step) == node.key for leaf in node.leaves)
+    assert sorted(seen) == sorted(leaves)
+    assert all(root.step == ladder.top for root in roots)
+
+
+# --- consistent values ---------------------------------------------------------------------
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(-50, 50, allow_nan=False), st.integers(1, 6)), min_size=1, max_size=8
+    ),
+    st.floats(0, 200, allow_nan=False),
+)
+def test_projection_is_the_weighted_least_squares_point_non_negative_and_adding_up(
+    items: list[tuple[float, int]], total: float
+) -> None:
+    values = [v for v, _ in items]
+    weights = [float(w) for _, w in items]
+    x = coarsen.project(values, weights, total)
+    assert all(v >= 0 for v in x)
+    assert math.isclose(sum(x), total, rel_tol=1e-9, abs_tol=1e-9)
+    # Optimality (KKT): one multiplier lambda with x_i = max(0, v_i - lambda w_i).
+    positive = [i for i, v in enumerate(x) if v > 1e-9]
+    if positive and total > 0:
+        lam = (values[positive[0]] - x[positive[0]]) / weights[positive[0]]
+        for i in range(len(values)):
+            assert math.isclose(
+                x[i], max(0.0, values[i] - lam * weights[i]), rel_tol=1e-6, abs_tol=1e-6
+            )
+
+
+def test_projection_leaves_values_that_already_fit_alone() -> None:
+    assert coarsen.project([3.0, 4.0, 5.0], [1.0, 2.0, 1.0], 12.0) == [3.0, 4.0, 5.0]
+
+
+@given(st.lists(st.integers(-20, 60), min_size=8, max_size=8))
+def test_consistent_values_are_non_negative_and_children_add_up_to_parents(
+    noisy: list[int],
+) -> None:
+    ratings = coarsen.axis(1, "summative_rating", RATINGS, [1, 2, 3, 4], kind="codes")
+    assert ratings is not None
+    ladder = coarsen.ladder([ratings])
+    assert ladder is not None
+    leaves = [(band, r) for band in ("a", "b") for r in (1, 2, 3, 4)]
+    measured = dict(zip(leaves, map(float, noisy), strict=True))
+    roots = coarsen.tree(leaves, ladder)
+    values = coarsen.consistent(roots, measured, non_negative=True)
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        value = values[(node.step, node.key)]
+        assert value >= 0
+        if node.children:
+            assert math.isclose(
+                sum(values[(c.step, c.key)] for c in node.children), value, abs_tol=1e-9
+            )
+            stack += node.children
+    for root in roots:  # a root is its noisy total, clipped at 0
+        assert values[(root.step, root.key)] == max(0.0, sum(measured[k] for k in root.leaves))
+
+
+# --- decisions -----------------------------------------------------------------------------
+
+
+def _decide(counts: dict[Any, int], true: dict[Any, int], plan: Plan) -> decide.Coarsened:
+    return decide.decide_coarsened(
+        list(counts),
+        {k: float(v) for k, v in counts.items()},
+        lambda keys: sum(true[k] for k in keys),
+        plan=plan,
+        remembered=lambda key: False,
+    )
+
+
+def _plan(epsilon: str = "1", minimum: int = 10) -> Plan:
+    ratings = coarsen.axis(1, "summative_rating", RATINGS, [1, 2, 3, 4], kind="codes")
+    assert ratings is not None
+    plan = Plan(
+        epsilon=Decimal(epsilon),
+        selection_delta=Decimal(0),
+        floor_delta=Decimal("1e-9"),
+        groups_per_teacher=1,
+        dimensions=["grade_band", "summative_rating"],
+        public_positions=[0, 1],
+        private_positions=[],
+        public_combinations=[],
+        minimum=minimum,
+        students_per_teacher=1,
+        counts=noise.integer_noise(1, Decimal(epsilon)),
+        ladder=coarsen.ladder([ratings]),
+    )
+    plan.threshold = decide.publish_threshold(plan, None)
+    return plan
+
+
+def test_a_family_that_clears_is_published_as_asked_and_one_that_cannot_rolls_up_whole() -> None:
+    plan = _plan()
+    tau = plan.threshold
+    big, small = tau + 40, 2
+    counts = {
+        ("a", 1): big, ("a", 2): big, ("a", 3): big, ("a", 4): big,  # all clear: as asked
+        ("b", 1): small, ("b", 2): small, ("b", 3): big, ("b", 4): big,  # 1 and 2 do not
+    }  # fmt: skip
+    result = _decide(counts, counts, plan)
+    published = {(node.key, node.step): node for node in result.published}
+    assert set(published) == {
+        (("a", 1), 0), (("a", 2), 0), (("a", 3), 0), (("a", 4), 0),
+        # b's 1 and 2 do not clear even together (4 teachers), so b's bands cannot be
+        # shown beside a remainder: b is published whole, at the top of its ratings.
+        (("b", "all ratings"), 2),
+    }  # fmt: skip
+    assert not result.pattern.suppressed
+
+
+def test_a_remainder_that_clears_is_published_named_for_what_it_holds() -> None:
+    plan = _plan()
+    threshold_two = decide.node_threshold(plan, 2)
+    # 3 and 4 are too small alone; together they clear the threshold of two cells.
+    part = threshold_two // 2 + 3
+    counts = {("a", 1): 200, ("a", 2): 200, ("a", 3): part, ("a", 4): part}
+    assert part < plan.threshold
+    result = _decide(counts, counts, plan)
+    by_key = {node.key: node for node in result.published}
+    assert set(by_key) == {("a", 1), ("a", 2), ("a", "all ratings: proficient, exemplary")}
+    rest = by_key[("a", "all ratings: proficient, exemplary")]
+    assert rest.covers == ["proficient", "exemplary"]
+    assert sorted(rest.leaves) == [("a", 3), ("a", 4)]
+
+
+def test_the_floor_holds_however_high_the_noisy_count() -> None:
+    plan = _plan()
+    noisy = {("a", r): 10_000 for r in (1, 2, 3, 4)}
+    true = {("a", 1): 50, ("a", 2): 50, ("a", 3): 50, ("a", 4): 9}  # 4: below the minimum
+    result = _decide(noisy, true, plan)
+    keys = {node.key for node in result.published}
+    assert ("a", 4) not in keys
+    assert all(sum(true[leaf] for leaf in node.leaves) >= plan.minimum for node in result.published)
+
+
+@hyp_settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 40), min_size=8, max_size=8),
+    st.lists(st.integers(-30, 30), min_size=8, max_size=8),
+)
+def test_published_cells_are_disjoint_cover_each_cleared_root_and_rest_on_the_minimum(
+    true: list[int], noise_: list[int]
+) -> None:
+    plan = _plan()
+    leaves = [(band, r) for band in ("a", "b") for r in (1, 2, 3, 4)]
+    truth = dict(zip(leaves, true, strict=True))
+    noisy = {k: truth[k] + n for k, n in zip(leaves, noise_, strict=True)}
+    result = _decide(noisy, truth, plan)
+    covered = [leaf for node in result.published for leaf in node.leaves]
+    assert len(covered) == len(set(covered))  # disjoint
+    shown_roots = [r for r in result.roots if r.key not in result.pattern.suppressed]
+    assert sorted(covered) == sorted(leaf for r in shown_roots for leaf in r.leaves)
+    for node in result.published:
+        assert sum(truth[leaf] for leaf in node.leaves) >= plan.minimum
+        assert sum(noisy[leaf] for leaf in node.leaves) >= decide.node_threshold(
+            plan, len(node.leaves)
+        )
+
+
+@pytest.mark.parametrize("epsilon", ["0.3", "1", "4"])
+@pytest.mark.parametrize("leaves", [2, 3, 6])
+def test_a_merged_cells_threshold_bounds_the_tail_of_its_summed_noise(
+    epsilon: str, leaves: int
+) -> None:
+    """Checked against the sum's exact distribution, by convolving the discrete
+    Laplace distribution with itself, independently of noise.py's formula."""
+    plan = _plan(epsilon)
+    threshold = decide.node_threshold(plan, leaves)
+    margin = threshold - (plan.minimum - 1)  # g = 1: a cell below the minimum sums to <= 9
+    scale = plan.counts.scale  # type: ignore[union-attr]
+    a = math.exp(-1.0 / scale)
+    support = np.arange(-4000, 4001)
+    one = (1 - a) / (1 + a) * a ** np.abs(support)
+    total = one
+    for _ in range(leaves - 1):
+        total = np.convolve(total, one)
+    values = np.arange(len(total)) - (len(total) - 1) // 2
+    tail = float(total[values >= margin].sum())
+    assert tail <= decide.floor_tail(plan)
+    # ... and it is the smallest such margin, as tight as the floor's delta allows.
+    assert float(total[values >= margin - 1].sum()) > decide.floor_tail(plan)
+    assert threshold >= decide.node_threshold(plan, leaves - 1)
+
+
+# --- whole releases ------------------------------------------------------------------------
+
+#: Teachers per grade band in 2025: PK-2 clears alone; 3-5 and 6-8 only together.
+COUNTS = {"PK-2": 30, "3-5": 8, "6-8": 7, "9-12": 25}
+GROUPING = {
+    "grade_band": {
+        "levels": [
+            {"name": "school level", "groups": {"lower": ["PK-2", "3-5", "6-8"], "upper": ["9-12"]}}
+        ],
+        "top": "all grades",
+    }
+}
+
+
+@pytest.fixture
+def grouped(tmp_path: Path, database_url: str) -> Iterator[Gateway]:
+    """The roomy example agreements, Bayview's grouping its grade bands in two levels,
+    with the district's evaluations of ``COUNTS`` teachers uploaded."""
+    folder = roomy_agreements(tmp_path)
+    for other in folder.glob("*.yaml"):  # the roomy cap, whatever a year may spend
+        document = yaml.safe_load(other.read_text())
+        document["disclosure"].get("overrides", {}).pop("period_budget", None)
+        other.write_text(yaml.safe_dump(document, sort_keys=False))
+    path = folder / f"{AGREEMENT}.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["groupings"] = GROUPING
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    settings = make_settings(tmp_path, database_url, agreements_dir=folder)
+    initialise(settings)
+    lines = ["MEPID,SY,Grade Span,Summative Rating,School Code,Yrs Experience"]
+    teacher = 200000
+    for band, n in COUNTS.items():
+        for i in range(n):
+            teacher += 1
+            lines.append(f"{teacher},2025,{band},{3 if i % 4 else 4},S-01,{i % 9}")
+    extract = tmp_path / "evaluations.csv"
+    extract.write_text("\n".join(lines) + "\n")
+    with Gateway.open(settings) as gw:
+        upload_extract(
+            gw,
+            agreement_id=AGREEMENT,
+            party=DISTRICT,
+            dataset="evaluations",
+            path=extract,
+            actor=audit.Actor(role="uploader", party=DISTRICT),
+        )
+        yield gw
+
+
+def _ask(gw: Gateway, body: dict[str, Any], *, dry_run: bool = False) -> Any:
+    return request_release(
+        gw, agreement_id=AGREEMENT, party=EPP, query=parse_query(body), actor=ACTOR, dry_run=dry_run
+    )
+
+
+QUERY = {
+    "datasets": ["evaluations"],
+    "measure": {"kind": "count"},
+    "group_by": ["grade_band"],
+    "filters": [{"field": "school_year", "op": "eq", "value": 2025}],
+    "epsilon": ROOMY_EPSILON,
+    "coarsen": True,
+}
+
+
+def test_a_coarsened_release_rolls_small_cells_into_their_group(grouped: Gateway) -> None:
+    released = _ask(grouped, QUERY)
+    assert isinstance(released, Release)
+    body = released.to_json()
+    cells = {c["group"]["grade_band"]: c for c in body["cells"]}
+    assert set(cells) == {"PK-2", "lower: 3-5, 6-8", "9-12"}
+    assert cells["PK-2"]["steps"] == 0 and cells["PK-2"]["level"] == {"grade_band": "as asked"}
+    rest = cells["lower: 3-5, 6-8"]
+    assert rest["steps"] == 1 and rest["level"] == {"grade_band": "school level"}
+    assert rest["covers"] == {"grade_band": ["3-5", "6-8"]}
+    # At epsilon 10 the noise is below 1 with probability 0.9999 a cell.
+    assert abs(rest["value"] - (COUNTS["3-5"] + COUNTS["6-8"])) < 1.5
+    assert abs(cells["PK-2"]["value"] - COUNTS["PK-2"]) < 1.5
+    assert not any(c["suppressed"] for c in body["cells"])
+    assert body["decisions"]["coarsening"] == [
+        {"grade_band": "as asked"},
+        {"grade_band": "school level"},
+        {"grade_band": "all grades"},
+    ]
+    # The same table without coarsening suppresses both small bands.
+    flat = _ask(grouped, {**QUERY, "coarsen": False}).to_json()
+    hidden = {c["group"]["grade_band"] for c in flat["cells"] if c["suppressed"]}
+    assert {"3-5", "6-8"} <= hidden
+
+
+def test_coarsening_is_part_of_the_query_asked_and_comes_back_stored(grouped: Gateway) -> None:
+    first = _ask(grouped, QUERY)
+    again = _ask(grouped, {**QUERY, "group_by": ["grade_band"]})
+    assert isinstance(first, Release) and isinstance(again, Release)
+    assert again.repeated and again.cells == first.cells
+    preview = _ask(grouped, {**QUERY, "coarsen": False}, dry_run=True)
+    assert isinstance(preview, Preview) and not preview.repeat  # another table: not free
+
+
+def test_a_distribution_coarsens_its_values_into_bands_with_shares_of_whole_groups(
+    grouped: Gateway,
+) -> None:
+    body = _ask(
+        grouped,
+        {
+            **QUERY,
+            "measure": {"kind": "distribution", "field": "summative_rating"},
+        },
+    ).to_json()
+    for cell in body["cells"]:
+        assert not cell["suppressed"] or cell["level"]  # suppressed only at the top
+    published = [c for c in body["cells"] if not c["suppressed"]]
+    assert published, "the big bands' ratings clear at some level"
+    # Within each group whose cells are all published, the shares add up to one.
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for cell in published:
+        groups.setdefault((cell["group"]["grade_band"], cell["level"]["grade_band"]), []).append(
+            cell
+        )
+    for cells in groups.values():
+        shares = [c.get("share") for c in cells]
+        if all(s is not None for s in shares):
+            assert math.isclose(sum(shares), 1.0, abs_tol=1e-3)  # type: ignore[arg-type]
