@@ -4,6 +4,8 @@ and whole releases that roll small cells up into their groups."""
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Iterator
 from decimal import Decimal
@@ -420,3 +422,98 @@ def test_a_distribution_coarsens_its_values_into_bands_with_shares_of_whole_grou
         shares = [c.get("share") for c in cells]
         if all(s is not None for s in shares):
             assert math.isclose(sum(shares), 1.0, abs_tol=1e-3)  # type: ignore[arg-type]
+
+
+def test_the_preview_shows_each_steps_thresholds_and_half_widths(grouped: Gateway) -> None:
+    preview = _ask(grouped, QUERY, dry_run=True)
+    assert isinstance(preview, Preview)
+    steps = preview.accuracy_95["coarsening"]
+    assert [s["level"] for s in steps] == [
+        {"grade_band": "as asked"},
+        {"grade_band": "school level"},
+        {"grade_band": "all grades"},
+    ]
+    assert [s["cells"] for s in steps] == [4, 2, 1]
+    # A merged cell's threshold is never below one cell's: it sums more draws (at
+    # epsilon 10 the draws are so small that four need no more margin than one).
+    assert steps[0]["publish_threshold"] == preview.accuracy_95["publish_threshold"]
+    assert steps[2]["publish_threshold"] >= steps[0]["publish_threshold"]
+    assert steps[1]["publish_threshold"] == [13, 13] or isinstance(
+        steps[1]["publish_threshold"], int
+    )
+
+
+def test_the_csv_names_each_cells_level_and_steps(grouped: Gateway) -> None:
+    from gateway.release.export import cells_csv
+
+    body = _ask(grouped, QUERY).to_json()
+    header, *lines = list(csv.reader(io.StringIO(cells_csv(body))))
+    assert header[:3] == ["grade_band", "grade_band_level", "steps"]
+    rows = {line[0]: line for line in lines}
+    assert rows["PK-2"][1:3] == ["as asked", "0"]
+    assert rows["lower: 3-5, 6-8"][1:3] == ["school level", "1"]
+
+
+def test_a_rate_too_uncertain_to_use_says_so_and_what_would_help() -> None:
+    from gateway.release.postprocess import _rate_cell
+
+    plan = _plan("0.05")
+    plan.numerators = noise.integer_noise(1, Decimal("0.05"))
+    wide = _rate_cell({"g": 1}, 20.0, 40.0, plan, coding=False)
+    assert wide.ci95 is not None and wide.ci95[1] - wide.ci95[0] > 0.5
+    assert wide.note is not None and "too uncertain to use" in wide.note
+    assert "pool more years" in wide.note and "spend more budget" in wide.note
+    plan = _plan("20")
+    plan.numerators = noise.integer_noise(1, Decimal("20"))
+    narrow = _rate_cell({"g": 1}, 200.0, 400.0, plan, coding=False)
+    assert narrow.note is None
+
+
+def test_a_reports_gap_and_conversion_are_computed_from_two_tables_published_cells() -> None:
+    from gateway.release.reports import DerivedSpec, derived_rows
+
+    def cell(group: dict[str, Any], value: float, sd: float) -> dict[str, Any]:
+        return {
+            "group": group,
+            "value": value,
+            "ci95": [value - 2 * sd, value + 2 * sd],
+            "suppressed": False,
+            "noise_sd": sd,
+        }
+
+    stages = {
+        "release": {
+            "cells": [
+                cell({"status": "completed", "race": "white"}, 80.0, 3.0),
+                cell({"status": "completed", "race": "teachers of colour"}, 40.0, 3.0),
+                cell({"status": "withdrawn", "race": "white"}, 10.0, 3.0),
+                {"group": {"status": "withdrawn", "race": "teachers of colour"}, "value": None,
+                 "ci95": None, "suppressed": True},
+            ]
+        }
+    }  # fmt: skip
+    hired = {
+        "release": {
+            "cells": [
+                cell({"race": "white", "gender": "F"}, 30.0, 2.0),
+                cell({"race": "white", "gender": "M"}, 10.0, 2.0),
+                cell({"race": "teachers of colour", "gender": "F"}, 20.0, 2.0),
+                cell({"race": "teachers of colour", "gender": "M"}, 4.0, 2.0),
+            ]
+        }
+    }
+    spec = DerivedSpec(
+        title="Hired, of completers", kind="conversion", tables=[0, 1],
+        where={"status": "completed"},
+    )  # fmt: skip
+    rows = {r["group"]["race"]: r for r in derived_rows(spec, [stages, hired])}
+    assert rows["white"]["value"] == pytest.approx(40 / 80, abs=1e-4)
+    assert rows["teachers of colour"]["value"] == pytest.approx(24 / 40, abs=1e-4)
+    low, high = rows["white"]["ci95"]
+    assert low < 0.5 < high and high - low < 0.5
+    gap = DerivedSpec(title="gap", kind="gap", tables=[0, 1], where={"status": "completed"})
+    gaps = {r["group"]["race"]: r for r in derived_rows(gap, [stages, hired])}
+    assert gaps["white"]["value"] == pytest.approx(80 - 40)
+    # The gap's interval: the two tables' noise together (sd 3 beside sd 2 and 2).
+    half = (gaps["white"]["ci95"][1] - gaps["white"]["ci95"][0]) / 2
+    assert half == pytest.approx(2.118 * math.sqrt(9 + 4 + 4), rel=1e-3)
