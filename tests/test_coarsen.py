@@ -517,3 +517,24 @@ def test_a_reports_gap_and_conversion_are_computed_from_two_tables_published_cel
     # The gap's interval: the two tables' noise together (sd 3 beside sd 2 and 2).
     half = (gaps["white"]["ci95"][1] - gaps["white"]["ci95"][0]) / 2
     assert half == pytest.approx(2.118 * math.sqrt(9 + 4 + 4), rel=1e-3)
+
+
+def test_a_joint_table_is_drawn_as_a_grid_with_every_number_written() -> None:
+    from gateway.web.charts import heat_map
+    from gateway.web.rendering import _environment
+
+    cells = [
+        {"group": {"first": 3, "second": 3}, "value": 120.0, "suppressed": False},
+        {"group": {"first": 3, "second": 4}, "value": 30.0, "suppressed": False},
+        {"group": {"first": 4, "second": 3}, "value": None, "suppressed": True},
+        {"group": {"first": 4, "second": 4}, "value": 60.0, "suppressed": False},
+    ]
+    grid = heat_map("Pairs", cells)
+    assert grid is not None and grid.rows == ["3", "4"] and grid.columns == ["3", "4"]
+    assert [[c.text if c else None for c in row] for row in grid.grid] == [
+        ["120", "30"],
+        ["suppressed", "60"],
+    ]
+    assert grid.grid[0][0].shade == 1.0 and grid.grid[1][1].shade == 0.5  # type: ignore[union-attr]
+    html = str(_environment().get_template("_charts.html").module.heat_map(grid, "h"))
+    assert html.count("<td") == 4 and "suppressed" in html and ">120<" in html

@@ -285,3 +285,58 @@ def budget_chart(
         title=title,
         description=description,
     )
+
+
+@dataclass(frozen=True)
+class HeatCell:
+    text: str  # the value, or why there is none
+    shade: float  # 0 to 1: the value against the largest published one
+    hidden: bool
+
+
+@dataclass(frozen=True)
+class HeatMap:
+    """A joint table (teachers by the pair of scores two raters gave) as a grid: one row
+    per first score, one column per second; each cell's number is written in it, and
+    its shade repeats the number (never the only way to read it)."""
+
+    title: str
+    row_name: str
+    column_name: str
+    rows: list[str]
+    columns: list[str]
+    grid: list[list[HeatCell | None]]  # None: no cell of the table there
+
+
+def heat_map(title: str, cells: Sequence[Mapping[str, Any]]) -> HeatMap | None:
+    """The grid of a table whose last two dimensions are two raters' scores (None for
+    a table that has no two such dimensions). A coarsened table's bands and scores
+    are rows and columns in the order the table lists them."""
+    if not cells or len(cells[0]["group"]) < 2:
+        return None
+    names = list(cells[0]["group"])
+    first, second = names[-2], names[-1]
+    rows: list[str] = []
+    columns: list[str] = []
+    for cell in cells:
+        for name, seen in ((first, rows), (second, columns)):
+            label = str(cell["group"][name])
+            if label not in seen:
+                seen.append(label)
+    top = max(
+        (float(c["value"]) for c in cells if not c.get("suppressed") and c.get("value")),
+        default=0.0,
+    )
+    grid: list[list[HeatCell | None]] = [[None] * len(columns) for _ in rows]
+    for cell in cells:
+        row = rows.index(str(cell["group"][first]))
+        column = columns.index(str(cell["group"][second]))
+        if cell.get("suppressed"):
+            grid[row][column] = HeatCell("suppressed", 0.0, True)
+        elif cell.get("value") is None:
+            grid[row][column] = HeatCell(str(cell.get("coded") or "-"), 0.0, False)
+        else:
+            value = float(cell["value"])
+            shade = value / top if top > 0 else 0.0
+            grid[row][column] = HeatCell(format_number(value), round(shade, 3), False)
+    return HeatMap(title, first, second, rows, columns, grid)
