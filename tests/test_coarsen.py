@@ -538,3 +538,40 @@ def test_a_joint_table_is_drawn_as_a_grid_with_every_number_written() -> None:
     assert grid.grid[0][0].shade == 1.0 and grid.grid[1][1].shade == 0.5  # type: ignore[union-attr]
     html = str(_environment().get_template("_charts.html").module.heat_map(grid, "h"))
     assert html.count("<td") == 4 and "suppressed" in html and ">120<" in html
+
+
+def test_a_gap_sums_the_finer_tables_cells_into_the_coarser_tables_groups() -> None:
+    """Unfilled positions (exact, by licensure area) against candidates (noisy, rolled
+    up into fields): each field's gap is its areas' positions minus its candidates."""
+    from gateway.agreements.loader import load_registry
+    from gateway.release.reports import DerivedSpec, derived_rows
+    from tests.conftest import AGREEMENTS_DIR, POLICIES_DIR
+
+    agreement = load_registry(AGREEMENTS_DIR, POLICIES_DIR).agreement(
+        "sped-pipeline-northfield-tricounty"
+    )
+    hierarchy = agreement.field_hierarchy("licensure_area")
+    assert hierarchy is not None
+    level = hierarchy.levels[0]
+    assert level.groups is not None
+    field, areas = next((f, a) for f, a in level.groups.items() if len(a) >= 2)
+    exact = [
+        {"group": {"licensure_area": area}, "value": float(10 + i), "ci95": [10.0 + i] * 2,
+         "suppressed": False, "noise_sd": 0.0}
+        for i, area in enumerate(areas)
+    ]  # fmt: skip
+    noisy = [
+        {"group": {"licensure_area": field}, "value": 7.0, "ci95": [1.0, 13.0],
+         "suppressed": False, "noise_sd": 2.0, "level": {"licensure_area": level.name}, "steps": 1}
+    ]  # fmt: skip
+    spec = DerivedSpec(title="gap", kind="gap", tables=[0, 1])
+    rows = derived_rows(
+        spec, [{"release": {"cells": exact}}, {"release": {"cells": noisy}}], agreement
+    )
+    assert len(rows) == 1 and rows[0]["group"] == {"licensure_area": field}
+    assert rows[0]["value"] == pytest.approx(sum(10 + i for i in range(len(areas))) - 7.0)
+    # With one area of the field missing, the two sides stand for different positions.
+    rows = derived_rows(
+        spec, [{"release": {"cells": exact[1:]}}, {"release": {"cells": noisy}}], agreement
+    )
+    assert rows == []

@@ -443,7 +443,11 @@ def run_report(
         **head,
         "tables": tables,
         "derived": [
-            {"title": item.title, "kind": item.kind, "rows": derived_rows(item, tables)}
+            {
+                "title": item.title,
+                "kind": item.kind,
+                "rows": derived_rows(item, tables, agreement),
+            }
             for item in definition_.derived
         ],
         "epsilon_spent": float(
@@ -488,49 +492,110 @@ def _noisy_cell(cell: Mapping[str, Any]) -> derived.Noisy | None:
     return derived.Noisy(value, 2.0 * (half / math.log(20.0)) ** 2)
 
 
-def _by_group(
-    cells: Sequence[Mapping[str, Any]], keep: Mapping[str, Any], dims: Sequence[str]
-) -> dict[tuple[Any, ...], derived.Noisy | None]:
-    """Cells summed by their labels on ``dims`` (after keeping those matching ``keep``);
-    a group with a hidden cell is None (its sum is not known)."""
-    out: dict[tuple[Any, ...], derived.Noisy | None] = {}
-    for cell in cells:
-        group = cell["group"]
-        if any(str(group.get(k)) != str(v) for k, v in keep.items()):
-            continue
-        key = tuple(group.get(d) for d in dims)
-        noisy = _noisy_cell(cell)
-        if key in out and out[key] is None:
-            continue
-        out[key] = (
-            None
-            if noisy is None
-            else derived.total([m for m in (out.get(key), noisy) if m is not None])
-        )
-    return out
+def _codes(
+    agreement: Agreement | None, dimension: str, cell: Mapping[str, Any]
+) -> frozenset[Any] | None:
+    """The values as asked that ``cell`` stands for on ``dimension`` (its own value, a
+    group's codes, a window's years, a remainder's members); None for a hierarchy's
+    top, which stands for every value asked."""
+    label = cell["group"][dimension]
+    level = (cell.get("level") or {}).get(dimension, "as asked")
+    if level == "as asked":
+        return frozenset([label])
+    hierarchy = agreement.field_hierarchy(dimension) if agreement is not None else None
+    if hierarchy is None:
+        return frozenset([label])
+    names = list(hierarchy.level_names)
+    if level == hierarchy.top:
+        return None
+    index = names.index(level) if level in names else -1
+    covers = (cell.get("covers") or {}).get(dimension)
+    labels = covers if covers is not None else [label]
+    index = index - 1 if covers is not None else index
+    out: set[Any] = set()
+    for item in labels:
+        if index < 0:
+            out.add(item)
+        elif hierarchy.levels[index].pool is not None:
+            first, _, last = str(item).partition("\u2013")
+            out.update(range(int(first), int(last or first) + 1))
+        else:
+            out.update((hierarchy.levels[index].groups or {}).get(str(item), [item]))
+    return frozenset(out)
 
 
-def derived_rows(spec: DerivedSpec, tables: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """A derived figure for each group both tables publish with the same labels on the
-    dimensions they share (summing each table over its other dimensions)."""
-    first = tables[spec.tables[0]]["release"]["cells"]
-    second = tables[spec.tables[1]]["release"]["cells"]
+def _labels(cell: Mapping[str, Any], dims: Sequence[str]) -> tuple[Any, ...]:
+    return tuple(cell["group"][d] for d in dims)
+
+
+def _overlap(x: frozenset[Any] | None, y: frozenset[Any] | None) -> bool:
+    return x is None or y is None or bool(x & y)
+
+
+def derived_rows(
+    spec: DerivedSpec,
+    tables: Sequence[Mapping[str, Any]],
+    agreement: Agreement | None = None,
+) -> list[dict[str, Any]]:
+    """A derived figure (first table against the second) for each block of cells that
+    stand for the same values of the dimensions the tables share: where one table
+    publishes a coarser group than the other, the finer table's cells are summed into
+    it; each table is summed over its other dimensions. A block with a hidden cell, or
+    whose two sides do not cover the same values, gives no row."""
+    first = [
+        c
+        for c in tables[spec.tables[0]]["release"]["cells"]
+        if all(str(c["group"].get(k)) == str(v) for k, v in spec.where.items())
+    ]
+    second = list(tables[spec.tables[1]]["release"]["cells"])
     if not first or not second:
         return []
-    dims_first = [d for d in first[0]["group"] if d not in spec.where]
-    dims = [d for d in dims_first if d in second[0]["group"]]
-    a = _by_group(first, spec.where, dims)
-    b = _by_group(second, {}, dims)
+    dims = [d for d in first[0]["group"] if d not in spec.where and d in second[0]["group"]]
+    cells = [(0, c) for c in first] + [(1, c) for c in second]
+    codes = [[_codes(agreement, d, c) for d in dims] for _, c in cells]
+    # Blocks: cells of the two tables joined whenever they overlap on every shared dimension.
+    parent = list(range(len(cells)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(first)):
+        for j in range(len(first), len(cells)):
+            if all(_overlap(x, y) for x, y in zip(codes[i], codes[j], strict=True)):
+                parent[root(i)] = root(j)
+    blocks: dict[int, list[int]] = {}
+    for i in range(len(cells)):
+        blocks.setdefault(root(i), []).append(i)
     rows = []
-    for key in [k for k in a if k in b]:
-        x, y = a[key], b[key]
-        if x is None or y is None:
+    for members in blocks.values():
+        sides = [[i for i in members if cells[i][0] == side] for side in (0, 1)]
+        if not sides[0] or not sides[1]:
             continue
+        spans = [
+            [frozenset().union(*(codes[i][n] or {None} for i in side)) for n in range(len(dims))]
+            for side in sides
+        ]
+        if spans[0] != spans[1]:
+            continue  # the two sides do not stand for the same teachers' groups
+        measured = [[_noisy_cell(cells[i][1]) for i in side] for side in sides]
+        if any(m is None for side in measured for m in side):
+            continue
+        x, y = (derived.total(m for m in side if m is not None) for side in measured)
         if spec.kind == "gap":
             result = derived.gap(minuend=x, subtrahend=y)
         else:
             result = derived.conversion(from_stage=x, to_stage=y)
-        rows.append({"group": dict(zip(dims, key, strict=True)), **result.to_json()})
+        # Named for the coarser side: the one with fewer distinct groups on ``dims``.
+        side = min(sides, key=lambda m: len({_labels(cells[i][1], dims) for i in m}))
+        names = list(dict.fromkeys(_labels(cells[i][1], dims) for i in side))
+        group = {
+            d: names[0][n] if len(names) == 1 else " + ".join(str(t[n]) for t in names)
+            for n, d in enumerate(dims)
+        }
+        rows.append({"group": group, **result.to_json()})
     return rows
 
 
