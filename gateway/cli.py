@@ -300,6 +300,11 @@ def agreements_show(ctx: click.Context, agreement_id: str, as_json: bool) -> Non
             f"disclosure: profile {disclosure['name']}, minimum cell "
             f"{disclosure['min_cell_teachers']} teachers / {disclosure['min_cell_students']} "
             f"students, budget epsilon {disclosure['privacy_budget']['epsilon']}"
+            + (
+                f" over its life, at most {disclosure['period_budget']['epsilon']} per school year"
+                if disclosure.get("period_budget")
+                else ""
+            )
         )
         click.echo("reports: " + (", ".join(r["name"] for r in d["reports"]) or "none yet"))
 
@@ -675,23 +680,32 @@ def _release_report(
 @json_option
 @click.pass_context
 def budget(ctx: click.Context, agreement_id: str, history: bool, as_json: bool) -> None:
-    """Show the privacy budget: total, spent and remaining, per recipient party."""
+    """Show the privacy budget: total, spent and remaining, per recipient party (and in
+    the current school year, when the agreement has a period budget)."""
     from gateway.release.budget import budget_history, budget_report
 
     with Gateway.open(_settings(ctx)) as gw, gw.sessions() as session:
-        report = budget_report(session, gw.agreement(agreement_id))
+        report = budget_report(session, gw.agreement(agreement_id), now=gw.clock())
         if history:
             report["history"] = budget_history(session, agreement_id)
 
     def human(r: dict[str, Any]) -> None:
+        period = r.get("period")
         click.echo(
             f"agreement {r['agreement']}: epsilon total {r['total']}, spent {r['spent']}, "
-            f"remaining {r['remaining']}"
+            f"remaining {r['remaining']}" + (" (lifetime cap)" if period else "")
         )
+        if period:
+            click.echo(
+                f"  school year {period['label']} ({period['starts']} to {period['ends']}): "
+                f"epsilon total {period['total']}, spent {period['spent']}, "
+                f"remaining {period['remaining']}"
+            )
         for party, state in r["parties"].items():
             click.echo(
                 f"  {party}: total {state['total']}, spent {state['spent']}, "
                 f"remaining {state['remaining']} (delta remaining {state['delta_remaining']})"
+                + (f"; spent over the agreement's life {state['lifetime_spent']}" if period else "")
             )
         for entry in r.get("history", []):
             click.echo(

@@ -9,7 +9,8 @@ agreement that is new or changed since the last start in the audit log.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,10 @@ from gateway.storage.datasets import storage_mismatches
 from gateway.storage.tables import AgreementRecord, GatewayState
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass
 class Gateway:
     settings: Settings
@@ -34,6 +39,10 @@ class Gateway:
     master_key: keys.MasterKey
     registry: Registry
     signing_key: keys.SigningKey
+    #: The present, as the budget sees it: the school year a reservation is charged to
+    #: and that budget reads show. Tests set another clock to make releases in other
+    #: school years; everything else reads the system clock.
+    clock: Callable[[], datetime] = field(default=utc_now)
 
     @classmethod
     def open(cls, settings: Settings, *, checkpoint: bool = True) -> Gateway:

@@ -285,6 +285,7 @@ def test_migration_to_partnership_releases_carries_the_ledgers_over_and_back(
             columns = {c["name"] for c in inspect(connection).get_columns("releases")}
             assert {"repeat_key", "status"} <= columns
         # At the next start the pool's total is the agreement's again; the spend stays.
+        command.upgrade(config, "head")  # the gateway opens only at the newest revision
         with Gateway.open(settings) as gw, gw.sessions() as session:
             from gateway.release.budget import budget_report
 
@@ -295,6 +296,130 @@ def test_migration_to_partnership_releases_carries_the_ledgers_over_and_back(
         with engine.connect() as connection:
             tables = inspect(connection).get_table_names()
             assert "release_cells" in tables and "budget_pools" not in tables
+        command.upgrade(config, "head")
+        assert db.current_revision(engine) == db.head_revision()
+    finally:
+        engine.dispose()
+
+
+def test_migration_to_budget_periods_labels_the_ledger_by_school_year(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Revision 0009 gives each ledger entry the school year it was reserved in (July 1
+    to June 30, UTC, named by its end) and each pool room for a period budget (null:
+    the whole life is one period). Spending already in the ledger counts against its
+    school year once the agreement declares a period budget. The downgrade drops both."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    import sqlalchemy as sa
+    import yaml
+
+    from gateway.release.budget import BudgetExhausted, budget_report, reserve
+    from tests.conftest import AGREEMENTS_DIR, make_settings
+
+    initialise(settings)
+    engine = db.make_engine(settings.resolved_database_url)
+    entries = sa.table(
+        "budget_entries",
+        sa.column("agreement_id", sa.String()),
+        sa.column("party", sa.String()),
+        sa.column("release_id", sa.String()),
+        sa.column("epsilon", sa.BigInteger()),
+        sa.column("delta", sa.BigInteger()),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+    )
+    reserved = [  # (reserved at, its school year)
+        (datetime(2026, 6, 30, 23, 59, 59, tzinfo=UTC), 2026),
+        (datetime(2026, 7, 1, 0, 0, 0, tzinfo=UTC), 2027),
+        (datetime(2027, 3, 15, 9, 30, tzinfo=UTC), 2027),
+    ]
+    try:
+        config = db._alembic_config(engine)
+        command.downgrade(config, "0008")
+        with engine.begin() as connection:
+            columns = {c["name"] for c in inspect(connection).get_columns("budget_entries")}
+            assert "period" not in columns
+            connection.execute(
+                entries.insert(),
+                [
+                    {
+                        "agreement_id": AGREEMENT,
+                        "party": "bayview-state",
+                        "release_id": f"00000000-0000-0000-0000-00000000000{i}",
+                        "epsilon": 400_000_000_000,  # 0.4 each
+                        "delta": 1_000_000_000,
+                        "created_at": moment,
+                    }
+                    for i, (moment, _) in enumerate(reserved)
+                ],
+            )
+            connection.execute(
+                text(
+                    "UPDATE budget_pools SET epsilon_spent = 1200000000000, "
+                    "delta_spent = 3000000000 WHERE agreement_id = :a"
+                ),
+                {"a": AGREEMENT},
+            )
+        command.upgrade(config, "0009")
+        with engine.connect() as connection:
+            labelled = connection.execute(
+                text("SELECT period FROM budget_entries ORDER BY release_id")
+            ).scalars()
+            assert list(labelled) == [year for _, year in reserved]
+            pools = connection.execute(
+                text("SELECT period_epsilon_total, period_delta_total FROM budget_pools")
+            ).all()
+            assert pools and all(tuple(row) == (None, None) for row in pools)
+            indexes = {i["name"] for i in inspect(connection).get_indexes("budget_entries")}
+            assert "ix_budget_entries_period" in indexes
+        command.upgrade(config, "head")  # the gateway opens only at the newest revision
+    finally:
+        engine.dispose()
+    # The agreement declares a period budget: 2026-27 has spent 0.8 of its 1.0 already.
+    folder = tmp_path / "periods"
+    folder.mkdir()
+    document = yaml.safe_load((AGREEMENTS_DIR / f"{AGREEMENT}.yaml").read_text())
+    document["disclosure"].setdefault("overrides", {})["period_budget"] = {
+        "epsilon": 1.0,
+        "delta": 1.0e-7,
+    }
+    (folder / f"{AGREEMENT}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    periods = make_settings(tmp_path, settings.resolved_database_url, agreements_dir=folder)
+    in_2027 = datetime(2027, 4, 1, tzinfo=UTC)
+    with Gateway.open(periods) as gw:
+        with gw.sessions() as session:
+            report = budget_report(session, gw.agreement(AGREEMENT), now=in_2027)
+        assert report["exact"]["spent"] == "1.2"
+        assert report["period"]["school_year"] == 2027
+        assert report["period"]["exact"]["spent"] == "0.8"
+        with (
+            gw.sessions() as session,
+            session.begin(),
+            pytest.raises(BudgetExhausted, match="school year 2026-27"),
+        ):
+            reserve(
+                session,
+                agreement=gw.agreement(AGREEMENT),
+                party="bayview-state",
+                epsilon=Decimal("0.3"),
+                delta=Decimal("1e-9"),
+                release_id="00000000-0000-0000-0000-000000000009",
+                actor=audit.OPERATOR,
+                now=in_2027,
+            )
+    engine = db.make_engine(settings.resolved_database_url)
+    try:
+        config = db._alembic_config(engine)
+        command.downgrade(config, "0008")
+        with engine.connect() as connection:
+            assert "period" not in {
+                c["name"] for c in inspect(connection).get_columns("budget_entries")
+            }
+            assert "period_epsilon_total" not in {
+                c["name"] for c in inspect(connection).get_columns("budget_pools")
+            }
+            assert connection.execute(text("SELECT count(*) FROM budget_entries")).scalar() == 3
         command.upgrade(config, "head")
         assert db.current_revision(engine) == db.head_revision()
     finally:

@@ -371,7 +371,9 @@ def _release_field_problem(
 def _check_budget_limits(
     document: AgreementDocument, profile: DisclosureProfile | None
 ) -> list[Finding]:
-    """Each limit names a recipient and stays within the agreement's budget."""
+    """Each limit names a recipient and stays within the agreement's budget: the
+    ``period_budget`` when one is declared (limits then apply per school year), else
+    the ``privacy_budget``."""
     findings = []
     for party_id, limit in document.budget_limits.items():
         base: Loc = ("budget_limits", party_id)
@@ -382,13 +384,17 @@ def _check_budget_limits(
             continue
         if profile is None:
             continue
+        name, budget = "privacy_budget", profile.privacy_budget
+        if profile.period_budget is not None:
+            name, budget = "period_budget", profile.period_budget
         for part in ("epsilon", "delta"):
-            if getattr(limit, part) > getattr(profile.privacy_budget, part):
+            if getattr(limit, part) > getattr(budget, part):
                 findings.append(
                     Finding(
                         (*base, part),
                         f"the limit's {part} {getattr(limit, part)} exceeds the agreement's "
-                        f"privacy_budget {part} {getattr(profile.privacy_budget, part)}",
+                        f"{name} {part} {getattr(budget, part)}"
+                        + (" (limits apply per school year)" if name == "period_budget" else ""),
                     )
                 )
     return findings

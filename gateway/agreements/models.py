@@ -448,7 +448,13 @@ class DisclosureProfile(_FileModel):
     description: Text
     min_cell_teachers: Annotated[int, AfterValidator(_check_min_cell)]
     min_cell_students: Annotated[int, AfterValidator(_check_min_cell)]
+    #: Everything released under the agreement, to every party together, over its whole
+    #: life (its lifetime cap when ``period_budget`` is set).
     privacy_budget: Budget
+    #: Optional: the most the agreement may spend in one school year (July 1 to June 30,
+    #: named by the year it ends), within ``privacy_budget`` over its life. None: one
+    #: period, the agreement's whole life.
+    period_budget: Budget | None = None
     per_release_cap: Budget
     #: The least one release may spend: below it noise drowns every cell, and a
     #: near-zero epsilon would let the release path be probed for almost nothing.

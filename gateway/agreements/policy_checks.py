@@ -265,6 +265,7 @@ def check_disclosure_profile(profile: DisclosureProfile) -> list[Finding]:
                     related=(("privacy_budget", part),),
                 )
             )
+    findings += _check_period_budget(profile)
     floor = profile.per_release_minimum
     if floor.epsilon > cap.epsilon:
         findings.append(
@@ -284,6 +285,45 @@ def check_disclosure_profile(profile: DisclosureProfile) -> list[Finding]:
                 related=(("per_release_cap", "delta"),),
             )
         )
+    return findings
+
+
+def _check_period_budget(profile: DisclosureProfile) -> list[Finding]:
+    """A school year's budget is spendable (delta above 0: every release spends
+    floor_delta), within the lifetime cap, and holds at least one release of the cap."""
+    period = profile.period_budget
+    if period is None:
+        return []
+    findings = []
+    if period.delta == 0:
+        findings.append(
+            Finding(
+                ("period_budget", "delta"),
+                "period_budget delta must be greater than 0: every release spends "
+                "floor_delta, so none would fit",
+            )
+        )
+    for part in ("epsilon", "delta"):
+        per_year, lifetime = getattr(period, part), getattr(profile.privacy_budget, part)
+        cap = getattr(profile.per_release_cap, part)
+        if per_year > lifetime:
+            findings.append(
+                Finding(
+                    ("period_budget", part),
+                    f"period_budget {part} {per_year} exceeds the lifetime privacy_budget "
+                    f"{part} {lifetime}",
+                    related=(("privacy_budget", part),),
+                )
+            )
+        if cap > per_year and per_year > 0:
+            findings.append(
+                Finding(
+                    ("per_release_cap", part),
+                    f"per_release_cap {part} {cap} exceeds the period_budget {part} "
+                    f"{per_year}: a release may spend at most one school year's budget",
+                    related=(("period_budget", part),),
+                )
+            )
     return findings
 
 

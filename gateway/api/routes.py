@@ -284,9 +284,10 @@ def show_budget(
     session: SessionDep,
     history: bool = Query(default=False, description="Add every reservation, oldest first."),
 ) -> dict[str, Any]:
-    """Total, spent and remaining epsilon. A reviewer sees every recipient; an analyst
-    sees the agreement's totals and its own party's share and history only."""
-    report = budget_report(session, gateway.agreement(agreement_id))
+    """Total, spent and remaining epsilon, over the agreement's life and, when it has a
+    period budget, in the current school year. A reviewer sees every recipient; an
+    analyst sees the agreement's totals and its own party's share and history only."""
+    report = budget_report(session, gateway.agreement(agreement_id), now=gateway.clock())
     entries = budget_history(session, agreement_id) if history else []
     if principal.role == "analyst":
         report["parties"] = {

@@ -111,7 +111,7 @@ def preview(
 ) -> Preview:
     """Cost and accuracy; whether the query would come back stored (free); spends nothing."""
     with gateway.sessions() as session:
-        state = budget.budget_state(session, agreement.id, party)
+        state = budget.budget_state(session, agreement.id, party, now=gateway.clock())
         row = _stored(session, asked.repeat_key)
     repeat = row is not None and row.status == "released"
     return Preview(
@@ -148,6 +148,7 @@ def reserve(
     deadline = time.monotonic() + WAIT_SECONDS
     while True:
         release_id = str(uuid.uuid4())
+        now = gateway.clock()  # the moment charged: its school year pays
         try:
             with gateway.sessions() as session, session.begin():
                 # The key first: a second identical request fails here, spending nothing.
@@ -165,7 +166,7 @@ def reserve(
                         delta=budget.delta_units(plan.delta_used),
                         body="",
                         table_sha256="",
-                        created_at=datetime.now(UTC),
+                        created_at=now,
                         repeat_key=asked.repeat_key,
                         status="pending",
                     )
@@ -179,6 +180,7 @@ def reserve(
                     delta=plan.delta_used,
                     release_id=release_id,
                     actor=actor,
+                    now=now,
                 )
             return Reservation(release_id=release_id, state=state)
         except IntegrityError:
@@ -187,7 +189,7 @@ def reserve(
             other = _stored(session, asked.repeat_key)
             if other is not None and other.status == "released":
                 return other
-            if other is not None and datetime.now(UTC) - _aware(other.created_at) > STALE_AFTER:
+            if other is not None and gateway.clock() - _aware(other.created_at) > STALE_AFTER:
                 _release_key(session, other.release_id)  # its process died: take over
                 continue
         if time.monotonic() > deadline:
@@ -341,7 +343,7 @@ def repeat(
             },
             agreement=agreement,
         )
-        state = budget.budget_state(session, agreement.id, party)
+        state = budget.budget_state(session, agreement.id, party, now=gateway.clock())
     return stored.model_copy(
         update={
             "repeated": True,

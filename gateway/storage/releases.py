@@ -25,7 +25,9 @@ from gateway.storage.tables import Base
 
 
 class BudgetPool(Base):
-    """An agreement's one privacy budget: its total and what all releases spent."""
+    """An agreement's one privacy budget: its total over the agreement's life and what
+    all releases spent; and, when the agreement declares one, its budget per school year
+    (what a school year spent is summed from the ledger's entries of that year)."""
 
     __tablename__ = "budget_pools"
 
@@ -36,12 +38,16 @@ class BudgetPool(Base):
     delta_total: Mapped[int] = mapped_column(BigInteger)
     epsilon_spent: Mapped[int] = mapped_column(BigInteger, default=0)
     delta_spent: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: The budget of one school year; both null: one period, the agreement's whole life.
+    period_epsilon_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    period_delta_total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class PrivacyBudget(Base):
     """One recipient party's spending limit within its agreement's pool, and what its
-    own requests spent."""
+    own requests spent over the agreement's life. The limit applies to the period in
+    force: the whole life, or each school year when the pool has a period budget."""
 
     __tablename__ = "privacy_budgets"
 
@@ -70,6 +76,11 @@ class BudgetEntry(Base):
     epsilon: Mapped[int] = mapped_column(BigInteger)
     delta: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: The school year the reservation is charged to (2027 = July 2026 to June 2027,
+    #: UTC), whether or not the agreement has a period budget.
+    period: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_budget_entries_period", "agreement_id", "period"),)
 
 
 class Release(Base):

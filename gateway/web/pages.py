@@ -450,13 +450,16 @@ def budget(
     principal = session.principal
     agreement = gateway.agreement(agreement_id)
     with gateway.sessions() as db:
-        report = budget_report(db, agreement)
+        report = budget_report(db, agreement, now=gateway.clock())
         history = budget_history(db, agreement_id)
     if principal.role == "analyst":  # its own party's share and history only, as in the API
         report["parties"] = {p: s for p, s in report["parties"].items() if p == principal.party}
         history = [e for e in history if e["party"] == principal.party]
-    # The viewer's spending limit, drawn when the agreement declares one below the pool.
+    # The viewer's spending limit, drawn when the agreement declares one below the pool
+    # (not with a period budget: the limit is then per school year, the lines lifelong).
     limited = principal.party if principal.party in agreement.budget_limits else None
+    if report["period"] is not None:
+        limited = None
     share = float(from_epsilon_units(party_limit(agreement, limited)[0])) if limited else None
     chart = budget_chart(
         f"Privacy budget of {agreement.id} over time",
