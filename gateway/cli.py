@@ -490,33 +490,10 @@ def upload(
 
 
 def _cells_csv(release: dict[str, Any]) -> str:
-    """One row per cell; text that could run as a spreadsheet formula is neutralised."""
-    import csv
-    import io
+    """One row per cell (gateway/release/export.py)."""
+    from gateway.release.export import cells_csv
 
-    dimensions = list(release["cells"][0]["group"]) if release["cells"] else []
-    extra = [c for c in ("share", "coded") if any(c in cell for cell in release["cells"])]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*dimensions, "value", "ci95_low", "ci95_high", "suppressed", "reason", *extra])
-    for cell in release["cells"]:
-        ci = cell.get("ci95") or [None, None]
-        row = [
-            *(cell["group"][d] for d in dimensions),
-            cell.get("value"),
-            ci[0],
-            ci[1],
-            cell["suppressed"],
-            cell.get("reason") or "",
-            *(cell.get(c) for c in extra),
-        ]
-        writer.writerow(
-            [
-                "'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v
-                for v in row
-            ]
-        )
-    return buffer.getvalue()
+    return cells_csv(release)
 
 
 def _print_release(release: dict[str, Any]) -> None:
@@ -532,7 +509,12 @@ def _print_release(release: dict[str, Any]) -> None:
     repeated = " (an identical earlier release, no budget spent)" if release.get("repeated") else ""
     click.echo(f"release {release['release_id']}{repeated}")
     for cell in release["cells"]:
-        group = ", ".join(f"{k}={v}" for k, v in cell["group"].items()) or "(all)"
+        level = cell.get("level") or {}
+        group = ", ".join(
+            f"{k}={v}" + (f" ({level[k]})" if level.get(k, "as asked") != "as asked" else "")
+            for k, v in cell["group"].items()
+        )
+        group = group or "(all)"
         if cell["suppressed"]:
             shown = f"suppressed ({cell['reason']})"
         elif cell.get("coded") and cell.get("value") is None:
@@ -545,6 +527,19 @@ def _print_release(release: dict[str, Any]) -> None:
             elif cell.get("share") is not None:
                 shown += f"  share {cell['share']:.1%}"
         click.echo(f"  {group}: {shown}")
+    for entry in release.get("statistics") or []:
+        where = ", ".join(f"{k}={v}" for k, v in entry["group"].items()) or "(all)"
+        for name in ("weighted_kappa", "exact_agreement"):
+            figure = entry.get(name)
+            if figure is None:
+                continue
+            shown = "-" if figure["value"] is None else f"{figure['value']}"
+            if figure.get("ci95"):
+                shown += f"  [95%: {figure['ci95'][0]} to {figure['ci95'][1]}]"
+            note = f" ({figure['note']})" if figure.get("note") else ""
+            click.echo(f"  {name.replace('_', ' ')} {where}: {shown}{note}")
+        if "note" in entry:
+            click.echo(f"  statistics {where}: {entry['note']}")
     click.echo(
         f"epsilon spent {release['epsilon_spent']}, delta spent {release['delta_spent']}, "
         f"budget remaining {release['budget_remaining']}; audit event {release['audit_event']}"
@@ -654,10 +649,16 @@ def _release_report(
             click.echo("")
             click.echo(table["title"])
             _print_release(table.get("release") or table["preview"])
-            for name, values in table.get("summary", {}).items():
-                for item in values:
-                    shown = item["value"] if item["value"] is not None else "-"
-                    click.echo(f"  {name} {item['group'] or ''}: {shown} ({item['note']})")
+        for figure in r.get("derived", []):
+            click.echo("")
+            click.echo(figure["title"])
+            for row in figure["rows"]:
+                where = ", ".join(f"{k}={v}" for k, v in row["group"].items()) or "(all)"
+                shown = "-" if row["value"] is None else f"{row['value']}"
+                if row.get("ci95"):
+                    shown += f"  [95%: {row['ci95'][0]} to {row['ci95'][1]}]"
+                note = f" ({row['note']})" if row.get("note") else ""
+                click.echo(f"  {where}: {shown}{note}")
         click.echo("")
         if r.get("preview"):
             fits = "fits" if r["would_fit"] else "does NOT fit"

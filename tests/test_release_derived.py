@@ -206,28 +206,73 @@ def test_joint_table_and_its_weighted_kappa(paired_scores: Gateway) -> None:
     assert len(released["cells"]) == 16  # every pair of codes, empty ones included
     names = list(released["cells"][0]["group"])
     assert names == ["epp_observations.score", "district_observations.score"]
-    (kappa,) = weighted_kappa(released)
-    # Empty cells are small cells: suppressed, so no kappa from partial counts.
-    assert kappa["value"] is None and "suppressed" in kappa["note"]
+    # The release derives the two raters' kappa from every noisy cell, published or
+    # not (60 teachers: whether it clears the threshold of 16 merged cells depends on
+    # the noise): either a kappa with its interval, or a note saying why not.
+    (entry,) = released["statistics"]
+    assert entry["group"] == {}
+    if "weighted_kappa" in entry:
+        kappa = entry["weighted_kappa"]
+        low, high = kappa["ci95"]
+        assert -1 <= low <= kappa["value"] <= high <= 1
+        assert 0 <= entry["exact_agreement"]["value"] <= 1
+        (summary,) = weighted_kappa(released)
+        assert summary["value"] == kappa["value"] and summary["ci95"] == kappa["ci95"]
+    else:
+        assert "too few" in entry["note"]
+
+
+def _joint_plan(epsilon: str = "20") -> Any:
+    from decimal import Decimal
+
+    from gateway.release import decide, noise
+    from gateway.release.plan import Plan
+
+    plan = Plan(
+        epsilon=Decimal(epsilon),
+        selection_delta=Decimal(0),
+        floor_delta=Decimal("1e-9"),
+        groups_per_teacher=1,
+        dimensions=["first", "second"],
+        public_positions=[0, 1],
+        private_positions=[],
+        public_combinations=[],
+        minimum=10,
+        students_per_teacher=1,
+        counts=noise.integer_noise(1, Decimal(epsilon)),
+        summarised=True,
+    )
+    plan.threshold = decide.publish_threshold(plan, None)
+    return plan
 
 
 def test_weighted_kappa_matches_hand_computed_values() -> None:
-    def table(counts: dict[tuple[int, int], float]) -> dict[str, Any]:
-        return {
-            "cells": [
-                {"group": {"a": a, "b": b}, "value": v, "suppressed": False}
-                for (a, b), v in counts.items()
-            ]
-        }
+    """The release's statistics, from a table of (here noise-free) counts."""
+    from gateway.release.measure import Measurements
+    from gateway.release.postprocess import statistics
 
-    perfect = table({(1, 1): 20.0, (1, 2): 0.0, (2, 1): 0.0, (2, 2): 30.0})
-    assert weighted_kappa(perfect)[0]["value"] == 1.0
+    def kappa(counts: dict[tuple[int, int], float]) -> float:
+        measured = Measurements(keys=list(counts), counts=dict(counts))  # type: ignore[arg-type]
+        (entry,) = statistics(measured, _joint_plan(), lambda keys: 1000)
+        return float(entry["weighted_kappa"]["value"])
+
+    assert kappa({(1, 1): 20.0, (1, 2): 0.0, (2, 1): 0.0, (2, 2): 30.0}) == 1.0
     # Two categories: quadratic weights give Cohen's kappa. p_o = 35/50 = 0.7,
     # p_e = (25*30 + 25*20) / 50**2 = 0.5, kappa = (0.7 - 0.5) / 0.5 = 0.4.
-    worked = table({(1, 1): 20.0, (1, 2): 5.0, (2, 1): 10.0, (2, 2): 15.0})
-    assert weighted_kappa(worked)[0]["value"] == pytest.approx(0.4)
-    independent = table({(1, 1): 25.0, (1, 2): 25.0, (2, 1): 25.0, (2, 2): 25.0})
-    assert weighted_kappa(independent)[0]["value"] == pytest.approx(0.0)
+    assert kappa({(1, 1): 20.0, (1, 2): 5.0, (2, 1): 10.0, (2, 2): 15.0}) == pytest.approx(0.4)
+    assert kappa({(1, 1): 25.0, (1, 2): 25.0, (2, 1): 25.0, (2, 2): 25.0}) == pytest.approx(0.0)
+    # Rows are the first rater's scores whatever order the cells come in.
+    assert kappa({(2, 2): 15.0, (1, 2): 5.0, (2, 1): 10.0, (1, 1): 20.0}) == pytest.approx(0.4)
+
+
+def test_a_groups_kappa_is_not_shown_when_its_teachers_are_too_few() -> None:
+    from gateway.release.measure import Measurements
+    from gateway.release.postprocess import statistics
+
+    counts = {(1, 1): 20.0, (1, 2): 5.0, (2, 1): 10.0, (2, 2): 15.0}
+    measured = Measurements(keys=list(counts), counts=dict(counts))  # type: ignore[arg-type]
+    (entry,) = statistics(measured, _joint_plan(), lambda keys: 9)  # the floor: 9 < 10
+    assert "weighted_kappa" not in entry and "too few" in entry["note"]
 
 
 # --- refusals found in review ----------------------------------------------------------

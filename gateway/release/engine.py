@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from gateway import audit
 from gateway.agreements.models import Agreement
@@ -67,7 +66,7 @@ def request_release(
     try:
         agreement = gateway.agreement(agreement_id)
         gateway.require_active(agreement, refused="releases")
-        agreement.require_in_force(datetime.now(UTC).date(), refused="releases")
+        agreement.require_in_force(gateway.clock().date(), refused="releases")
         asked = resolve(query, agreement=agreement, registry=gateway.registry, party=party)
         resolved = canonical.normalise(asked, agreement)
         plan = plan_query(resolved, agreement)

@@ -149,6 +149,10 @@ class Preview(BaseModel):
     budget_remaining: float
     delta_remaining: float
     would_fit: bool
+    #: With a period budget: the school year charged ("2026-27") and what the agreement
+    #: may still spend over its life; None otherwise.
+    budget_period: str | None = None
+    lifetime_remaining: float | None = None
     #: The cost as exact decimals (the ledger's own spelling).
     exact: dict[str, str] = Field(default_factory=dict)
 

@@ -386,7 +386,7 @@ def run_report(
     total = sum((Decimal(p.exact["epsilon_cost"]) for p in previews), Decimal(0))
     total_delta = sum((Decimal(p.exact["delta_cost"]) for p in previews), Decimal(0))
     with gateway.sessions() as session:
-        state = budget.budget_state(session, agreement.id, party)
+        state = budget.budget_state(session, agreement.id, party, now=gateway.clock())
     would_fit = state is not None and state.fits(total, total_delta)
     remaining = float(state.epsilon_remaining) if state else 0.0
     head = {

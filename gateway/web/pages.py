@@ -44,7 +44,7 @@ from gateway.release.budget import (
 from gateway.release.reports import list_reports, run_report
 from gateway.storage.releases import Release
 from gateway.web.cells import cell_rows, cells_csv, dimensions, group_label
-from gateway.web.charts import bar_chart, budget_chart
+from gateway.web.charts import bar_chart, budget_chart, heat_map
 from gateway.web.forms import LeadingFields, checked_stream
 from gateway.web.rendering import PageRoute, format_number, render, sign_in_page
 from gateway.web.session import (
@@ -329,10 +329,14 @@ def _summaries(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
         rows = []
         for item in items:
             entry = item if isinstance(item, Mapping) else {"group": {}, "value": item}
+            ci = entry.get("ci95")
+            interval = (
+                f" (95% interval {format_number(ci[0])} to {format_number(ci[1])})" if ci else ""
+            )
             rows.append(
                 {
                     "group": group_label(entry) if entry.get("group") else "all",
-                    "value": format_number(entry.get("value")) or "not computed",
+                    "value": (format_number(entry.get("value")) or "not shown") + interval,
                     "note": str(entry.get("note") or ""),
                 }
             )
@@ -352,6 +356,11 @@ def _result_tables(result: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "dimensions": dimensions(cells),
                 "rows": cell_rows(release),
                 "chart": bar_chart(table["title"], cells),
+                "heat_map": (
+                    heat_map(table["title"], cells)
+                    if (release.get("query") or {}).get("measure", {}).get("kind") == "joint"
+                    else None
+                ),
                 "summaries": _summaries(table.get("summary") or {}),
                 "suppressed": sum(1 for c in cells if c.get("suppressed")),
             }
