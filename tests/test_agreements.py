@@ -95,7 +95,7 @@ def test_load_registry_resolves_disclosure_and_hashes_the_file() -> None:
 
     diversity = registry.agreement("diversity-cedar-valley-harmon").resolved_disclosure
     assert (diversity.name, diversity.min_cell_teachers) == ("strict", 20)
-    assert diversity.privacy_budget.epsilon == Decimal("2.0")
+    assert diversity.privacy_budget.epsilon == Decimal("2.5")
 
 
 def test_examples_cover_the_four_partnerships() -> None:

@@ -578,7 +578,12 @@ def derived_rows(
             [frozenset().union(*(codes[i][n] or {None} for i in side)) for n in range(len(dims))]
             for side in sides
         ]
-        if spans[0] != spans[1]:
+        # A hierarchy's top stands for every value asked: it overlaps every cell of the
+        # other table, so the block holds them all, whatever their values.
+        if any(
+            None not in first_span and None not in second_span and first_span != second_span
+            for first_span, second_span in zip(spans[0], spans[1], strict=True)
+        ):
             continue  # the two sides do not stand for the same teachers' groups
         measured = [[_noisy_cell(cells[i][1]) for i in side] for side in sides]
         if any(m is None for side in measured for m in side):

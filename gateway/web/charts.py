@@ -77,15 +77,25 @@ class BarChart:
     left_out: int
 
 
-def bar_chart(title: str, cells: Sequence[Mapping[str, Any]]) -> BarChart:
-    """The cells of one released table as bars with their intervals."""
+def chart_top(cells: Sequence[Mapping[str, Any]]) -> float:
+    """The largest value or interval end among ``cells`` (0 when none is published)."""
+    return max(
+        (
+            max(float(c["value"]), float((c.get("ci95") or [0, c["value"]])[1]))
+            for c in cells[:MAX_BARS]
+            if c.get("value") is not None
+        ),
+        default=0.0,
+    )
+
+
+def bar_chart(
+    title: str, cells: Sequence[Mapping[str, Any]], *, top: float | None = None
+) -> BarChart:
+    """The cells of one released table as bars with their intervals; ``top`` puts
+    several tables of one report on one scale (their largest value)."""
     shown = list(cells[:MAX_BARS])
-    values = [
-        max(float(c["value"]), float((c.get("ci95") or [0, c["value"]])[1]))
-        for c in shown
-        if c.get("value") is not None
-    ]
-    ticks_at = nice_ticks(max(values, default=0.0))
+    ticks_at = nice_ticks(max(chart_top(shown), top or 0.0))
     top = ticks_at[-1] or 1.0
     plot_left, plot_width, plot_top, row = 230, 380, 28, 24
     scale = plot_width / top

@@ -44,7 +44,7 @@ from gateway.release.budget import (
 from gateway.release.reports import list_reports, run_report
 from gateway.storage.releases import Release
 from gateway.web.cells import cell_rows, cells_csv, dimensions, group_label
-from gateway.web.charts import bar_chart, budget_chart, heat_map
+from gateway.web.charts import bar_chart, budget_chart, chart_top, heat_map
 from gateway.web.forms import LeadingFields, checked_stream
 from gateway.web.rendering import PageRoute, format_number, render, sign_in_page
 from gateway.web.session import (
@@ -344,9 +344,30 @@ def _summaries(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     return shown
 
 
+def _shared_tops(result: Mapping[str, Any]) -> list[float | None]:
+    """One scale for the charts of a report's tables that count the same kind of thing
+    by the same dimensions (the needs report's positions and candidates by licensure
+    area): each such table's chart reaches the largest value among them."""
+    keys = []
+    for table in result["tables"]:
+        release = table["release"]
+        cells = release.get("cells") or []
+        kind = (release.get("query") or {}).get("measure", {}).get("kind")
+        dims = tuple(cells[0]["group"]) if cells else ()
+        keys.append((kind in ("count", "sum"), dims))
+    tops: list[float | None] = []
+    for key in keys:
+        peers = [t for k, t in zip(keys, result["tables"], strict=True) if k == key]
+        if key[0] and len(peers) > 1:
+            tops.append(max(chart_top(t["release"].get("cells") or []) for t in peers))
+        else:
+            tops.append(None)
+    return tops
+
+
 def _result_tables(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     tables = []
-    for table in result["tables"]:
+    for table, top in zip(result["tables"], _shared_tops(result), strict=True):
         release = table["release"]
         cells = release.get("cells") or []
         tables.append(
@@ -355,7 +376,7 @@ def _result_tables(result: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "release": release,
                 "dimensions": dimensions(cells),
                 "rows": cell_rows(release),
-                "chart": bar_chart(table["title"], cells),
+                "chart": bar_chart(table["title"], cells, top=top),
                 "heat_map": (
                     heat_map(table["title"], cells)
                     if (release.get("query") or {}).get("measure", {}).get("kind") == "joint"
