@@ -2,7 +2,8 @@
 
 Used by ``gateway demo``, by tests and by benchmarks. Public surface::
 
-    generate_agreement_extracts(agreement, schemas, out_dir, *, seed=0, scale=1.0) -> [Extract]
+    generate_agreement_extracts(agreement, schemas, out_dir, *, seed=0, scale=1.0,
+                                epp_scale=None) -> [Extract]
     write_evaluations_csv(path, *, rows, seed=0) -> Path      # large file for the upload benchmark
 
 Each agreement gets one simulated "world": the EPP's programs and cohorts
@@ -249,6 +250,7 @@ def generate_agreement_extracts(
     *,
     seed: int = 0,
     scale: float = 1.0,
+    epp_scale: float | None = None,
 ) -> list[Extract]:
     """Write one synthetic file per dataset of ``agreement`` under ``out_dir/<agreement id>/``.
 
@@ -257,16 +259,26 @@ def generate_agreement_extracts(
     identifiers the schema knows (to be dropped at upload) and one column the
     agreement does not store. The same ``seed`` and ``scale`` give the same content.
     ``scale`` multiplies the number of people, hence of rows (0.1 for fast tests).
+    ``epp_scale`` (default: ``scale``) multiplies the EPP's cohorts alone, for a
+    partnership whose EPP is smaller or larger than its district (bench/utility.py).
     """
     if not scale > 0:
         raise ValueError(f"scale must be greater than 0, got {scale}")
+    if epp_scale is not None and not epp_scale > 0:
+        raise ValueError(f"epp_scale must be greater than 0, got {epp_scale}")
     for dataset in agreement.datasets:
         if dataset.schema_name not in schemas:
             raise ValueError(
                 f"agreement {agreement.id!r}: dataset {dataset.name!r} needs schema "
                 f"{dataset.schema_name!r}, which is not loaded"
             )
-    world = _World.simulate(agreement, schemas, seed=seed, scale=scale)
+    world = _World.simulate(
+        agreement,
+        schemas,
+        seed=seed,
+        scale=scale,
+        epp_scale=scale if epp_scale is None else epp_scale,
+    )
     folder = out_dir / agreement.id
     folder.mkdir(parents=True, exist_ok=True)
     extracts = []
@@ -358,6 +370,7 @@ class _World:
         *,
         seed: int,
         scale: float,
+        epp_scale: float,
     ) -> _World:
         world = cls()
         world.rng_labels = (seed, agreement.id)
@@ -372,7 +385,7 @@ class _World:
             if bound is not None and bound.max is not None:
                 world.experience_cap = int(bound.max)
 
-        roster = _simulate_roster(rng, scale, agreement.public_values.get("program_code", ()))
+        roster = _simulate_roster(rng, epp_scale, agreement.public_values.get("program_code", ()))
         people = _candidates(rng, roster)
         world.schools = _simulate_schools(rng, scale, cooperative=cooperative)
         size = max(25, round((320 if cooperative else 900) * scale))
