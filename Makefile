@@ -44,8 +44,9 @@ lint: install
 	$(BIN)/ruff format --check gateway tests bench
 	$(BIN)/mypy
 
-# The peers compared in bench/bench_release.py, each in its own environment: their
-# pins conflict with ours (SmartNoise brings an older OpenDP). Tumult needs Java.
+# The peers compared in bench/bench_release.py (and Tumult in bench/utility.py), each in
+# its own environment: their pins conflict with ours (SmartNoise brings an older OpenDP).
+# Tumult needs Java.
 PEERS := bench/.venvs
 $(PEERS)/smartnoise/bin/python:
 	$(PYTHON) -m venv $(PEERS)/smartnoise

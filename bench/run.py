@@ -1,6 +1,7 @@
 """Run every benchmark and record the results in bench/RESULTS.md.
 
     python -m bench.run            (or: make bench)
+    python -m bench.run utility    (the named suites only)
 
 Timings on these shared machines are noisy, so each benchmark is compared with
 a baseline measured in the same run and reported as a ratio (gateway / baseline:
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,21 +47,24 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(selected: list[str]) -> None:
-    from bench import bench_pseudonym, bench_release, bench_upload
+    from bench import bench_pseudonym, bench_release, bench_upload, utility
 
-    suites = {
+    # A suite returns rows of one table, or (utility) its own markdown.
+    suites: dict[str, Callable[[], list[dict[str, Any]] | str]] = {
         "pseudonym": bench_pseudonym.run,
         "upload": bench_upload.run,
         "release": bench_release.run,
+        "utility": utility.run,
     }
     sections = []
     for name, suite in suites.items():
         if selected and name not in selected:
             continue
         print(f"running {name} ...", flush=True)
-        rows = suite()
-        sections.append(f"### {name}\n\n{table(rows)}\n")
-        print(table(rows), flush=True)
+        result = suite()
+        body = result if isinstance(result, str) else table(result)
+        sections.append(f"### {name}\n\n{body}\n")
+        print(body, flush=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     entry = f"## Run of {stamp}\n\nMachine: {machine()}\n\n" + "\n".join(sections)
     previous = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
