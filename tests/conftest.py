@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from gateway import audit
 from gateway.config import Settings
 from gateway.context import Gateway, initialise
 from gateway.ingest import upload_extract
+from gateway.release import decide, noise
+from gateway.release.plan import Plan
 from gateway.synthetic import generate_agreement_extracts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -254,3 +257,24 @@ def analyst(settings: Settings, party: str = EPP) -> dict[str, str]:
 
 def reviewer(settings: Settings, agreements: tuple[str, ...] = (AGREEMENT,)) -> dict[str, str]:
     return bearer(issue_token(settings, role="reviewer", party=None, agreements=agreements))
+
+
+def count_plan(epsilon: str, dimensions: list[str], **extra: Any) -> Plan:
+    """A plan of counts over public keys, one group per teacher, the standard profile's
+    minimum (10) and floor delta, with its publish threshold set (tests of decisions)."""
+    plan = Plan(
+        epsilon=Decimal(epsilon),
+        selection_delta=Decimal(0),
+        floor_delta=Decimal("1e-9"),
+        groups_per_teacher=1,
+        dimensions=dimensions,
+        public_positions=list(range(len(dimensions))),
+        private_positions=[],
+        public_combinations=[],
+        minimum=extra.pop("minimum", 10),
+        students_per_teacher=1,
+        counts=noise.integer_noise(1, Decimal(epsilon)),
+        **extra,
+    )
+    plan.threshold = decide.publish_threshold(plan, None)
+    return plan

@@ -28,7 +28,15 @@ from gateway.release.engine import request_release
 from gateway.release.model import Preview, Release
 from gateway.release.plan import Plan
 from gateway.release.query import parse_query
-from tests.conftest import AGREEMENT, DISTRICT, EPP, ROOMY_EPSILON, make_settings, roomy_agreements
+from tests.conftest import (
+    AGREEMENT,
+    DISTRICT,
+    EPP,
+    ROOMY_EPSILON,
+    count_plan,
+    make_settings,
+    roomy_agreements,
+)
 
 ACTOR = audit.Actor(role="analyst", party=EPP)
 
@@ -188,22 +196,12 @@ def _decide(counts: dict[Any, int], true: dict[Any, int], plan: Plan) -> decide.
 def _plan(epsilon: str = "1", minimum: int = 10) -> Plan:
     ratings = coarsen.axis(1, "summative_rating", RATINGS, [1, 2, 3, 4], kind="codes")
     assert ratings is not None
-    plan = Plan(
-        epsilon=Decimal(epsilon),
-        selection_delta=Decimal(0),
-        floor_delta=Decimal("1e-9"),
-        groups_per_teacher=1,
-        dimensions=["grade_band", "summative_rating"],
-        public_positions=[0, 1],
-        private_positions=[],
-        public_combinations=[],
+    return count_plan(
+        epsilon,
+        ["grade_band", "summative_rating"],
         minimum=minimum,
-        students_per_teacher=1,
-        counts=noise.integer_noise(1, Decimal(epsilon)),
         ladder=coarsen.ladder([ratings]),
     )
-    plan.threshold = decide.publish_threshold(plan, None)
-    return plan
 
 
 def test_a_family_that_clears_is_published_as_asked_and_one_that_cannot_rolls_up_whole() -> None:

@@ -24,7 +24,7 @@ from gateway.release.plan import plan_query
 from gateway.release.query import parse_query, resolve
 from gateway.release.reports import weighted_kappa
 from gateway.release.rows import load_rows
-from tests.conftest import AGREEMENT, DISTRICT, EPP
+from tests.conftest import AGREEMENT, DISTRICT, EPP, count_plan
 
 ACTOR = audit.Actor(role="analyst", party=EPP)
 CALIBRATION = "calibration-lakeshore-riverbend"
@@ -223,27 +223,7 @@ def test_joint_table_and_its_weighted_kappa(paired_scores: Gateway) -> None:
 
 
 def _joint_plan(epsilon: str = "20") -> Any:
-    from decimal import Decimal
-
-    from gateway.release import decide, noise
-    from gateway.release.plan import Plan
-
-    plan = Plan(
-        epsilon=Decimal(epsilon),
-        selection_delta=Decimal(0),
-        floor_delta=Decimal("1e-9"),
-        groups_per_teacher=1,
-        dimensions=["first", "second"],
-        public_positions=[0, 1],
-        private_positions=[],
-        public_combinations=[],
-        minimum=10,
-        students_per_teacher=1,
-        counts=noise.integer_noise(1, Decimal(epsilon)),
-        summarised=True,
-    )
-    plan.threshold = decide.publish_threshold(plan, None)
-    return plan
+    return count_plan(epsilon, ["first", "second"], summarised=True)
 
 
 def test_weighted_kappa_matches_hand_computed_values() -> None:

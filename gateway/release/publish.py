@@ -127,9 +127,7 @@ def preview(
         budget_remaining=float(state.epsilon_remaining) if state else 0.0,
         delta_remaining=float(state.delta_remaining) if state else 0.0,
         would_fit=repeat or bool(state and state.fits(plan.epsilon, plan.delta_used)),
-        budget_period=(
-            budget.school_year_label(state.period) if state and state.period else None
-        ),
+        budget_period=(budget.school_year_label(state.period) if state and state.period else None),
         lifetime_remaining=(
             float(budget.from_epsilon_units(state.lifetime.epsilon_left))
             if state and state.period
