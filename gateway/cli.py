@@ -3,24 +3,29 @@
 Every command has ``--help``; commands that print data take ``--json``. On
 failure the exit status is non-zero and stderr carries a one-line reason
 (``--json`` also prints the error body on stdout).
+
+Each command imports what it uses when it runs, never at the top of this module:
+``gateway --help`` and ``--version`` then cost little more than click itself, and a
+command loads the database, Arrow, pandas or OpenDP only if it needs them
+(tests/test_imports.py holds this).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from gateway import __version__, audit, credentials, keys
-from gateway.agreements import check_agreements, load_registry
-from gateway.agreements.views import agreement_detail, agreement_summary
-from gateway.config import Settings, load_settings
-from gateway.context import Gateway, initialise
+from gateway import __version__
 from gateway.errors import AgreementInvalid, AuditChainBroken, GatewayError, SchemaError
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
+    from gateway.context import Gateway
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,9 +67,46 @@ class GatewayGroup(click.Group):
             ctx.exit(error.exit_code)
 
 
+class _ChoiceOf(click.Choice[str]):
+    """A choice among names kept by a domain module, read when click first needs them
+    (the command's help, or parsing the option): defining the command imports nothing."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]) -> None:
+        # Choice.__init__ would read the names now; ``choices`` is filled in on first use.
+        self._names = names
+        self.case_sensitive = True
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "choices":
+            raise AttributeError(name)
+        self.choices = tuple(sorted(self._names()))
+        return self.choices
+
+
+def _roles() -> Iterable[str]:
+    from gateway.credentials import ROLES
+
+    return ROLES
+
+
+def _event_kinds() -> Iterable[str]:
+    from gateway.audit import EVENT_KINDS
+
+    return EVENT_KINDS
+
+
 def _settings(ctx: click.Context) -> Settings:
+    from gateway.config import load_settings
+
     settings: Settings = ctx.ensure_object(dict).setdefault("settings", load_settings())
     return settings
+
+
+def _open(ctx: click.Context, *, checkpoint: bool = True) -> Gateway:
+    """The gateway opened with the command's settings (:meth:`Gateway.open`)."""
+    from gateway.context import Gateway
+
+    return Gateway.open(_settings(ctx), checkpoint=checkpoint)
 
 
 @click.group(cls=GatewayGroup)
@@ -88,6 +130,8 @@ def main(ctx: click.Context) -> None:
 def init(ctx: click.Context, as_json: bool) -> None:
     """Create the data folder, the database (migrated to the newest schema) and,
     if absent, the master key; load the agreements."""
+    from gateway.context import initialise
+
     result = initialise(_settings(ctx))
 
     def human(r: dict[str, Any]) -> None:
@@ -120,6 +164,8 @@ main.add_command(keys_group, name="keys")
 @click.pass_context
 def keys_init(ctx: click.Context, as_json: bool) -> None:
     """Create the master key and the audit signing key (mode 0600) if they do not exist."""
+    from gateway import keys
+
     settings = _settings(ctx)
     path = settings.resolved_master_key_file
     created = keys.create_master_key(path)
@@ -155,7 +201,9 @@ def keys_rotate(ctx: click.Context, agreement_id: str, as_json: bool) -> None:
     Data stored under the old version no longer links with new uploads:
     upload it again.
     """
-    with Gateway.open(_settings(ctx)) as gw:
+    from gateway import audit, keys
+
+    with _open(ctx) as gw:
         agreement = gw.agreement(agreement_id)
         gw.require_active(agreement, refused="key rotations")
         with gw.sessions() as session, session.begin():
@@ -190,11 +238,13 @@ def agreements() -> None:
 def agreements_check(ctx: click.Context, path: Path | None, as_json: bool) -> None:
     """Validate agreement files (a folder or one file; default: GATEWAY_AGREEMENTS_DIR)
     and their references to policies/; list every problem with file, YAML path and reason."""
+    from gateway.agreements import check_agreements
+    from gateway.agreements.loader import Problem
+    from gateway.release.reports import check_reports
+
     settings = _settings(ctx)
     target = path if path is not None else settings.agreements_dir
     registry, problems = check_agreements(target, settings.policies_dir)
-    from gateway.agreements.loader import Problem
-    from gateway.release.reports import check_reports
 
     for agreement in sorted(registry.agreements.values(), key=lambda a: a.id):
         # Each report's tables must be queries its recipients may ask.
@@ -233,7 +283,9 @@ def agreements_check(ctx: click.Context, path: Path | None, as_json: bool) -> No
 @click.pass_context
 def agreements_terminate(ctx: click.Context, agreement_id: str, reason: str, as_json: bool) -> None:
     """End an agreement now: destroy its stored data and key material, write a receipt."""
-    with Gateway.open(_settings(ctx)) as gw:
+    from gateway import audit
+
+    with _open(ctx) as gw:
         receipt = gw.terminate(agreement_id, actor=audit.OPERATOR, reason=reason)
 
     def human(r: dict[str, Any]) -> None:
@@ -251,6 +303,9 @@ def agreements_terminate(ctx: click.Context, agreement_id: str, reason: str, as_
 @click.pass_context
 def agreements_list(ctx: click.Context, as_json: bool) -> None:
     """List the agreements (id, parties, datasets)."""
+    from gateway.agreements import load_registry
+    from gateway.agreements.views import agreement_summary
+
     settings = _settings(ctx)
     registry = load_registry(settings.agreements_dir, settings.policies_dir)
     items = [agreement_summary(a) for _, a in sorted(registry.agreements.items())]
@@ -274,6 +329,9 @@ def agreements_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def agreements_show(ctx: click.Context, agreement_id: str, as_json: bool) -> None:
     """Show one agreement in full: datasets, release allowlists, disclosure, reports."""
+    from gateway.agreements import load_registry
+    from gateway.agreements.views import agreement_detail
+
     settings = _settings(ctx)
     agreement = load_registry(settings.agreements_dir, settings.policies_dir).agreement(
         agreement_id
@@ -331,7 +389,7 @@ def tokens() -> None:
 @click.option(
     "--role",
     required=True,
-    type=click.Choice(sorted(credentials.ROLES)),
+    type=_ChoiceOf(_roles),
     help="uploader, analyst or reviewer.",
 )
 @click.option(
@@ -351,7 +409,9 @@ def tokens_create(
     as_json: bool,
 ) -> None:
     """Make a token; it is printed once and only its keyed hash is kept."""
-    with Gateway.open(_settings(ctx)) as gw, gw.sessions() as session, session.begin():
+    from gateway import audit, credentials
+
+    with _open(ctx) as gw, gw.sessions() as session, session.begin():
         issued = credentials.issue(
             session,
             master_key=gw.master_key,
@@ -380,7 +440,9 @@ def tokens_create(
 @click.pass_context
 def tokens_list(ctx: click.Context, agreement_id: str | None, as_json: bool) -> None:
     """Every token: id, role, party, agreements, status (never the token itself)."""
-    with Gateway.open(_settings(ctx), checkpoint=False) as gw, gw.sessions() as session:
+    from gateway import credentials
+
+    with _open(ctx, checkpoint=False) as gw, gw.sessions() as session:
         rows = credentials.list_credentials(session, agreement_id=agreement_id)
 
     def human(items: list[dict[str, Any]]) -> None:
@@ -401,7 +463,9 @@ def tokens_list(ctx: click.Context, agreement_id: str | None, as_json: bool) -> 
 @click.pass_context
 def tokens_revoke(ctx: click.Context, token_id: str, as_json: bool) -> None:
     """Revoke a token by its id; it is refused from the next request on."""
-    with Gateway.open(_settings(ctx)) as gw, gw.sessions() as session, session.begin():
+    from gateway import audit, credentials
+
+    with _open(ctx) as gw, gw.sessions() as session, session.begin():
         state = credentials.revoke(
             session, registry=gw.registry, credential_id=token_id, actor=audit.OPERATOR
         )
@@ -466,9 +530,10 @@ def upload(
 
     Prints the receipt. A refused file stores nothing; its problems are listed.
     """
+    from gateway import audit
     from gateway.ingest import UploadRefused, upload_extract
 
-    with Gateway.open(_settings(ctx)) as gw:
+    with _open(ctx) as gw:
         try:
             receipt = upload_extract(
                 gw,
@@ -581,6 +646,7 @@ def release(
 ) -> None:
     """Release a differentially private aggregate (a query, or a named report) to a
     recipient party."""
+    from gateway import audit
     from gateway.release.engine import request_release
     from gateway.release.query import parse_query
 
@@ -597,7 +663,7 @@ def release(
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SchemaError(f"{query_file.name}: not a JSON query ({error})") from None
     query = parse_query(body)
-    with Gateway.open(_settings(ctx)) as gw:
+    with _open(ctx) as gw:
         result = request_release(
             gw,
             agreement_id=agreement_id,
@@ -622,9 +688,10 @@ def _release_report(
     as_csv: bool,
     as_json: bool,
 ) -> None:
+    from gateway import audit
     from gateway.release.reports import parse_param_options, run_report
 
-    with Gateway.open(_settings(ctx)) as gw:
+    with _open(ctx) as gw:
         result = run_report(
             gw,
             agreement_id=agreement_id,
@@ -639,6 +706,9 @@ def _release_report(
             if number:
                 click.echo("")
             click.echo(f"# {table['title']}")
+            if "skipped" in table:
+                click.echo(f"# not run: {table['skipped']}")
+                continue
             click.echo(_cells_csv(table["release"]), nl=False)
         return
 
@@ -648,6 +718,9 @@ def _release_report(
         for table in r["tables"]:
             click.echo("")
             click.echo(table["title"])
+            if "skipped" in table:
+                click.echo(f"  not run (nothing spent): {table['skipped']}")
+                continue
             _print_release(table.get("release") or table["preview"])
         for figure in r.get("derived", []):
             click.echo("")
@@ -685,7 +758,7 @@ def budget(ctx: click.Context, agreement_id: str, history: bool, as_json: bool) 
     the current school year, when the agreement has a period budget)."""
     from gateway.release.budget import budget_history, budget_report
 
-    with Gateway.open(_settings(ctx)) as gw, gw.sessions() as session:
+    with _open(ctx) as gw, gw.sessions() as session:
         report = budget_report(session, gw.agreement(agreement_id), now=gw.clock())
         if history:
             report["history"] = budget_history(session, agreement_id)
@@ -727,7 +800,7 @@ def audit_group() -> None:
 
 @audit_group.command("list")
 @click.option("--agreement", "agreement_id", help="Only events of this agreement.")
-@click.option("--kind", type=click.Choice(sorted(audit.EVENT_KINDS)), help="Only this kind.")
+@click.option("--kind", type=_ChoiceOf(_event_kinds), help="Only this kind.")
 @click.option("--party", default=None, help="Only events of actions by this party.")
 @click.option("--since", type=click.DateTime(), default=None, help="Only from this time (UTC).")
 @click.option("--until", type=click.DateTime(), default=None, help="Only before this time (UTC).")
@@ -754,7 +827,9 @@ def audit_list(
     as_json: bool,
 ) -> None:
     """List audit events, oldest first, filtered; or export them as JSON Lines or CSV."""
-    with Gateway.open(_settings(ctx)) as gw, gw.sessions() as session:
+    from gateway import audit
+
+    with _open(ctx) as gw, gw.sessions() as session:
         statement = audit.query_events(
             agreement_id=agreement_id,
             kind=kind,
@@ -790,7 +865,9 @@ def audit_list(
 @click.pass_context
 def audit_export(ctx: click.Context, out: Path, as_json: bool) -> None:
     """Sign the chain head and export the whole log as a bundle reviewers verify offline."""
-    with Gateway.open(_settings(ctx)) as gw, gw.sessions() as session:
+    from gateway import audit
+
+    with _open(ctx) as gw, gw.sessions() as session:
         manifest = audit.export_bundle(session, out, gw.signing_key)
     _emit(
         {**manifest, "bundle": str(out)},
@@ -833,13 +910,15 @@ def audit_verify(
     """Recompute every hash, link and signed checkpoint of the audit log; name each
     broken event. With --bundle, verify an export offline; with --previous or
     --anchor, also detect a log cut back or rewritten since an earlier check."""
+    from gateway import audit
+
     anchors = [audit.Anchor.parse(anchor)] if anchor else []
     if previous is not None:
         anchors.append(audit.Anchor.of_bundle(previous))
     if bundle is not None:
         result = audit.verify_bundle(bundle, anchors=anchors)
     else:
-        with Gateway.open(_settings(ctx), checkpoint=False) as gw, gw.sessions() as session:
+        with _open(ctx, checkpoint=False) as gw, gw.sessions() as session:
             result = audit.verify_chain(session)
             result.problems += audit.verify_checkpoints(session, gw.signing_key)
             for each in anchors:
@@ -890,7 +969,7 @@ def serve(ctx: click.Context, host: str, port: int, proxies: tuple[str, ...]) ->
     settings = _settings(ctx)
     # Open once before serving, so an unsafe key or a stale database is refused with a
     # one-line reason instead of a server traceback.
-    Gateway.open(settings).close()
+    _open(ctx).close()
     app = create_app(settings)
     # Client addresses (the failed-authentication lockout counts per address) come from
     # X-Forwarded-For only when the connection is from a proxy named here.

@@ -177,6 +177,9 @@ def _run_reports(gw: Gateway, agreement: Agreement, say: Echo) -> list[dict[str,
                 continue
             for table in result["tables"]:
                 say(f"    {table['title']}")
+                if "skipped" in table:  # nothing spent on it: why
+                    say(f"      not run: {table['skipped']}")
+                    continue
                 release = table["release"]
                 for line in _table_lines(release["cells"], release["query"]["measure"]["kind"]):
                     say(f"      {line}")
@@ -200,11 +203,14 @@ def _run_reports(gw: Gateway, agreement: Agreement, say: Echo) -> list[dict[str,
                     "report": listed["name"],
                     "party": party,
                     "status": "released",
-                    "tables": [t["release"]["release_id"] for t in result["tables"]],
+                    "tables": [
+                        t["release"]["release_id"] for t in result["tables"] if "release" in t
+                    ],
                     "epsilon_spent": result["epsilon_spent"],
                     "cells": {
                         t["release"]["release_id"]: _cell_counts(t["release"]["cells"])
                         for t in result["tables"]
+                        if "release" in t
                     },
                 }
             )

@@ -130,6 +130,58 @@ def test_retention_counts_who_stayed_among_those_hired_in_the_window(
     assert cells["ELEM"]["suppressed"] == (cells["ELEM"]["value"] is None)
 
 
+@pytest.mark.parametrize("years_after", [4, 5, 9])
+def test_a_retention_whose_window_cannot_hold_anyone_is_refused_before_spending(
+    gateway: Gateway, years_after: int
+) -> None:
+    """Five school years hold a teacher hired after the first and followed k years only
+    for k <= 3 (aggregate._retention_rows): a longer retention is refused from the
+    query alone, logged, and nothing is charged."""
+    from gateway.release.budget import budget_report
+    from gateway.release.query import WindowTooShort
+
+    with pytest.raises(WindowTooShort, match=f"at least {years_after + 2} school years"):
+        request_release(
+            gateway,
+            agreement_id=AGREEMENT,
+            party=EPP,
+            query=parse_query({"epsilon": "0.5", **retention_query(years_after)}),
+            actor=ACTOR,
+        )
+    with gateway.sessions() as session:
+        assert budget_report(session, gateway.agreement(AGREEMENT))["spent"] == 0
+        refused = list(session.scalars(audit.query_events(kind="release-refused")))
+    assert [audit.event_view(e)["details"]["code"] for e in refused] == ["window_too_short"]
+
+
+def test_a_report_leaves_out_a_table_its_window_cannot_fill_and_shares_its_epsilon(
+    gateway: Gateway,
+) -> None:
+    """The retention report's 5-year table over five school years: not run, nothing
+    spent on it, and its share of epsilon goes to the 1- and 3-year tables."""
+    from gateway.release.reports import run_report
+
+    analyst = audit.Actor(role="analyst", party=EPP)
+    preview = run_report(
+        gateway, agreement_id=AGREEMENT, party=EPP, report="retention",
+        parameters={"epsilon": "0.3"}, actor=analyst, dry_run=True,
+    )  # fmt: skip
+    tables = preview["tables"]
+    assert "at least 7 school years" in tables[2]["skipped"] and "preview" not in tables[2]
+    spent = [float(t["preview"]["exact"]["epsilon_cost"]) for t in tables[:2]]
+    assert sum(spent) == pytest.approx(0.3, abs=1e-9)  # the whole report's epsilon
+    result = run_report(
+        gateway, agreement_id=AGREEMENT, party=EPP, report="retention",
+        parameters={"epsilon": "0.3"}, actor=analyst,
+    )  # fmt: skip
+    assert [("release" in t, "skipped" in t) for t in result["tables"]] == [
+        (True, False),
+        (True, False),
+        (False, True),
+    ]
+    assert result["epsilon_spent"] == pytest.approx(0.3, abs=1e-9)
+
+
 def test_retention_needs_a_public_window(gateway: Gateway) -> None:
     body = retention_query(1)
     body["filters"] = body["filters"][1:]

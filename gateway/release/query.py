@@ -269,7 +269,12 @@ def resolve(query: Query, *, agreement: Agreement, registry: Registry, party: st
         # A retention reads a year dimension (when each teacher was there), not a measure.
         _allowed(agreement, party, measure_field, as_measure=not retention)
         if retention:
-            _check_retention(measure_field, filters, linked=all(linked_flags.values()))
+            _check_retention(
+                measure_field,
+                filters,
+                linked=all(linked_flags.values()),
+                years_after=query.measure.years_after or 0,
+            )
         if query.measure.kind == "distribution" and not (
             measure_field.spec.ordinal or measure_field.spec.codes
         ):
@@ -382,17 +387,39 @@ def _year(value: Any) -> int | None:
     return None
 
 
+class WindowTooShort(SchemaError):
+    """A retention whose window of years cannot hold anyone it would count: refused
+    before anything is spent (it depends on the query alone)."""
+
+    code = "window_too_short"
+
+
 def _check_retention(
-    measure_field: FieldRef, filters: list[tuple[FieldRef, Filter]], *, linked: bool
+    measure_field: FieldRef,
+    filters: list[tuple[FieldRef, Filter]],
+    *,
+    linked: bool,
+    years_after: int,
 ) -> None:
     if not linked:
         raise SchemaError("a retention follows teachers: its datasets need educator IDs")
     if measure_field.spec.type != "integer":
         raise SchemaError(f"a retention needs a year field, not {measure_field.label!r}")
-    if retention_window(measure_field, filters) is None:
+    window = retention_window(measure_field, filters)
+    if window is None:
         raise SchemaError(
             f"a retention needs its window of years as a filter on {measure_field.label!r} "
             "(op 'in' or 'between', whole years), so which years count is public"
+        )
+    # A teacher counts when hired after the window's first year and early enough for
+    # the years after to fall within it (aggregate._retention_rows): k + 2 years at least.
+    first, last = window
+    if last - first + 1 < years_after + 2:
+        raise WindowTooShort(
+            f"a retention after {years_after} year(s) counts teachers hired after the "
+            f"window's first year and at least {years_after} year(s) before its last, so it "
+            f"needs a window of at least {years_after + 2} school years; {first} to {last} "
+            "has none to count (nothing was spent)"
         )
 
 

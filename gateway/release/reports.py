@@ -47,7 +47,7 @@ from gateway.release import budget, derived
 from gateway.release.budget import BudgetExhausted
 from gateway.release.engine import request_release
 from gateway.release.model import Preview, Release
-from gateway.release.query import Query, parse_query, resolve
+from gateway.release.query import Query, WindowTooShort, parse_query, resolve
 
 ParameterType = Literal["int", "int_list", "str", "str_list"]
 
@@ -284,7 +284,7 @@ def table_queries(
 
 
 def allocate(
-    report: ReportDefinition, previews: Sequence[Preview], epsilon: Decimal
+    report: ReportDefinition, previews: Sequence[Preview | None], epsilon: Decimal
 ) -> list[Decimal]:
     """The report's epsilon shared over its tables to minimise its expected error.
 
@@ -293,12 +293,13 @@ def allocate(
     proportional to ``n (g / epsilon_t)^2`` (``g``: cells a teacher may be in), so
     the total is smallest, for a fixed sum of the ``epsilon_t``, when each is
     proportional to ``(n g^2)^(1/3)`` (a Lagrange multiplier). A table's declared
-    ``weight`` replaces that. Shares are rounded down to the ledger's unit, so they
-    never add up to more than ``epsilon``.
+    ``weight`` replaces that. A table left out of the run (``None``: a retention whose
+    window is too short) gets nothing. Shares are rounded down to the ledger's unit, so
+    they never add up to more than ``epsilon``.
     """
     weights: list[Decimal] = []
     for table, preview in zip(report.tables, previews, strict=True):
-        if preview.accuracy_95.get("exact"):
+        if preview is None or preview.accuracy_95.get("exact"):
             weights.append(Decimal(0))
         elif table.weight is not None:
             weights.append(Decimal(str(table.weight)))
@@ -310,7 +311,7 @@ def allocate(
     total = sum(weights, Decimal(0))
     if total <= 0:
         return [even] * len(weights)
-    # An exact table's query keeps a nominal epsilon: it is released free whatever it.
+    # An exact (or left out) table's query keeps a nominal epsilon: it spends nothing.
     return [budget.split(epsilon * w / total, 1) if w else even for w in weights]
 
 
@@ -327,6 +328,8 @@ def check_reports(agreement: Agreement, registry: Registry) -> list[str]:
                 for table, query in zip(report.tables, queries, strict=True):
                     try:
                         resolve(query, agreement=agreement, registry=registry, party=party)
+                    except WindowTooShort:
+                        pass  # a longer window of years runs it (run_report says so)
                     except GatewayError as error:
                         problems.append(
                             f"report {spec.name}: table {table.title!r} for {party}: "
@@ -360,17 +363,27 @@ def run_report(
         )
     values, epsilon = resolve_parameters(agreement, definition_, parameters)
 
-    def preview_all(queries: list[Query]) -> list[Preview]:
-        previews = []
-        for query in queries:
-            preview = request_release(
-                gateway,
-                agreement_id=agreement_id,
-                party=party,
-                query=query,
-                actor=actor,
-                dry_run=True,
-            )
+    skipped: dict[int, str] = {}
+
+    def preview_all(queries: list[Query]) -> list[Preview | None]:
+        previews: list[Preview | None] = []
+        for number, query in enumerate(queries):
+            if number in skipped:
+                previews.append(None)
+                continue
+            try:
+                preview = request_release(
+                    gateway,
+                    agreement_id=agreement_id,
+                    party=party,
+                    query=query,
+                    actor=actor,
+                    dry_run=True,
+                )
+            except WindowTooShort as error:  # from the parameters alone: nothing to count
+                skipped[number] = error.message
+                previews.append(None)
+                continue
             assert isinstance(preview, Preview)
             previews.append(preview)
         return previews
@@ -380,11 +393,17 @@ def run_report(
     shares = allocate(
         definition_, preview_all(table_queries(definition_, values, epsilon)), epsilon
     )
+    if len(skipped) == len(definition_.tables):
+        raise WindowTooShort(
+            f"report {report!r} has no table to run with these parameters: "
+            + "; ".join(skipped.values())
+        )
     queries = table_queries(definition_, values, epsilon, shares)
     previews = preview_all(queries)
     # A table asked before on the same data comes back stored, at no cost.
-    total = sum((Decimal(p.exact["epsilon_cost"]) for p in previews), Decimal(0))
-    total_delta = sum((Decimal(p.exact["delta_cost"]) for p in previews), Decimal(0))
+    costs = [p for p in previews if p is not None]
+    total = sum((Decimal(p.exact["epsilon_cost"]) for p in costs), Decimal(0))
+    total_delta = sum((Decimal(p.exact["delta_cost"]) for p in costs), Decimal(0))
     with gateway.sessions() as session:
         state = budget.budget_state(session, agreement.id, party, now=gateway.clock())
     would_fit = state is not None and state.fits(total, total_delta)
@@ -401,7 +420,9 @@ def run_report(
             "preview": True,
             "tables": [
                 {"title": t.title, "preview": p.to_json()}
-                for t, p in zip(definition_.tables, previews, strict=True)
+                if p is not None
+                else {"title": t.title, "skipped": skipped[n]}
+                for n, (t, p) in enumerate(zip(definition_.tables, previews, strict=True))
             ],
             "epsilon": float(total),
             "budget_remaining": remaining,
@@ -413,7 +434,10 @@ def run_report(
             f"{party!r} may spend epsilon {remaining} more; nothing was spent",
         )
     tables: list[dict[str, Any]] = []
-    for table, query in zip(definition_.tables, queries, strict=True):
+    for number, (table, query) in enumerate(zip(definition_.tables, queries, strict=True)):
+        if number in skipped:  # nothing spent: say why, in its place
+            tables.append({"title": table.title, "skipped": skipped[number]})
+            continue
         try:
             released = request_release(
                 gateway,
@@ -426,7 +450,8 @@ def run_report(
         except GatewayError as error:
             # Another request may have spent the budget between the check and this
             # table: say which table stopped the report and what was released before it.
-            done = ", ".join(t["release"]["release_id"] for t in tables) or "none"
+            done = ", ".join(t["release"]["release_id"] for t in tables if "release" in t)
+            done = done or "none"
             error.message = (
                 f"report {report!r} stopped at table {table.title!r}: {error.message} "
                 f"(tables released before it: {done})"
@@ -451,9 +476,14 @@ def run_report(
             for item in definition_.derived
         ],
         "epsilon_spent": float(
-            sum((Decimal(str(t["release"]["epsilon_spent"])) for t in tables), Decimal(0))
+            sum(
+                (Decimal(str(t["release"]["epsilon_spent"])) for t in tables if "release" in t),
+                Decimal(0),
+            )
         ),
-        "budget_remaining": tables[-1]["release"]["budget_remaining"],
+        "budget_remaining": [t for t in tables if "release" in t][-1]["release"][
+            "budget_remaining"
+        ],
     }
 
 
@@ -542,6 +572,8 @@ def derived_rows(
     publishes a coarser group than the other, the finer table's cells are summed into
     it; each table is summed over its other dimensions. A block with a hidden cell, or
     whose two sides do not cover the same values, gives no row."""
+    if any("release" not in tables[n] for n in spec.tables):
+        return []  # a table left out of the run
     first = [
         c
         for c in tables[spec.tables[0]]["release"]["cells"]

@@ -348,9 +348,9 @@ def _shared_tops(result: Mapping[str, Any]) -> list[float | None]:
     """One scale for the charts of a report's tables that count the same kind of thing
     by the same dimensions (the needs report's positions and candidates by licensure
     area): each such table's chart reaches the largest value among them."""
-    keys = []
+    keys: list[tuple[bool, tuple[str, ...]]] = []
     for table in result["tables"]:
-        release = table["release"]
+        release = table.get("release") or {}
         cells = release.get("cells") or []
         kind = (release.get("query") or {}).get("measure", {}).get("kind")
         dims = tuple(cells[0]["group"]) if cells else ()
@@ -368,6 +368,9 @@ def _shared_tops(result: Mapping[str, Any]) -> list[float | None]:
 def _result_tables(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     tables = []
     for table, top in zip(result["tables"], _shared_tops(result), strict=True):
+        if "skipped" in table:  # nothing spent on it: the page says why
+            tables.append({"title": table["title"], "skipped": table["skipped"]})
+            continue
         release = table["release"]
         cells = release.get("cells") or []
         tables.append(
