@@ -32,7 +32,6 @@ from gateway import audit
 from gateway.agreements.models import Agreement
 from gateway.credentials import revoke_party_credentials
 from gateway.errors import NotFound, PolicyViolation
-from gateway.storage import batches
 from gateway.storage.datasets import Educator, RowBatch, Upload
 from gateway.storage.releases import Release, SuppressedCell
 from gateway.storage.tables import AgreementRecord, KeyVersion
@@ -76,6 +75,8 @@ def terminate(
         raise NotFound(f"agreement {agreement.id!r} was never loaded")
     if record.status == "terminated":
         raise PolicyViolation(f"agreement {agreement.id!r} is already terminated")
+    from gateway.storage import batches  # imported here: Arrow and numpy, for this only
+
     uploads = select(Upload.seq).where(Upload.agreement_id == agreement.id)
     connection = session.connection()
     destroyed: dict[str, int] = {

@@ -26,7 +26,7 @@ from gateway import audit
 from gateway.agreements.models import Agreement
 from gateway.context import Gateway
 from gateway.errors import GatewayError
-from gateway.release import aggregate, canonical, decide, measure, postprocess, publish, rows
+from gateway.release import canonical, publish
 from gateway.release.groupkeys import named_key
 from gateway.release.model import Preview, Release
 from gateway.release.plan import Plan, plan_query
@@ -113,6 +113,9 @@ def _release(request: _Request, asked: publish.Asked) -> Release:
 
 def _compute(r: _Request, asked: publish.Asked, reservation: publish.Reservation) -> Release:
     """Measure, decide and post-process a reserved release, then record it."""
+    # Imported here: a preview stops before measuring, without pandas or SciPy.
+    from gateway.release import aggregate, decide, measure, postprocess, rows
+
     plan, resolved, profile = r.plan, r.resolved, r.agreement.resolved_disclosure
     signature = canonical.table_signature(resolved, plan.dimensions)
     try:

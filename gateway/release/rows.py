@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import Connection, select
@@ -26,6 +25,9 @@ from gateway.release.canonical import column_value
 from gateway.release.query import FieldRef, Filter, ResolvedQuery
 from gateway.storage import batches
 from gateway.storage.datasets import Upload
+
+if TYPE_CHECKING:  # Arrow makes the frames (to_pandas); a data version needs no pandas
+    import pandas as pd
 
 
 def _needed_columns(resolved: ResolvedQuery) -> dict[str, set[str]]:

@@ -29,7 +29,6 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linprog
 
 GroupKey = tuple[Hashable, ...]
 
@@ -78,6 +77,8 @@ def feasible_interval(
 ) -> tuple[float, float]:
     """Min and max of ``target`` given published cells, every line total and what the
     attacker knows of each hidden cell (``bounds``, default ``[0, inf)``), by LP."""
+    from scipy.optimize import linprog  # imported here: SciPy is slow to import
+
     unknown = sorted(suppressed, key=repr)
     index = {key: i for i, key in enumerate(unknown)}
     rows, rhs = [], []
