@@ -47,13 +47,14 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(selected: list[str]) -> None:
-    from bench import bench_pseudonym, bench_release, bench_upload, utility
+    from bench import bench_cli, bench_pseudonym, bench_release, bench_upload, utility
 
     # A suite returns rows of one table, or (utility) its own markdown.
     suites: dict[str, Callable[[], list[dict[str, Any]] | str]] = {
         "pseudonym": bench_pseudonym.run,
         "upload": bench_upload.run,
         "release": bench_release.run,
+        "cli": bench_cli.run,
         "utility": utility.run,
     }
     sections = []
