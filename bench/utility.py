@@ -1,6 +1,7 @@
 """Utility of the released tables: what a partnership actually receives from its reports.
 
     python -m bench.utility [--without-tumult] [--tumult-flat-map]
+                            [--epsilon-scales 1,2,4,8,16,64] [--sweep-only] [--sweep-tumult]
     python -m bench.run utility      (records it in bench/RESULTS.md; so does `make bench`)
 
 Two corpora, each in a throwaway gateway folder (never the repo's ``demo/``):
@@ -45,11 +46,26 @@ summary gives an interval), the race/ethnicity and gender groups the diversity r
 publishes at each stage, what the pass leaves of each period's budget, and the totals
 against the issue's targets. Released-exactly tables (posted positions: no noise, no
 minimum) are listed but left out of the totals: they measure no privacy mechanism.
+
+Last, the **budget sweep** (``--epsilon-scales``, 1,2,4,8,16,64 by default): what budget
+the questions need. For each scale, the same pass on both corpora in a fresh gateway
+folder, every report's epsilon (its default) multiplied by the scale and passed as its
+``epsilon`` parameter, on a throwaway copy of the agreement files whose
+``per_release_cap``, ``period_budget`` and ``privacy_budget`` (and any recipient's
+``budget_limits``) are raised by disclosure overrides just as far as the pass needs
+(:func:`scale_agreement`; the repo's agreements are never changed, the generated data
+never grows). One row per (corpus, scale): the epsilon the pass spent, its share of the
+budget the agreement signs today, the totals above and the kappa's half-width and the
+diversity groups, then the scale from which each target is met. The last default
+scale, x64, is a ceiling rather than a budget: its noise is a fraction of a teacher, so
+what it leaves unpublished is held back by the minimum cell, complementary suppression
+and coarsening alone. Tumult is left out of the sweep unless ``--sweep-tumult`` asks.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -59,10 +75,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from bench.tumult_utility import AVERAGED, COUNTED, reduce_teacher
 
@@ -485,23 +503,38 @@ class CorpusRun:
     budgets: list[dict[str, Any]]
     sizes: str
     seconds: float
+    #: Tables a report left out of its run, and why (a retention whose window of years
+    #: cannot hold anyone): nothing released, nothing spent.
+    left_out: list[str] = field(default_factory=list)
 
 
-def _settings(corpus: Corpus, folder: Path) -> Any:
+def _settings(corpus: Corpus, folder: Path, agreements_dir: Path | None = None) -> Any:
     from gateway.config import Settings
     from gateway.demo import demo_settings
 
     base = Settings(
         _env_file=None,  # type: ignore[call-arg]
         data_dir=folder / "data",
-        agreements_dir=corpus.agreements_dir,
+        agreements_dir=agreements_dir or corpus.agreements_dir,
         policies_dir=REPO / "policies",
     )
     return demo_settings(folder, base)
 
 
-def run_corpus(corpus: Corpus, folder: Path) -> CorpusRun:
-    """Generate, upload, run every report for every recipient; judge each table."""
+def run_corpus(
+    corpus: Corpus,
+    folder: Path,
+    *,
+    agreements_dir: Path | None = None,
+    epsilons: Mapping[tuple[str, str], Decimal] | None = None,
+    tumult_inputs: bool = True,
+) -> CorpusRun:
+    """Generate, upload, run every report for every recipient; judge each table.
+
+    ``agreements_dir`` replaces the corpus's agreements (the budget sweep's scaled
+    copies); ``epsilons`` gives a report's epsilon, by (agreement, report), passed as
+    its ``epsilon`` parameter (else the report's default); without ``tumult_inputs``
+    no table's rows are prepared for Tumult."""
     from gateway import audit
     from gateway.context import Gateway, initialise
     from gateway.errors import GatewayError
@@ -511,10 +544,11 @@ def run_corpus(corpus: Corpus, folder: Path) -> CorpusRun:
     from gateway.synthetic import generate_agreement_extracts
 
     start = time.perf_counter()
-    settings = _settings(corpus, folder)
+    settings = _settings(corpus, folder, agreements_dir)
     initialise(settings)
     tables: dict[str, Table] = {}
     refused: list[str] = []
+    left_out: list[str] = []
     with Gateway.open(settings) as gw:
         agreements = sorted(gw.registry.agreements.values(), key=lambda a: a.id)
         sizes = []
@@ -542,6 +576,8 @@ def run_corpus(corpus: Corpus, folder: Path) -> CorpusRun:
             sizes.append(_size_line(agreement, extracts))
         for agreement in agreements:
             for listed in list_reports(agreement):
+                given = (epsilons or {}).get((agreement.id, listed["name"]))
+                parameters = {} if given is None else {"epsilon": decimal_text(given)}
                 for party in listed["recipients"]:
                     try:
                         result = run_report(
@@ -549,7 +585,7 @@ def run_corpus(corpus: Corpus, folder: Path) -> CorpusRun:
                             agreement_id=agreement.id,
                             party=party,
                             report=listed["name"],
-                            parameters={},
+                            parameters=parameters,
                             actor=audit.Actor(role="analyst", party=party),
                         )
                     except GatewayError as error:
@@ -557,13 +593,24 @@ def run_corpus(corpus: Corpus, folder: Path) -> CorpusRun:
                             f"{agreement.id} / {listed['name']} for {party}: {error.message}"
                         )
                         continue
-                    _collect(gw, corpus, agreement, listed["name"], party, result, tables)
+                    _collect(
+                        gw,
+                        corpus,
+                        agreement,
+                        listed["name"],
+                        party,
+                        result,
+                        tables,
+                        left_out=left_out,
+                        tumult_inputs=tumult_inputs,
+                    )
         with gw.sessions() as session:
             budgets = [budget_report(session, agreement) for agreement in agreements]
     return CorpusRun(
         corpus=corpus,
         tables=list(tables.values()),
         refused=refused,
+        left_out=left_out,
         budgets=budgets,
         sizes="; ".join(sizes),
         seconds=time.perf_counter() - start,
@@ -606,9 +653,18 @@ def _collect(
     party: str,
     result: Mapping[str, Any],
     tables: dict[str, Table],
+    *,
+    left_out: list[str] | None = None,
+    tumult_inputs: bool = True,
 ) -> None:
-    """Each table of a report's result not seen before, with its truth and Tumult input."""
+    """Each table of a report's result not seen before, with its truth and Tumult input;
+    a table the report left out (no release: it says why) is noted in ``left_out``."""
     for table in result["tables"]:
+        if "release" not in table:
+            note = f"{agreement.id} / {report}: {table['title']}: {table.get('skipped', '')}"
+            if left_out is not None and note not in left_out:
+                left_out.append(note)
+            continue
         release = table["release"]
         release_id = release["release_id"]
         if release_id in tables:
@@ -623,6 +679,7 @@ def _collect(
             party,
             table,
             table_id=f"{corpus.name.replace(' ', '-')}-{len(tables)}",
+            tumult_inputs=tumult_inputs,
         )
 
 
@@ -647,6 +704,7 @@ def _judge(
     table: Mapping[str, Any],
     *,
     table_id: str,
+    tumult_inputs: bool = True,
 ) -> Table:
     from gateway.release import aggregate, canonical, rows
     from gateway.release.plan import plan_query
@@ -690,6 +748,8 @@ def _judge(
     )
     if plan.exact:
         out.tumult_note = "exact (posted positions): no noise to compare"
+    elif not tumult_inputs:
+        out.tumult_note = "Tumult not run"
     elif plan.private_positions:
         out.tumult_note = "keys come from the data: not compared"
     elif kind not in COUNTED | AVERAGED and not (kind == "sum" and not resolved.linked):
@@ -907,6 +967,7 @@ def corpus_section(
     rows, totals = [], Totals()
     kappas: list[str] = []
     kappa_ok: bool | None = None
+    kappa_found: list[dict[str, Any]] = []
     diversity: list[tuple[str, Sequence[Mapping[str, Any]]]] = []
     tops: set[str] = set()
     for t in run.tables:
@@ -929,6 +990,7 @@ def corpus_section(
             totals.teachers += m.teachers
             totals.represented += m.represented
             totals.represented_as_asked += m.represented_as_asked
+        kappa_found += kappa_entries(t.summary)
         for line, ok in _kappa_lines(t, answer):
             kappas.append(line)
             kappa_ok = ok if kappa_ok is None else kappa_ok and ok
@@ -938,7 +1000,7 @@ def corpus_section(
             if hierarchy is not None:
                 tops.add(hierarchy.top)
     stages = diversity_groups(diversity, tops=tops)
-    figures = {
+    figures: dict[str, Any] = {
         "represented": totals.represented / totals.teachers if totals.teachers else None,
         "represented_as_asked": totals.represented_as_asked / totals.teachers
         if totals.teachers
@@ -946,6 +1008,7 @@ def corpus_section(
         "suppressed": totals.suppressed / totals.cells if totals.cells else None,
         "useful": totals.useful / totals.values if totals.values else None,
         "kappa": kappa_ok,
+        "kappas": kappa_found,
         "groups": stages,
         "mae": (totals.no_worse, totals.compared),
         "budget": [budget_left(b) for b in run.budgets],
@@ -962,6 +1025,7 @@ def corpus_section(
         "",
     ]
     lines += [f"- refused: {r}" for r in run.refused]
+    lines += [f"- left out by its report: {r}" for r in run.left_out]
     lines += kappas or ["- weighted kappa: no table of this corpus has one"]
     if stages:
         for stage in [*PIPELINE_STAGES, *(s for s in stages if s not in PIPELINE_STAGES)]:
@@ -1179,8 +1243,346 @@ def targets_section(figures: Mapping[str, Mapping[str, Any]]) -> str:
     return markdown_table(rows) + "\n"
 
 
-def run(*, with_tumult: bool = True, tumult_flat_map: bool = False) -> str:
-    """Both corpora, Tumult beside them; the markdown section bench/run.py records."""
+# --- the budget sweep ---------------------------------------------------------------------
+
+#: The sweep's scales by default: every report's epsilon multiplied by each in turn. The
+#: last is a ceiling, not a budget anyone would sign: a table's noise is then a fraction
+#: of a teacher, and what is still not published is held back by the minimum cell,
+#: complementary suppression and the coarsening rules alone. (No one release may ask
+#: for more than epsilon 100, gateway/release/query.py: x64 keeps every table below it,
+#: the largest report, 0.6, being 38.4.)
+SWEEP_SCALES = (Decimal(1), Decimal(2), Decimal(4), Decimal(8), Decimal(16), Decimal(64))
+
+SWEEP_LEGEND = """\
+The same pass of every report for every recipient, on the same generated data, once
+for each scale, with every report's epsilon (its default) multiplied by the scale and
+passed as its `epsilon` parameter; each scale runs in a fresh gateway on a throwaway copy
+of the agreement files whose budgets are raised just enough for the pass to fit
+(`per_release_cap` to the largest report's epsilon, `period_budget` and `privacy_budget`
+to the reports' sum; the repo's agreements are untouched). Tumult is not run here. *pass
+epsilon*: what the pass spent, over every agreement of the corpus, from the ledger.
+*largest share of a signed budget*: the pass's spend on one agreement over the budget
+that agreement signs today (its school year's `period_budget` where it has one, else its
+`privacy_budget`), the largest of the corpus's agreements: above 100%, the agreement
+would have to be amended to run the pass once. Teachers, cells and useful values are
+totals over the corpus's noisy tables as in the pass above. *kappa half-width*: the
+weighted kappa's 95% half-width on the calibration report's joint table. *groups*:
+race/ethnicity (gender) groups published at the diversity report's stages, candidates,
+completers, hired, retained (the top of the hierarchy is no group). *refused*: reports
+refused for a recipient (listed below the table, with the tables a report leaves out
+of its run, which spend nothing). One noise draw per scale: a figure
+near its target can miss at a larger scale than one where it was met. A scale far
+beyond any budget a partnership would sign (x64 by default) is there as a ceiling:
+its noise is a fraction of a teacher, so what it still does not publish no budget will.
+"""
+
+
+@dataclass(frozen=True)
+class ScaledAgreement:
+    """An agreement file's document with its budgets raised for a pass at some scale."""
+
+    document: dict[str, Any]
+    #: Report name -> the epsilon to pass it: its default times the scale.
+    epsilons: dict[str, Decimal]
+    #: The most a pass of every report spends: their epsilons added.
+    pass_epsilon: Decimal
+
+
+def decimal_text(value: Decimal) -> str:
+    """A Decimal as plain digits (``16``, never ``1.6E+1``), as the ledger reads it."""
+    return format(value.normalize(), "f")
+
+
+def scale_agreement(
+    document: Mapping[str, Any],
+    scale: Decimal,
+    *,
+    privacy_budget: Decimal,
+    period_budget: Decimal | None,
+    per_release_cap: Decimal,
+) -> ScaledAgreement:
+    """An agreement file's ``document`` (as YAML reads it) for a pass of every report
+    with its epsilon times ``scale``; ``document`` itself is left unchanged.
+
+    A report's epsilon is its own ``epsilon``, else the agreement's per-release cap (its
+    default in gateway/release/reports.py). The budgets given are the agreement's in
+    force, its profile with its overrides (``Agreement.resolved_disclosure``); each is
+    raised, by a disclosure override, only when the pass needs more: ``per_release_cap``
+    to the largest report's epsilon (a report's tables share its epsilon, so no table
+    spends more), ``period_budget`` (only where the agreement has one) and
+    ``privacy_budget`` to the reports' epsilons added (a partnership release is spent
+    once, whoever receives it), and a recipient's ``budget_limits`` likewise. Deltas are
+    left alone: every release spends ``floor_delta`` whatever its epsilon.
+    """
+    out = copy.deepcopy(dict(document))
+    epsilons = {
+        str(report["name"]): Decimal(str(report.get("epsilon") or per_release_cap)) * scale
+        for report in out.get("reports") or []
+    }
+    needed = sum(epsilons.values(), Decimal(0))
+    largest = max(epsilons.values(), default=Decimal(0))
+    disclosure = out.setdefault("disclosure", {})
+    overrides = disclosure.get("overrides") or {}
+
+    def raise_to(name: str, current: Decimal, wanted: Decimal) -> None:
+        if wanted > current:
+            overrides[name] = {**(overrides.get(name) or {}), "epsilon": decimal_text(wanted)}
+
+    raise_to("per_release_cap", per_release_cap, largest)
+    if period_budget is not None:
+        raise_to("period_budget", period_budget, needed)
+    raise_to("privacy_budget", privacy_budget, needed)
+    if overrides:
+        disclosure["overrides"] = overrides
+    for limit in (out.get("budget_limits") or {}).values():
+        if Decimal(str(limit["epsilon"])) < needed:
+            limit["epsilon"] = decimal_text(needed)
+    return ScaledAgreement(document=out, epsilons=epsilons, pass_epsilon=needed)
+
+
+def write_scaled_agreements(
+    source: Path, target: Path, scale: Decimal
+) -> tuple[dict[tuple[str, str], Decimal], dict[str, Decimal]]:
+    """The agreements of ``source`` written to ``target`` for a pass at ``scale``
+    (:func:`scale_agreement`); returns each report's epsilon by (agreement, report) and
+    each agreement's signed budget: its ``period_budget`` epsilon, else its
+    ``privacy_budget``'s, as the files in ``source`` have it."""
+    from gateway.agreements.loader import load_registry
+
+    registry = load_registry(source, REPO / "policies")
+    target.mkdir(parents=True, exist_ok=True)
+    epsilons: dict[tuple[str, str], Decimal] = {}
+    signed: dict[str, Decimal] = {}
+    for agreement in registry.agreements.values():
+        disclosure = agreement.resolved_disclosure
+        period = disclosure.period_budget
+        scaled = scale_agreement(
+            yaml.safe_load(agreement.source_path.read_text()),
+            scale,
+            privacy_budget=disclosure.privacy_budget.epsilon,
+            period_budget=period.epsilon if period is not None else None,
+            per_release_cap=disclosure.per_release_cap.epsilon,
+        )
+        text = yaml.safe_dump(scaled.document, sort_keys=False, allow_unicode=True)
+        (target / agreement.source_path.name).write_text(text)
+        epsilons.update({(agreement.id, name): e for name, e in scaled.epsilons.items()})
+        signed[agreement.id] = (period or disclosure.privacy_budget).epsilon
+    return epsilons, signed
+
+
+def targets_met(figures: Mapping[str, Any]) -> dict[str, bool]:
+    """Which of the issue's targets a corpus's figures (:func:`corpus_section`) meet; a
+    share with nothing to measure (no value published, say) meets nothing."""
+    represented, suppressed, useful = (
+        figures.get("represented"),
+        figures.get("suppressed"),
+        figures.get("useful"),
+    )
+    stages = figures.get("groups") or {}
+    return {
+        "represented": represented is not None and represented >= TARGET_REPRESENTED,
+        "suppressed": suppressed is not None and suppressed <= TARGET_SUPPRESSED,
+        "useful": useful is not None and useful >= TARGET_USEFUL,
+        "kappa": figures.get("kappa") is True,
+        "groups": bool(stages)
+        and all(
+            len(stages.get(stage, {}).get("race_ethnicity", [])) >= TARGET_GROUPS
+            for stage in PIPELINE_STAGES
+        ),
+    }
+
+
+TARGET_NAMES = {
+    "represented": f"teachers in cells as asked or one step up ≥ {TARGET_REPRESENTED:.0%}",
+    "suppressed": f"cells suppressed outright ≤ {TARGET_SUPPRESSED:.0%}",
+    "useful": f"published values useful ≥ {TARGET_USEFUL:.0%}",
+    "kappa": f"weighted kappa published, half-width ≤ {TARGET_KAPPA_HALF_WIDTH}",
+    "groups": f"≥ {TARGET_GROUPS} race/ethnicity groups at every stage of the diversity report",
+}
+
+
+def met_at(verdicts: Sequence[tuple[Decimal, bool]]) -> str:
+    """The scales at which a target is met, from (scale, met?) in the sweep's order."""
+    met = [scale for scale, ok in verdicts if ok]
+    if not met:
+        return f"at none (up to x{decimal_text(max(s for s, _ in verdicts))})"
+    first = min(met)
+    missed_after = [scale for scale, ok in verdicts if not ok and scale > first]
+    text = f"from x{decimal_text(first)}"
+    if missed_after:
+        text += " (missed again at " + ", ".join(f"x{decimal_text(s)}" for s in missed_after) + ")"
+    return text
+
+
+def _kappa_text(entries: Sequence[Mapping[str, Any]]) -> str:
+    if not entries:
+        return "-"
+    shown = []
+    for entry in entries:
+        if not entry["published"]:
+            shown.append("not published")
+        elif entry["half_width"] is None:
+            shown.append("published, no interval")
+        else:
+            shown.append(f"{entry['half_width']:.3f}")
+    return "; ".join(shown)
+
+
+def _groups_text(stages: Mapping[str, Mapping[str, Sequence[str]]]) -> str:
+    if not stages:
+        return "-"
+    return ", ".join(
+        f"{len(stages.get(s, {}).get('race_ethnicity', []))} "
+        f"({len(stages.get(s, {}).get('gender', []))})"
+        for s in PIPELINE_STAGES
+    )
+
+
+def sweep_row(
+    corpus: str,
+    scale: Decimal,
+    figures: Mapping[str, Any],
+    budgets: Sequence[Mapping[str, Any]],
+    signed: Mapping[str, Decimal],
+    *,
+    seconds: float,
+    refused: int = 0,
+    tumult: bool = False,
+) -> dict[str, Any]:
+    """One (corpus, scale) line of the sweep's table."""
+    spent = {}
+    for report in budgets:
+        agreement, _period, remaining, total = budget_left(report)
+        spent[agreement] = total - remaining
+    largest = max(spent, key=lambda a: spent[a] / float(signed[a]))
+    totals: Totals = figures["totals"]
+    row: dict[str, Any] = {
+        "corpus": corpus,
+        "epsilon scale": f"x{decimal_text(scale)}",
+        "pass epsilon": f"{sum(spent.values()):.3g}",
+        "largest share of a signed budget": f"{spent[largest] / float(signed[largest]):.0%} "
+        f"of {decimal_text(signed[largest])} ({largest})",
+        "teachers as asked or ≤1 step": _share(totals.represented, totals.teachers),
+        "teachers as asked": _share(totals.represented_as_asked, totals.teachers),
+        "cells suppressed outright": _share(totals.suppressed, totals.cells),
+        "useful values": _share(totals.useful, totals.values) if totals.values else "none",
+        "kappa half-width": _kappa_text(figures.get("kappas") or []),
+        "race/ethnicity (gender) groups: candidates, completers, hired, retained": _groups_text(
+            figures.get("groups") or {}
+        ),
+    }
+    if tumult:
+        no_worse, compared = figures["mae"]
+        row["MAE no worse than Tumult"] = f"{no_worse} of {compared}" if compared else "-"
+    row["refused"] = refused
+    row["seconds"] = f"{seconds:.0f}"
+    return row
+
+
+def sweep(
+    scales: Sequence[Decimal] = SWEEP_SCALES,
+    *,
+    with_tumult: bool = False,
+    corpora: Sequence[Corpus] = (DEMO, SMALL),
+) -> str:
+    """The budget sweep's markdown: a row per (corpus, scale), then the scale from which
+    each target is met."""
+    from bench.run import table as markdown_table
+
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    verdicts: dict[tuple[str, str], list[tuple[Decimal, bool]]] = {}
+    statuses = []
+    refusals: list[str] = []
+    for corpus in corpora:
+        for scale in scales:
+            print(f"  sweep: {corpus.name} at epsilon x{decimal_text(scale)} ...", flush=True)
+            began = time.perf_counter()
+            with tempfile.TemporaryDirectory(prefix="utility-sweep-") as name:
+                folder = Path(name)
+                epsilons, signed = write_scaled_agreements(
+                    corpus.agreements_dir, folder / "agreements", scale
+                )
+                corpus_run = run_corpus(
+                    corpus,
+                    folder / "gateway",
+                    agreements_dir=folder / "agreements",
+                    epsilons=epsilons,
+                    tumult_inputs=with_tumult,
+                )
+                tumult: dict[str, Any] = {}
+                status = "Tumult not run"
+                if with_tumult:
+                    tumult, status = run_tumult(corpus_run.tables, folder)
+                    statuses.append(f"{corpus.name} x{decimal_text(scale)}: {status}")
+            _text, figures = corpus_section(corpus_run, tumult, status)
+            rows.append(
+                sweep_row(
+                    corpus.name,
+                    scale,
+                    figures,
+                    corpus_run.budgets,
+                    signed,
+                    seconds=time.perf_counter() - began,
+                    refused=len(corpus_run.refused),
+                    tumult=with_tumult,
+                )
+            )
+            refusals += [f"- {corpus.name} x{decimal_text(scale)}: {r}" for r in corpus_run.refused]
+            refusals += [
+                f"- {corpus.name}, left out by its report at every scale: {r}"
+                for r in corpus_run.left_out
+                if scale == scales[0]
+            ]
+            for target, ok in targets_met(figures).items():
+                verdicts.setdefault((corpus.name, target), []).append((scale, ok))
+            del corpus_run
+    met_rows = [
+        {"corpus": corpus, "target": TARGET_NAMES[target], "met": met_at(found)}
+        for (corpus, target), found in verdicts.items()
+    ]
+    head = (
+        f"Epsilon scales {', '.join('x' + decimal_text(s) for s in scales)}; "
+        f"{'Tumult beside each: ' + '; '.join(statuses) if with_tumult else 'Tumult not run'}. "
+        f"Total {time.perf_counter() - start:.0f} s.\n\n{SWEEP_LEGEND}"
+    )
+    return "\n".join(
+        [
+            head,
+            markdown_table(rows),
+            "",
+            *refusals,
+            *([""] if refusals else []),
+            "At which scales each target is met (one noise draw per scale):",
+            "",
+            markdown_table(met_rows),
+            "",
+        ]
+    )
+
+
+def parse_scales(text: str) -> list[Decimal]:
+    """``1,2,4`` -> the scales, each a positive number, in the order given."""
+    scales = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        scale = Decimal(part.strip())
+        if not scale.is_finite() or scale <= 0:
+            raise argparse.ArgumentTypeError(f"an epsilon scale must be above 0, got {part!r}")
+        scales.append(scale)
+    return scales
+
+
+def run(
+    *,
+    with_tumult: bool = True,
+    tumult_flat_map: bool = False,
+    epsilon_scales: Sequence[Decimal] | None = SWEEP_SCALES,
+    sweep_tumult: bool = False,
+) -> str:
+    """Both corpora, Tumult beside them, then the budget sweep at ``epsilon_scales``
+    (none: no sweep); the markdown section bench/run.py records."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="utility-bench-") as name:
         folder = Path(name)
@@ -1203,7 +1605,10 @@ def run(*, with_tumult: bool = True, tumult_flat_map: bool = False) -> str:
         "Every report for every recipient, each partnership release counted once. "
         f"{status}. Total {time.perf_counter() - start:.0f} s.\n\n{LEGEND}\n"
     )
-    return "\n".join([head, *sections, "#### targets\n", targets_section(figures)])
+    parts = [head, *sections, "#### targets\n", targets_section(figures)]
+    if epsilon_scales:
+        parts += ["#### budget sweep\n", sweep(epsilon_scales, with_tumult=sweep_tumult)]
+    return "\n".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -1214,8 +1619,36 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="let Tumult reduce each teacher's rows itself (flat_map_by_id; twice as slow)",
     )
+    parser.add_argument(
+        "--epsilon-scales",
+        type=parse_scales,
+        default=list(SWEEP_SCALES),
+        metavar="LIST",
+        help="the budget sweep's scales, every report's epsilon multiplied by each "
+        "(default 1,2,4,8,16,64; an empty list: no sweep)",
+    )
+    parser.add_argument(
+        "--sweep-only", action="store_true", help="only the budget sweep, not the pass above it"
+    )
+    parser.add_argument(
+        "--sweep-tumult",
+        action="store_true",
+        help="run Tumult beside every scale of the sweep too (about two minutes a scale)",
+    )
     options = parser.parse_args(argv)
-    print(run(with_tumult=not options.without_tumult, tumult_flat_map=options.tumult_flat_map))
+    if options.sweep_only:
+        if not options.epsilon_scales:
+            parser.error("--sweep-only needs at least one scale in --epsilon-scales")
+        print(sweep(options.epsilon_scales, with_tumult=options.sweep_tumult))
+        return
+    print(
+        run(
+            with_tumult=not options.without_tumult,
+            tumult_flat_map=options.tumult_flat_map,
+            epsilon_scales=options.epsilon_scales,
+            sweep_tumult=options.sweep_tumult,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the demo's reports."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +15,21 @@ from bench.tumult_utility import reduce_teacher
 from bench.utility import (
     Leaf,
     budget_left,
+    decimal_text,
     diversity_groups,
     half_width,
     is_useful,
     kappa_entries,
     key_text,
+    met_at,
+    scale_agreement,
     side_by_side,
     table_metrics,
+    targets_met,
     tumult_errors,
+    write_scaled_agreements,
 )
+from gateway.agreements.loader import load_registry
 from gateway.agreements.models import Hierarchy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -336,3 +343,149 @@ def test_the_small_partnership_asks_what_the_demo_asks() -> None:
             for r in (report, theirs)
         ]
         assert untitled[0] == untitled[1]
+
+
+# --- the budget sweep ---------------------------------------------------------------------
+
+
+def _document(name: str) -> dict[str, Any]:
+    return yaml.safe_load((REPO / f"agreements/{name}.yaml").read_text())
+
+
+def test_scaling_an_agreement_raises_only_the_budgets_its_pass_needs() -> None:
+    # Bayview-Eastport, standard profile (budget 3, cap 1), overrides min_cell_students:
+    # pipeline, performance, performance_by_provider and impact at 0.3, retention 0.45.
+    document = _document("student-teaching-bayview-eastport")
+    budgets = {"privacy_budget": Decimal(3), "period_budget": None, "per_release_cap": Decimal(1)}
+    same = scale_agreement(document, Decimal(1), **budgets)
+    assert same.document == document  # 1.65 fits in 3, 0.45 under the cap: nothing raised
+    assert same.pass_epsilon == Decimal("1.65")
+    assert same.epsilons["retention"] == Decimal("0.45")
+    four = scale_agreement(document, Decimal(4), **budgets)
+    assert four.epsilons == {
+        "pipeline": Decimal("1.2"),
+        "performance": Decimal("1.2"),
+        "performance_by_provider": Decimal("1.2"),
+        "impact": Decimal("1.2"),
+        "retention": Decimal("1.8"),
+    }
+    assert four.pass_epsilon == Decimal("6.6")
+    assert four.document["disclosure"] == {
+        "profile": "standard",
+        "overrides": {
+            "min_cell_students": 20,
+            "per_release_cap": {"epsilon": "1.8"},
+            "privacy_budget": {"epsilon": "6.6"},
+        },
+    }
+    assert document["disclosure"]["overrides"] == {"min_cell_students": 20}  # not changed
+    assert {k: v for k, v in four.document.items() if k != "disclosure"} == {
+        k: v for k, v in document.items() if k != "disclosure"
+    }
+
+
+def test_scaling_keeps_a_period_budget_s_delta_and_raises_it_only_past_the_year() -> None:
+    # Cedar Valley-Harmon, strict (cap 0.25): 2.5 over its life, 0.5 a school year.
+    document = _document("diversity-cedar-valley-harmon")
+    budgets = {
+        "privacy_budget": Decimal("2.5"),
+        "period_budget": Decimal("0.5"),
+        "per_release_cap": Decimal("0.25"),
+    }
+    two = scale_agreement(document, Decimal(2), **budgets)
+    assert two.epsilons == {"diversity": Decimal("0.5")}
+    overrides = two.document["disclosure"]["overrides"]
+    assert overrides["per_release_cap"] == {"epsilon": "0.5"}
+    assert overrides["period_budget"] == {"epsilon": 0.5, "delta": 2e-08}  # 0.5 fits
+    assert overrides["privacy_budget"] == {"epsilon": 2.5}
+    sixteen = scale_agreement(document, Decimal(16), **budgets).document
+    assert sixteen["disclosure"]["overrides"] == {
+        "privacy_budget": {"epsilon": "4"},
+        "period_budget": {"epsilon": "4", "delta": 2e-08},
+        "per_release_cap": {"epsilon": "4"},
+    }
+
+
+def test_a_report_without_epsilon_scales_the_cap_and_limits_rise_to_the_pass() -> None:
+    document = {
+        "disclosure": {"profile": "standard"},
+        "budget_limits": {"p": {"epsilon": 0.5, "delta": 1e-7}, "q": {"epsilon": 5, "delta": 0}},
+        "reports": [{"name": "a"}, {"name": "b", "epsilon": "0.2"}],
+    }
+    scaled = scale_agreement(
+        document,
+        Decimal(2),
+        privacy_budget=Decimal(3),
+        period_budget=None,
+        per_release_cap=Decimal(1),
+    )
+    # "a" asks the cap by default (1), "b" its own 0.2: twice each, 2.4 in all.
+    assert scaled.epsilons == {"a": Decimal(2), "b": Decimal("0.4")}
+    assert scaled.pass_epsilon == Decimal("2.4")
+    assert scaled.document["disclosure"]["overrides"] == {"per_release_cap": {"epsilon": "2"}}
+    assert scaled.document["budget_limits"] == {
+        "p": {"epsilon": "2.4", "delta": 1e-7},  # raised to the pass
+        "q": {"epsilon": 5, "delta": 0},  # already enough
+    }
+    assert decimal_text(Decimal("1.6E+1")) == "16" and decimal_text(Decimal("7.20")) == "7.2"
+
+
+def test_the_scaled_copies_load_and_the_repo_s_agreements_stay_as_they_are(
+    tmp_path: Path,
+) -> None:
+    before = {p.name: p.read_bytes() for p in (REPO / "agreements").glob("*.yaml")}
+    epsilons, signed = write_scaled_agreements(REPO / "agreements", tmp_path, Decimal(16))
+    assert {p.name: p.read_bytes() for p in (REPO / "agreements").glob("*.yaml")} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
+    assert signed == {
+        "calibration-lakeshore-riverbend": Decimal(4),
+        "diversity-cedar-valley-harmon": Decimal("0.5"),  # its school year's budget
+        "sped-pipeline-northfield-tricounty": Decimal(3),
+        "student-teaching-bayview-eastport": Decimal(3),
+    }
+    assert epsilons[("calibration-lakeshore-riverbend", "calibration")] == Decimal("9.6")
+    registry = load_registry(tmp_path, REPO / "policies")
+    bayview = registry.agreement("student-teaching-bayview-eastport").resolved_disclosure
+    assert (bayview.privacy_budget.epsilon, bayview.per_release_cap.epsilon) == (
+        Decimal("26.4"),
+        Decimal("7.2"),
+    )
+    assert bayview.min_cell_students == 20  # its own override kept
+    harmon = registry.agreement("diversity-cedar-valley-harmon").resolved_disclosure
+    assert harmon.period_budget is not None
+    assert (harmon.period_budget.epsilon, harmon.period_budget.delta) == (
+        Decimal(4),
+        Decimal("2E-8"),
+    )
+    assert harmon.privacy_budget.epsilon == Decimal(4)
+    assert harmon.min_cell_teachers == 20  # still the strict profile
+
+
+def test_targets_met_and_the_scales_that_meet_them() -> None:
+    stages = {
+        stage: {"race_ethnicity": ["WHITE", "teachers of colour"], "gender": []}
+        for stage in ("candidates", "completers", "hired", "retained")
+    }
+    figures = {
+        "represented": 0.95,
+        "suppressed": 0.06,
+        "useful": None,  # no value published: not met
+        "kappa": True,
+        "groups": stages,
+    }
+    assert targets_met(figures) == {
+        "represented": True,
+        "suppressed": False,
+        "useful": False,
+        "kappa": True,
+        "groups": True,
+    }
+    stages["retained"]["race_ethnicity"] = ["WHITE"]
+    assert not targets_met(figures)["groups"]
+    assert not targets_met({**figures, "kappa": None})["kappa"]
+    scales = [Decimal(s) for s in (1, 2, 4, 8)]
+    assert met_at(list(zip(scales, [False, True, False, True], strict=True))) == (
+        "from x2 (missed again at x4)"
+    )
+    assert met_at(list(zip(scales, [False, False, True, True], strict=True))) == "from x4"
+    assert met_at(list(zip(scales, [False] * 4, strict=True))) == "at none (up to x8)"
