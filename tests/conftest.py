@@ -266,7 +266,7 @@ def count_plan(epsilon: str, dimensions: list[str], **extra: Any) -> Plan:
         epsilon=Decimal(epsilon),
         selection_delta=Decimal(0),
         floor_delta=Decimal("1e-9"),
-        groups_per_teacher=1,
+        groups_per_teacher=extra.pop("groups_per_teacher", 1),
         dimensions=dimensions,
         public_positions=list(range(len(dimensions))),
         private_positions=[],

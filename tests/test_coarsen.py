@@ -204,23 +204,42 @@ def _plan(epsilon: str = "1", minimum: int = 10) -> Plan:
     )
 
 
-def test_a_family_that_clears_is_published_as_asked_and_one_that_cannot_rolls_up_whole() -> None:
+def test_a_family_that_clears_is_published_as_asked_and_a_small_rest_is_suppressed() -> None:
     plan = _plan()
     tau = plan.threshold
     big, small = tau + 40, 2
     counts = {
         ("a", 1): big, ("a", 2): big, ("a", 3): big, ("a", 4): big,  # all clear: as asked
         ("b", 1): small, ("b", 2): small, ("b", 3): big, ("b", 4): big,  # 1 and 2 do not
+        ("c", 1): small, ("c", 2): small, ("c", 3): small, ("c", 4): tau + 1,
     }  # fmt: skip
     result = _decide(counts, counts, plan)
-    published = {(node.key, node.step): node for node in result.published}
-    assert set(published) == {
+    published = {(node.key, node.step) for node in result.published}
+    assert published == {
         (("a", 1), 0), (("a", 2), 0), (("a", 3), 0), (("a", 4), 0),
-        # b's 1 and 2 do not clear even together (4 teachers), so b's bands cannot be
-        # shown beside a remainder: b is published whole, at the top of its ratings.
-        (("b", "all ratings"), 2),
+        (("b", 3), 0), (("b", 4), 0),
+        # c: no band but exemplary clears, and the rest does not clear: c's bands are
+        # shown, its small rest suppressed (its total is never published beside them).
+        (("c", 4), 0),
     }  # fmt: skip
-    assert not result.pattern.suppressed
+    # b's 1 and 2 (4 teachers) do not clear even together: suppressed as b's rest, and
+    # b's total is not published, so they cannot be worked out from it.
+    hidden = {node.key: node for node in result.hidden}
+    assert set(hidden) == {
+        ("b", "all ratings: below proficient"),
+        ("c", "all ratings: below proficient, proficient"),
+    }
+    assert hidden[("b", "all ratings: below proficient")].leaves == [("b", 1), ("b", 2)]
+    assert result.pattern.primary == set(hidden)
+
+
+def test_a_node_none_of_whose_children_clears_is_published_whole() -> None:
+    plan = _plan()
+    part = plan.threshold // 3 + 1  # each too small; all four together clear
+    counts = {("a", r): part for r in (1, 2, 3, 4)}
+    result = _decide(counts, counts, plan)
+    assert [(n.key, n.step) for n in result.published] == [(("a", "all ratings"), 2)]
+    assert not result.hidden
 
 
 def test_a_remainder_that_clears_is_published_named_for_what_it_holds() -> None:
@@ -253,7 +272,7 @@ def test_the_floor_holds_however_high_the_noisy_count() -> None:
     st.lists(st.integers(0, 40), min_size=8, max_size=8),
     st.lists(st.integers(-30, 30), min_size=8, max_size=8),
 )
-def test_published_cells_are_disjoint_cover_each_cleared_root_and_rest_on_the_minimum(
+def test_published_and_hidden_cells_are_disjoint_cover_each_cleared_root_and_rest_on_minimum(
     true: list[int], noise_: list[int]
 ) -> None:
     plan = _plan()
@@ -261,10 +280,13 @@ def test_published_cells_are_disjoint_cover_each_cleared_root_and_rest_on_the_mi
     truth = dict(zip(leaves, true, strict=True))
     noisy = {k: truth[k] + n for k, n in zip(leaves, noise_, strict=True)}
     result = _decide(noisy, truth, plan)
-    covered = [leaf for node in result.published for leaf in node.leaves]
+    covered = [leaf for node in result.published + result.hidden for leaf in node.leaves]
     assert len(covered) == len(set(covered))  # disjoint
     shown_roots = [r for r in result.roots if r.key not in result.pattern.suppressed]
     assert sorted(covered) == sorted(leaf for r in shown_roots for leaf in r.leaves)
+    # No published cell's leaves hold a hidden one's: nothing hidden can be subtracted.
+    hidden = {leaf for node in result.hidden for leaf in node.leaves}
+    assert not any(hidden & set(node.leaves) for node in result.published)
     for node in result.published:
         assert sum(truth[leaf] for leaf in node.leaves) >= plan.minimum
         assert sum(noisy[leaf] for leaf in node.leaves) >= decide.node_threshold(
@@ -396,30 +418,61 @@ def test_coarsening_is_part_of_the_query_asked_and_comes_back_stored(grouped: Ga
     assert isinstance(preview, Preview) and not preview.repeat  # another table: not free
 
 
-def test_a_distribution_coarsens_its_values_into_bands_with_shares_of_whole_groups(
-    grouped: Gateway,
-) -> None:
+def test_a_distribution_coarsens_its_values_into_bands(grouped: Gateway) -> None:
+    """Ratings 3 and 4 of the bands (1 and 2: none). At epsilon 10 the noise is below a
+    teacher: the 'below proficient' root (0 teachers) is suppressed, and 'exemplary'
+    (19) with it, to protect it within the line of roots; under 'proficient' (51),
+    PK-2 (22) and 9-12 (18) are published as asked, and 3-5 and 6-8 (6 and 5, 11
+    together) are too small even together: suppressed as lower's rest."""
     body = _ask(
-        grouped,
-        {
-            **QUERY,
-            "measure": {"kind": "distribution", "field": "summative_rating"},
-        },
+        grouped, {**QUERY, "measure": {"kind": "distribution", "field": "summative_rating"}}
     ).to_json()
-    for cell in body["cells"]:
-        assert not cell["suppressed"] or cell["level"]  # suppressed only at the top
-    published = [c for c in body["cells"] if not c["suppressed"]]
-    assert published, "the big bands' ratings clear at some level"
-    # Within each group whose cells are all published, the shares add up to one.
-    groups: dict[Any, list[dict[str, Any]]] = {}
-    for cell in published:
-        groups.setdefault((cell["group"]["grade_band"], cell["level"]["grade_band"]), []).append(
-            cell
-        )
-    for cells in groups.values():
-        shares = [c.get("share") for c in cells]
-        if all(s is not None for s in shares):
-            assert math.isclose(sum(shares), 1.0, abs_tol=1e-3)  # type: ignore[arg-type]
+    cells = {(c["group"]["grade_band"], c["group"]["summative_rating"]): c for c in body["cells"]}
+    assert set(cells) == {
+        ("PK-2", 3),
+        ("9-12", 3),
+        ("lower: 3-5, 6-8", 3),
+        ("all grades", "below proficient"),
+        ("all grades", "exemplary"),
+    }
+    assert cells[("PK-2", 3)]["value"] == pytest.approx(22, abs=1.5)
+    assert cells[("9-12", 3)]["steps"] == 0 and not cells[("9-12", 3)]["suppressed"]
+    rest = cells[("lower: 3-5, 6-8", 3)]
+    assert rest["suppressed"] and rest["reason"] == "primary" and rest["steps"] == 1
+    assert rest["covers"] == {"grade_band": ["3-5", "6-8"]}
+    assert cells[("all grades", "below proficient")]["reason"] == "primary"
+    assert cells[("all grades", "exemplary")]["reason"] == "complementary"
+
+
+def test_a_distributions_shares_are_given_within_groups_published_whole() -> None:
+    """Shares of a coarsened distribution, from consistent counts, where a group's
+    cells are all published (postprocess.coarsened_table)."""
+    from gateway.release.measure import Measurements
+    from gateway.release.postprocess import coarsened_table
+
+    plan = _plan("20")
+    counts = {("a", 1): 30, ("a", 2): 20, ("a", 3): 35, ("a", 4): 15}
+    measured = Measurements(keys=list(counts), counts=dict(counts))
+    coarse = _decide(counts, counts, plan)
+    table = coarsened_table(coarse, measured, plan, kind="distribution", coding=False)
+    shares = {c.group["summative_rating"]: c.share for c in table}
+    assert shares == pytest.approx({1: 0.3, 2: 0.2, 3: 0.35, 4: 0.15}, abs=1e-4)
+    assert all(c.share_ci95 and c.share_ci95[0] <= c.share <= c.share_ci95[1] for c in table)
+
+
+def _plan_of(gw: Gateway) -> Plan:
+    """The plan of ``QUERY`` under the grouped agreement (what the preview shows)."""
+    from gateway.release.canonical import normalise
+    from gateway.release.plan import plan_query
+    from gateway.release.query import resolve
+
+    agreement = gw.agreement(AGREEMENT)
+    asked = resolve(parse_query(QUERY), agreement=agreement, registry=gw.registry, party=EPP)
+    return plan_query(normalise(asked, agreement), agreement)
+
+
+def _span(values: list[int]) -> int | list[int]:
+    return values[0] if min(values) == max(values) else [min(values), max(values)]
 
 
 def test_the_preview_shows_each_steps_thresholds_and_half_widths(grouped: Gateway) -> None:
@@ -436,8 +489,9 @@ def test_the_preview_shows_each_steps_thresholds_and_half_widths(grouped: Gatewa
     # epsilon 10 the draws are so small that four need no more margin than one).
     assert steps[0]["publish_threshold"] == preview.accuracy_95["publish_threshold"]
     assert steps[2]["publish_threshold"] >= steps[0]["publish_threshold"]
-    assert steps[1]["publish_threshold"] == [13, 13] or isinstance(
-        steps[1]["publish_threshold"], int
+    # Each step's thresholds are those of its cells' sizes (lower: 3 bands, upper: 1).
+    assert steps[1]["publish_threshold"] == _span(
+        [decide.node_threshold(_plan_of(grouped), k) for k in (1, 3)]
     )
 
 
@@ -573,3 +627,108 @@ def test_a_gap_sums_the_finer_tables_cells_into_the_coarser_tables_groups() -> N
         spec, [{"release": {"cells": exact[1:]}}, {"release": {"cells": noisy}}], agreement
     )
     assert rows == []
+
+
+@pytest.mark.parametrize(("groups", "leaves"), [(3, 2), (3, 5), (2, 4)])
+def test_with_several_groups_per_teacher_a_merged_cells_floor_is_min_g_k_below_the_minimum(
+    groups: int, leaves: int
+) -> None:
+    """A teacher is in at most min(g, k) of k merged cells: a merged cell with 9 distinct
+    teachers sums to at most min(g, k) * 9 before noise."""
+    plan = count_plan("1", ["band"], groups_per_teacher=groups)
+    plan.counts = noise.integer_noise(groups, Decimal("1"))
+    plan.threshold = decide.publish_threshold(plan, None)
+    threshold = decide.node_threshold(plan, leaves)
+    margin = threshold - min(groups, leaves) * (plan.minimum - 1)
+    assert plan.counts.sum_tail(leaves, margin) <= decide.floor_tail(plan)
+    assert plan.counts.sum_tail(leaves, margin - 1) > decide.floor_tail(plan)
+
+
+def test_the_floor_counts_distinct_teachers_of_merged_cells() -> None:
+    """Two bands whose counts add to 12 but share 4 teachers: 8 distinct, below 10."""
+    import numpy as np
+
+    from gateway.release.aggregate import TrueCell, distinct_teachers
+
+    cells = {
+        ("a", 1): TrueCell(teachers=6, members=np.arange(0, 6)),
+        ("a", 2): TrueCell(teachers=6, members=np.arange(2, 8)),
+    }
+    count = distinct_teachers(cells, linked=True)
+    assert count([("a", 1), ("a", 2)]) == 8 and count([("a", 1)]) == 6
+    rows_of_counts = {("a", 1): TrueCell(total=4.6), ("a", 2): TrueCell(total=5.3)}
+    # Rows of counts: the merged sum, below the minimum only when it is (9.9 < 10).
+    assert distinct_teachers(rows_of_counts, linked=False)([("a", 1), ("a", 2)]) == 9
+
+
+def test_the_floors_delta_counts_a_node_and_a_remainder_per_step_and_group() -> None:
+    plan = _plan("1")
+    assert plan.ladder is not None and plan.steps == 3
+    expected = 1e-9 / (2 * 3 * (1 + math.e))
+    assert decide.floor_tail(plan) == pytest.approx(expected, rel=1e-12)
+    plan.summarised = True  # a joint table's statistics: one more cell per group
+    assert decide.floor_tail(plan) == pytest.approx(1e-9 / (7 * (1 + math.e)), rel=1e-12)
+
+
+def test_a_reports_shares_stay_within_the_per_release_bounds() -> None:
+    from gateway.release.reports import _fill
+
+    weights = [Decimal(100), Decimal(1), Decimal(1)]
+    shares = _fill(weights, Decimal(2), Decimal("0.2"), Decimal(1))
+    # The big table would get 1.96: capped at 1, the rest shared; the small ones would
+    # get 0.5 each, within bounds.
+    assert shares == [Decimal(1), Decimal("0.5"), Decimal("0.5")]
+    shares = _fill([Decimal(50), Decimal(1)], Decimal(1), Decimal("0.1"), Decimal(1))
+    assert shares[1] == Decimal("0.1") and shares[0] == Decimal("0.9")  # lifted to the minimum
+    assert sum(_fill(weights, Decimal("0.7"), Decimal("0.01"), Decimal(1))) == Decimal("0.7")
+
+
+def test_coarsen_on_a_table_with_no_hierarchy_is_the_flat_table(grouped: Gateway) -> None:
+    """A table with no dimension (nothing to roll up) asked with coarsen is the same
+    canonical query, one release, as without."""
+    body = {**QUERY, "group_by": []}
+    first = _ask(grouped, {**body, "coarsen": False})
+    again = _ask(grouped, {**body, "coarsen": True})
+    assert isinstance(again, Release) and again.repeated
+    assert again.release_id == first.release_id
+
+
+def test_a_remainder_at_the_top_stands_for_its_groups_only_in_a_derived_figure() -> None:
+    from gateway.agreements.loader import load_registry
+    from gateway.release.reports import DerivedSpec, derived_rows
+    from tests.conftest import AGREEMENTS_DIR, POLICIES_DIR
+
+    agreement = load_registry(AGREEMENTS_DIR, POLICIES_DIR).agreement(
+        "sped-pipeline-northfield-tricounty"
+    )
+    hierarchy = agreement.field_hierarchy("licensure_area")
+    assert hierarchy is not None and hierarchy.levels[0].groups is not None
+    fields = list(hierarchy.levels[0].groups.items())
+    (big, big_areas), (small, small_areas) = fields[0], fields[1]
+    positions = [
+        {"group": {"licensure_area": a}, "value": 5.0, "ci95": [5.0, 5.0],
+         "suppressed": False, "noise_sd": 0.0}
+        for a in big_areas + small_areas
+    ]  # fmt: skip
+    top = hierarchy.top
+    candidates = [
+        {"group": {"licensure_area": big}, "value": 7.0, "ci95": [1.0, 13.0], "suppressed": False,
+         "noise_sd": 2.0, "level": {"licensure_area": hierarchy.levels[0].name}, "steps": 1},
+        {"group": {"licensure_area": f"{top}: {small}"}, "value": 3.0, "ci95": [0.0, 9.0],
+         "suppressed": False, "noise_sd": 2.0, "level": {"licensure_area": top}, "steps": 2,
+         "covers": {"licensure_area": [small]}},
+    ]  # fmt: skip
+    query = {"filters": [{"field": "licensure_area", "op": "in", "value": big_areas + small_areas}]}
+    spec = DerivedSpec(title="gap", kind="gap", tables=[0, 1])
+    rows = derived_rows(
+        spec,
+        [{"release": {"cells": positions, "query": query}},
+         {"release": {"cells": candidates, "query": query}}],
+        agreement,
+    )  # fmt: skip
+    by_group = {r["group"]["licensure_area"]: r["value"] for r in rows}
+    # Two rows, one per field: the remainder is its own field's, not everything.
+    assert by_group == {
+        big: pytest.approx(5.0 * len(big_areas) - 7.0),
+        f"{top}: {small}": pytest.approx(5.0 * len(small_areas) - 3.0),
+    }

@@ -11,6 +11,7 @@ minimum of students (decide.py needs one floor, on teachers).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,8 +207,8 @@ def distinct_teachers(
 
     def count(keys: Sequence[GroupKey]) -> int:
         present = [cells[k] for k in keys if k in cells]
-        if not linked:
-            return sum(cell.teachers for cell in present)
+        if not linked:  # below the minimum only when the merged sum is
+            return math.floor(sum(cell.total for cell in present))
         if len(present) == 1:
             return present[0].teachers
         parts = [cell.members for cell in present if cell.members.size]

@@ -264,8 +264,9 @@ def normalise(resolved: ResolvedQuery, agreement: Agreement) -> ResolvedQuery:
         delta=query.delta.normalize() if private and not exact else Decimal(0),
         max_groups_per_teacher=_groups_per_teacher(resolved, filters, agreement),
         link_on=sorted(query.link_on),
-        # Released exactly, every cell is published: nothing to roll up.
-        coarsen=query.coarsen and not exact,
+        # Released exactly, every cell is published: nothing to roll up; and a table
+        # none of whose dimensions has a hierarchy is the flat table, one release.
+        coarsen=query.coarsen and not exact and _has_hierarchy(resolved, agreement),
     )
     return replace(
         resolved,
@@ -277,6 +278,18 @@ def normalise(resolved: ResolvedQuery, agreement: Agreement) -> ResolvedQuery:
         condition=condition,
         link_on=tuple(sorted(resolved.link_on)),
     )
+
+
+def _has_hierarchy(resolved: ResolvedQuery, agreement: Agreement) -> bool:
+    """Whether any dimension of the table (a grouping, or a distribution's or joint's
+    values) coarsens under the agreement."""
+    refs = list(resolved.group_by)
+    kind = resolved.query.measure.kind
+    if kind in ("distribution", "joint") and resolved.measure_field is not None:
+        refs.append(resolved.measure_field)
+    if kind == "joint" and resolved.compare_field is not None:
+        refs.append(resolved.compare_field)
+    return any(agreement.hierarchy(ref.dataset, ref.column) is not None for ref in refs)
 
 
 def exact_release(resolved: ResolvedQuery, agreement: Agreement) -> bool:

@@ -21,11 +21,12 @@ hard floor of decide.py:
 - the decision is **top-down**: a root (a node of the top step) that does not clear
   is suppressed; under a node that clears, each child that clears is decided the same
   way, and the children that do not are published together as the node's
-  **remainder** ("secondary: SECSCI, SECSS") when they clear together; otherwise the
-  node is published whole. So the published cells are disjoint, cover every leaf
-  under a root that cleared, and each stands at the finest level it clears at; no
-  published cell, and no difference of published cells, rests on fewer teachers than
-  the minimum;
+  **remainder** ("secondary: SECSCI, SECSS") when they clear together, and are
+  suppressed together otherwise; a node none of whose children clears is published
+  whole. So the published cells are disjoint, and with the suppressed remainders
+  cover every leaf under a root that cleared; no published cell, and no difference
+  of published cells of the table, rests on fewer teachers than the minimum (a
+  node whose remainder is suppressed is never published);
 - values are made **consistent** by weighted least squares over the tree, top-down
   (as the Census Bureau's TopDown algorithm does, level by level): a root's value is
   its noisy sum clipped at 0; the children of a node get the non-negative values
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.agreements.models import Hierarchy, window_label
+from gateway.errors import NotFound
 from gateway.release.suppression import GroupKey
 
 #: The name of step 0's level in every dimension: the values the query asked for.
@@ -113,21 +115,32 @@ def _year_labels(hierarchy: Hierarchy, values: Sequence[Any]) -> list[dict[Any, 
     """Pooled windows that partition the asked years, aligned on the latest one.
 
     A hierarchy declares rolling windows (one ending at each year), which overlap; a
-    tree needs a partition, so the windows here end at the latest year asked and every
-    ``pool`` years before it (2023-2025, 2020-2022, ...), the oldest cut to the years
-    asked and labelled with the years it really covers.
+    tree needs a partition, so the windows here are built from the latest year asked
+    back: each gathers the windows of the level below (the years themselves, first)
+    until it spans at least ``pool`` years (2023-2025, 2020-2022, ...). So each level's
+    windows are unions of the level below's, whatever the pools; the oldest window
+    may span fewer years, and every window is named for the years it really spans.
     """
-    years = sorted(int(v) for v in values)
-    first, last = years[0], years[-1]
+    groups: list[list[int]] = [[year] for year in sorted({int(v) for v in values})]
     out: list[dict[Any, Any]] = []
     for level in hierarchy.levels:
         pool = level.pool or 1
-        labels = {}
-        for value in values:
-            end = last - ((last - int(value)) // pool) * pool
-            start = max(end - pool + 1, first)
-            labels[value] = window_label(end, end - start + 1)
-        out.append(labels)
+        merged: list[list[int]] = []
+        current: list[int] = []
+        for group in reversed(groups):
+            current = group + current
+            if current[-1] - current[0] + 1 >= pool:
+                merged.append(current)
+                current = []
+        if current:
+            merged.append(current)
+        groups = list(reversed(merged))
+        labels = {
+            year: window_label(group[-1], group[-1] - group[0] + 1)
+            for group in groups
+            for year in group
+        }
+        out.append({value: labels[int(value)] for value in values})
     out.append(dict.fromkeys(values, hierarchy.top))
     return out
 
@@ -151,7 +164,7 @@ def axis(
     else:
         try:
             labels = _code_labels(hierarchy, values)
-        except Exception:  # a value in no group: NotFound from the hierarchy
+        except NotFound:  # a value in no group: the dimension stays as asked
             return None
     names = (AS_ASKED, *hierarchy.level_names)
     return Axis(position, name, names, tuple(labels), kind)
@@ -218,10 +231,12 @@ def tree(leaves: Sequence[GroupKey], ladder_: Ladder) -> list[Node]:
 
 @dataclass
 class Decisions:
-    """The published cells (disjoint: nodes and remainders), and the roots suppressed."""
+    """The published cells (disjoint: nodes and remainders), the roots suppressed, and
+    the remainders suppressed beside siblings published on their own."""
 
     published: list[Node] = field(default_factory=list)
     suppressed: list[Node] = field(default_factory=list)
+    hidden: list[Node] = field(default_factory=list)
 
 
 def decide_tree(
@@ -235,7 +250,9 @@ def decide_tree(
 
     Under a node that clears, each child that clears is decided in turn; the children
     that do not are published together as the node's remainder when they clear
-    together, else the node is published whole.
+    together, and are otherwise suppressed together (the node itself is then never
+    published, so they cannot be worked out from it). A node none of whose children
+    clears is published whole.
     """
     out = Decisions()
     for root in roots:
@@ -251,9 +268,6 @@ def decide_tree(
                 continue
             failing = [child for child in node.children if not clears(child.leaves)]
             rest = [leaf for child in failing for leaf in child.leaves]
-            if rest and not clears(rest):
-                out.published.append(node)
-                continue
             stack.extend(reversed(passing))
             if rest:
                 position = stepped(node.step)
@@ -262,9 +276,8 @@ def decide_tree(
                 # node's own name, which would read as the whole node.
                 key = list(node.key)
                 key[position] = f"{node.key[position]}: {', '.join(map(str, labels))}"
-                out.published.append(
-                    Node(tuple(key), node.step, rest, children=failing, covers=labels)
-                )
+                remainder = Node(tuple(key), node.step, rest, children=failing, covers=labels)
+                (out.published if clears(rest) else out.hidden).append(remainder)
     return out
 
 

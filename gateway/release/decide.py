@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway.release import coarsen
@@ -106,7 +106,13 @@ def node_threshold(plan: Plan, leaves: int) -> int:
             high = middle
         else:
             low = middle + 1
-    floor = min(plan.groups_per_teacher, leaves) * (plan.minimum - 1)
+    # Rows of counts (decided on noisy sums): a merged cell below the minimum sums to
+    # less than it, not to at most one less (a count field need not be whole).
+    floor = (
+        plan.minimum
+        if plan.decided_by_sum
+        else min(plan.groups_per_teacher, leaves) * (plan.minimum - 1)
+    )
     derived = floor + max(high, 1)
     # The profile's own threshold, for one cell, holds for a merged one too.
     threshold = max(derived, plan.threshold)
@@ -159,6 +165,7 @@ class Coarsened:
     roots: list[Node]
     published: list[Node]
     pattern: SuppressionResult
+    hidden: list[Node] = field(default_factory=list)  # remainders suppressed
 
 
 def decide_coarsened(
@@ -202,10 +209,13 @@ def decide_coarsened(
         audit=len(values) <= MAX_AUDITED_CELLS,
     )
     shown = [root for root in roots if root.key not in pattern.suppressed]
-    published = coarsen.decide_tree(shown, clears, plan.ladder.stepped).published
+    tree = coarsen.decide_tree(shown, clears, plan.ladder.stepped)
     order = {leaf: i for i, leaf in enumerate(leaves)}
-    published.sort(key=lambda node: order[node.leaves[0]])
-    return Coarsened(roots=roots, published=published, pattern=pattern)
+    tree.published.sort(key=lambda node: order[node.leaves[0]])
+    tree.hidden.sort(key=lambda node: order[node.leaves[0]])
+    # A remainder too small beside siblings published on their own: suppressed.
+    pattern.primary |= {node.key for node in tree.hidden}
+    return Coarsened(roots=roots, published=tree.published, pattern=pattern, hidden=tree.hidden)
 
 
 def share_label(share: float, *, coding: bool) -> str | None:

@@ -99,6 +99,8 @@ def _difference_of_negative_binomials_tail(a: float, terms: int, k: int) -> floa
     converge quickly (the caller then uses the Chernoff bound)."""
     if k <= 0:
         return 1.0
+    if terms * a / (1.0 - a) > 100_000:  # too many terms to sum quickly: Chernoff
+        return None
     import numpy as np
     from scipy.stats import nbinom
 
@@ -198,7 +200,7 @@ class IntegerNoise:
         """A half-width t with P(|Z_1 + ... + Z_terms| >= t) <= alpha (exact for one)."""
         if terms <= 1:
             return self.half_width(alpha)
-        return float(_smallest(lambda t: 2.0 * self.sum_tail(terms, t) <= alpha, integer=True))
+        return _integer_sum_half_width(self.scale, terms, alpha)
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,20 @@ class ThresholdNoise:
 
     def half_width(self, alpha: float = 0.05) -> float:
         return float(_dp().discrete_laplacian_scale_to_accuracy(self.scale, alpha))
+
+
+@lru_cache(maxsize=4096)
+def _integer_sum_half_width(scale: float, terms: int, alpha: float) -> float:
+    a = math.exp(-1.0 / scale)
+
+    def tail(t: float) -> float:
+        exact = _difference_of_negative_binomials_tail(a, terms, math.ceil(t))
+        if exact is not None:
+            return exact
+        log_mgf = IntegerNoise(1, 1.0, scale, None).log_mgf
+        return chernoff_tail(log_mgf, 1.0 / scale, terms, t)
+
+    return float(_smallest(lambda t: 2.0 * tail(t) <= alpha, integer=True))
 
 
 @lru_cache(maxsize=256)

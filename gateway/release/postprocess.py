@@ -177,6 +177,11 @@ def coarsened_table(
         for (_, target, _), found in zip(fields, values, strict=True):
             if found:
                 target[node.key] = node.value(found)
+    for node in coarse.hidden:  # remainders suppressed beside published siblings
+        nodes.keys.append(node.key)
+        steps[node.key] = node.step
+        name = plan.dimensions[ladder.stepped(node.step)]
+        covers[node.key] = {name: node.covers or []}
     for root in coarse.roots:
         if root.key in coarse.pattern.suppressed:
             nodes.keys.append(root.key)
@@ -188,6 +193,18 @@ def coarsened_table(
         additive = plan.counts
     elif kind == "sum":
         additive = plan.sums
+    # The interval of a count or sum is the noise's interval around the cell's raw
+    # noisy sum (exactly 95%), widened to hold the consistent value it shows.
+    raw_source: Mapping[GroupKey, float] | None = None
+    if kind in ("count", "distribution", "joint"):
+        raw_source = measured.counts
+    elif kind == "sum":
+        raw_source = measured.sums
+    raw = {
+        node.key: sum(raw_source[leaf] for leaf in node.leaves)
+        for node in coarse.published
+        if raw_source
+    }
     return [
         cell.model_copy(
             update={
@@ -199,10 +216,28 @@ def coarsened_table(
                     if additive is not None and not cell.suppressed
                     else None
                 ),
+                **(
+                    {"ci95": _around(cell, raw[key], additive, nodes.terms.get(key, 1))}
+                    if key in raw and additive is not None and cell.ci95 is not None
+                    else {}
+                ),
             }
         )
         for cell, key in zip(table, nodes.keys, strict=True)
     ]
+
+
+def _around(
+    cell: Cell, raw: float, additive: noise.IntegerNoise | noise.FloatNoise, terms: int
+) -> list[float]:
+    """The 95% interval of a sum of ``terms`` draws around the ``raw`` noisy sum, widened
+    to hold the cell's (consistent) value, never below 0 where the cell's was not."""
+    half = additive.sum_half_width(terms)
+    assert cell.value is not None and cell.ci95 is not None
+    low = min(raw - half, cell.value)
+    if cell.ci95[0] >= 0:
+        low = max(low, 0.0)
+    return [round(low, 6), round(max(raw + half, cell.value), 6)]
 
 
 def _node_shares(

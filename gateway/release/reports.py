@@ -284,7 +284,10 @@ def table_queries(
 
 
 def allocate(
-    report: ReportDefinition, previews: Sequence[Preview | None], epsilon: Decimal
+    report: ReportDefinition,
+    previews: Sequence[Preview | None],
+    epsilon: Decimal,
+    bounds: tuple[Decimal, Decimal] | None = None,
 ) -> list[Decimal]:
     """The report's epsilon shared over its tables to minimise its expected error.
 
@@ -294,8 +297,10 @@ def allocate(
     the total is smallest, for a fixed sum of the ``epsilon_t``, when each is
     proportional to ``(n g^2)^(1/3)`` (a Lagrange multiplier). A table's declared
     ``weight`` replaces that. A table left out of the run (``None``: a retention whose
-    window is too short) gets nothing. Shares are rounded down to the ledger's unit, so
-    they never add up to more than ``epsilon``.
+    window is too short) gets nothing. With ``bounds`` (the profile's per-release minimum
+    and cap), no share passes them: the rest is shared again among the other tables.
+    Shares are rounded down to the ledger's unit, so they never add up to more than
+    ``epsilon``.
     """
     weights: list[Decimal] = []
     for table, preview in zip(report.tables, previews, strict=True):
@@ -308,11 +313,36 @@ def allocate(
             g = preview.groups_per_teacher
             weights.append(Decimal(repr((n * g * g) ** (1.0 / 3.0))))
     even = budget.split(epsilon, len(weights))
-    total = sum(weights, Decimal(0))
-    if total <= 0:
+    if sum(weights, Decimal(0)) <= 0:
         return [even] * len(weights)
+    shares = _fill(weights, epsilon, *(bounds or (Decimal(0), epsilon)))
     # An exact (or left out) table's query keeps a nominal epsilon: it spends nothing.
-    return [budget.split(epsilon * w / total, 1) if w else even for w in weights]
+    return [budget.split(share, 1) if w else even for w, share in zip(weights, shares, strict=True)]
+
+
+def _fill(weights: Sequence[Decimal], total: Decimal, low: Decimal, high: Decimal) -> list[Decimal]:
+    """``total`` shared in proportion to ``weights`` (those above 0), each share kept
+    within [low, high] (the per-release minimum and cap): a share that would pass a
+    bound is fixed at it and the rest shared again among the others."""
+    fixed: dict[int, Decimal] = {}
+    live = [i for i, w in enumerate(weights) if w > 0]
+    while True:
+        free = [i for i in live if i not in fixed]
+        if not free:
+            break
+        left = total - sum(fixed.values(), Decimal(0))
+        weight = sum((weights[i] for i in free), Decimal(0))
+        share = {i: left * weights[i] / weight for i in free}
+        over = [i for i in free if share[i] > high]
+        under = [i for i in free if share[i] < low] if not over else []
+        for i in over:
+            fixed[i] = high
+        for i in under:
+            fixed[i] = low
+        if not over and not under:
+            fixed.update(share)
+            break
+    return [fixed.get(i, Decimal(0)) for i in range(len(weights))]
 
 
 def check_reports(agreement: Agreement, registry: Registry) -> list[str]:
@@ -390,8 +420,12 @@ def run_report(
 
     # Shape first (cells, teachers' groups, exact or not: none depends on epsilon),
     # then the error-minimising shares, previewed again for their cost.
+    profile = agreement.resolved_disclosure
     shares = allocate(
-        definition_, preview_all(table_queries(definition_, values, epsilon)), epsilon
+        definition_,
+        preview_all(table_queries(definition_, values, epsilon)),
+        epsilon,
+        (profile.per_release_minimum.epsilon, profile.per_release_cap.epsilon),
     )
     if len(skipped) == len(definition_.tables):
         raise WindowTooShort(
@@ -522,26 +556,45 @@ def _noisy_cell(cell: Mapping[str, Any]) -> derived.Noisy | None:
     return derived.Noisy(value, 2.0 * (half / math.log(20.0)) ** 2)
 
 
+def _asked(
+    agreement: Agreement | None, release: Mapping[str, Any], dimension: str
+) -> frozenset[Any] | None:
+    """The values a table asked for on ``dimension``: its ``in`` (or whole-year
+    ``between``) filter on it, else every code its hierarchy places; None when unknown."""
+    for item in (release.get("query") or {}).get("filters") or []:
+        if item["field"].rpartition(".")[2] != dimension.rpartition(".")[2]:
+            continue
+        if item["op"] == "in":
+            return frozenset(item["value"])
+        if item["op"] == "eq":
+            return frozenset([item["value"]])
+        if item["op"] == "between" and all(isinstance(v, int) for v in item["value"]):
+            return frozenset(range(item["value"][0], item["value"][1] + 1))
+    hierarchy = agreement.field_hierarchy(dimension) if agreement is not None else None
+    return frozenset(hierarchy.codes) if hierarchy is not None and hierarchy.codes else None
+
+
 def _codes(
-    agreement: Agreement | None, dimension: str, cell: Mapping[str, Any]
+    agreement: Agreement | None,
+    dimension: str,
+    cell: Mapping[str, Any],
+    asked: frozenset[Any] | None,
 ) -> frozenset[Any] | None:
     """The values as asked that ``cell`` stands for on ``dimension`` (its own value, a
-    group's codes, a window's years, a remainder's members); None for a hierarchy's
-    top, which stands for every value asked."""
+    group's codes, a window's years, a remainder's members), kept to the values its
+    table ``asked``; None only for a hierarchy's top when those are unknown."""
     label = cell["group"][dimension]
     level = (cell.get("level") or {}).get(dimension, "as asked")
-    if level == "as asked":
-        return frozenset([label])
     hierarchy = agreement.field_hierarchy(dimension) if agreement is not None else None
-    if hierarchy is None:
+    if level == "as asked" or hierarchy is None:
         return frozenset([label])
     names = list(hierarchy.level_names)
-    if level == hierarchy.top:
-        return None
     index = names.index(level) if level in names else -1
     covers = (cell.get("covers") or {}).get(dimension)
-    labels = covers if covers is not None else [label]
-    index = index - 1 if covers is not None else index
+    if covers is None and level == hierarchy.top:
+        return asked  # every value asked
+    # A remainder stands for the groups it covers, one level below its own.
+    labels, index = (covers, index - 1) if covers is not None else ([label], index)
     out: set[Any] = set()
     for item in labels:
         if index < 0:
@@ -551,7 +604,7 @@ def _codes(
             out.update(range(int(first), int(last or first) + 1))
         else:
             out.update((hierarchy.levels[index].groups or {}).get(str(item), [item]))
-    return frozenset(out)
+    return frozenset(out & asked) if asked is not None else frozenset(out)
 
 
 def _labels(cell: Mapping[str, Any], dims: Sequence[str]) -> tuple[Any, ...]:
@@ -584,7 +637,11 @@ def derived_rows(
         return []
     dims = [d for d in first[0]["group"] if d not in spec.where and d in second[0]["group"]]
     cells = [(0, c) for c in first] + [(1, c) for c in second]
-    codes = [[_codes(agreement, d, c) for d in dims] for _, c in cells]
+    releases = [tables[spec.tables[0]]["release"], tables[spec.tables[1]]["release"]]
+    asked = [[_asked(agreement, release, d) for d in dims] for release in releases]
+    codes = [
+        [_codes(agreement, d, c, asked[side][n]) for n, d in enumerate(dims)] for side, c in cells
+    ]
     # Blocks: cells of the two tables joined whenever they overlap on every shared dimension.
     parent = list(range(len(cells)))
 
@@ -626,7 +683,13 @@ def derived_rows(
         else:
             result = derived.conversion(from_stage=x, to_stage=y)
         # Named for the coarser side: the one with fewer distinct groups on ``dims``.
-        side = min(sides, key=lambda m: len({_labels(cells[i][1], dims) for i in m}))
+        side = min(
+            sides,
+            key=lambda m: (
+                len({_labels(cells[i][1], dims) for i in m}),
+                -max(cells[i][1].get("steps") or 0 for i in m),
+            ),
+        )
         names = list(dict.fromkeys(_labels(cells[i][1], dims) for i in side))
         group = {
             d: names[0][n] if len(names) == 1 else " + ".join(str(t[n]) for t in names)
