@@ -218,17 +218,15 @@ def test_a_family_that_clears_is_published_as_asked_and_a_small_rest_is_suppress
     assert published == {
         (("a", 1), 0), (("a", 2), 0), (("a", 3), 0), (("a", 4), 0),
         (("b", 3), 0), (("b", 4), 0),
-        # c: no band but exemplary clears, and the rest does not clear: c's bands are
-        # shown, its small rest suppressed (its total is never published beside them).
-        (("c", 4), 0),
+        # c: only exemplary clears, and the rest does not: one part beside a hidden
+        # rest says less than the whole, so c is published whole.
+        (("c", "all ratings"), 2),
     }  # fmt: skip
-    # b's 1 and 2 (4 teachers) do not clear even together: suppressed as b's rest, and
-    # b's total is not published, so they cannot be worked out from it.
+    # b's 1 and 2 (4 teachers) do not clear even together: suppressed as b's rest
+    # beside two bands that clear, and b's total is not published, so they cannot be
+    # worked out from it.
     hidden = {node.key: node for node in result.hidden}
-    assert set(hidden) == {
-        ("b", "all ratings: below proficient"),
-        ("c", "all ratings: below proficient, proficient"),
-    }
+    assert set(hidden) == {("b", "all ratings: below proficient")}
     assert hidden[("b", "all ratings: below proficient")].leaves == [("b", 1), ("b", 2)]
     assert result.pattern.primary == set(hidden)
 
@@ -422,24 +420,22 @@ def test_a_distribution_coarsens_its_values_into_bands(grouped: Gateway) -> None
     """Ratings 3 and 4 of the bands (1 and 2: none). At epsilon 10 the noise is below a
     teacher: the 'below proficient' root (0 teachers) is suppressed, and 'exemplary'
     (19) with it, to protect it within the line of roots; under 'proficient' (51),
-    PK-2 (22) and 9-12 (18) are published as asked, and 3-5 and 6-8 (6 and 5, 11
-    together) are too small even together: suppressed as lower's rest."""
+    9-12 (18) is published as asked; in 'lower' only PK-2 (22) clears, 3-5 and 6-8 (6
+    and 5, 11 together) do not even together, so 'lower' (33) is published whole."""
     body = _ask(
         grouped, {**QUERY, "measure": {"kind": "distribution", "field": "summative_rating"}}
     ).to_json()
     cells = {(c["group"]["grade_band"], c["group"]["summative_rating"]): c for c in body["cells"]}
     assert set(cells) == {
-        ("PK-2", 3),
+        ("lower", 3),
         ("9-12", 3),
-        ("lower: 3-5, 6-8", 3),
         ("all grades", "below proficient"),
         ("all grades", "exemplary"),
     }
-    assert cells[("PK-2", 3)]["value"] == pytest.approx(22, abs=1.5)
+    lower = cells[("lower", 3)]
+    assert lower["value"] == pytest.approx(33, abs=1.5) and lower["steps"] == 1
+    assert lower["level"] == {"grade_band": "school level", "summative_rating": "as asked"}
     assert cells[("9-12", 3)]["steps"] == 0 and not cells[("9-12", 3)]["suppressed"]
-    rest = cells[("lower: 3-5, 6-8", 3)]
-    assert rest["suppressed"] and rest["reason"] == "primary" and rest["steps"] == 1
-    assert rest["covers"] == {"grade_band": ["3-5", "6-8"]}
     assert cells[("all grades", "below proficient")]["reason"] == "primary"
     assert cells[("all grades", "exemplary")]["reason"] == "complementary"
 

@@ -21,12 +21,13 @@ hard floor of decide.py:
 - the decision is **top-down**: a root (a node of the top step) that does not clear
   is suppressed; under a node that clears, each child that clears is decided the same
   way, and the children that do not are published together as the node's
-  **remainder** ("secondary: SECSCI, SECSS") when they clear together, and are
-  suppressed together otherwise; a node none of whose children clears is published
-  whole. So the published cells are disjoint, and with the suppressed remainders
-  cover every leaf under a root that cleared; no published cell, and no difference
-  of published cells of the table, rests on fewer teachers than the minimum (a
-  node whose remainder is suppressed is never published);
+  **remainder** ("secondary: SECSCI, SECSS") when they clear together; otherwise
+  they are suppressed together beside two or more children that clear, and beside
+  one the node is published whole, as is a node none of whose children clears. So
+  the published cells are disjoint, and with the suppressed remainders cover every
+  leaf under a root that cleared; no published cell, and no difference of published
+  cells of the table, rests on fewer teachers than the minimum (a node whose
+  remainder is suppressed is never published);
 - values are made **consistent** by weighted least squares over the tree, top-down
   (as the Census Bureau's TopDown algorithm does, level by level): a root's value is
   its noisy sum clipped at 0; the children of a node get the non-negative values
@@ -250,9 +251,10 @@ def decide_tree(
 
     Under a node that clears, each child that clears is decided in turn; the children
     that do not are published together as the node's remainder when they clear
-    together, and are otherwise suppressed together (the node itself is then never
-    published, so they cannot be worked out from it). A node none of whose children
-    clears is published whole.
+    together; otherwise, beside two or more children that clear, they are suppressed
+    together (the node itself is then never published, so they cannot be worked out
+    from it), and beside one, the node is published whole (the whole says more than
+    one part). A node none of whose children clears is published whole.
     """
     out = Decisions()
     for root in roots:
@@ -268,6 +270,10 @@ def decide_tree(
                 continue
             failing = [child for child in node.children if not clears(child.leaves)]
             rest = [leaf for child in failing for leaf in child.leaves]
+            if rest and len(passing) < 2 and not clears(rest):
+                # One child beside a rest too small to show: the whole says more.
+                out.published.append(node)
+                continue
             stack.extend(reversed(passing))
             if rest:
                 position = stepped(node.step)
