@@ -354,28 +354,28 @@ def _document(name: str) -> dict[str, Any]:
 
 def test_scaling_an_agreement_raises_only_the_budgets_its_pass_needs() -> None:
     # Bayview-Eastport, standard profile (budget 3, cap 1), overrides min_cell_students:
-    # pipeline, performance, performance_by_provider and impact at 0.3, retention 0.45.
+    # pipeline, performance, performance_by_provider, impact and retention at 0.3.
     document = _document("student-teaching-bayview-eastport")
     budgets = {"privacy_budget": Decimal(3), "period_budget": None, "per_release_cap": Decimal(1)}
     same = scale_agreement(document, Decimal(1), **budgets)
-    assert same.document == document  # 1.65 fits in 3, 0.45 under the cap: nothing raised
-    assert same.pass_epsilon == Decimal("1.65")
-    assert same.epsilons["retention"] == Decimal("0.45")
+    assert same.document == document  # 1.5 fits in 3, 0.3 under the cap: nothing raised
+    assert same.pass_epsilon == Decimal("1.5")
+    assert same.epsilons["retention"] == Decimal("0.3")
     four = scale_agreement(document, Decimal(4), **budgets)
     assert four.epsilons == {
         "pipeline": Decimal("1.2"),
         "performance": Decimal("1.2"),
         "performance_by_provider": Decimal("1.2"),
         "impact": Decimal("1.2"),
-        "retention": Decimal("1.8"),
+        "retention": Decimal("1.2"),
     }
-    assert four.pass_epsilon == Decimal("6.6")
+    assert four.pass_epsilon == Decimal("6")
     assert four.document["disclosure"] == {
         "profile": "standard",
         "overrides": {
             "min_cell_students": 20,
-            "per_release_cap": {"epsilon": "1.8"},
-            "privacy_budget": {"epsilon": "6.6"},
+            "per_release_cap": {"epsilon": "1.2"},
+            "privacy_budget": {"epsilon": "6"},
         },
     }
     assert document["disclosure"]["overrides"] == {"min_cell_students": 20}  # not changed
@@ -447,8 +447,8 @@ def test_the_scaled_copies_load_and_the_repo_s_agreements_stay_as_they_are(
     registry = load_registry(tmp_path, REPO / "policies")
     bayview = registry.agreement("student-teaching-bayview-eastport").resolved_disclosure
     assert (bayview.privacy_budget.epsilon, bayview.per_release_cap.epsilon) == (
-        Decimal("26.4"),
-        Decimal("7.2"),
+        Decimal("24"),  # 16 x its pass of 1.5
+        Decimal("4.8"),  # 16 x its largest report (0.3)
     )
     assert bayview.min_cell_students == 20  # its own override kept
     harmon = registry.agreement("diversity-cedar-valley-harmon").resolved_disclosure
