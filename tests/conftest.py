@@ -3,15 +3,22 @@ when GATEWAY_TEST_DATABASE_URL is set (CI sets it)."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
+import shutil
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from gateway import audit
 from gateway.config import Settings
@@ -19,6 +26,7 @@ from gateway.context import Gateway, initialise
 from gateway.ingest import upload_extract
 from gateway.release import decide, noise
 from gateway.release.plan import Plan
+from gateway.storage import db
 from gateway.synthetic import generate_agreement_extracts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,21 +45,206 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def reset_postgres(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+# --- one migrated template per backend, a copy of it per test -------------------------------
+#
+# Migrating an empty database through every revision costs more than most tests, so each
+# session (each pytest-xdist worker) migrates one template per backend, once, and every
+# database test starts from a copy of it: a file copy on SQLite, CREATE DATABASE ... TEMPLATE
+# on PostgreSQL. Only the schema is shared: the test's own `initialise` still makes its keys,
+# its audit chain, its agreements and their budgets, exactly as on a fresh database (the
+# migrations write no rows into an empty database). A test that needs a database with no
+# schema at all (first-time `init`, "not initialised" refusals) is marked `empty_database`.
+
+#: The pytest-xdist worker ("gw0", ...), or "main" without xdist: names of databases and
+#: templates carry it, so workers (and runs against another configured database) never share.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def _migrate(url: str) -> None:
+    engine = db.make_engine(url)
+    try:
+        db.upgrade_to_head(engine)
+    finally:
+        engine.dispose()  # no connection may stay open: PostgreSQL copies only an idle template
+
+
+class PostgresDatabases:
+    """Each test's PostgreSQL databases: copies of one migrated template, dropped after the
+    test. Names derive from the configured database (GATEWAY_TEST_DATABASE_URL) and the
+    worker: ``<name>_<worker>_template`` and ``<name>_<worker>_<n>`` (with the process id
+    after the worker while another run holds those names); the configured database itself
+    only carries the CREATE and DROP statements.
+
+    Copying the template (8 MB, mostly the system catalogs) and dropping a copy (which
+    waits for a checkpoint) each take 0.05 to 0.5 s, mostly waiting on the disk: a
+    background thread does both, keeping ``READY`` copies made ahead of the tests."""
+
+    READY = 2
+
+    def __init__(self, url: str) -> None:
+        self.url = make_url(url)
+        configured = self.url.database
+        assert configured, "GATEWAY_TEST_DATABASE_URL names no database"
+        # PostgreSQL cuts names at 63 bytes: keep room for the worker, a pid and a counter.
+        self.prefix = f"{configured[:40]}_{WORKER}".lower()
+        self._numbers = itertools.count()
+        self.admin: Engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        # Held for the session: a second run on the same configured database and worker
+        # finds it taken and keeps to names of its own instead of dropping this run's.
+        self._lock = self.admin.connect()
+        owner = self._lock.scalar(
+            text("SELECT pg_try_advisory_lock(hashtext(:name))"), {"name": self.prefix}
+        )
+        if owner:
+            self._drop_leftovers()
+        else:
+            self.prefix = f"{self.prefix}_{os.getpid()}"
+        self.template = f"{self.prefix}_template"
+        self._execute(f"CREATE DATABASE {self._quote(self.template)} TEMPLATE template0")
+        _migrate(self.url_of(self.template))
+        # Nobody connects to the template again, so every copy of it succeeds.
+        self._execute(f"ALTER DATABASE {self._quote(self.template)} ALLOW_CONNECTIONS false")
+        # One thread, so copies and drops never run into each other.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-databases")
+        self._ready: deque[Future[str]] = deque()
+        self._drops: list[Future[None]] = []
+        self._top_up()
+
+    def url_of(self, name: str) -> str:
+        return self.url.set(database=name).render_as_string(hide_password=False)
+
+    def create(self, *, empty: bool = False) -> str:
+        """A new database, migrated to head (a copy of the template) or ``empty``."""
+        if empty:
+            return self.url_of(self._copy("template0"))
+        name = self._ready.popleft().result()
+        self._top_up()
+        return self.url_of(name)
+
+    def drop(self, url: str) -> None:
+        name = make_url(url).database
+        assert name is not None
+        # FORCE: a connection a test left open (a server thread, a leaked engine) is ended.
+        statement = f"DROP DATABASE IF EXISTS {self._quote(name)} WITH (FORCE)"
+        self._drops.append(self._worker.submit(self._execute, statement))
+
+    def close(self) -> None:
+        unused = [made.result() for made in self._ready]
+        self._worker.shutdown(wait=True)
+        for dropped in self._drops:
+            dropped.result()  # a drop that failed fails the session
+        for name in [*unused, self.template]:
+            self._execute(f"DROP DATABASE IF EXISTS {self._quote(name)} WITH (FORCE)")
+        self._lock.close()
+        self.admin.dispose()
+
+    def _top_up(self) -> None:
+        while len(self._ready) < self.READY:
+            self._ready.append(self._worker.submit(self._copy, self._quote(self.template)))
+
+    def _copy(self, template: str) -> str:
+        name = f"{self.prefix}_{next(self._numbers)}"
+        self._execute(f"CREATE DATABASE {self._quote(name)} TEMPLATE {template}")
+        return name
+
+    def _drop_leftovers(self) -> None:
+        """Databases of this worker that an interrupted run left behind."""
+        own = re.compile(rf"{re.escape(self.prefix)}_(template|\d+)")
+        with self.admin.connect() as connection:
+            names = connection.execute(text("SELECT datname FROM pg_database")).scalars().all()
+        for name in names:
+            if own.fullmatch(name):
+                self._execute(f"DROP DATABASE {self._quote(name)} WITH (FORCE)")
+
+    def _quote(self, name: str) -> str:
+        return self.admin.dialect.identifier_preparer.quote(name)
+
+    def _execute(self, statement: str) -> None:
+        with self.admin.connect() as connection:
+            connection.execute(text(statement))
+
+
+class DatabaseTemplates:
+    """The session's templates, each made on first use (an SQLite-only run, or a run of
+    tests that need no database, never migrates a PostgreSQL one)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._sqlite: Path | None = None
+        self._postgres: PostgresDatabases | None = None
+
+    @property
+    def sqlite(self) -> Path:
+        if self._sqlite is None:
+            path = self.folder / "template.db"
+            _migrate(f"sqlite:///{path}")
+            # Closing the last connection folds the WAL into the file: one file to copy.
+            assert not path.with_name(path.name + "-wal").exists()
+            self._sqlite = path
+        return self._sqlite
+
+    @property
+    def postgres(self) -> PostgresDatabases:
+        if self._postgres is None:
+            assert POSTGRES_URL is not None
+            self._postgres = PostgresDatabases(POSTGRES_URL)
+        return self._postgres
+
+    def close(self) -> None:
+        if self._postgres is not None:
+            self._postgres.close()
+
+
+@pytest.fixture(scope="session")
+def database_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseTemplates]:
+    templates = DatabaseTemplates(tmp_path_factory.mktemp("template"))
+    yield templates
+    templates.close()
+
+
+class Databases:
+    """Makes the databases of one test, on the test's backend, and removes them after it."""
+
+    def __init__(self, backend: str, templates: DatabaseTemplates) -> None:
+        self.backend = backend
+        self._templates = templates
+        self._made: list[str] = []
+
+    def new(self, folder: Path, *, empty: bool = False) -> str:
+        """The URL of a new database, migrated to head unless ``empty``. On SQLite it is
+        the file ``folder/data/gateway.db``, where ``make_settings(folder, ...)`` keeps its
+        data; on PostgreSQL, a database of its own."""
+        if self.backend == "postgresql":
+            url = self._templates.postgres.create(empty=empty)
+            self._made.append(url)
+            return url
+        path = folder / "data" / "gateway.db"
+        if not empty:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self._templates.sqlite, path)
+        return f"sqlite:///{path}"
+
+    def close(self) -> None:
+        for url in self._made:
+            self._templates.postgres.drop(url)
 
 
 @pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        assert POSTGRES_URL is not None
-        reset_postgres(POSTGRES_URL)
-        return POSTGRES_URL
-    return f"sqlite:///{tmp_path / 'data' / 'gateway.db'}"
+def databases(
+    request: pytest.FixtureRequest, database_templates: DatabaseTemplates
+) -> Iterator[Databases]:
+    """For a test that needs more than one database: ``databases.new(folder)``."""
+    made = Databases(request.param, database_templates)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, databases: Databases, tmp_path: Path) -> str:
+    """The test's database, at the newest revision with no rows (as `initialise` would
+    leave the schema), or with no schema when the test is marked ``empty_database``."""
+    empty = request.node.get_closest_marker("empty_database") is not None
+    return databases.new(tmp_path, empty=empty)
 
 
 def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:

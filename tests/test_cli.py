@@ -52,6 +52,7 @@ def test_spec_commands_exist() -> None:
         assert expected in paths
 
 
+@pytest.mark.empty_database
 def test_init_then_list_and_show_as_json(settings: Settings) -> None:
     init = run(settings, "init", "--json")
     assert init.exit_code == 0, init.stderr
@@ -80,6 +81,7 @@ def test_unknown_agreement_fails_with_one_line(settings: Settings) -> None:
     assert json.loads(as_json.stdout)["error"]["code"] == "not_found"
 
 
+@pytest.mark.empty_database
 def test_commands_before_init_say_to_run_init(settings: Settings) -> None:
     result = run(settings, "audit", "verify")
     assert result.exit_code != 0

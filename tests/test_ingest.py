@@ -24,7 +24,7 @@ from gateway.errors import NotFound, PolicyViolation
 from gateway.ingest import UploadRefused, upload_extract
 from gateway.storage import batches
 from gateway.storage.datasets import Educator, RowBatch, Upload
-from tests.conftest import uploader
+from tests.conftest import Databases, uploader
 
 AGREEMENT = "student-teaching-bayview-eastport"
 DISTRICT = "eastport-ps"
@@ -654,13 +654,18 @@ def test_formula_like_value_that_fits_the_pattern_is_data(gateway: Gateway, tmp_
     ),
 )
 def test_accepted_rows_are_exactly_the_valid_ones(
-    settings: Settings, tmp_path_factory: pytest.TempPathFactory, ratings: list[str]
+    settings: Settings,
+    databases: Databases,
+    tmp_path_factory: pytest.TempPathFactory,
+    ratings: list[str],
 ) -> None:
     from gateway.context import initialise
 
-    tmp_path = tmp_path_factory.mktemp("prop")
+    tmp_path = tmp_path_factory.mktemp("prop")  # each example on a database of its own
     local = profile_with(
-        settings.model_copy(update={"data_dir": tmp_path / "data", "database_url": None}),
+        settings.model_copy(
+            update={"data_dir": tmp_path / "data", "database_url": databases.new(tmp_path)}
+        ),
         tmp_path,
         on_bad_rows="reject_rows",
     )

@@ -37,7 +37,7 @@ from gateway.release.engine import request_release
 from gateway.release.model import Release
 from gateway.release.query import parse_query
 from gateway.storage.releases import BudgetEntry
-from tests.conftest import AGREEMENT, DISTRICT, EPP, analyst
+from tests.conftest import AGREEMENT, DISTRICT, EPP, Databases, analyst
 
 ACTOR = audit.Actor(role="analyst", party=EPP)
 MINIMUM_EPSILON = "0.01"  # the standard profile's per_release_minimum
@@ -165,7 +165,7 @@ def _outcomes(gw: Gateway, runs: int, epsilon: Decimal) -> list[tuple[Any, ...]]
 
 @pytest.mark.parametrize("epsilon", [Decimal(MINIMUM_EPSILON), Decimal("1")])
 def test_neighbouring_populations_look_alike_within_epsilon_and_delta(
-    tmp_path: Path, database_url: str, epsilon: Decimal
+    tmp_path: Path, databases: Databases, epsilon: Decimal
 ) -> None:
     """One teacher below the minimum or at it: every visible decision has nearly the
     same frequency. OpenDP's samplers draw from the operating system's randomness and
@@ -179,16 +179,9 @@ def test_neighbouring_populations_look_alike_within_epsilon_and_delta(
     for small in (9, 10):  # min - 1 and min teachers in PK-2
         folder = tmp_path / f"n{small}"
         folder.mkdir()
-        url = database_url if database_url.startswith("postgresql") else None
         settings = make_settings(
-            folder,
-            url or f"sqlite:///{folder / 'data' / 'gateway.db'}",
-            agreements_dir=roomy_agreements(folder),
+            folder, databases.new(folder), agreements_dir=roomy_agreements(folder)
         )
-        if url:
-            from tests.conftest import reset_postgres
-
-            reset_postgres(url)
         initialise(settings)
         with Gateway.open(settings) as gw:
             _population(gw, folder, small)

@@ -22,6 +22,7 @@ from tests.conftest import AGREEMENT, upload_generated
 EPP_OF_SPED = "northfield-state"
 
 
+@pytest.mark.empty_database
 def test_init_migrates_to_head_and_is_idempotent(settings: Settings) -> None:
     first = initialise(settings)
     second = initialise(settings)
@@ -49,6 +50,7 @@ def test_init_migrates_to_head_and_is_idempotent(settings: Settings) -> None:
         engine.dispose()
 
 
+@pytest.mark.empty_database
 def test_open_refuses_an_uninitialised_database(settings: Settings) -> None:
     from gateway import keys
 
