@@ -153,11 +153,7 @@ class BudgetState:
 
     @property
     def limits(self) -> tuple[Allowance, ...]:
-        return (
-            self.own,
-            self.lifetime,
-            *((self.period_pool,) if self.period_pool is not None else ()),
-        )
+        return (self.own, *self.pools)
 
     @property
     def epsilon_total(self) -> Decimal:
@@ -176,15 +172,18 @@ class BudgetState:
         return from_delta_units(self.own.delta_spent)
 
     @property
+    def pools(self) -> tuple[Allowance, ...]:
+        """The agreement's limits in force: its lifetime, and the period's when it has one."""
+        return (self.lifetime, *((self.period_pool,) if self.period_pool is not None else ()))
+
+    @property
     def pool_epsilon_remaining(self) -> Decimal:
         """What the agreement may still spend now: in the period in force, for its life."""
-        pools = (self.lifetime, *((self.period_pool,) if self.period_pool is not None else ()))
-        return from_epsilon_units(min(p.epsilon_left for p in pools))
+        return from_epsilon_units(min(p.epsilon_left for p in self.pools))
 
     @property
     def pool_delta_remaining(self) -> Decimal:
-        pools = (self.lifetime, *((self.period_pool,) if self.period_pool is not None else ()))
-        return from_delta_units(min(p.delta_left for p in pools))
+        return from_delta_units(min(p.delta_left for p in self.pools))
 
     @property
     def epsilon_remaining(self) -> Decimal:
