@@ -31,13 +31,14 @@ browser:
 	  fi; \
 	fi
 
-## test: the default test suite (SQLite; PostgreSQL too when GATEWAY_TEST_DATABASE_URL is set)
+## test: the default test suite (SQLite; PostgreSQL too when GATEWAY_TEST_DATABASE_URL is set),
+## on every core (pytest-xdist)
 test: install browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 ## test-all: the default suite plus the slow, exhaustive tests
 test-all: install browser
-	$(BIN)/python -m pytest -m "slow or not slow"
+	$(BIN)/python -m pytest -n auto -m "slow or not slow"
 
 lint: install
 	$(BIN)/ruff check gateway tests bench
