@@ -11,7 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir ".[postgres]" \
     && useradd --system --uid 10001 --home-dir /var/lib/gateway --create-home gateway \
     && chmod 700 /var/lib/gateway
 COPY agreements ./agreements

@@ -6,16 +6,29 @@ DEMO_DIR ?= demo
 
 .PHONY: install browser run test test-all lint bench clean
 
-$(BIN)/gateway: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+
+# Two install stamps: the demo needs the gateway and its data generator (synthetic/)
+# only; the tests add the dev tools and PostgreSQL's driver. pip shows its progress.
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+$(RUN_STAMP): pyproject.toml synthetic/pyproject.toml | $(BIN)/python
+	@echo "installing the gateway and the demo's data generator into $(VENV)/"
+	$(BIN)/python -m pip install -e . -e ./synthetic
 	@touch $@
 
-install: $(BIN)/gateway
+$(TEST_STAMP): pyproject.toml synthetic/pyproject.toml | $(BIN)/python
+	@echo "installing the gateway with its dev tools and PostgreSQL's driver into $(VENV)/"
+	$(BIN)/python -m pip install -e '.[dev,postgres]' -e ./synthetic
+	@touch $@
+
+## install: everything a contributor needs (what `make test` installs)
+install: $(TEST_STAMP)
 
 ## run: the whole flow on generated demo data, SQLite, throwaway key (in ./demo)
-run: install
+run: $(RUN_STAMP)
 	$(BIN)/gateway demo --dir $(DEMO_DIR)
 
 ## browser: Debian's chromium for the web pages' tests (tests/test_web.py), when it is
@@ -33,16 +46,16 @@ browser:
 
 ## test: the default test suite (SQLite; PostgreSQL too when GATEWAY_TEST_DATABASE_URL is set),
 ## on every core (pytest-xdist)
-test: install browser
+test: $(TEST_STAMP) browser
 	$(BIN)/python -m pytest -n auto
 
 ## test-all: the default suite plus the slow, exhaustive tests
-test-all: install browser
+test-all: $(TEST_STAMP) browser
 	$(BIN)/python -m pytest -n auto -m "slow or not slow"
 
 lint: install
-	$(BIN)/ruff check gateway tests bench
-	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/ruff check gateway synthetic tests bench
+	$(BIN)/ruff format --check gateway synthetic tests bench
 	$(BIN)/mypy
 
 # The peers compared in bench/bench_release.py (and Tumult in bench/utility.py), each in

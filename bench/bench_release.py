@@ -46,7 +46,7 @@ YEARS_PER_TEACHER = 5
 
 def prepare(work: Path, rows: int) -> dict[str, Path]:
     """Evaluations (rows) and completers (one per teacher) extracts, and the linked Parquet."""
-    from gateway.synthetic import write_evaluations_csv
+    from gateway_synthetic import write_evaluations_csv
 
     evaluations = write_evaluations_csv(work / "evaluations.csv", rows=rows, seed=3)
     frame = pd.read_csv(

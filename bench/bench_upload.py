@@ -84,7 +84,7 @@ def _measure(mode: str, path: Path, workdir: Path) -> dict[str, Any]:
 def run(rows: int = ROWS, repeats: int = 3) -> list[dict[str, Any]]:
     """Best of ``repeats`` runs each, baseline and gateway taking turns, so a burst of
     load from a neighbour on a shared machine lands on both sides alike."""
-    from gateway.synthetic import write_evaluations_csv
+    from gateway_synthetic import write_evaluations_csv
 
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)

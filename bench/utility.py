@@ -541,7 +541,7 @@ def run_corpus(
     from gateway.ingest import UploadRefused, upload_extract
     from gateway.release.budget import budget_report
     from gateway.release.reports import list_reports, run_report
-    from gateway.synthetic import generate_agreement_extracts
+    from gateway_synthetic import generate_agreement_extracts
 
     start = time.perf_counter()
     settings = _settings(corpus, folder, agreements_dir)

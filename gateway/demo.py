@@ -22,11 +22,10 @@ from gateway import audit, credentials
 from gateway.agreements import Agreement
 from gateway.config import Settings, load_settings
 from gateway.context import Gateway, initialise
-from gateway.errors import GatewayError
+from gateway.errors import ConfigurationError, GatewayError
 from gateway.ingest import UploadRefused, upload_extract
 from gateway.release.budget import budget_report
 from gateway.release.reports import list_reports, run_report
-from gateway.synthetic import generate_agreement_extracts
 
 Echo = Callable[[str], None]
 
@@ -60,6 +59,15 @@ def _gateway_command() -> str:
 def run_demo(directory: Path, *, echo: Echo | None = print, seed: int = 2026) -> dict[str, Any]:
     """Initialise a fresh gateway in ``directory``, upload generated extracts; summarise."""
     say: Echo = echo or (lambda _line: None)
+    try:  # the data generator is not part of the gateway package (synthetic/)
+        from gateway_synthetic import generate_agreement_extracts
+    except ModuleNotFoundError as missing:
+        if missing.name != "gateway_synthetic":
+            raise
+        raise ConfigurationError(
+            "the demo's data generator is not installed: run `make run` in the gateway's "
+            "source folder (or pip install -e ./synthetic there)"
+        ) from None
     directory.mkdir(parents=True, exist_ok=True)
     # A demo run starts clean: an earlier run's data folder and extracts are replaced.
     for stale in (directory / "data", directory / "extracts"):

@@ -27,7 +27,7 @@ from gateway.ingest import upload_extract
 from gateway.release import decide, noise
 from gateway.release.plan import Plan
 from gateway.storage import db
-from gateway.synthetic import generate_agreement_extracts
+from gateway_synthetic import generate_agreement_extracts
 
 REPO = Path(__file__).resolve().parent.parent
 AGREEMENTS_DIR = REPO / "agreements"
@@ -392,7 +392,7 @@ def roomy_loaded(roomy: Gateway, tmp_path: Path) -> tuple[Gateway, list[dict[str
 def upload_generated(
     gw: Gateway, agreement_id: str, folder: Path, *, seed: int, scale: float = 1.0
 ) -> None:
-    """Generate every dataset of an agreement (gateway.synthetic) and upload each one
+    """Generate every dataset of an agreement (gateway_synthetic) and upload each one
     as the party that provides it."""
     for extract in generate_agreement_extracts(
         gw.agreement(agreement_id), gw.registry.schemas, folder, seed=seed, scale=scale

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from gateway.agreements import Agreement, AgreementDataset, DatasetSchema, Registry, load_registry
 from gateway.pseudonym import Normalisation
-from gateway.synthetic import Extract, generate_agreement_extracts, write_evaluations_csv
+from gateway_synthetic import Extract, generate_agreement_extracts, write_evaluations_csv
 from tests.conftest import AGREEMENTS_DIR, POLICIES_DIR
 
 AGREEMENT_IDS = sorted(path.stem for path in AGREEMENTS_DIR.glob("*.yaml"))
@@ -478,3 +478,17 @@ def test_write_evaluations_csv_any_size(rows: int, seed: int) -> None:
         for line in lines[1:]
     }
     assert len(keys) == rows
+
+
+def test_the_generator_is_not_part_of_the_gateway_package() -> None:
+    """The product does not ship demo data: the generator is its own project
+    (synthetic/), which the demo, the tests and the benchmarks import."""
+    import importlib.util
+
+    import gateway
+    import gateway_synthetic
+
+    package = Path(gateway.__file__).resolve().parent
+    assert importlib.util.find_spec("gateway.synthetic") is None
+    assert not list(package.rglob("synthetic*.py"))
+    assert package not in Path(gateway_synthetic.__file__).resolve().parents

@@ -1,6 +1,7 @@
-"""Realistic synthetic extracts for every dataset of SPEC section 6.
+"""Realistic synthetic extracts for every dataset of the catalogue (docs/agreements.md).
 
-Used by ``gateway demo``, by tests and by benchmarks. Public surface::
+Used by ``gateway demo``, by tests and by benchmarks (it lives outside the gateway
+package: the product does not ship demo data). Public surface::
 
     generate_agreement_extracts(agreement, schemas, out_dir, *, seed=0, scale=1.0,
                                 epp_scale=None) -> [Extract]
@@ -25,7 +26,7 @@ the canonical ID and to match the schema's pattern.
 Randomness comes from numpy's seeded ``Generator``, one stream per agreement
 and purpose, so a seed always gives the same files. That is fine here because
 this is synthetic test data, not privacy protection: differential-privacy
-noise is never drawn from numpy (SPEC section 5), only from OpenDP.
+noise is never drawn from numpy, only from OpenDP (gateway/release/noise.py).
 """
 
 from __future__ import annotations
