@@ -20,7 +20,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
 from gateway.api import routes
-from gateway.api.auth import FailureLimiter
 from gateway.api.hardening import (
     RequestLimitsMiddleware,
     SecurityHeadersMiddleware,
@@ -29,6 +28,7 @@ from gateway.api.hardening import (
 from gateway.config import Settings
 from gateway.context import Gateway
 from gateway.errors import GatewayError, TooManyAttempts, Unauthenticated
+from gateway.lockout import FailureLimiter
 from gateway.web import STATIC_DIR
 from gateway.web import router as web_router
 
@@ -74,6 +74,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app with settings read from ``GATEWAY_*`` variables: the factory each worker
+    process of ``gateway serve --workers N`` imports (uvicorn starts workers afresh, so
+    they cannot be handed an app object)."""
+    from gateway.config import load_settings
+
+    return create_app(load_settings())
 
 
 def _error(

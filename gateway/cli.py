@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -554,22 +555,20 @@ def upload(
 # --- release and budget -------------------------------------------------------
 
 
-def _cells_csv(release: dict[str, Any]) -> str:
-    """One row per cell (gateway/release/export.py)."""
-    from gateway.release.export import cells_csv
+def _print_release(release: dict[str, Any], fmt: Any = None) -> None:
+    """A release or a preview as lines to read, its numbers in ``fmt`` (a
+    :class:`~gateway.release.formatting.NumberFormat`; by default its measure's kind's)."""
+    from gateway.release import formatting
 
-    return cells_csv(release)
-
-
-def _print_release(release: dict[str, Any]) -> None:
+    fmt = fmt or formatting.for_release(release)
     if release.get("preview"):
         click.echo(
             f"preview: epsilon {release['epsilon']}, delta {release['delta']}; "
             f"budget remaining {release['budget_remaining']} "
             f"({'fits' if release['would_fit'] else 'does NOT fit'})"
         )
-        for name, value in release["accuracy_95"].items():
-            click.echo(f"  {name}: {value}")
+        for line in formatting.accuracy_lines(release["accuracy_95"], fmt):
+            click.echo(f"  {line}")
         return
     repeated = " (an identical earlier release, no budget spent)" if release.get("repeated") else ""
     click.echo(f"release {release['release_id']}{repeated}")
@@ -585,22 +584,25 @@ def _print_release(release: dict[str, Any]) -> None:
         elif cell.get("coded") and cell.get("value") is None:
             shown = cell["coded"]
         else:
-            low, high = cell["ci95"]
-            shown = f"{cell['value']}  [95%: {low} to {high}]"
+            value, interval = formatting.cell_text(cell, fmt)
+            shown = f"{value}  (95% interval {interval})" if interval else value
             if cell.get("coded"):
                 shown += f"  share {cell['coded']}"
             elif cell.get("share") is not None:
-                shown += f"  share {cell['share']:.1%}"
+                shown += f"  share {formatting.percent(cell['share'])}"
         click.echo(f"  {group}: {shown}")
     for entry in release.get("statistics") or []:
         where = ", ".join(f"{k}={v}" for k, v in entry["group"].items()) or "(all)"
-        for name in ("weighted_kappa", "exact_agreement"):
+        for name, stat_fmt in (
+            ("weighted_kappa", formatting.STATISTIC),
+            ("exact_agreement", formatting.SHARE),
+        ):
             figure = entry.get(name)
             if figure is None:
                 continue
-            shown = "-" if figure["value"] is None else f"{figure['value']}"
+            shown = "-" if figure["value"] is None else stat_fmt.text(figure["value"])
             if figure.get("ci95"):
-                shown += f"  [95%: {figure['ci95'][0]} to {figure['ci95'][1]}]"
+                shown += f"  (95% interval {stat_fmt.interval(*figure['ci95'])})"
             note = f" ({figure['note']})" if figure.get("note") else ""
             click.echo(f"  {name.replace('_', ' ')} {where}: {shown}{note}")
         if "note" in entry:
@@ -630,7 +632,29 @@ def _print_release(release: dict[str, Any]) -> None:
     help="A report parameter (repeatable; lists are comma-separated).",
 )
 @click.option("--dry-run", is_flag=True, help="Preview accuracy and cost; spend nothing.")
-@click.option("--csv", "as_csv", is_flag=True, help="Print one CSV row per cell.")
+@click.option(
+    "--csv",
+    "as_csv",
+    is_flag=True,
+    help="One CSV row per cell: printed for a query or a one-table report; a report of "
+    "several tables needs --out.",
+)
+@click.option(
+    "--out",
+    "out",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="With --csv: write one CSV file per table into this folder, or into this zip "
+    "file when the name ends in .zip.",
+)
+@click.option(
+    "--xlsx",
+    "xlsx",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the tables to this Excel file, one sheet per table, suppressed and "
+    "rolled-up cells marked.",
+)
 @json_option
 @click.pass_context
 def release(
@@ -642,11 +666,14 @@ def release(
     params: tuple[str, ...],
     dry_run: bool,
     as_csv: bool,
+    out: Path | None,
+    xlsx: Path | None,
     as_json: bool,
 ) -> None:
     """Release a differentially private aggregate (a query, or a named report) to a
     recipient party."""
     from gateway import audit
+    from gateway.release import export, formatting
     from gateway.release.engine import request_release
     from gateway.release.query import parse_query
 
@@ -654,8 +681,13 @@ def release(
         raise click.UsageError("give exactly one of --query FILE and --report NAME")
     if params and report is None:
         raise click.UsageError("--param goes with --report")
+    if out is not None and not as_csv:
+        raise click.UsageError("--out goes with --csv")
+    if dry_run and (as_csv or xlsx is not None):
+        raise click.UsageError("a --dry-run releases nothing to write: leave out --csv/--xlsx")
     if report is not None:
-        _release_report(ctx, agreement_id, party, report, params, dry_run, as_csv, as_json)
+        files = _Files(as_csv=as_csv, out=out, xlsx=xlsx)
+        _release_report(ctx, agreement_id, party, report, params, dry_run, files, as_json)
         return
     assert query_file is not None
     try:
@@ -672,10 +704,58 @@ def release(
             actor=audit.Actor(role="operator", party=party),
             dry_run=dry_run,
         ).to_json()
-    if as_csv and not dry_run:
-        click.echo(_cells_csv(result), nl=False)
+        registry = gw.registry
+    fmt = formatting.for_release({"query": body, "agreement": {"id": agreement_id}}, registry)
+    if xlsx is not None:
+        whole = {
+            "report": f"release {result['release_id']}",
+            "agreement": result["agreement"],
+            "tables": [{"title": f"release {result['release_id']}", "release": result}],
+        }
+        _write_file(xlsx, export.report_xlsx(whole, registry))
+    if as_csv:
+        text = export.cells_csv(result, fmt=fmt)
+        if out is None:
+            click.echo(text, nl=False)
+        else:
+            _write_csv_files(out, {"release.csv": text})
         return
-    _emit(result, as_json, _print_release)
+    _emit(result, as_json, lambda r: _print_release(r, fmt))
+
+
+@dataclass(frozen=True)
+class _Files:
+    """What ``gateway release`` writes beside (or instead of) its printed answer."""
+
+    as_csv: bool
+    out: Path | None
+    xlsx: Path | None
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` whole or not at all (a temporary file, then renamed)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(path)
+    click.echo(f"wrote {path}", err=True)
+
+
+def _write_csv_files(out: Path, files: dict[str, str]) -> None:
+    """One CSV file per table: into the zip ``out`` (a name ending in .zip) or the
+    folder ``out`` (made if need be)."""
+    import io
+    import zipfile
+
+    if out.suffix.lower() == ".zip":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, text in files.items():
+                archive.writestr(name, text)
+        _write_file(out, buffer.getvalue())
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        _write_file(out / name, text.encode("utf-8"))
 
 
 def _release_report(
@@ -685,10 +765,11 @@ def _release_report(
     report: str,
     params: tuple[str, ...],
     dry_run: bool,
-    as_csv: bool,
+    files: _Files,
     as_json: bool,
 ) -> None:
     from gateway import audit
+    from gateway.release import export, formatting
     from gateway.release.reports import parse_param_options, run_report
 
     with _open(ctx) as gw:
@@ -701,35 +782,47 @@ def _release_report(
             actor=audit.Actor(role="operator", party=party),
             dry_run=dry_run,
         )
-    if as_csv and not dry_run:
-        for number, table in enumerate(result["tables"]):
-            if number:
-                click.echo("")
-            click.echo(f"# {table['title']}")
+        registry = gw.registry
+    formats = formatting.for_report_tables(result, registry)
+    if files.xlsx is not None:
+        _write_file(files.xlsx, export.report_xlsx(result, registry))
+    if files.as_csv:
+        for table in result["tables"]:
             if "skipped" in table:
-                click.echo(f"# not run: {table['skipped']}")
-                continue
-            click.echo(_cells_csv(table["release"]), nl=False)
+                click.echo(
+                    f"not run (nothing spent): {table['title']}: {table['skipped']}", err=True
+                )
+        csv_files = export.report_csv_files(result, registry)
+        if files.out is not None:
+            _write_csv_files(files.out, csv_files)
+        elif len(csv_files) == 1:
+            click.echo(next(iter(csv_files.values())), nl=False)
+        else:
+            raise click.UsageError(
+                f"report {report!r} has {len(csv_files)} tables, one CSV file each: give "
+                "--out FOLDER, or --out FILE.zip"
+            )
         return
 
     def human(r: dict[str, Any]) -> None:
         settings = ", ".join(f"{k}={v}" for k, v in r["parameters"].items())
         click.echo(f"report {r['report']}: {r['description']} ({settings})")
-        for table in r["tables"]:
+        for table, fmt in zip(r["tables"], formats, strict=True):
             click.echo("")
             click.echo(table["title"])
             if "skipped" in table:
                 click.echo(f"  not run (nothing spent): {table['skipped']}")
                 continue
-            _print_release(table.get("release") or table["preview"])
+            _print_release(table.get("release") or table["preview"], fmt)
         for figure in r.get("derived", []):
             click.echo("")
             click.echo(figure["title"])
+            figure_fmt = formatting.for_derived(figure.get("kind", "gap"))
             for row in figure["rows"]:
                 where = ", ".join(f"{k}={v}" for k, v in row["group"].items()) or "(all)"
-                shown = "-" if row["value"] is None else f"{row['value']}"
+                shown = "-" if row["value"] is None else figure_fmt.text(row["value"])
                 if row.get("ci95"):
-                    shown += f"  [95%: {row['ci95'][0]} to {row['ci95'][1]}]"
+                    shown += f"  (95% interval {figure_fmt.interval(*row['ci95'])})"
                 note = f" ({row['note']})" if row.get("note") else ""
                 click.echo(f"  {where}: {shown}{note}")
         click.echo("")
@@ -953,6 +1046,13 @@ def audit_verify(
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 @click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes (each a whole gateway; they share the database).",
+)
+@click.option(
     "--trust-proxy",
     "proxies",
     multiple=True,
@@ -960,8 +1060,13 @@ def audit_verify(
     help="A reverse proxy whose X-Forwarded-For names the client (repeatable).",
 )
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, proxies: tuple[str, ...]) -> None:
-    """Run the HTTP API with uvicorn."""
+def serve(ctx: click.Context, host: str, port: int, workers: int, proxies: tuple[str, ...]) -> None:
+    """Run the HTTP API with uvicorn, in one process or several (--workers).
+
+    Workers share nothing but the database: budgets, the audit chain, stored
+    releases, tokens and the failed-authentication lockout all live there, so
+    several workers, or several servers over one PostgreSQL, keep every guarantee.
+    """
     import uvicorn
 
     from gateway.app import create_app
@@ -970,17 +1075,21 @@ def serve(ctx: click.Context, host: str, port: int, proxies: tuple[str, ...]) ->
     # Open once before serving, so an unsafe key or a stale database is refused with a
     # one-line reason instead of a server traceback.
     _open(ctx).close()
-    app = create_app(settings)
     # Client addresses (the failed-authentication lockout counts per address) come from
     # X-Forwarded-For only when the connection is from a proxy named here.
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        proxy_headers=bool(proxies),
-        forwarded_allow_ips=",".join(proxies) if proxies else None,
-        server_header=False,
-    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "proxy_headers": bool(proxies),
+        "forwarded_allow_ips": ",".join(proxies) if proxies else None,
+        "server_header": False,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings), **options)
+    else:
+        # Each worker is a fresh process that builds its app from the same GATEWAY_*
+        # settings (uvicorn cannot hand it an app object).
+        uvicorn.run("gateway.app:app_from_environment", factory=True, workers=workers, **options)
 
 
 # --- demo -------------------------------------------------------------------

@@ -20,14 +20,14 @@ from hypothesis import strategies as st
 from sqlalchemy import select, text, update
 
 from gateway import audit, credentials
-from gateway.api.auth import FailureLimiter
 from gateway.api.hardening import SECURITY_HEADERS
 from gateway.app import create_app
 from gateway.cli import main
 from gateway.config import Settings
 from gateway.context import Gateway
 from gateway.errors import NotFound, PolicyViolation, SchemaError, Unauthenticated
-from gateway.storage.tables import AuditEvent, Credential
+from gateway.lockout import FailureLimiter
+from gateway.storage.tables import AuditEvent, AuthFailure, Credential
 from tests.conftest import (
     AGREEMENT,
     DISTRICT,
@@ -331,19 +331,27 @@ def test_failed_authentications_lock_the_client_out(gateway: Gateway, settings: 
     assert len(refused) == 3 and "locked out" in refused[-1]["details"]["reason"]
 
 
-def test_the_lockout_ends_when_the_window_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [1000.0]
-    monkeypatch.setattr("gateway.api.auth.time.monotonic", lambda: now[0])
+def test_the_lockout_ends_when_the_window_passes(gateway: Gateway) -> None:
+    start = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
     limiter = FailureLimiter(limit=2, window_seconds=60)
-    assert limiter.record_failure("a") is False
-    now[0] += 30
-    assert limiter.record_failure("a") is True
-    assert limiter.retry_after("a") == 31  # until the first failure leaves the window
-    assert limiter.retry_after("b") is None  # per client
-    now[0] += 31
-    assert limiter.retry_after("a") is None
-    now[0] += 60
-    assert limiter.retry_after("a") is None and limiter._failures == {}
+
+    def fail(client: str, at: float) -> bool:
+        with gateway.sessions() as session, session.begin():
+            return limiter.record_failure(session, client, now=start + timedelta(seconds=at))
+
+    def wait(client: str, at: float) -> int | None:
+        with gateway.sessions() as session:
+            return limiter.retry_after(session, client, now=start + timedelta(seconds=at))
+
+    assert fail("a", 0) is False
+    assert fail("a", 30) is True
+    assert wait("a", 30) == 31  # until the first failure leaves the window
+    assert wait("b", 30) is None  # per client
+    assert wait("a", 61) is None
+    assert fail("a", 200) is False  # the old failures are gone: a fresh count
+    with gateway.sessions() as session:
+        kept = session.scalars(select(AuthFailure.client)).all()
+    assert kept == ["a"]  # rows that left the window are deleted
 
 
 # --- request limits, content types, headers, CORS, errors ----------------------------------

@@ -3,16 +3,14 @@
 Every ``/v1`` route depends on :func:`get_principal` (a valid bearer token) and
 then calls :func:`require` with the roles it admits and the agreement it touches.
 A refusal is written to the audit log (``access-refused``) before the 401 or 403
-goes out. Failed authentications are counted per client: past
+goes out. Failed authentications are counted per client, in the database so every
+worker and server shares the count (:mod:`gateway.lockout`): past
 ``GATEWAY_AUTH_FAILURE_LIMIT`` within the window, that client gets 429 until the
 window has passed, without its tokens being checked at all.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import deque
 from collections.abc import Iterable
 from typing import Annotated, NoReturn
 
@@ -24,47 +22,13 @@ from gateway.api.deps import GatewayDep
 from gateway.context import Gateway
 from gateway.credentials import Principal
 from gateway.errors import AccessDenied, GatewayError, TooManyAttempts, Unauthenticated
+from gateway.lockout import FailureLimiter
 
 bearer = HTTPBearer(
     auto_error=False,
     bearerFormat="gw_<id>_<secret>",
     description="A token from `gateway tokens create`.",
 )
-
-
-class FailureLimiter:
-    """Failed authentications per client over a sliding window (in memory, per process)."""
-
-    def __init__(self, limit: int, window_seconds: float) -> None:
-        self.limit = limit
-        self.window = window_seconds
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, client: str, now: float) -> deque[float]:
-        failures = self._failures.setdefault(client, deque())
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        return failures
-
-    def retry_after(self, client: str) -> int | None:
-        """Seconds until ``client`` may try again, or None if it is not locked out."""
-        now = time.monotonic()
-        with self._lock:
-            failures = self._recent(client, now)
-            if len(failures) < self.limit:
-                if not failures:
-                    self._failures.pop(client, None)
-                return None
-            return max(1, int(failures[-self.limit] + self.window - now) + 1)
-
-    def record_failure(self, client: str) -> bool:
-        """Count one failure; True when this one reached the limit (the lockout starts)."""
-        now = time.monotonic()
-        with self._lock:
-            failures = self._recent(client, now)
-            failures.append(now)
-            return len(failures) == self.limit
 
 
 def _client(request: Request) -> str:
@@ -109,19 +73,21 @@ def get_principal(
 ) -> Principal:
     limiter: FailureLimiter = request.app.state.auth_failures
     client = _client(request)
-    wait = limiter.retry_after(client)
-    if wait is not None:
-        raise TooManyAttempts(
-            f"too many failed authentications from this client; try again in {wait} s",
-            details=[{"retry_after": wait}],
-        )
     try:
+        # One session for both: the lockout is read before the token is looked at.
         with gateway.sessions() as session:
+            wait = limiter.retry_after(session, client)
+            if wait is not None:
+                raise TooManyAttempts(
+                    f"too many failed authentications from this client; try again in {wait} s",
+                    details=[{"retry_after": wait}],
+                )
             return credentials.authenticate(
                 session, gateway.master_key, token.credentials if token else None
             )
     except Unauthenticated as error:
-        locked = limiter.record_failure(client)
+        with gateway.sessions() as session, session.begin():
+            locked = limiter.record_failure(session, client)
         known = error.credential_id
         reason = error.message
         if locked:
