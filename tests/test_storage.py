@@ -72,6 +72,35 @@ def test_open_refuses_an_outdated_schema(settings: Settings) -> None:
         Gateway.open(settings)
 
 
+def test_the_head_revision_read_from_the_scripts_is_alembics() -> None:
+    """Opening a gateway reads the newest revision from the scripts' text, without
+    Alembic: it must be the head Alembic migrates to."""
+    from alembic.script import ScriptDirectory
+
+    alembic_head = ScriptDirectory(str(db.MIGRATIONS_DIR)).get_current_head()
+    assert alembic_head is not None and db.head_revision() == alembic_head
+
+
+def test_the_schema_revision_is_read_without_alembic(settings: Settings) -> None:
+    """``current_revision`` reads alembic_version as Alembic's own context does."""
+    from alembic.runtime.migration import MigrationContext
+
+    initialise(settings)
+    engine = db.make_engine(settings.resolved_database_url)
+    try:
+        with engine.connect() as connection:
+            theirs = MigrationContext.configure(connection).get_current_revision()
+        assert db.current_revision(engine) == theirs == db.head_revision()
+        with engine.begin() as connection:
+            connection.execute(text("DELETE FROM alembic_version"))
+        assert db.current_revision(engine) is None
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE alembic_version"))
+        assert db.current_revision(engine) is None
+    finally:
+        engine.dispose()
+
+
 def test_sqlite_connections_use_wal_and_secure_delete(tmp_path: object) -> None:
     from pathlib import Path
 

@@ -9,25 +9,32 @@ SQLite settings and why:
 - WAL journal and a generous busy timeout, so concurrent requests wait their
   turn instead of failing.
 - ``secure_delete``: deleted rows are overwritten, not left in free pages.
+
+Every command opens the database and checks that its schema is at the newest
+revision; only ``gateway init`` migrates. The check reads ``alembic_version`` with
+plain SQL and the newest revision from the migration scripts' text, because loading
+Alembic (with Mako and the migration modules) costs a command more than its work
+(issue 14): Alembic is imported only to migrate.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.errors import ConfigurationError, NotInitialised
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: Uploads store new educators with INSERT ... RETURNING (SQLite 3.35, March 2021).
@@ -85,6 +92,8 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def _alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["engine"] = engine
@@ -93,16 +102,51 @@ def _alembic_config(engine: Engine) -> Config:
 
 def upgrade_to_head(engine: Engine) -> None:
     """Create or migrate the schema to the newest revision."""
+    from alembic import command
+
     command.upgrade(_alembic_config(engine), "head")
 
 
-def head_revision() -> str | None:
-    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+#: A migration script's ``revision = "..."`` and ``down_revision = ...`` lines.
+_REVISION = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*(.+?)\s*$", re.MULTILINE)
+
+
+@cache
+def head_revision() -> str:
+    """The newest revision of the migration scripts, read from their text.
+
+    The same answer as Alembic's ``ScriptDirectory.get_current_head()`` (a test holds
+    them together), without importing Alembic or the scripts: the one revision that no
+    script names as its ``down_revision``.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        source = script.read_text(encoding="utf-8")
+        found = {m.group(1): m.group(2) for m in _REVISION.finditer(source)}
+        if "revision" not in found:
+            continue
+        revisions.add(found["revision"].strip("\"'"))
+        parent = found.get("down_revision", "None").strip("\"'")
+        if parent != "None":
+            parents.add(parent)
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise ConfigurationError(f"the migration scripts have {len(heads)} heads, not one")
+    return heads.pop()
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The database's schema revision; None when it has none (never migrated)."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        # Alembic's bookkeeping table, by its default name (env.py keeps the default).
+        if not inspect(connection).has_table("alembic_version"):
+            return None
+        found = connection.execute(text("SELECT version_num FROM alembic_version")).scalars()
+        versions = sorted(found)
+    if len(versions) > 1:  # branches: never made by these linear migrations
+        return ",".join(versions)
+    return versions[0] if versions else None
 
 
 def require_schema_at_head(engine: Engine) -> None:
