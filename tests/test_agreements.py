@@ -22,10 +22,11 @@ from gateway.agreements import (
     Problem,
     check_agreements,
     load_registry,
+    yamldoc,
 )
 from gateway.agreements import models as agreement_models
 from gateway.agreements.policy_checks import merge_overrides, resolve_disclosure
-from gateway.agreements.yamldoc import format_path, parse_yaml
+from gateway.agreements.yamldoc import YamlSyntaxError, format_path, parse_yaml
 from gateway.errors import AgreementInvalid, NotFound
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -676,6 +677,58 @@ def test_every_yaml_path_maps_to_the_line_that_writes_it(data: dict[str, Any]) -
             assert written.startswith(f"{last}"), (format_path(loc), lines[line - 1])
         else:
             assert "-" in lines[line - 1], (format_path(loc), lines[line - 1])
+
+
+def _parsed_by_both(text: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """What parse_yaml makes of ``text`` with libyaml's parser and with the pure-Python
+    one: the document, or the error's reason and line."""
+
+    def outcome() -> Any:
+        try:
+            document = parse_yaml(text)
+        except YamlSyntaxError as error:
+            return ("error", error.reason, error.line)
+        return (document.data, document.lines, document.duplicate_keys)
+
+    assert yamldoc._FAST_LOADER is yaml.CSafeLoader  # this PyYAML has libyaml: both run
+    fast = outcome()
+    with monkeypatch.context() as patch:
+        patch.setattr(yamldoc, "_FAST_LOADER", None)
+        pure = outcome()
+    return fast, pure
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted([*AGREEMENTS.glob("*.yaml"), *POLICIES.rglob("*.yaml"), *BROKEN.glob("*.yaml")]),
+    ids=lambda p: p.name,
+)
+def test_libyaml_reads_every_file_as_the_pure_parser_does(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same data, same line for every path, same repeated keys; and a broken file gets
+    the pure parser's message and line (libyaml's refusal is not what is reported)."""
+    fast, pure = _parsed_by_both(path.read_text(), monkeypatch)
+    assert fast == pure
+
+
+@pytest.mark.parametrize(
+    ("text", "reason", "line"),
+    [
+        ("a: [1, 2\nb: 3\n", "expected ',' or ']'", 2),
+        ("a: 1\n b: 2\n", "mapping values are not allowed here", 2),
+        ("a: 1\n---\nb: 2\n", "expected a single document", 2),
+        ("a: *missing\n", "found undefined alias 'missing'", 1),
+        ("", "the file is empty", None),
+        ("a: 'open\n", "found unexpected end of stream", 2),
+    ],
+)
+def test_a_yaml_syntax_error_is_reported_in_the_pure_parsers_words(
+    text: str, reason: str, line: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast, pure = _parsed_by_both(text, monkeypatch)
+    assert fast == pure
+    assert fast[0] == "error" and reason in fast[1] and fast[2] == line
 
 
 _budget_epsilons = st.decimals(min_value=Decimal("1"), max_value=Decimal("50"), places=2)
