@@ -24,6 +24,7 @@ from gateway.config import Settings, load_settings
 from gateway.context import Gateway, initialise
 from gateway.errors import ConfigurationError, GatewayError
 from gateway.ingest import UploadRefused, upload_extract
+from gateway.release import formatting
 from gateway.release.budget import budget_report
 from gateway.release.reports import list_reports, run_report
 
@@ -183,24 +184,25 @@ def _run_reports(gw: Gateway, agreement: Agreement, say: Echo) -> list[dict[str,
                      "status": "refused", "reason": error.message}
                 )  # fmt: skip
                 continue
-            for table in result["tables"]:
+            formats = formatting.for_report_tables(result, gw.registry)
+            for table, fmt in zip(result["tables"], formats, strict=True):
                 say(f"    {table['title']}")
                 if "skipped" in table:  # nothing spent on it: why
                     say(f"      not run: {table['skipped']}")
                     continue
-                release = table["release"]
-                for line in _table_lines(release["cells"], release["query"]["measure"]["kind"]):
+                for line in _table_lines(table["release"]["cells"], fmt):
                     say(f"      {line}")
                 for name, values in table.get("summary", {}).items():
                     for item in values:
                         where = ", ".join(f"{k} {v}" for k, v in item["group"].items())
                         say(f"      {name.replace('_', ' ')}{' ' + where if where else ''}: "
-                            + _figure(item))  # fmt: skip
+                            + _figure(item, formatting.STATISTIC))  # fmt: skip
             for figure in result.get("derived", []):
                 say(f"    {figure['title']}")
+                figure_fmt = formatting.for_derived(figure.get("kind", "gap"))
                 for row in figure["rows"]:
                     where = ", ".join(f"{k} {v}" for k, v in row["group"].items())
-                    say(f"      {where or 'all'}: {_figure(row)}")
+                    say(f"      {where or 'all'}: {_figure(row, figure_fmt)}")
             say(
                 f"    epsilon spent {result['epsilon_spent']:.3g}; "
                 f"{party}'s budget remaining {result['budget_remaining']:.3g}"
@@ -225,14 +227,13 @@ def _run_reports(gw: Gateway, agreement: Agreement, say: Echo) -> list[dict[str,
     return runs
 
 
-def _figure(item: dict[str, Any]) -> str:
+def _figure(item: dict[str, Any], fmt: formatting.NumberFormat) -> str:
     """A derived figure: its value and 95% interval, or why it has none; and its note."""
     if item.get("value") is None:
         return f"- ({item.get('note')})"
-    shown = f"{item['value']:.2f}"
+    shown = fmt.text(item["value"])
     if item.get("ci95"):
-        low, high = item["ci95"]
-        shown += f"   95% interval {low:.2f} to {high:.2f}"
+        shown += f"   95% interval {fmt.interval(*item['ci95'])}"
     return shown + (f" ({item['note']})" if item.get("note") else "")
 
 
@@ -289,8 +290,11 @@ def _cell_label(cell: dict[str, Any]) -> str:
     return ", ".join(parts) or "all"
 
 
-def _table_lines(cells: list[dict[str, Any]], kind: str = "count") -> list[str]:
-    """One aligned line per cell: its group, then the noisy value and interval, or why not."""
+def _table_lines(
+    cells: list[dict[str, Any]], fmt: formatting.NumberFormat = formatting.COUNT
+) -> list[str]:
+    """One aligned line per cell: its group, then the noisy value and interval, or why
+    not; numbers as gateway/release/formatting.py shows them."""
     labels = [_cell_label(c) for c in cells]
     width = max((len(label) for label in labels), default=0)
     lines = []
@@ -300,13 +304,10 @@ def _table_lines(cells: list[dict[str, Any]], kind: str = "count") -> list[str]:
         elif cell.get("value") is None:
             shown = str(cell.get("coded") or "-")
         elif cell["ci95"][0] == cell["ci95"][1]:  # released exactly (posted positions)
-            shown = f"{cell['value']:>9.1f}   exact"
+            shown = f"{fmt.text(cell['value']):>9}   exact"
         else:
-            low, high = cell["ci95"]
-            if kind in ("rate", "retention", "agreement"):  # a share of teachers
-                shown = f"{cell['value']:>9.0%}   95% interval {low:.0%} to {high:.0%}"
-            else:
-                shown = f"{cell['value']:>9.1f}   95% interval {low:.1f} to {high:.1f}"
+            value, interval = formatting.cell_text(cell, fmt)
+            shown = f"{value:>9}   95% interval {interval}"
             if cell.get("note"):
                 shown += f"  ({cell['note']})"
         lines.append(f"{label:<{width}}  {shown}")

@@ -3,11 +3,15 @@ previewed and budgeted as a whole, over the CLI and the API."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import zipfile
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import openpyxl
 import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
@@ -174,7 +178,9 @@ def test_a_broken_report_definition_is_named_by_agreements_check(
     assert "bayview-state" in result.stdout and "school_code" in result.stdout
 
 
-def test_cli_runs_a_report_with_parameters(stocked: Gateway, settings: Settings) -> None:
+def test_cli_runs_a_report_with_parameters(
+    stocked: Gateway, settings: Settings, tmp_path: Path
+) -> None:
     env = settings_env(settings)
     args = ["release", "--agreement", AGREEMENT, "--party", EPP, "--report", "pipeline"]
     preview = CliRunner().invoke(main, [*args, "--param", "years=2025", "--dry-run"], env=env)
@@ -184,10 +190,34 @@ def test_cli_runs_a_report_with_parameters(stocked: Gateway, settings: Settings)
     assert done.exit_code == 0, done.output
     body = json.loads(done.stdout)
     assert body["parameters"]["years"] == [2025] and body["tables"][0]["release"]["cells"]
+    tables = [t["title"] for t in body["tables"] if "release" in t]
     as_csv = CliRunner().invoke(main, [*args, "--param", "years=2025", "--csv"], env=env)
-    assert as_csv.stdout.startswith("# Completers employed")
-    header = as_csv.stdout.splitlines()[1].split(",")
-    assert {"program_code", "cohort_year", "value", "ci95_low", "suppressed"} <= set(header)
+    if len(tables) > 1:  # one file per table: the CLI asks where to put them
+        assert as_csv.exit_code == 2 and "--out" in as_csv.output
+    folder = tmp_path / "pipeline"
+    into = [*args, "--param", "years=2025", "--csv", "--out", str(folder)]
+    written = CliRunner().invoke(main, into, env=env)
+    assert written.exit_code == 0, written.output
+    files = sorted(folder.glob("*.csv"))
+    assert len(files) == len(tables)
+    for path, title in zip(files, tables, strict=True):
+        rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+        assert rows and {row["table"] for row in rows} == {title}
+        assert {"value", "ci95_low", "suppressed"} <= set(rows[0])
+        assert not path.read_text(encoding="utf-8").startswith("#")
+    zipped = tmp_path / "pipeline.zip"
+    into = [*args, "--param", "years=2025", "--csv", "--out", str(zipped)]
+    assert CliRunner().invoke(main, into, env=env).exit_code == 0
+    with zipfile.ZipFile(zipped) as archive:
+        assert sorted(archive.namelist()) == [p.name for p in files]
+        assert archive.read(files[0].name) == files[0].read_bytes()
+    book = tmp_path / "pipeline.xlsx"
+    to_excel = CliRunner().invoke(
+        main, [*args, "--param", "years=2025", "--xlsx", str(book)], env=env
+    )
+    assert to_excel.exit_code == 0, to_excel.output
+    sheets = openpyxl.load_workbook(book).sheetnames
+    assert sheets[0] == "About" and len(sheets) == 1 + len(tables)
     both = CliRunner().invoke(main, [*args, "--query", __file__], env=env)
     assert both.exit_code == 2 and "exactly one of --query" in both.output
     bad = CliRunner().invoke(main, [*args, "--param", "years"], env=env)

@@ -301,6 +301,12 @@ class Hierarchy(_FileModel):
         return Hierarchy(levels=levels, top=self.top)
 
 
+#: Decimals a mean is shown with when its measure declares no ``precision``.
+DEFAULT_PRECISION = 1
+#: The most decimals a measure may declare: beyond it, the noise is all that shows.
+MAX_PRECISION = 4
+
+
 class ColumnSpec(_FileModel):
     """One canonical column of a dataset schema."""
 
@@ -314,6 +320,9 @@ class ColumnSpec(_FileModel):
     pattern: str | None = None
     normalization: Normalisation | None = None
     student_count_column: str | None = None
+    #: For a measure: the decimals its means (and a number column's sums) are shown
+    #: with to people (gateway/release/formatting.py); JSON keeps full precision.
+    precision: int | None = None
     #: How the column coarsens (rating bands, program areas, pooled years), for releases
     #: whose cells are too small at the column's own values.
     hierarchy: Hierarchy | None = None
@@ -335,6 +344,11 @@ class ColumnSpec(_FileModel):
             except re.error as exc:
                 raise ValueError(f"pattern is not a valid regular expression: {exc}") from exc
         return value
+
+    @property
+    def display_precision(self) -> int:
+        """The decimals a mean of this column is shown with: as declared, else 1."""
+        return DEFAULT_PRECISION if self.precision is None else self.precision
 
     @property
     def code_values(self) -> tuple[str | bool | int | float, ...]:

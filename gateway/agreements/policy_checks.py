@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from gateway.agreements.findings import Finding, allowed_fields, describe_error, duplicates
 from gateway.agreements.hierarchy_checks import check_hierarchy
 from gateway.agreements.models import (
+    MAX_PRECISION,
     ColumnSpec,
     DatasetSchema,
     DisclosureProfile,
@@ -95,6 +96,23 @@ def _check_column(schema: DatasetSchema, name: str, spec: ColumnSpec) -> list[Fi
                 "a direct identifier cannot be required: it is only ever dropped",
             )
         )
+
+    if spec.precision is not None:
+        if spec.role not in ("measure", "student_measure") or spec.type not in (
+            "integer",
+            "number",
+        ):
+            findings.append(
+                Finding((*base, "precision"), "only a numeric measure has a display precision")
+            )
+        elif not 0 <= spec.precision <= MAX_PRECISION:
+            findings.append(
+                Finding(
+                    (*base, "precision"),
+                    f"precision is the number of decimals shown, 0 to {MAX_PRECISION}, "
+                    f"got {spec.precision}",
+                )
+            )
 
     count_column = spec.student_count_column
     if spec.role == "student_measure":

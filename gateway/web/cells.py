@@ -1,8 +1,9 @@
 """A release's cells as people read them: one row per cell, and the CSV download.
 
 A suppressed cell says so in words, with the reason, never by colour alone; a cell
-top- or bottom-coded says which band it is in. Numbers are shown as released: the
-noisy value and its 95% interval.
+top- or bottom-coded says which band it is in. Numbers are shown as released, the
+noisy value and its 95% interval, rounded as everywhere else
+(gateway/release/formatting.py).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.release import export
-from gateway.web.rendering import format_number
+from gateway.release import export, formatting
+from gateway.release.formatting import NumberFormat
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,15 @@ def _level(cell: Mapping[str, Any]) -> str | None:
     return "rolled up (" + "; ".join(levels) + ")"
 
 
-def cell_rows(release: Mapping[str, Any]) -> list[CellRow]:
+def cell_rows(release: Mapping[str, Any], fmt: NumberFormat | None = None) -> list[CellRow]:
+    fmt = fmt or formatting.for_release(release)
     cells: Sequence[Mapping[str, Any]] = release.get("cells") or []
     decisions = release.get("decisions") or {}
     threshold = decisions.get("publish_threshold")
     rows = []
     for cell in cells:
         ci = cell.get("ci95")
-        interval = f"{format_number(ci[0])} to {format_number(ci[1])}" if ci else ""
+        interval = fmt.interval(ci[0], ci[1]) if ci else ""
         share = cell.get("share")
         coded = cell.get("coded")
         if cell.get("suppressed"):
@@ -76,18 +78,18 @@ def cell_rows(release: Mapping[str, Any]) -> list[CellRow]:
         rows.append(
             CellRow(
                 group=tuple(str(v) for v in cell["group"].values()),
-                value="" if cell.get("value") is None else format_number(cell["value"]),
+                value=fmt.text(cell.get("value")),
                 interval=interval,
                 status=status,
                 suppressed=bool(cell.get("suppressed")),
                 coded=coded,
-                share=None if share is None else f"{share * 100:.1f}%",
+                share=None if share is None else formatting.percent(share),
                 level=_level(cell),
             )
         )
     return rows
 
 
-def cells_csv(release: Mapping[str, Any]) -> str:
+def cells_csv(release: Mapping[str, Any], registry: Any = None) -> str:
     """One CSV row per cell (the columns of ``gateway release --csv``)."""
-    return export.cells_csv(release)
+    return export.cells_csv(release, registry=registry)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -35,18 +35,20 @@ from gateway.errors import (
 )
 from gateway.ingest import UploadRefused, upload_extract
 from gateway.ingest.upload import PROBLEMS_LISTED
+from gateway.release import export, formatting
 from gateway.release.budget import (
     budget_history,
     budget_report,
     from_epsilon_units,
     party_limit,
 )
+from gateway.release.formatting import STATISTIC
 from gateway.release.reports import list_reports, run_report
 from gateway.storage.releases import Release
 from gateway.web.cells import cell_rows, cells_csv, dimensions, group_label
 from gateway.web.charts import bar_chart, budget_chart, chart_top, heat_map
 from gateway.web.forms import LeadingFields, checked_stream
-from gateway.web.rendering import PageRoute, format_number, render, sign_in_page
+from gateway.web.rendering import PageRoute, render, sign_in_page
 from gateway.web.session import (
     CSRF_FIELD,
     PREFIX,
@@ -330,13 +332,11 @@ def _summaries(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
         for item in items:
             entry = item if isinstance(item, Mapping) else {"group": {}, "value": item}
             ci = entry.get("ci95")
-            interval = (
-                f" (95% interval {format_number(ci[0])} to {format_number(ci[1])})" if ci else ""
-            )
+            interval = f" (95% interval {STATISTIC.interval(ci[0], ci[1])})" if ci else ""
             rows.append(
                 {
                     "group": group_label(entry) if entry.get("group") else "all",
-                    "value": (format_number(entry.get("value")) or "not shown") + interval,
+                    "value": (STATISTIC.text(entry.get("value")) or "not shown") + interval,
                     "note": str(entry.get("note") or ""),
                 }
             )
@@ -365,9 +365,10 @@ def _shared_tops(result: Mapping[str, Any]) -> list[float | None]:
     return tops
 
 
-def _result_tables(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _result_tables(result: Mapping[str, Any], registry: Any) -> list[dict[str, Any]]:
     tables = []
-    for table, top in zip(result["tables"], _shared_tops(result), strict=True):
+    formats = formatting.for_report_tables(result, registry)
+    for table, top, fmt in zip(result["tables"], _shared_tops(result), formats, strict=True):
         if "skipped" in table:  # nothing spent on it: the page says why
             tables.append({"title": table["title"], "skipped": table["skipped"]})
             continue
@@ -378,7 +379,7 @@ def _result_tables(result: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "title": table["title"],
                 "release": release,
                 "dimensions": dimensions(cells),
-                "rows": cell_rows(release),
+                "rows": cell_rows(release, fmt),
                 "chart": bar_chart(table["title"], cells, top=top),
                 "heat_map": (
                     heat_map(table["title"], cells)
@@ -436,22 +437,39 @@ async def report_run(
         return render(request, "report.html", context, status=error.status)
     if dry_run:
         context["preview"] = outcome
+        context["formats"] = formatting.for_report_tables(outcome, gateway.registry)
     else:
         context["result"] = outcome
-        context["tables"] = _result_tables(outcome)
+        context["tables"] = _result_tables(outcome, gateway.registry)
+        context["xlsx_link"] = _xlsx_link(agreement_id, report, outcome)
     return render(request, "report.html", context)
 
 
-@router.get(f"{PREFIX}/agreements/{{agreement_id}}/releases/{{release_id}}/cells.csv")
-def release_csv(
-    agreement_id: str, release_id: str, request: Request, gateway: GatewayDep, session: Analyst
-) -> Response:
-    principal = session.principal
+def _xlsx_link(agreement_id: str, report: str, result: Mapping[str, Any]) -> str:
+    """The whole report as Excel: its released tables by position and release id (the
+    download reads them back from storage, each checked as the CSV download is)."""
+    tables = [
+        ("t", f"{number}.{table['release']['release_id']}")
+        for number, table in enumerate(result["tables"])
+        if "release" in table
+    ]
+    tables += [("p", f"{name}={value}") for name, value in result["parameters"].items()]
+    return (
+        f"{PREFIX}/agreements/{quote(agreement_id)}/reports/{quote(report)}/report.xlsx?"
+        + urlencode(tables)
+    )
+
+
+def _received_release(
+    gateway: Gateway, request: Request, principal: Principal, agreement_id: str, release_id: str
+) -> dict[str, Any]:
+    """A stored release of ``agreement_id`` that the session's party receives (its body);
+    a refusal, audited, for any other."""
     with gateway.sessions() as db:
         stored = db.get(Release, release_id[:64])
     if stored is None:
         raise NotFound("no such release")
-    body = json.loads(stored.body) if stored.status == "released" else {}
+    body: dict[str, Any] = json.loads(stored.body) if stored.status == "released" else {}
     agreement = gateway.agreement(agreement_id)
     gateway.require_active(agreement, refused="releases")
     # A partnership release goes to every recipient allowed its fields (its recipients),
@@ -466,11 +484,64 @@ def release_csv(
             "this release was not made for this token's party and agreement",
             agreement_id=agreement_id,
         )
+    return body
+
+
+@router.get(f"{PREFIX}/agreements/{{agreement_id}}/releases/{{release_id}}/cells.csv")
+def release_csv(
+    agreement_id: str, release_id: str, request: Request, gateway: GatewayDep, session: Analyst
+) -> Response:
+    body = _received_release(gateway, request, session.principal, agreement_id, release_id)
     return Response(
-        cells_csv(body),
+        cells_csv(body, gateway.registry),
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="release-{stored.release_id}.csv"'},
+        headers={"Content-Disposition": f'attachment; filename="release-{body["release_id"]}.csv"'},
     )
+
+
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+@router.get(f"{PREFIX}/agreements/{{agreement_id}}/reports/{{report}}/report.xlsx")
+def report_xlsx(
+    agreement_id: str,
+    report: str,
+    request: Request,
+    gateway: GatewayDep,
+    session: Analyst,
+    t: Annotated[list[str], Query(max_length=8)],
+    p: Annotated[list[str] | None, Query(max_length=16)] = None,
+) -> Response:
+    """A report's released tables as one Excel workbook (``t``: "<position>.<release
+    id>" of each table, as the report page links them; ``p``: its parameters, shown)."""
+    principal = session.principal
+    agreement = gateway.agreement(agreement_id)
+    chosen = _report(agreement, _party(principal), report)
+    titles = list(chosen["tables"])
+    tables = []
+    for item in t:
+        position, _, release_id = item.partition(".")
+        if not position.isdigit() or int(position) >= len(titles):
+            raise NotFound(f"report {report!r} has no table {position!r}")
+        body = _received_release(gateway, request, principal, agreement_id, release_id)
+        tables.append({"title": titles[int(position)], "release": body})
+    parameters = dict(item.partition("=")[::2] for item in p or [])
+    result = {
+        "report": chosen["name"],
+        "description": chosen["description"],
+        "agreement": {"id": agreement.id, "version": agreement.version},
+        "parameters": parameters,
+        "tables": tables,
+    }
+    return Response(
+        export.report_xlsx(result, gateway.registry),
+        media_type=XLSX,
+        headers={"Content-Disposition": f'attachment; filename="{_file_name(report)}.xlsx"'},
+    )
+
+
+def _file_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)[:60] or "report"
 
 
 # --- budgets ------------------------------------------------------------------------------

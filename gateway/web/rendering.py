@@ -26,6 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from gateway.api.hardening import log_unexpected
 from gateway.context import Gateway
 from gateway.errors import GatewayError, TooManyAttempts
+from gateway.release import formatting
 from gateway.web.session import (
     CSRF_FIELD,
     PREFIX,
@@ -73,6 +74,10 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     environment.filters["number"] = format_number
+    # Released numbers, as everywhere else (gateway/release/formatting.py).
+    environment.filters["count"] = formatting.count
+    environment.filters["percent"] = formatting.percent
+    environment.filters["figure"] = lambda value, kind: formatting.for_derived(kind).text(value)
     environment.filters["sentence"] = sentence
     environment.globals.update(prefix=PREFIX, csrf_field=CSRF_FIELD)
     return environment
