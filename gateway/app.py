@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,6 +31,7 @@ from gateway.errors import GatewayError, TooManyAttempts, Unauthenticated
 from gateway.lockout import FailureLimiter
 from gateway.web import STATIC_DIR
 from gateway.web import router as web_router
+from gateway.web.session import PREFIX as WEB_PREFIX
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -59,6 +60,12 @@ def create_app(settings: Settings) -> FastAPI:
     # The web pages (docs/web.md): HTML over the same functions, under /web.
     app.include_router(web_router)
     app.mount("/web/static", StaticFiles(directory=STATIC_DIR), name="web-static")
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        """Whoever opens the gateway's address in a browser lands on the web pages."""
+        return RedirectResponse(WEB_PREFIX, status_code=303)
+
     _install_error_handlers(app)
     # Added innermost first: the security headers wrap everything, then unexpected
     # errors become a bare 500, CORS answers preflights (only when origins are

@@ -130,12 +130,24 @@ def main(ctx: click.Context) -> None:
 @click.pass_context
 def init(ctx: click.Context, as_json: bool) -> None:
     """Create the data folder, the database (migrated to the newest schema) and,
-    if absent, the master key; load the agreements."""
-    from gateway.context import initialise
+    if absent, the master key; load the agreements.
 
-    result = initialise(_settings(ctx))
+    In a folder with no agreements/ and policies/ (and neither setting given), the
+    example agreements and policies are copied there first.
+    """
+    from gateway.context import initialise, provide_agreements
+
+    settings = _settings(ctx)
+    copied = provide_agreements(settings)
+    result = {**initialise(settings), "examples_copied": copied}
 
     def human(r: dict[str, Any]) -> None:
+        if r["examples_copied"]:
+            click.echo(
+                f"copied the example agreements to {r['examples_copied']['agreements']}/ and "
+                f"their schemas and profiles to {r['examples_copied']['policies']}/ "
+                "(edit them for your partnership: docs/agreements.md)"
+            )
         click.echo(f"data folder:  {r['data_dir']}")
         click.echo(f"database:     {r['database']}")
         state = "created" if r["master_key_created"] else "already present"
@@ -280,13 +292,41 @@ def agreements_check(ctx: click.Context, path: Path | None, as_json: bool) -> No
     show_default=True,
     help="Why, for the destruction receipt and the audit log.",
 )
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Do not ask for confirmation (required when not run from a terminal).",
+)
 @json_option
 @click.pass_context
-def agreements_terminate(ctx: click.Context, agreement_id: str, reason: str, as_json: bool) -> None:
-    """End an agreement now: destroy its stored data and key material, write a receipt."""
+def agreements_terminate(
+    ctx: click.Context, agreement_id: str, reason: str, yes: bool, as_json: bool
+) -> None:
+    """End an agreement now: destroy its stored data and key material, write a receipt.
+
+    It cannot be undone, so it asks first on a terminal; elsewhere it needs --yes.
+    """
+    import sys
+
     from gateway import audit
 
     with _open(ctx) as gw:
+        gw.agreement(agreement_id)  # an unknown id fails before anything is asked
+        if not yes:
+            if not sys.stdin.isatty():
+                click.echo(
+                    "gateway: error: terminating destroys the agreement's data and keys for "
+                    "good; not on a terminal, so confirm with --yes",
+                    err=True,
+                )
+                ctx.exit(2)
+            if not click.confirm(
+                f"Terminate agreement {agreement_id}? Its stored data and pseudonym keys are "
+                "destroyed for good",
+                err=True,
+            ):
+                click.echo("gateway: error: not confirmed; nothing was terminated", err=True)
+                ctx.exit(1)
         receipt = gw.terminate(agreement_id, actor=audit.OPERATOR, reason=reason)
 
     def human(r: dict[str, Any]) -> None:

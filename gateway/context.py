@@ -9,9 +9,11 @@ agreement that is new or changed since the last start in the audit log.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -129,68 +131,152 @@ class Gateway:
             termination.require_active(session, agreement, refused=refused)
 
 
+def example_folders() -> tuple[Path, Path] | None:
+    """The example agreements and policies of the source folder the gateway runs from
+    (``make run`` and ``make test`` install it from there), if it has them."""
+    root = Path(__file__).resolve().parent.parent
+    agreements, policies = root / "agreements", root / "policies"
+    if (
+        (root / "pyproject.toml").is_file()
+        and any(agreements.glob("*.yaml"))
+        and (policies / "datasets").is_dir()
+    ):
+        return agreements, policies
+    return None
+
+
+def provide_agreements(settings: Settings) -> dict[str, str] | None:
+    """Before ``gateway init``: the agreement and policy folders it reads.
+
+    When neither folder exists and neither setting was given (a first run in an empty
+    folder), the example agreements and policies are copied there, and what was copied
+    is returned. Otherwise a missing folder is refused in one line naming its setting.
+    """
+    folders = {
+        "GATEWAY_AGREEMENTS_DIR": settings.agreements_dir,
+        "GATEWAY_POLICIES_DIR": settings.policies_dir,
+    }
+    missing = [name for name, path in folders.items() if not path.is_dir()]
+    if not missing:
+        return None
+    examples = example_folders()
+    chosen = {"agreements_dir", "policies_dir"} & settings.model_fields_set
+    if len(missing) < len(folders) or chosen or examples is None:
+        name = missing[0]
+        what = "agreement" if name == "GATEWAY_AGREEMENTS_DIR" else "dataset schema and profile"
+        raise ConfigurationError(
+            f"{name} is {folders[name]}, which is not a folder: set {name} to the folder of "
+            f"your {what} files (docs/configuration.md)"
+        )
+    agreements, policies = examples
+    shutil.copytree(agreements, settings.agreements_dir, ignore=shutil.ignore_patterns("*~"))
+    shutil.copytree(policies, settings.policies_dir, ignore=shutil.ignore_patterns("*~"))
+    return {"agreements": str(settings.agreements_dir), "policies": str(settings.policies_dir)}
+
+
 def initialise(settings: Settings) -> dict[str, Any]:
     """``gateway init``: data folder, master key if absent, database at head, audit chain.
 
-    Safe to run again: it creates only what is missing and migrates the schema.
+    Safe to run again: it creates only what is missing and migrates the schema. The
+    agreement files are checked before any key is made, and a run that fails removes
+    the keys it created (nothing refers to them yet), so a failed first run leaves no
+    key behind.
     """
+    registry = load_registry(settings.agreements_dir, settings.policies_dir)
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)  # personnel data: owner only
     key_path = settings.resolved_master_key_file
-    key_created = keys.create_master_key(key_path)
-    master_key = keys.load_master_key(key_path)
-    signing_created = keys.create_signing_key(settings.resolved_signing_key_file)
-    signing_key = keys.load_signing_key(settings.resolved_signing_key_file)
-    registry = load_registry(settings.agreements_dir, settings.policies_dir)
-    engine = db.make_engine(settings.resolved_database_url)
+    signing_path = settings.resolved_signing_key_file
+    created: list[Path] = []
     try:
-        db.upgrade_to_head(engine)
-        sessions = db.session_factory(engine)
-        with db.transaction(sessions) as session:
-            audit.initialise_chain(session)
-            state = session.get(GatewayState, 1)
-            first_time = state is None
-            if state is None:
-                session.add(
-                    GatewayState(
-                        id=1,
-                        created_at=datetime.now(UTC),
-                        master_key_check=master_key.check_value(),
-                    )
-                )
-                audit.append_event(
-                    session,
-                    kind="gateway-initialised",
-                    actor=audit.OPERATOR,
-                    details={
-                        "database": engine.dialect.name,
-                        "schema_revision": db.head_revision(),
-                        "master_key_created": key_created,
-                        "signing_key_created": signing_created,
-                        "signing_key_fingerprint": signing_key.fingerprint,
-                    },
-                )
-            elif state.master_key_check != master_key.check_value():
-                raise MasterKeyError(
-                    "the master key does not match the one this database was "
-                    "initialised with; restore the original key file"
-                )
-            synced = sync_agreements(session, registry)
-            audit.sign_checkpoint(session, signing_key)
-    finally:
-        engine.dispose()
+        key_created = keys.create_master_key(key_path)
+        if key_created:
+            created.append(key_path)
+        master_key = keys.load_master_key(key_path)
+        signing_created = keys.create_signing_key(signing_path)
+        if signing_created:
+            created.append(signing_path)
+        signing_key = keys.load_signing_key(signing_path)
+        engine = db.make_engine(settings.resolved_database_url)
+        try:
+            first_time, synced = _initialise_database(
+                engine,
+                registry,
+                master_key=master_key,
+                signing_key=signing_key,
+                master_key_created=key_created,
+                signing_key_created=signing_created,
+            )
+        finally:
+            engine.dispose()
+    except BaseException:
+        # Only keys this run made, and only before the database recorded them (its
+        # transaction is the last step): an existing key is never touched.
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
     return {
         "data_dir": str(data_dir),
         "database": engine.url.render_as_string(hide_password=True),
         "master_key_file": str(key_path),
         "master_key_created": key_created,
-        "signing_key_file": str(settings.resolved_signing_key_file),
+        "signing_key_file": str(signing_path),
         "signing_key_created": signing_created,
         "signing_key_fingerprint": signing_key.fingerprint,
-        "initialised": first_time,
+        # The gateway is initialised once this returns; ``created`` says whether this
+        # run set its database up (the first run) or found it set up.
+        "initialised": True,
+        "created": first_time,
         "agreements": synced,
     }
+
+
+def _initialise_database(
+    engine: Engine,
+    registry: Registry,
+    *,
+    master_key: keys.MasterKey,
+    signing_key: keys.SigningKey,
+    master_key_created: bool,
+    signing_key_created: bool,
+) -> tuple[bool, dict[str, str]]:
+    """Migrate, then in one transaction: the gateway's state on the first run, the
+    agreements, a signed checkpoint. Returns (first run, each agreement's outcome)."""
+    db.upgrade_to_head(engine)
+    sessions = db.session_factory(engine)
+    with db.transaction(sessions) as session:
+        audit.initialise_chain(session)
+        state = session.get(GatewayState, 1)
+        first_time = state is None
+        if state is None:
+            session.add(
+                GatewayState(
+                    id=1,
+                    created_at=datetime.now(UTC),
+                    master_key_check=master_key.check_value(),
+                )
+            )
+            audit.append_event(
+                session,
+                kind="gateway-initialised",
+                actor=audit.OPERATOR,
+                details={
+                    "database": engine.dialect.name,
+                    "schema_revision": db.head_revision(),
+                    "master_key_created": master_key_created,
+                    "signing_key_created": signing_key_created,
+                    "signing_key_fingerprint": signing_key.fingerprint,
+                },
+            )
+        elif state.master_key_check != master_key.check_value():
+            raise MasterKeyError(
+                "the master key does not match the one this database was "
+                "initialised with; restore the original key file"
+            )
+        synced = sync_agreements(session, registry)
+        audit.sign_checkpoint(session, signing_key)
+    return first_time, synced
 
 
 def sync_agreements(session: Session, registry: Registry) -> dict[str, str]:

@@ -94,7 +94,11 @@ def test_a_report_runs_each_table_through_the_release_engine(stocked: Gateway) -
     assert event["details"]["query"]["filters"][0]["value"] == [2024, 2025]
 
 
-def test_epsilon_is_split_over_the_tables_and_previewed_whole(gateway: Gateway) -> None:
+def test_epsilon_is_split_over_the_tables_and_previewed_whole(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    # A table over a dataset nobody uploaded is left out: the report's four need data.
+    upload_generated(gateway, "diversity-cedar-valley-harmon", tmp_path, seed=3, scale=0.2)
     preview = run_report(
         gateway,
         agreement_id="diversity-cedar-valley-harmon",

@@ -26,7 +26,8 @@ EPP_OF_SPED = "northfield-state"
 def test_init_migrates_to_head_and_is_idempotent(settings: Settings) -> None:
     first = initialise(settings)
     second = initialise(settings)
-    assert first["initialised"] is True and second["initialised"] is False
+    assert first["initialised"] is True and second["initialised"] is True
+    assert first["created"] is True and second["created"] is False
     assert set(second["agreements"].values()) == {"unchanged"}
     engine = db.make_engine(settings.resolved_database_url)
     try:

@@ -123,7 +123,7 @@ def test_cli_terminate(gateway: Gateway, settings: Settings, tmp_path: Path) -> 
     load(gateway, tmp_path)
     env = settings_env(settings)
     result = CliRunner().invoke(
-        main, ["agreements", "terminate", AGREEMENT, "--json", "--reason", "test"], env=env
+        main, ["agreements", "terminate", AGREEMENT, "--yes", "--json", "--reason", "test"], env=env
     )
     assert result.exit_code == 0, result.output
     body: dict[str, Any] = json.loads(result.stdout)

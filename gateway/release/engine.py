@@ -3,6 +3,7 @@
 The stages, in order, each in its own module, handing typed objects forward:
 
 1. **resolve** (query.py, canonical.py): agreement in force, allowlist, canonical form;
+   every dataset read has an accepted upload under the current key (rows.py);
 2. **plan** (plan.py): mechanisms, scales, publish threshold, cost, per-release bounds;
    a preview stops here (with the repeat check) and spends nothing;
 3. **reserve** (publish.py, budget.py): a stored release of the same canonical query on
@@ -14,7 +15,8 @@ The stages, in order, each in its own module, handing typed objects forward:
 7. **publish** (publish.py): release and audit event in one transaction, then returned.
 
 No refusal depends on the data: all come before stage 4, from the query, the
-agreement, the role and the budget.
+agreement, the role, which uploads were accepted (public to the partnership) and the
+budget.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from gateway import audit
 from gateway.agreements.models import Agreement
 from gateway.context import Gateway
 from gateway.errors import GatewayError
-from gateway.release import canonical, publish
+from gateway.release import canonical, publish, rows
 from gateway.release.groupkeys import named_key
 from gateway.release.model import Preview, Release
 from gateway.release.plan import Plan, plan_query
@@ -70,6 +72,8 @@ def request_release(
         asked = resolve(query, agreement=agreement, registry=gateway.registry, party=party)
         resolved = canonical.normalise(asked, agreement)
         plan = plan_query(resolved, agreement)
+        with gateway.sessions() as session:  # nothing to read: refused, nothing reserved
+            rows.require_uploaded(session, resolved, agreement)
         identity = publish.asked(gateway, agreement, resolved, canonical.canonical_text(resolved))
         if dry_run:
             return publish.preview(gateway, agreement, party, plan, identity)
@@ -114,7 +118,7 @@ def _release(request: _Request, asked: publish.Asked) -> Release:
 def _compute(r: _Request, asked: publish.Asked, reservation: publish.Reservation) -> Release:
     """Measure, decide and post-process a reserved release, then record it."""
     # Imported here: a preview stops before measuring, without pandas or SciPy.
-    from gateway.release import aggregate, decide, measure, postprocess, rows
+    from gateway.release import aggregate, decide, measure, postprocess
 
     plan, resolved, profile = r.plan, r.resolved, r.agreement.resolved_disclosure
     signature = canonical.table_signature(resolved, plan.dimensions)

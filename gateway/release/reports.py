@@ -48,6 +48,7 @@ from gateway.release.budget import BudgetExhausted
 from gateway.release.engine import request_release
 from gateway.release.model import Preview, Release
 from gateway.release.query import Query, WindowTooShort, parse_query, resolve
+from gateway.release.rows import NotUploaded
 
 ParameterType = Literal["int", "int_list", "str", "str_list"]
 
@@ -394,6 +395,7 @@ def run_report(
     values, epsilon = resolve_parameters(agreement, definition_, parameters)
 
     skipped: dict[int, str] = {}
+    refusals: list[GatewayError] = []
 
     def preview_all(queries: list[Query]) -> list[Preview | None]:
         previews: list[Preview | None] = []
@@ -410,8 +412,9 @@ def run_report(
                     actor=actor,
                     dry_run=True,
                 )
-            except WindowTooShort as error:  # from the parameters alone: nothing to count
+            except (WindowTooShort, NotUploaded) as error:  # nothing to count, nothing spent
                 skipped[number] = error.message
+                refusals.append(error)
                 previews.append(None)
                 continue
             assert isinstance(preview, Preview)
@@ -428,7 +431,7 @@ def run_report(
         (profile.per_release_minimum.epsilon, profile.per_release_cap.epsilon),
     )
     if len(skipped) == len(definition_.tables):
-        raise WindowTooShort(
+        raise type(refusals[0])(
             f"report {report!r} has no table to run with these parameters: "
             + "; ".join(skipped.values())
         )

@@ -5,6 +5,13 @@ upload made under an earlier key version holds pseudonyms that no longer link, s
 for datasets with educators only uploads under the current key version are read.
 Filters are applied as each batch is decoded, with SQL's semantics (a null, or a
 value the column cannot hold, never matches).
+
+Before anything is reserved, :func:`require_uploaded` refuses a query over a dataset
+with nothing to read: no accepted upload, or (after ``gateway keys rotate``) none under
+the current key version. Whether a party has uploaded is a fact about the partnership
+that every party sees in its receipts and the audit log, not about any teacher, so the
+refusal does not depend on the data; it keeps budget from being spent on empty tables
+(and their suppression from being remembered for later releases).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from gateway import keys
 from gateway.agreements.models import Agreement
+from gateway.errors import GatewayError
 from gateway.release.canonical import column_value
 from gateway.release.query import FieldRef, Filter, ResolvedQuery
 from gateway.storage import batches
@@ -207,6 +215,57 @@ def _accepted_uploads(
         .order_by(Upload.seq)
     )
     return [(seq, version) for seq, version in connection.execute(uploads)]
+
+
+class NotUploaded(GatewayError):
+    """A dataset the query reads has no accepted upload: refused before anything is
+    reserved (nothing spent), naming the dataset and the party that provides it."""
+
+    code = "dataset_not_uploaded"
+    status = 409
+    exit_code = 11
+
+
+class UploadedUnderOldKey(NotUploaded):
+    """A dataset with educators has accepted uploads, but none under the agreement's
+    current key version (its key was rotated since): its pseudonyms no longer link."""
+
+    code = "data_under_old_key"
+
+
+def require_uploaded(session: Session, resolved: ResolvedQuery, agreement: Agreement) -> None:
+    """Refuse a query over a dataset with nothing a release could read."""
+    connection = session.connection()
+    current = _key_version(session, agreement)
+    missing: list[str] = []
+    stale: list[str] = []
+    for name in sorted(resolved.query.datasets):
+        uploads = _accepted_uploads(connection, agreement, name)
+        if not uploads:
+            missing.append(name)
+        elif resolved.schemas[name].educator_id_column is not None and all(
+            version != current for _, version in uploads
+        ):
+            stale.append(name)
+
+    def named(names: list[str], joined: str) -> str:
+        return f" {joined} ".join(
+            f"{name!r} (provided by {agreement.dataset(name).provided_by})" for name in names
+        )
+
+    if missing:
+        raise NotUploaded(
+            f"no accepted upload of dataset {named(missing, 'or')} yet: a release over it "
+            "would count nobody; upload it first (nothing was spent)",
+            details=[{"dataset": name, "reason": "no accepted upload"} for name in missing],
+        )
+    if stale:
+        raise UploadedUnderOldKey(
+            f"dataset {named(stale, 'and')} is stored only under an earlier key version: "
+            f"the agreement's key was rotated (now version {current}), so its rows no "
+            "longer link; upload it again (keys/README.md) before asking (nothing was spent)",
+            details=[{"dataset": name, "reason": "stored under an earlier key"} for name in stale],
+        )
 
 
 def _key_version(session: Session, agreement: Agreement) -> int | None:
