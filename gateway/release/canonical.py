@@ -267,6 +267,7 @@ def normalise(resolved: ResolvedQuery, agreement: Agreement) -> ResolvedQuery:
         # Released exactly, every cell is published: nothing to roll up; and a table
         # none of whose dimensions has a hierarchy is the flat table, one release.
         coarsen=query.coarsen and not exact and _has_hierarchy(resolved, agreement),
+        rho=None if exact or query.rho is None else query.rho.normalize(),
     )
     return replace(
         resolved,
@@ -379,6 +380,8 @@ def canonical_text(resolved: ResolvedQuery) -> str:
         body["link_on"] = list(resolved.link_on)
     if query.coarsen:
         body["coarsen"] = True
+    if query.rho is not None:
+        body["rho"] = decimal_text(query.rho)
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
 
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from gateway.release import coarsen
 from gateway.release.coarsen import Node
+from gateway.release.noise import FloatNoise, IntegerNoise
 from gateway.release.suppression import GroupKey, SuppressionResult, suppress
 
 if TYPE_CHECKING:
@@ -52,7 +53,10 @@ def floor_tail(plan: Plan) -> float:
     remainders (release/coarsen.py). So at most that many cells' floors differ
     between neighbouring datasets.
     """
-    exponent = min(float(plan.epsilon), 700.0)
+    # The coupling is made over the mechanism whose (epsilon, delta) the ledger
+    # charges: the release, or for a zCDP table the report it composes with.
+    coupling = plan.coupling_epsilon if plan.coupling_epsilon is not None else plan.epsilon
+    exponent = min(float(coupling), 700.0)
     # A coarsened table publishes nodes and remainders: two cells per step at most;
     # a joint table's statistics stand for one more cell per group (postprocess.py).
     cells = plan.groups_per_teacher * (
@@ -65,17 +69,37 @@ def publish_threshold(plan: Plan, profile_threshold: int | None) -> int:
     """The smallest tau that keeps the floor's effect within ``floor_delta``, or the
     profile's own ``publish_threshold`` when that is higher (default: the minimum)."""
     p = floor_tail(plan)
-    if plan.counts is not None:
+    if plan.rho is not None:  # Gaussian noise: the sub-Gaussian bound (noise.py)
+        noise_ = plan.counts if plan.counts is not None else plan.sums
+        assert noise_ is not None
+        margin = _smallest_margin(lambda m: noise_.tail(m) <= p)
+    elif isinstance(plan.counts, IntegerNoise):
         a = math.exp(-1.0 / plan.counts.scale)
         # a^k / (1 + a) <= p  <=>  k >= log(p (1 + a)) / log(a)
         margin = max(1, math.ceil(math.log(p * (1.0 + a)) / math.log(a) - 1e-9))
         while plan.counts.tail(margin) > p:  # guard against rounding
             margin += 1
     else:
-        assert plan.sums is not None
+        assert isinstance(plan.sums, FloatNoise)
         margin = max(1, math.ceil(plan.sums.scale * math.log(1.0 / (2.0 * p))))
     derived = plan.minimum - 1 + margin
     return max(derived, profile_threshold or plan.minimum)
+
+
+def _smallest_margin(holds: Callable[[int], bool]) -> int:
+    """The smallest whole margin of at least 1 for which ``holds`` (which, once true,
+    stays true for every larger margin): doubling, then binary search."""
+    margin = 1
+    while not holds(margin):
+        margin *= 2
+    low, high = margin // 2 + 1, margin
+    while low < high:
+        middle = (low + high) // 2
+        if holds(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 def node_threshold(plan: Plan, leaves: int) -> int:
@@ -96,16 +120,7 @@ def node_threshold(plan: Plan, leaves: int) -> int:
     p = floor_tail(plan)
     noise_ = plan.counts if plan.counts is not None else plan.sums
     assert noise_ is not None
-    margin = 1
-    while noise_.sum_tail(leaves, margin) > p:  # exponential, then binary search
-        margin *= 2
-    low, high = margin // 2 + 1, margin
-    while low < high:
-        middle = (low + high) // 2
-        if noise_.sum_tail(leaves, middle) <= p:
-            high = middle
-        else:
-            low = middle + 1
+    low = _smallest_margin(lambda m: noise_.sum_tail(leaves, m) <= p)
     # Rows of counts (decided on noisy sums): a merged cell below the minimum sums to
     # less than it, not to at most one less (a count field need not be whole).
     floor = (
@@ -113,7 +128,7 @@ def node_threshold(plan: Plan, leaves: int) -> int:
         if plan.decided_by_sum
         else min(plan.groups_per_teacher, leaves) * (plan.minimum - 1)
     )
-    derived = floor + max(high, 1)
+    derived = floor + max(low, 1)
     # The profile's own threshold, for one cell, holds for a merged one too.
     threshold = max(derived, plan.threshold)
     plan.node_thresholds[leaves] = threshold

@@ -31,7 +31,7 @@ from gateway.errors import GatewayError
 from gateway.release import canonical, publish, rows
 from gateway.release.groupkeys import named_key
 from gateway.release.model import Preview, Release
-from gateway.release.plan import Plan, plan_query
+from gateway.release.plan import Composed, Plan, plan_query
 from gateway.release.publish import ReleaseFailed
 from gateway.release.query import Query, ResolvedQuery, allowed_recipients, resolve
 
@@ -58,11 +58,13 @@ def request_release(
     actor: audit.Actor,
     dry_run: bool = False,
     report: str | None = None,
+    composed: Composed | None = None,
 ) -> Release | Preview:
     """Release ``query`` to ``party`` (or preview it); see the module docstring.
 
-    ``report`` names the report a query is a table of, for the audit log. Every
-    refusal is written to the audit log before the error is raised.
+    ``report`` names the report a query is a table of, for the audit log; ``composed``
+    places a zCDP table after its report's earlier ones (reports.py). Every refusal is
+    written to the audit log before the error is raised.
     """
     agreement: Agreement | None = None
     try:
@@ -71,7 +73,7 @@ def request_release(
         agreement.require_in_force(gateway.clock().date(), refused="releases")
         asked = resolve(query, agreement=agreement, registry=gateway.registry, party=party)
         resolved = canonical.normalise(asked, agreement)
-        plan = plan_query(resolved, agreement)
+        plan = plan_query(resolved, agreement, composed)
         with gateway.sessions() as session:  # nothing to read: refused, nothing reserved
             rows.require_uploaded(session, resolved, agreement)
         identity = publish.asked(gateway, agreement, resolved, canonical.canonical_text(resolved))

@@ -339,3 +339,144 @@ def threshold_noise(groups_per_teacher: int, epsilon: Decimal, delta: Decimal) -
     if spent_epsilon > target_epsilon or spent_delta > target_delta:  # pragma: no cover
         raise CalibrationFailed("could not calibrate the threshold mechanism")
     return ThresholdNoise(groups_per_teacher, target_epsilon, target_delta, scale, low, measurement)
+
+
+# --- zero-concentrated DP: Gaussian noise, rho composed, converted to (epsilon, delta) ---
+
+
+@dataclass(frozen=True)
+class GaussianNoise:
+    """Gaussian noise of standard deviation ``scale`` (sigma) on a vector, calibrated in
+    zero-concentrated DP: ``rho`` for an L2 sensitivity. Integers get the discrete
+    Gaussian (OpenDP ``make_gaussian`` on 64-bit integers), floats the continuous one.
+
+    Both are sub-Gaussian with variance proxy sigma^2 (for the discrete Gaussian:
+    Canonne, Kamath and Steinke 2020, "The Discrete Gaussian for Differential Privacy",
+    Corollary 9, and its variance is at most sigma^2), which gives the rigorous tail
+    bounds the publish thresholds rest on; intervals use the normal quantile of the
+    sum's variance (an approximation that the discrete draw's smaller variance keeps
+    on the wide side).
+    """
+
+    sensitivity: float  # L2
+    rho: float
+    scale: float
+    integer: bool
+    _measurement: Any
+
+    def release(self, values: Sequence[float]) -> list[Any]:
+        if not values:
+            return []
+        if self.integer:
+            return [int(v) for v in self._measurement([int(c) for c in values])]
+        return [float(v) for v in self._measurement([float(s) for s in values])]
+
+    def half_width(self, alpha: float = 0.05) -> float:
+        """Half-width of the (1 - alpha) interval of one cell's noise (OpenDP's)."""
+        if self.integer:
+            return float(_dp().discrete_gaussian_scale_to_accuracy(self.scale, alpha))
+        return float(_dp().gaussian_scale_to_accuracy(self.scale, alpha))
+
+    def tail(self, k: float) -> float:
+        """An upper bound on P(noise >= k): exp(-k^2 / (2 sigma^2)) for k > 0."""
+        return self.sum_tail(1, k)
+
+    @property
+    def variance(self) -> float:
+        """sigma^2 (an upper bound for the discrete Gaussian)."""
+        return self.scale * self.scale
+
+    def log_mgf(self, s: float) -> float:
+        """An upper bound on log E[e^{sZ}]: s^2 sigma^2 / 2, for every s."""
+        return 0.5 * s * s * self.scale * self.scale
+
+    def sum_tail(self, terms: int, k: float) -> float:
+        """An upper bound on P(Z_1 + ... + Z_terms >= k): the Chernoff bound of a
+        sub-Gaussian sum, exp(-k^2 / (2 terms sigma^2)), in closed form."""
+        if k <= 0:
+            return 1.0
+        return math.exp(-(k * k) / (2.0 * max(terms, 1) * self.variance))
+
+    def sum_half_width(self, terms: int, alpha: float = 0.05) -> float:
+        """The (1 - alpha) half-width of a sum of ``terms`` draws: a normal quantile of
+        its variance, ``terms`` sigma^2 (exact for continuous Gaussian noise)."""
+        if terms <= 1:
+            return self.half_width(alpha)
+        return float(_dp().gaussian_scale_to_accuracy(self.scale * math.sqrt(terms), alpha))
+
+
+@lru_cache(maxsize=256)
+def gaussian_noise(sensitivity: float, rho: Decimal, *, integer: bool) -> GaussianNoise:
+    """Gaussian noise costing at most ``rho`` (zCDP) for an L2 ``sensitivity``: sigma is
+    ``sensitivity / sqrt(2 rho)``, confirmed by OpenDP's privacy map. Integer noise
+    takes a whole-number L2 bound (rounded up: a teacher in g cells moves the counts by
+    sqrt(g) in L2, bounded by its ceiling)."""
+    dp = _dp()
+    if integer:
+        d_in: Any = math.ceil(sensitivity - 1e-12)
+        space = dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="i64")
+    else:
+        d_in = float(sensitivity)
+        space = dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.l2_distance(T=float)
+    target = float(rho)
+    if target <= 0:
+        raise CalibrationFailed("rho must be greater than 0")
+    scale = float(d_in) / math.sqrt(2.0 * target)
+    for _ in range(64):
+        measurement = dp.m.make_gaussian(*space, scale=scale)
+        if measurement.map(d_in) <= target:
+            return GaussianNoise(float(d_in), target, scale, integer, measurement)
+        scale = math.nextafter(scale, math.inf) * (1 + 1e-12)
+    raise CalibrationFailed("no noise scale meets rho")  # pragma: no cover
+
+
+@lru_cache(maxsize=1)
+def _zcdp_converter() -> Any:
+    """A unit-scale Gaussian converted from zCDP to (epsilon, delta): its privacy map
+    at distance d is the profile of a rho = d^2 / 2 mechanism."""
+    dp = _dp()
+    space = dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float)
+    return dp.c.make_zCDP_to_approxDP(dp.m.make_gaussian(*space, scale=1.0))
+
+
+@lru_cache(maxsize=4096)
+def zcdp_epsilon(rho: Decimal, delta: Decimal) -> float:
+    """The epsilon at ``delta`` of a rho-zCDP mechanism, by OpenDP's conversion
+    (``make_zCDP_to_approxDP``, tighter than rho + 2 sqrt(rho log(1/delta)))."""
+    if rho <= 0:
+        return 0.0
+    distance = math.nextafter(math.sqrt(2.0 * float(rho)), math.inf)  # never below rho
+    return float(_zcdp_converter().map(distance).epsilon(float(delta)))
+
+
+def _classic_rho(epsilon: float, delta: float) -> float:
+    """The rho of the classic conversion epsilon = rho + 2 sqrt(rho log(1/delta)), which
+    OpenDP's never exceeds: a rho that surely fits."""
+    log = math.log(1.0 / delta)
+    root = -math.sqrt(log) + math.sqrt(log + epsilon)
+    return root * root
+
+
+@lru_cache(maxsize=256)
+def zcdp_rho(epsilon: Decimal, delta: Decimal) -> Decimal:
+    """The largest rho (to about 1e-7 relative, rounded down to 12 significant digits)
+    whose conversion at ``delta`` costs at most ``epsilon``."""
+    target = float(epsilon)
+
+    def fits(rho: float) -> bool:
+        return zcdp_epsilon(Decimal(repr(rho)), delta) <= target
+
+    low = _classic_rho(target, float(delta)) * (1 - 1e-9)
+    if not fits(low):  # pragma: no cover (OpenDP's conversion is the tighter one)
+        raise CalibrationFailed("no rho meets the budget")
+    high = low * 1.5
+    while fits(high):
+        low, high = high, high * 1.5
+    while high - low > 1e-7 * low:
+        middle = (low + high) / 2.0
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    found = Decimal(repr(low))
+    return found.quantize(Decimal(1).scaleb(found.adjusted() - 11), rounding="ROUND_FLOOR")

@@ -9,8 +9,9 @@ refused here with the bound it broke.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from itertools import product
 from typing import Any
 
@@ -32,6 +33,49 @@ class EpsilonOutOfBounds(PolicyViolation):
     code = "epsilon_out_of_bounds"
 
 
+#: The ledger's unit of epsilon (query.EPSILON_PLACES).
+_EPSILON_UNIT = Decimal("1e-12")
+
+
+@dataclass(frozen=True)
+class Composed:
+    """A table of a report accounted in zCDP (reports.py): the rho measured by the
+    report's tables before it in this run, and the report's whole epsilon (the floor's
+    coupling argument is made over the composed report, decide.floor_tail)."""
+
+    rho_before: Decimal
+    report_epsilon: Decimal
+
+
+def conversion_delta(agreement: Agreement) -> Decimal:
+    """The delta at which zCDP is converted to (epsilon, delta): the largest power of
+    ten that fits beside the floor's delta within the per-release cap."""
+    profile = agreement.resolved_disclosure
+    room = profile.per_release_cap.delta - profile.floor_delta
+    if room <= 0:
+        raise EpsilonOutOfBounds(
+            f"agreement {agreement.id!r} leaves no delta for zCDP accounting beside the "
+            "floor's (disclosure.per_release_cap.delta)"
+        )
+    return Decimal(f"1e{room.adjusted()}")
+
+
+def _ledger_epsilon(value: float) -> Decimal:
+    """A converted epsilon rounded up to the ledger's unit."""
+    return Decimal(repr(value)).quantize(_EPSILON_UNIT, rounding=ROUND_CEILING)
+
+
+def zcdp_charge(rho: Decimal, rho_before: Decimal, delta: Decimal) -> Decimal:
+    """What a table measured at ``rho`` after ``rho_before`` (in the same report) adds to
+    the report's converted epsilon: eps(before + rho) - eps(before), each rounded up to
+    the ledger's unit. Charges telescope: the tables released so far have paid exactly
+    the converted epsilon of their composed rho (rounded up), wherever the report stops.
+    """
+    after = _ledger_epsilon(noise.zcdp_epsilon(rho_before + rho, delta))
+    before = _ledger_epsilon(noise.zcdp_epsilon(rho_before, delta)) if rho_before else Decimal(0)
+    return after - before
+
+
 @dataclass
 class Plan:
     """What each mechanism of a release costs and how accurate it is."""
@@ -49,10 +93,16 @@ class Plan:
     threshold: int = 0  # a cell is published only if its deciding noisy count reaches it
     #: Rows about posted positions, released exactly: no noise, no minimum, no cost.
     exact: bool = False
-    counts: noise.IntegerNoise | None = None
+    counts: noise.IntegerNoise | noise.GaussianNoise | None = None
     selection: noise.ThresholdNoise | None = None
-    sums: noise.FloatNoise | None = None
-    numerators: noise.IntegerNoise | None = None
+    sums: noise.FloatNoise | noise.GaussianNoise | None = None
+    numerators: noise.IntegerNoise | noise.GaussianNoise | None = None
+    #: zCDP accounting (Gaussian noise): the rho measured, the delta of its conversion
+    #: to (epsilon, delta) charged with it (0 when an earlier table of the same report
+    #: paid it), and the epsilon the floor's coupling argument uses (decide.floor_tail).
+    rho: Decimal | None = None
+    conversion_delta: Decimal = Decimal(0)
+    coupling_epsilon: float | None = None
     clamp: tuple[float, float] | None = None
     #: How the table's cells roll up when too small (a query that asks to coarsen).
     ladder: Ladder | None = None
@@ -68,8 +118,8 @@ class Plan:
 
     @property
     def delta_used(self) -> Decimal:
-        """All the delta the release spends: selection and floors."""
-        return self.selection_delta + self.floor_delta
+        """All the delta the release spends: selection, floors and a zCDP conversion."""
+        return self.selection_delta + self.floor_delta + self.conversion_delta
 
     @property
     def decided_by_sum(self) -> bool:
@@ -101,6 +151,8 @@ class Plan:
         if self.exact:
             return {"exact": True}
         out: dict[str, Any] = {"publish_threshold": self.threshold}
+        if self.rho is not None:
+            out["rho"] = float(self.rho)
         if self.counts is not None:
             out["count_half_width"] = self.counts.half_width()
         if self.selection is not None:
@@ -148,6 +200,13 @@ class Plan:
         return out
 
     def mechanisms(self) -> list[str]:
+        if self.rho is not None:
+            out = ["opendp make_gaussian (zCDP, rho composed and converted to (epsilon, delta))"]
+            if self.counts is not None or self.numerators is not None:
+                out.append("opendp make_gaussian (integers: discrete Gaussian)")
+            if self.sums is not None:
+                out.append("opendp make_gaussian (floats)")
+            return out
         out = []
         if self.counts is not None or self.numerators is not None:
             out.append("opendp make_laplace (integers: discrete Laplace)")
@@ -188,6 +247,42 @@ def _delta_that_fits(agreement: Agreement) -> str:
     return f"1e{room.adjusted()}"
 
 
+def _check_zcdp(
+    resolved: ResolvedQuery, agreement: Agreement, composed: Composed | None
+) -> tuple[Decimal, float]:
+    """A zCDP query's epsilon covers its conversion, and its noise is within the
+    profile's per-release bounds; its conversion delta (0 when an earlier table of the
+    report paid it) and the epsilon of the floor's coupling argument."""
+    query = resolved.query
+    assert query.rho is not None
+    profile = agreement.resolved_disclosure
+    cap, least = profile.per_release_cap, profile.per_release_minimum
+    delta = conversion_delta(agreement)
+    before = composed.rho_before if composed is not None else Decimal(0)
+    charge = zcdp_charge(query.rho, before, delta)
+    if query.epsilon < charge:
+        raise EpsilonOutOfBounds(
+            f"rho {query.rho} converts to epsilon {charge} at delta {delta} (zCDP); the "
+            f"query offers only epsilon {query.epsilon}: ask for at least {charge}"
+        )
+    # The noise's own level, as if released alone, is what the bounds are about.
+    alone = _ledger_epsilon(noise.zcdp_epsilon(query.rho, delta))
+    if alone < least.epsilon or alone > cap.epsilon:
+        raise EpsilonOutOfBounds(
+            f"rho {query.rho} is worth epsilon {alone} alone (zCDP at delta {delta}); "
+            f"agreement {agreement.id!r} allows from {least.epsilon} to {cap.epsilon} "
+            "per release (disclosure.per_release_minimum and per_release_cap)"
+        )
+    paid = Decimal(0) if before else delta
+    if paid + profile.floor_delta > cap.delta:
+        raise EpsilonOutOfBounds(
+            f"a zCDP release spends delta {paid + profile.floor_delta}; agreement "
+            f"{agreement.id!r} allows at most {cap.delta} (disclosure.per_release_cap)"
+        )
+    coupling = float(composed.report_epsilon) if composed is not None else float(alone)
+    return paid, max(coupling, float(query.epsilon))
+
+
 def _check_bounds(resolved: ResolvedQuery, agreement: Agreement, private: bool) -> Decimal:
     """The query's epsilon and delta within the profile's bounds; the delta of selection."""
     query = resolved.query
@@ -217,8 +312,11 @@ def _check_bounds(resolved: ResolvedQuery, agreement: Agreement, private: bool) 
     return selection_delta
 
 
-def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
-    """Choose mechanisms, scales and the publish threshold for a normalised query."""
+def plan_query(
+    resolved: ResolvedQuery, agreement: Agreement, composed: Composed | None = None
+) -> Plan:
+    """Choose mechanisms, scales and the publish threshold for a normalised query
+    (``composed``: a zCDP table of a report, after the report's earlier tables)."""
     query = resolved.query
     profile = agreement.resolved_disclosure
     dimensions = [ref.column for ref in resolved.group_by]
@@ -251,6 +349,12 @@ def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
         assert resolved.measure_field is not None  # a sum: checked above
         plan.clamp = bounds(resolved.measure_field.spec)
         return plan
+    if private_positions and query.rho is not None:
+        names = ", ".join(dimensions[i] for i in private_positions)
+        raise SchemaError(
+            f"zCDP accounting (rho) needs public values, and those of {names} are not "
+            "(no schema codes, no filter listing them): list them, or ask without rho"
+        )
     if private_positions and query.delta == 0:
         names = ", ".join(dimensions[i] for i in private_positions)
         raise SchemaError(
@@ -258,7 +362,14 @@ def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
             "them), so they must be selected with a small delta: add e.g. "
             f'"delta": {_delta_that_fits(agreement)}'
         )
-    selection_delta = _check_bounds(resolved, agreement, bool(private_positions))
+    if query.rho is not None:
+        conversion, coupling = _check_zcdp(resolved, agreement, composed)
+        selection_delta = Decimal(0)
+    else:
+        if composed is not None:  # pragma: no cover (reports set rho with it)
+            raise ValueError("a composed table needs rho")
+        conversion, coupling = Decimal(0), None
+        selection_delta = _check_bounds(resolved, agreement, bool(private_positions))
     # Spelled out by the canonical form (canonical._groups_per_teacher).
     groups = query.max_groups_per_teacher or 1
     minimum = profile.min_cell_teachers
@@ -277,9 +388,15 @@ def plan_query(resolved: ResolvedQuery, agreement: Agreement) -> Plan:
         students_per_teacher=max(1, -(-profile.min_cell_students // minimum)),
         ladder=ladder,
         summarised=measure.kind == "joint",
+        rho=query.rho,
+        conversion_delta=conversion,
+        coupling_epsilon=coupling,
     )
     try:
-        _choose_noise(plan, resolved, query.epsilon)
+        if query.rho is not None:
+            _choose_gaussian(plan, resolved, query.rho)
+        else:
+            _choose_noise(plan, resolved, query.epsilon)
         plan.threshold = decide.publish_threshold(plan, profile.publish_threshold)
     except noise.CalibrationFailed as error:
         raise EpsilonOutOfBounds(
@@ -365,3 +482,26 @@ def _choose_noise(plan: Plan, resolved: ResolvedQuery, epsilon: Decimal) -> None
     else:  # rate, retention, agreement: a noisy numerator over a noisy count
         plan.numerators = noise.integer_noise(groups, half)
         plan.counts = noise.integer_noise(groups, rest - half)
+
+
+def _choose_gaussian(plan: Plan, resolved: ResolvedQuery, rho: Decimal) -> None:
+    """Split rho over the mechanisms the measure needs (rho adds up) and calibrate each
+    Gaussian for its L2 sensitivity: a teacher in ``g`` cells moves a vector of counts
+    by ``sqrt(g)``, and of sums by ``sqrt(g)`` times the largest value it may add."""
+    measure = resolved.query.measure
+    root = math.sqrt(plan.groups_per_teacher)
+    half = rho / 2
+    if measure.kind in ("count", "distribution", "joint"):
+        plan.counts = noise.gaussian_noise(root, rho, integer=True)
+    elif measure.kind in ("sum", "mean"):
+        assert resolved.measure_field is not None
+        plan.clamp = bounds(resolved.measure_field.spec)
+        if not resolved.linked:
+            plan.sums = noise.gaussian_noise(1.0, rho, integer=False)
+            return
+        unit = max(abs(plan.clamp[0]), abs(plan.clamp[1]))
+        plan.sums = noise.gaussian_noise(root * unit, half, integer=False)
+        plan.counts = noise.gaussian_noise(root, rho - half, integer=True)
+    else:  # rate, retention, agreement
+        plan.numerators = noise.gaussian_noise(root, half, integer=True)
+        plan.counts = noise.gaussian_noise(root, rho - half, integer=True)

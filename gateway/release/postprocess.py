@@ -101,7 +101,7 @@ def statistics(
     floor, counted in delta by decide.floor_tail); otherwise the entry says so.
     """
     assert plan.counts is not None
-    scale = plan.counts.scale
+    variance = plan.counts.variance
     groups: dict[GroupKey, list[GroupKey]] = {}
     for key in measured.keys:
         groups.setdefault(key[:-2], []).append(key)
@@ -122,8 +122,8 @@ def statistics(
         index = {score: i for i, score in enumerate(scores)}
         table = [[derived.Noisy(0.0, 0.0)] * len(scores) for _ in scores]
         for key in keys:
-            table[index[key[-2]]][index[key[-1]]] = derived.Noisy.count(
-                measured.counts[key], scale=scale
+            table[index[key[-2]]][index[key[-1]]] = derived.Noisy(
+                float(measured.counts[key]), variance
             )
         entry["weighted_kappa"] = derived.weighted_kappa(table).to_json()
         entry["exact_agreement"] = derived.exact_agreement(table).to_json()
@@ -136,7 +136,9 @@ def _score_order(value: Any) -> tuple[bool, Any]:
 
 
 def _half_width(
-    noise_: noise.IntegerNoise | noise.FloatNoise | None, terms: int, alpha: float = 0.05
+    noise_: noise.IntegerNoise | noise.FloatNoise | noise.GaussianNoise | None,
+    terms: int,
+    alpha: float = 0.05,
 ) -> float:
     """The (1 - alpha) half-width of a sum of ``terms`` draws of ``noise_`` (0 if none)."""
     return noise_.sum_half_width(terms, alpha) if noise_ is not None else 0.0
@@ -188,7 +190,7 @@ def coarsened_table(
             steps[root.key] = root.step
     shares = _node_shares(coarse, nodes, plan) if kind == "distribution" else {}
     table = cells(nodes, coarse.pattern, plan, kind=kind, coding=coding, shares=shares)
-    additive: noise.IntegerNoise | noise.FloatNoise | None = None
+    additive: noise.IntegerNoise | noise.FloatNoise | noise.GaussianNoise | None = None
     if kind in ("count", "distribution", "joint"):
         additive = plan.counts
     elif kind == "sum":
@@ -228,7 +230,10 @@ def coarsened_table(
 
 
 def _around(
-    cell: Cell, raw: float, additive: noise.IntegerNoise | noise.FloatNoise, terms: int
+    cell: Cell,
+    raw: float,
+    additive: noise.IntegerNoise | noise.FloatNoise | noise.GaussianNoise,
+    terms: int,
 ) -> list[float]:
     """The 95% interval of a sum of ``terms`` draws around the ``raw`` noisy sum, widened
     to hold the cell's (consistent) value, never below 0 where the cell's was not."""

@@ -126,6 +126,10 @@ class Query(BaseModel):
     #: bands, program areas, pooled years, declared groupings) instead of suppressing
     #: them: see release/coarsen.py. Reports ask for it.
     coarsen: bool = False
+    #: Zero-concentrated DP accounting: Gaussian noise costing this rho, converted to
+    #: (epsilon, delta) for the ledger (``epsilon`` must cover the conversion: see
+    #: release/plan.py). Reports set it when it answers better than Laplace noise.
+    rho: Annotated[Decimal, Field(gt=0, le=MAX_EPSILON)] | None = None
 
     @field_validator("epsilon")
     @classmethod
@@ -136,6 +140,11 @@ class Query(BaseModel):
     @classmethod
     def _delta_exact(cls, value: Decimal) -> Decimal:
         return _exact(value, DELTA_PLACES, "delta")
+
+    @field_validator("rho")
+    @classmethod
+    def _rho_exact(cls, value: Decimal | None) -> Decimal | None:
+        return None if value is None else _exact(value, DELTA_PLACES, "rho")
 
     @field_validator("datasets", "group_by", "link_on")
     @classmethod

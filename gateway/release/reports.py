@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -43,10 +44,11 @@ from gateway.agreements.loader import Registry
 from gateway.agreements.models import Agreement, ReportSpec
 from gateway.context import Gateway
 from gateway.errors import GatewayError, NotFound, PolicyViolation, SchemaError
-from gateway.release import budget, derived
+from gateway.release import budget, derived, noise
 from gateway.release.budget import BudgetExhausted
 from gateway.release.engine import request_release
 from gateway.release.model import Preview, Release
+from gateway.release.plan import Composed, conversion_delta, zcdp_charge
 from gateway.release.query import Query, WindowTooShort, parse_query, resolve
 from gateway.release.rows import NotUploaded
 
@@ -107,6 +109,10 @@ class ReportDefinition(BaseModel):
     parameters: dict[str, ReportParameter] = Field(default_factory=dict)
     tables: list[ReportTable] = Field(min_length=1, max_length=8)
     derived: list[DerivedSpec] = Field(default_factory=list, max_length=8)
+    #: How the report's tables are accounted: Laplace noise with epsilons that add up,
+    #: Gaussian noise with rho composed over the report (zCDP), or whichever of the two
+    #: previews the smaller thresholds and intervals (see :func:`zcdp_alternative`).
+    accounting: Literal["auto", "laplace", "zcdp"] = "auto"
 
 
 def definition(spec: ReportSpec) -> ReportDefinition:
@@ -437,6 +443,9 @@ def run_report(
         )
     queries = table_queries(definition_, values, epsilon, shares)
     previews = preview_all(queries)
+    chain = zcdp_alternative(gateway, agreement, definition_, queries, previews, party, actor)
+    if chain is not None:
+        queries, previews = chain.queries, chain.previews
     # A table asked before on the same data comes back stored, at no cost.
     costs = [p for p in previews if p is not None]
     total = sum((Decimal(p.exact["epsilon_cost"]) for p in costs), Decimal(0))
@@ -462,6 +471,7 @@ def run_report(
                 for n, (t, p) in enumerate(zip(definition_.tables, previews, strict=True))
             ],
             "epsilon": float(total),
+            "accounting": _accounting(chain),
             "budget_remaining": remaining,
             "would_fit": would_fit,
         }
@@ -483,7 +493,20 @@ def run_report(
                 query=query,
                 actor=actor,
                 report=definition_.name,
+                composed=chain.composed.get(number) if chain is not None else None,
             )
+            assert isinstance(released, Release)
+            if chain is not None and released.repeated and number in chain.fresh:
+                # Drawn meanwhile by another request: the later tables' charges assumed
+                # its rho in the composition, so they would be too small. Stop here.
+                later = [n for n in chain.fresh if n > number]
+                if later:
+                    raise ReportInterrupted(
+                        f"table {table.title!r} was released meanwhile by another request "
+                        "and came back stored; the report stopped so that its zCDP "
+                        "charges stay exact. Run it again: what was released comes back "
+                        "free"
+                    )
         except GatewayError as error:
             # Another request may have spent the budget between the check and this
             # table: say which table stopped the report and what was released before it.
@@ -503,6 +526,7 @@ def run_report(
         tables.append(entry)
     return {
         **head,
+        "accounting": _accounting(chain),
         "tables": tables,
         "derived": [
             {
@@ -522,6 +546,164 @@ def run_report(
             "budget_remaining"
         ],
     }
+
+
+# --- zCDP accounting ------------------------------------------------------------------
+
+
+class ReportInterrupted(GatewayError):
+    """A zCDP report stopped part-way so that its charges stay exact."""
+
+    code = "report_interrupted"
+    status = 409
+    exit_code = 9
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A report's new tables accounted in zCDP: their queries (rho, and the epsilon each
+    adds to the report's converted cost), where each stands in the composition, and the
+    figures the choice was made on."""
+
+    queries: list[Query]
+    previews: list[Preview | None]
+    composed: dict[int, Composed]
+    fresh: list[int]  # the tables to be drawn, in order (the others come back stored)
+    rho: Decimal
+    delta: Decimal
+    epsilon: Decimal
+    scores: dict[str, float]
+
+
+def _accounting(chain: Chain | None) -> dict[str, Any]:
+    if chain is None:
+        return {"kind": "laplace"}
+    return {
+        "kind": "zcdp",
+        "rho": str(chain.rho),
+        "conversion_delta": str(chain.delta),
+        "epsilon": str(chain.epsilon),
+        "scores": chain.scores,
+    }
+
+
+def _score(previews: Sequence[Preview | None], new: Sequence[int]) -> float:
+    """What the choice of accounting minimises: over the new tables, the publish
+    threshold of a cell (what decides whether it is published) plus the 95% half-width
+    of its count (how far off it is), both in teachers."""
+    total = 0.0
+    for number in new:
+        preview = previews[number]
+        assert preview is not None
+        accuracy = preview.accuracy_95
+        total += float(accuracy.get("publish_threshold") or 0)
+        total += float(accuracy.get("count_half_width") or accuracy.get("sum_half_width") or 0)
+    return total
+
+
+def zcdp_alternative(
+    gateway: Gateway,
+    agreement: Agreement,
+    report: ReportDefinition,
+    queries: Sequence[Query],
+    previews: Sequence[Preview | None],
+    party: str,
+    actor: audit.Actor,
+) -> Chain | None:
+    """The report's new tables accounted in zCDP, when the report asks for it or (by
+    default) when it previews better than Laplace noise at the same cost; else None.
+
+    The Laplace plan's epsilon for the tables that would be drawn (not stored repeats,
+    not exact, not left out) is converted to a rho at the agreement's conversion delta
+    (plan.conversion_delta, OpenDP's conversion), and the rho shared over the tables in
+    proportion to ``sqrt(n g)`` (which minimises the summed variance ``n g / (2 rho)``)
+    or their declared weights. Each table is charged what it adds to the report's
+    converted epsilon (plan.zcdp_charge), so the charges add up to the converted epsilon
+    of the rho measured, at most the Laplace plan's, plus the conversion's delta once.
+    Gaussian noise beats Laplace noise when a report has several tables: its tails
+    are lighter, and rho adds up where epsilon would.
+    """
+    if report.accounting == "laplace":
+        return None
+    new = [
+        n
+        for n, p in enumerate(previews)
+        if p is not None and not p.repeat and not p.accuracy_95.get("exact")
+    ]
+    if not new:
+        return None
+    if any(previews[n].cells is None for n in new):  # type: ignore[union-attr]
+        if report.accounting == "zcdp":
+            raise SchemaError(
+                f"report {report.name!r}: zCDP accounting needs every table's values public"
+            )
+        return None
+    spend = sum((Decimal(previews[n].exact["epsilon_cost"]) for n in new), Decimal(0))  # type: ignore[union-attr]
+    delta = conversion_delta(agreement)
+    total_rho = noise.zcdp_rho(spend, delta)
+    weights = []
+    for n in new:
+        preview = previews[n]
+        assert preview is not None
+        declared = report.tables[n].weight
+        weights.append(
+            float(declared)
+            if declared is not None
+            else math.sqrt(max(preview.cells or 1, 1) * preview.groups_per_teacher)
+        )
+    share = sum(weights)
+    rhos = {
+        n: (total_rho * Decimal(repr(w / share))).quantize(Decimal("1e-18"), rounding=ROUND_FLOOR)
+        for n, w in zip(new, weights, strict=True)
+    }
+    out_queries, out_previews = list(queries), list(previews)
+    composed: dict[int, Composed] = {}
+    stored: set[int] = set()  # asked before in this form: back free, in no composition
+    try:
+        while True:
+            before = Decimal(0)
+            for n in new:
+                if n in stored:
+                    continue  # keeps the query (and place) it was stored under
+                charge = zcdp_charge(rhos[n], before, delta)
+                query = queries[n].model_copy(update={"rho": rhos[n], "epsilon": charge})
+                composed[n] = Composed(rho_before=before, report_epsilon=spend)
+                seen = request_release(
+                    gateway,
+                    agreement_id=agreement.id,
+                    party=party,
+                    query=query,
+                    actor=actor,
+                    dry_run=True,
+                    composed=composed[n],
+                )
+                assert isinstance(seen, Preview)
+                out_queries[n], out_previews[n] = query, seen
+                before += rhos[n]
+            found = {n for n in new if n not in stored and out_previews[n].repeat}  # type: ignore[union-attr]
+            if not found:
+                break
+            stored |= found  # the rest compose without them: charges again
+    except (GatewayError, noise.CalibrationFailed) as error:
+        if report.accounting == "zcdp":
+            raise SchemaError(
+                f"report {report.name!r} cannot be accounted in zCDP at epsilon {spend}: {error}"
+            ) from None
+        return None
+    scores = {"laplace": _score(previews, new), "zcdp": _score(out_previews, new)}
+    if report.accounting == "auto" and scores["zcdp"] >= scores["laplace"]:
+        return None
+    fresh = [n for n in new if n not in stored]
+    return Chain(
+        queries=out_queries,
+        previews=out_previews,
+        composed=composed,
+        fresh=fresh,
+        rho=sum((rhos[n] for n in fresh), Decimal(0)),
+        delta=delta,
+        epsilon=sum((Decimal(out_previews[n].exact["epsilon_cost"]) for n in fresh), Decimal(0)),  # type: ignore[union-attr]
+        scores={name: round(value, 1) for name, value in scores.items()},
+    )
 
 
 def weighted_kappa(release: Mapping[str, Any]) -> list[dict[str, Any]]:
