@@ -21,6 +21,7 @@ from gateway import audit
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.context import Gateway, initialise
+from gateway.ingest import upload_extract
 from gateway.storage import db
 from gateway.storage.tables import AuditEvent
 from tests.conftest import AGREEMENT, DISTRICT, EPP, evaluations_csv, issue_token, make_settings
@@ -144,6 +145,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tokens[("invalid", None)] = "gw_0123456789abcdef_" + "A" * 43
     evaluations, _ = evaluations_csv(tmp / "evaluations.csv")
     files = {"evaluations": evaluations.read_bytes(), "completers": COMPLETERS.encode()}
+    # Releases over evaluations need an accepted upload, whichever case runs first.
+    with Gateway.open(settings, checkpoint=False) as gw:
+        upload_extract(
+            gw,
+            agreement_id=AGREEMENT,
+            party=DISTRICT,
+            dataset="evaluations",
+            path=evaluations,
+            actor=audit.Actor(role="uploader", party=DISTRICT),
+        )
     with TestClient(create_app(settings)) as client:
         yield World(settings, client, tokens, files)
 
