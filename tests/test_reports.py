@@ -24,7 +24,17 @@ from gateway.config import Settings
 from gateway.context import Gateway
 from gateway.errors import NotFound, PolicyViolation, SchemaError
 from gateway.release.budget import BudgetExhausted, budget_report
-from gateway.release.reports import check_reports, list_reports, run_report
+from gateway.release.engine import request_release
+from gateway.release.model import Preview
+from gateway.release.reports import (
+    allocate,
+    check_reports,
+    definition,
+    list_reports,
+    resolve_parameters,
+    run_report,
+    table_queries,
+)
 from tests.conftest import (
     AGREEMENT,
     AGREEMENTS_DIR,
@@ -76,55 +86,77 @@ def test_a_report_runs_each_table_through_the_release_engine(stocked: Gateway) -
     before = spent(stocked, EPP)
     result = run(stocked, "impact", parameters={"years": "2024,2025", "epsilon": "0.4"})
     assert result["parameters"] == {"years": [2024, 2025], "epsilon": "0.4"}
-    (table,) = result["tables"]
-    release = table["release"]
-    assert release["epsilon_spent"] == 0.4 and spent(stocked, EPP) == pytest.approx(before + 0.4)
-    # The minimum cell rule holds: a cell is published with a value or marked suppressed.
-    for cell in release["cells"]:
-        assert (cell["value"] is None) == cell["suppressed"]
-        if cell["suppressed"]:
-            assert cell["reason"] in ("primary", "complementary")
-        else:
-            low, high = cell["ci95"]
-            assert low <= cell["value"] <= high
+    # Two tables (by program, and the trend by school year), one release each; what
+    # they spend together is the report's epsilon at most, and all the ledger moved.
+    assert len(result["tables"]) == 2
+    total = sum(Decimal(str(t["release"]["epsilon_spent"])) for t in result["tables"])
+    assert Decimal("0.399") < total <= Decimal("0.4")
+    assert spent(stocked, EPP) == pytest.approx(before + float(total))
     with stocked.sessions() as session:
         events = [audit.event_view(e) for e in session.scalars(audit.query_events(kind="release"))]
-    (event,) = [e for e in events if e["details"]["release_id"] == release["release_id"]]
-    assert event["details"]["report"] == "impact"
-    assert event["details"]["query"]["filters"][0]["value"] == [2024, 2025]
+    for table in result["tables"]:
+        release = table["release"]
+        # The minimum cell rule holds: a cell is published with a value or marked
+        # suppressed (or rolled up into a coarser one, which is published).
+        for cell in release["cells"]:
+            assert (cell["value"] is None) == cell["suppressed"]
+            if not cell["suppressed"]:
+                low, high = cell["ci95"]
+                assert low <= cell["value"] <= high
+        (event,) = [e for e in events if e["details"]["release_id"] == release["release_id"]]
+        assert event["details"]["report"] == "impact"
+        assert event["details"]["query"]["filters"][0]["value"] == [2024, 2025]
 
 
 def test_epsilon_is_split_over_the_tables_and_previewed_whole(
     gateway: Gateway, tmp_path: Path
 ) -> None:
-    # A table over a dataset nobody uploaded is left out: the report's four need data.
+    # A table over a dataset nobody uploaded is left out: the report's five need data.
     upload_generated(gateway, "diversity-cedar-valley-harmon", tmp_path, seed=3, scale=0.2)
+    agreement = gateway.agreement("diversity-cedar-valley-harmon")
+    (spec,) = [r for r in agreement.reports if r.name == "diversity"]
+    report = definition(spec)
+    values, epsilon = resolve_parameters(agreement, report, {"epsilon": "0.24"})
+    laplace = []
+    for query in table_queries(report, values, epsilon):
+        seen = request_release(
+            gateway,
+            agreement_id=agreement.id,
+            party="harmon-usd",
+            query=query,
+            actor=ANALYST,
+            dry_run=True,
+        )
+        assert isinstance(seen, Preview)
+        laplace.append(seen)
+    shares = allocate(report, laplace, epsilon)
+    # Every share to the unit of the ledger, never more than the whole between them.
+    assert Decimal("0.24") - Decimal("5e-12") <= sum(shares) <= Decimal("0.24")
+    # Each table's share in proportion to (cells x teachers' groups^2)^(1/3): the split
+    # that minimises the report's summed squared error under Laplace noise.
+    weights = [(p.cells or 1) * p.groups_per_teacher**2 for p in laplace]
+    weights = [w ** (1 / 3) for w in weights]
+    for share, weight in zip(shares, weights, strict=True):
+        assert float(share) == pytest.approx(0.24 * weight / sum(weights), abs=1e-11)
+    assert len(set(shares)) > 1  # the tables differ in size: so do their shares
+    # The report's preview: every table, what they would spend together (the Laplace
+    # shares, or their zCDP conversion when that previews better), and it fits.
     preview = run_report(
         gateway,
-        agreement_id="diversity-cedar-valley-harmon",
+        agreement_id=agreement.id,
         party="harmon-usd",
         report="diversity",
         parameters={"epsilon": "0.24"},
         actor=ANALYST,
         dry_run=True,
     )
-    assert preview["preview"] is True and len(preview["tables"]) == 4
-    shares = [Decimal(t["preview"]["exact"]["epsilon_cost"]) for t in preview["tables"]]
-    # Every share to the unit of the ledger, never more than the whole between them.
-    assert Decimal("0.24") - Decimal("4e-12") <= sum(shares) <= Decimal("0.24")
-    # Each table's share in proportion to (cells x teachers' groups^2)^(1/3): the split
-    # that minimises the report's summed squared error (reports.allocate).
-    weights = [
-        (t["preview"]["cells"] * t["preview"]["groups_per_teacher"] ** 2) ** (1 / 3)
-        for t in preview["tables"]
-    ]
-    for share, weight in zip(shares, weights, strict=True):
-        assert float(share) == pytest.approx(0.24 * weight / sum(weights), abs=1e-11)
-    assert len(set(shares)) > 1  # the tables differ in size: so do their shares
-    assert preview["epsilon"] == pytest.approx(0.24) and preview["would_fit"] is True
+    assert preview["preview"] is True and len(preview["tables"]) == 5
+    costs = [Decimal(t["preview"]["exact"]["epsilon_cost"]) for t in preview["tables"]]
+    assert preview["epsilon"] == pytest.approx(float(sum(costs)))
+    assert 0.2399 < preview["epsilon"] <= 0.24 and preview["would_fit"] is True
     with gateway.sessions() as session:
-        report = budget_report(session, gateway.agreement("diversity-cedar-valley-harmon"))
-    assert report["spent"] == 0  # a preview spends nothing
+        spent_now = budget_report(session, agreement)["spent"]
+    assert spent_now == 0  # a preview spends nothing
 
 
 def test_a_report_that_does_not_fit_is_refused_whole(stocked: Gateway) -> None:
@@ -238,8 +270,9 @@ def test_api_runs_a_report_for_the_tokens_party(stocked: Gateway, settings: Sett
         unknown_key = client.post(url, json={"report": "impact", "colour": "red"})
     assert preview.status_code == 200 and preview.json()["would_fit"] is True
     assert done.status_code == 200, done.text
-    assert done.json()["tables"][0]["release"]["epsilon_spent"] == 0.3
-    assert spent(stocked, DISTRICT) == pytest.approx(0.3)
+    total = sum(t["release"]["epsilon_spent"] for t in done.json()["tables"])
+    assert 0.2999 < total <= 0.3
+    assert spent(stocked, DISTRICT) == pytest.approx(total)
     assert not_theirs.status_code == 403
     assert unknown_key.status_code == 422
 
