@@ -12,6 +12,7 @@ command loads the database, Arrow, pandas or OpenDP only if it needs them
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -57,6 +58,19 @@ def json_option(function: F) -> F:
 
 class GatewayGroup(click.Group):
     """Maps :class:`GatewayError` to a one-line reason and its exit code."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The process's entry point (the ``gateway`` script; tests call ``main`` instead).
+
+        When the command is done the process ends, and the interpreter's shutdown would
+        run full garbage collections over every object the libraries made at import: a
+        fifth of a release's CPU (issue 14). Freezing them skips those collections; every
+        file and connection a command opened is closed by then.
+        """
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            gc.freeze()
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

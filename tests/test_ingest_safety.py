@@ -17,11 +17,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import inspect, select, text
 
-from gateway import audit
+from gateway import audit, keys
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.context import Gateway, initialise
 from gateway.ingest import UploadRefused, upload_extract
+from gateway.storage import batches
 from gateway.storage.datasets import RowBatch, Upload
 from tests.conftest import uploader
 
@@ -195,11 +196,19 @@ def _big_csv(path: Path, rows: int) -> Path:
 
 
 @pytest.mark.parametrize("delay", [0.2, 0.6, 1.2])
-def test_a_killed_upload_leaves_no_rows_and_a_valid_chain(
+def test_a_killed_upload_leaves_nothing_visible_and_is_cleaned_up(
     settings: Settings, tmp_path: Path, delay: float
 ) -> None:
+    """An upload is stored in steps but switched on in one: killed part-way, it left
+    no accepted upload, no event and the same data version; the next upload of the
+    agreement deletes whatever its steps had stored."""
     local = settings.model_copy(update={"upload_chunk_rows": 5_000})
     initialise(local)
+    with Gateway.open(local) as gw:
+        upload_extract(gw, agreement_id=AGREEMENT, party="eastport-ps", dataset="evaluations",
+                       path=_evaluations_csv(tmp_path / "first.csv"),
+                       actor=audit.Actor(role="operator"))  # fmt: skip
+        before = _visible(gw)
     config = tmp_path / "settings.json"
     config.write_text(local.model_dump_json())
     extract = _big_csv(tmp_path / "big.csv", 600_000)
@@ -217,9 +226,41 @@ def test_a_killed_upload_leaves_no_rows_and_a_valid_chain(
         process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, "the upload finished before it was killed"
 
-    with Gateway.open(local) as gw, gw.sessions() as session:
-        assert session.execute(select(RowBatch.id).limit(1)).first() is None
-        assert session.scalars(select(Upload)).all() == []
-        verification = audit.verify_chain(session)
-        assert verification.ok, verification.problems
-        assert [e.kind for e in session.scalars(audit.query_events(kind="upload-accepted"))] == []
+    with Gateway.open(local) as gw:
+        assert _visible(gw) == before
+        with gw.sessions() as session:
+            verification = audit.verify_chain(session)
+            assert verification.ok, verification.problems
+        # The next upload of the agreement finds the pending one abandoned (its lock is
+        # free) and deletes it with every batch it stored.
+        upload_extract(gw, agreement_id=AGREEMENT, party="eastport-ps", dataset="evaluations",
+                       path=_evaluations_csv(tmp_path / "again.csv"),
+                       actor=audit.Actor(role="operator"))  # fmt: skip
+        with gw.sessions() as session:
+            statuses = session.scalars(select(Upload.status)).all()
+            assert sorted(statuses) == ["accepted", "accepted"]
+            orphaned = session.execute(
+                select(RowBatch.id)
+                .join(Upload, Upload.seq == RowBatch.upload_seq)
+                .where(Upload.status != "accepted")
+            ).first()
+            assert orphaned is None
+
+
+def _visible(gw: Gateway) -> tuple[object, ...]:
+    """What releases can see of the agreement's evaluations: accepted uploads, the data
+    version, and the accepted-upload events."""
+    with gw.sessions() as session:
+        key = keys.current_key_version(session, AGREEMENT)
+        version = batches.data_version(
+            session.connection(), agreement_id=AGREEMENT, dataset="evaluations",
+            key_version=key.version if key else None,
+        )  # fmt: skip
+        accepted = session.scalars(
+            select(Upload.upload_id).where(Upload.status == "accepted").order_by(Upload.seq)
+        ).all()
+        events = [
+            audit.event_view(e)["details"]["upload_id"]
+            for e in session.scalars(audit.query_events(kind="upload-accepted"))
+        ]
+    return version, tuple(accepted), tuple(events)

@@ -3,8 +3,9 @@
 A million-row file has a million keys; holding them as Python tuples costs
 hundreds of megabytes. Instead each key column is turned into small integer
 codes (the educator's number in this upload, or a per-column dictionary code)
-and the codes are packed into one 64-bit integer per row. Seen keys live in a
-sorted NumPy array, about 16 bytes a row. Keys too wide to pack (more than 62
+and the codes are packed into one 64-bit integer per row. Seen keys live in sorted
+NumPy runs (:mod:`gateway.ingest.runs`), 12 bytes a key, so each chunk costs
+what its own keys cost, however many were seen before. Keys too wide to pack (more than 62
 bits of codes) fall back to a dictionary of code tuples.
 """
 
@@ -19,6 +20,7 @@ import pyarrow.compute as pc
 
 from gateway.agreements.models import ColumnSpec
 from gateway.errors import SchemaError
+from gateway.ingest.runs import SortedRuns
 
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
 BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
@@ -55,8 +57,7 @@ class DuplicateKeys:
         self._codes: dict[str, dict[Any, int]] = {c: {} for c in columns if c != id_column}
         self._bits = [_EDUCATOR_BITS if c == id_column else _bits_for(specs[c]) for c in columns]
         self._packed = sum(self._bits) <= _PACKABLE_BITS
-        self._seen_keys: IntArray = np.empty(0, dtype=np.int64)
-        self._seen_rows: IntArray = np.empty(0, dtype=np.int64)
+        self._seen = SortedRuns()  # packed key -> the row that first had it
         self._seen_tuples: dict[tuple[int, ...], int] = {}
 
     def _column_codes(self, column: str, values: pa.Array | IntArray, bits: int) -> IntArray:
@@ -95,21 +96,13 @@ class DuplicateKeys:
             keys = (keys << bits) | column_codes
         unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         first_row_of_key = rows[first]
-        # Keys already seen in earlier chunks.
-        where = np.searchsorted(self._seen_keys, unique)
-        clipped = np.minimum(where, max(len(self._seen_keys) - 1, 0))
-        known = (where < len(self._seen_keys)) & (
-            self._seen_keys[clipped] == unique if len(self._seen_keys) else False
-        )
-        earlier = np.where(known, self._seen_rows[clipped] if len(self._seen_rows) else 0, -1)
+        # Keys already seen in earlier chunks, and the row that first had each.
+        known, earlier = self._seen.lookup(unique)
+        earlier = np.where(known, earlier, -1)
         repeat_of = np.where(earlier[inverse] >= 0, earlier[inverse], first_row_of_key[inverse])
         is_repeat = (earlier[inverse] >= 0) | (repeat_of != rows)
-        # Remember the new keys, keeping the arrays sorted.
         fresh = ~known
-        merged_keys = np.concatenate([self._seen_keys, unique[fresh]])
-        merged_rows = np.concatenate([self._seen_rows, first_row_of_key[fresh]])
-        order = np.argsort(merged_keys, kind="stable")
-        self._seen_keys, self._seen_rows = merged_keys[order], merged_rows[order]
+        self._seen.add(unique[fresh], first_row_of_key[fresh])
         return [
             (int(p), int(r))
             for p, r in zip(positions[is_repeat], repeat_of[is_repeat], strict=True)

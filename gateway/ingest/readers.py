@@ -14,7 +14,6 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
-import mmap
 import re
 import zipfile
 from collections.abc import Iterator
@@ -40,14 +39,18 @@ _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _READ_BLOCK = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass
 class FileFacts:
-    """What the gateway learns about an uploaded file before reading rows."""
+    """What the gateway learns about an uploaded file.
+
+    A CSV is hashed as its rows are read (:class:`ReadThrough`): its ``sha256`` is
+    known once the file has been read to its end (:meth:`ReadThrough.finish`).
+    """
 
     name: str
     format: FileFormat
     size: int
-    sha256: str
+    sha256: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +75,11 @@ class Chunk:
 
 
 def inspect_file(path: Path, *, display_name: str, max_bytes: int) -> FileFacts:
-    """Size, SHA-256 and format of ``path``; refuse empty, oversized or unreadable files.
+    """Size and format of ``path``; refuse empty, oversized or unrecognised files.
 
-    CSV files are checked to be UTF-8 (a BOM is allowed) in the same pass, so
-    an encoding problem is reported with its line before any row is read.
+    Excel and Parquet files are read at random places by their libraries, so they are
+    hashed here, whole; a CSV is hashed, checked to be UTF-8 and searched for blank
+    lines in the one pass that parses it (:class:`ReadThrough`).
     """
     size = path.stat().st_size
     if size == 0:
@@ -85,26 +89,17 @@ def inspect_file(path: Path, *, display_name: str, max_bytes: int) -> FileFacts:
             f"{display_name}: the file is {size:,} bytes, more than the {max_bytes:,} "
             "allowed (GATEWAY_MAX_UPLOAD_BYTES); split it by school year"
         )
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
         head = handle.read(8)
-        handle.seek(0)
-        file_format = _detect_format(path, head, display_name)
-        decoder = codecs.getincrementaldecoder("utf-8")() if file_format == "csv" else None
-        line = 1
-        while block := handle.read(_READ_BLOCK):
-            digest.update(block)
-            if decoder is not None:
-                line = _check_utf8(decoder, block, line, display_name)
-        if decoder is not None:
-            try:
-                decoder.decode(b"", final=True)
-            except UnicodeDecodeError:
-                raise SchemaError(
-                    f"{display_name}: line {line}: the file ends in the middle of a UTF-8 "
-                    "character; save it as CSV UTF-8"
-                ) from None
-    return FileFacts(name=display_name, format=file_format, size=size, sha256=digest.hexdigest())
+    file_format = _detect_format(path, head, display_name)
+    sha256: str | None = None
+    if file_format != "csv":
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while block := handle.read(_READ_BLOCK):
+                digest.update(block)
+        sha256 = digest.hexdigest()
+    return FileFacts(name=display_name, format=file_format, size=size, sha256=sha256)
 
 
 def _detect_format(path: Path, head: bytes, display_name: str) -> FileFormat:
@@ -133,34 +128,161 @@ def _detect_format(path: Path, head: bytes, display_name: str) -> FileFormat:
     return "csv"
 
 
-def _check_utf8(decoder: codecs.IncrementalDecoder, block: bytes, line: int, name: str) -> int:
-    try:
-        decoder.decode(block)
-    except UnicodeDecodeError as error:
-        bad_line = line + block.count(b"\n", 0, error.start)
-        raise SchemaError(
-            f"{name}: line {bad_line}: the file is not UTF-8 text (byte {error.start + 1} of "
-            "that block cannot be decoded); save it as CSV UTF-8"
-        ) from None
-    return line + block.count(b"\n")
+class ReadThrough:
+    """A CSV file read once, front to back: hashed, checked to be UTF-8 and searched for
+    blank lines as the parser reads it.
+
+    pyarrow's CSV reader pulls blocks through :meth:`read`; by the time it yields a
+    batch, every byte of that batch has passed through here, so the blank lines before
+    it are known (:meth:`blank_lines`). A byte that is not UTF-8 stops the read with the
+    line it is on. :meth:`finish` reads whatever the parser left (a refused file is
+    still hashed whole) and returns the file's SHA-256.
+    """
+
+    def __init__(self, path: Path, *, display_name: str) -> None:
+        self._handle = path.open("rb")
+        self._name = display_name
+        self._digest = hashlib.sha256()
+        self._decoder: codecs.IncrementalDecoder | None = codecs.getincrementaldecoder("utf-8")()
+        self.bytes_read = 0
+        self._line = 1  # the line the next byte is on (\r\n, \n and \r end a line)
+        self._newlines = 0  # \n seen, for naming the line of an encoding error
+        self._at_line_start = True
+        self._after_cr = False  # the last byte was \r: a \n next completes \r\n
+        self._blanks: list[int] = []
+        self._blank_array: IntArray | None = np.empty(0, dtype=np.int64)
+        self._sha256: str | None = None
+
+    # The file-object protocol pyarrow reads through.
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def read(self, size: int = -1) -> bytes:
+        whole = size is None or size < 0
+        block = self._handle.read(-1 if whole else size)
+        self._take(block)
+        if whole or len(block) < size:  # the end of a regular file: no character may be cut
+            self._end_of_text()
+        return block
+
+    def _end_of_text(self) -> None:
+        if self._decoder is None:
+            return
+        try:
+            self._decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            self._decoder = None
+            raise SchemaError(
+                f"{self._name}: line {1 + self._newlines}: the file ends in the middle "
+                "of a UTF-8 character; save it as CSV UTF-8"
+            ) from None
+
+    def _take(self, block: bytes) -> None:
+        if not block:
+            return
+        self._digest.update(block)
+        try:
+            if self._decoder is not None:
+                self._decoder.decode(block)
+        except UnicodeDecodeError as error:
+            self._decoder = None  # reported once; the rest is still hashed
+            bad_line = 1 + self._newlines + block.count(b"\n", 0, max(error.start, 0))
+            raise SchemaError(
+                f"{self._name}: line {bad_line}: the file is not UTF-8 text (byte "
+                f"{self.bytes_read + error.start + 1:,} of the file cannot be decoded); "
+                "save it as CSV UTF-8"
+            ) from None
+        self._count_lines(block)
+        self._newlines += block.count(b"\n")
+        self.bytes_read += len(block)
+
+    def _count_lines(self, block: bytes) -> None:
+        skip = 1 if self._after_cr and block[:1] == b"\n" else 0  # the \n of a split \r\n
+        has_cr = block.find(b"\r") >= 0
+        blank_possible = (
+            (self._at_line_start and block[skip : skip + 1] in (b"\n", b"\r"))
+            or block.find(b"\n\n") >= 0
+            or (has_cr and (block.find(b"\r\r") >= 0 or block.find(b"\n\r") >= 0))
+        )
+        if not blank_possible:  # most blocks: count line ends, in C
+            ends = block.count(b"\n") - skip
+            if has_cr:
+                ends += block.count(b"\r") - block.count(b"\r\n")
+        else:
+            ends = 0
+            start = skip
+            at_start = self._at_line_start
+            for end in _TERMINATOR.finditer(block, skip):
+                if end.start() == start and at_start and self._line + ends > 1:
+                    self._blanks.append(self._line + ends)
+                    self._blank_array = None
+                ends += 1
+                start, at_start = end.end(), True
+        self._line += ends
+        last = block[-1:]
+        self._after_cr = last == b"\r"
+        self._at_line_start = last in (b"\n", b"\r") or (self._at_line_start and skip == len(block))
+
+    def blank_lines(self) -> IntArray:
+        """The line numbers of the blank lines read so far, sorted."""
+        if self._blank_array is None:
+            self._blank_array = np.array(self._blanks, dtype=np.int64)
+        return self._blank_array
+
+    def finish(self) -> str:
+        """Read the rest of the file and return its SHA-256; raise the first encoding
+        problem of the rest, if any, once the whole file is hashed."""
+        if self._sha256 is None:
+            problem: SchemaError | None = None
+            while block := self._handle.read(_READ_BLOCK):
+                try:
+                    self._take(block)
+                except SchemaError as error:
+                    problem = problem or error
+            try:
+                self._end_of_text()
+            except SchemaError as error:
+                problem = problem or error
+            self._sha256 = self._digest.hexdigest()
+            self._handle.close()
+            if problem is not None:
+                raise problem
+        return self._sha256
 
 
 # --- CSV --------------------------------------------------------------------------------
 
 
 def read_csv_header(path: Path, display_name: str) -> list[str]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
+    # Undecodable bytes are kept as surrogates here: the header names them as line 1
+    # only if they are on it; lines after it are checked as they are parsed.
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
         try:
             header = next(csv.reader(handle))
         except StopIteration:
             raise SchemaError(f"{display_name}: the file has no header row") from None
         except csv.Error:
             raise SchemaError(f"{display_name}: row 1: the header row is not valid CSV") from None
+    if any(_SURROGATE.search(cell) for cell in header):
+        raise SchemaError(
+            f"{display_name}: line 1: the file is not UTF-8 text; save it as CSV UTF-8"
+        )
     if not any(cell.strip() for cell in header):
         raise SchemaError(f"{display_name}: row 1: the header row is blank")
     return header
 
 
+_SURROGATE = re.compile("[\udc80-\udcff]")
 _CSV_BLOCK_BYTES = 2 << 20
 
 
@@ -180,29 +302,6 @@ def _joined(chunks: list[Chunk]) -> Chunk:
 
 _TERMINATOR = re.compile(rb"\r\n|\n|\r")
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
-
-
-def _blank_lines(path: Path) -> IntArray:
-    """The line numbers of a CSV's blank lines, sorted.
-
-    pyarrow skips blank lines and numbers rows without them; problems must name the
-    line a person sees in the file, so rows are renumbered past these. Most files have
-    none, which a search or two of the mapped file shows without reading it line by line.
-    """
-    if path.stat().st_size == 0:
-        return np.empty(0, dtype=np.int64)
-    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        # Without any \r (most files; one fast search says so) only \n\n can be blank.
-        pairs = (b"\n\n",) if data.find(b"\r") < 0 else (b"\n\n", b"\r\r", b"\n\r")
-        if all(data.find(pair) < 0 for pair in pairs):
-            return np.empty(0, dtype=np.int64)
-        blanks: list[int] = []
-        line, start = 1, 0
-        for end in _TERMINATOR.finditer(data):  # \r\n, \n and \r end a line, as for pyarrow
-            if end.start() == start and line > 1:
-                blanks.append(line)
-            line, start = line + 1, end.end()
-    return np.array(blanks, dtype=np.int64)
 
 
 def _seen_as(numbers: IntArray, blanks: IntArray) -> IntArray:
@@ -228,6 +327,7 @@ def csv_chunks(
     chunk_rows: int,
     display_name: str = "the file",
     max_rows: int | None = None,
+    source: ReadThrough | None = None,
 ) -> Iterator[Chunk]:
     """Rows of a UTF-8 CSV (BOM allowed) after its header, as text, in chunks.
 
@@ -236,13 +336,30 @@ def csv_chunks(
     reported by its number. More than ``max_rows`` ragged rows stop the read (pyarrow
     reports them all before it yields a batch, so only this bounds their memory). A
     line pyarrow cannot parse is refused by its position, never by its text.
+
+    The file is read once, through ``source`` (a :class:`ReadThrough` of ``path``, made
+    here if not given), which hashes it and checks its encoding on the way.
     """
+    if source is None:
+        own = ReadThrough(path, display_name=display_name)
+        try:
+            yield from csv_chunks(
+                path,
+                header=header,
+                chunk_rows=chunk_rows,
+                display_name=display_name,
+                max_rows=max_rows,
+                source=own,
+            )
+        finally:
+            own.close()
+        return
     names = [f"c{i}" for i in range(len(header))]
     ragged: list[Ragged] = []
     too_many = False
-    blanks = _blank_lines(path)
 
     def as_seen(rows: list[Ragged]) -> list[Ragged]:
+        blanks = source.blank_lines()
         if not blanks.size:
             return rows
         lines = _seen_as(np.array([r.row for r in rows], dtype=np.int64), blanks)
@@ -271,7 +388,7 @@ def csv_chunks(
     held_rows = 0
     try:
         reader = pa_csv.open_csv(
-            path,
+            source,
             read_options=pa_csv.ReadOptions(
                 column_names=names, skip_rows=1, block_size=block_size, use_threads=False
             ),
@@ -296,7 +413,7 @@ def csv_chunks(
             held.append(
                 Chunk(
                     columns=list(batch.columns),
-                    row_numbers=_seen_as(numbers, blanks),
+                    row_numbers=_seen_as(numbers, source.blank_lines()),
                     ragged=as_seen(new_ragged),
                 )
             )
@@ -307,6 +424,8 @@ def csv_chunks(
                 yield joined
                 del joined
     except pa.ArrowException:
+        # pyarrow refuses text that is not UTF-8 too: say which line, as the read-through does.
+        source.finish()
         if next_row == 2 and not too_many and not _has_data_lines(path):
             return  # a header and nothing else: the upload says so
         if too_many:
@@ -314,6 +433,7 @@ def csv_chunks(
                 f"{display_name}: more than {max_rows:,} data rows "
                 "(GATEWAY_MAX_UPLOAD_ROWS); split the file by school year"
             ) from None
+        blanks = source.blank_lines()
         after = int(_seen_as(np.array([next_row - 1], dtype=np.int64), blanks)[0])
         raise SchemaError(
             f"{display_name}: a line after row {after} could not be read as CSV; expected "
@@ -461,6 +581,31 @@ def _as_text(column: pa.Array) -> pa.Array:
     return pc.fill_null(column, "")
 
 
+@dataclass
+class OpenedFile:
+    """An extract opened for reading: its header and its chunks of rows."""
+
+    facts: FileFacts
+    header: list[str]
+    chunks: Iterator[Chunk]
+    source: ReadThrough | None = None  # a CSV's one pass
+
+    @property
+    def bytes_read(self) -> int:
+        return self.source.bytes_read if self.source is not None else 0
+
+    def sha256(self) -> str:
+        """The file's SHA-256 (a CSV is read to its end first, if it is not yet)."""
+        if self.facts.sha256 is None and self.source is not None:
+            self.facts.sha256 = self.source.finish()
+        assert self.facts.sha256 is not None
+        return self.facts.sha256
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+
+
 def open_chunks(
     path: Path,
     facts: FileFacts,
@@ -468,19 +613,38 @@ def open_chunks(
     sheet: str | None,
     chunk_rows: int,
     max_rows: int | None = None,
-) -> tuple[list[str], Iterator[Chunk]]:
+) -> OpenedFile:
     """The header and the row chunks of a file whose format is already known."""
     if facts.format == "csv":
         header = read_csv_header(path, facts.name)
+        source = ReadThrough(path, display_name=facts.name)
         chunks = csv_chunks(
-            path, header=header, chunk_rows=chunk_rows, display_name=facts.name, max_rows=max_rows
+            path,
+            header=header,
+            chunk_rows=chunk_rows,
+            display_name=facts.name,
+            max_rows=max_rows,
+            source=source,
         )
-        return header, chunks
+        return OpenedFile(facts, header, chunks, source)
     if facts.format == "xlsx":
         header, rows = xlsx_rows(path, display_name=facts.name, sheet=sheet)
-        return header, xlsx_chunks(rows, width=len(header), chunk_rows=chunk_rows)
+        return OpenedFile(
+            facts, header, xlsx_chunks(rows, width=len(header), chunk_rows=chunk_rows)
+        )
     header = parquet_header(path, facts.name)
-    return header, parquet_chunks(path, display_name=facts.name, chunk_rows=chunk_rows)
+    return OpenedFile(
+        facts, header, parquet_chunks(path, display_name=facts.name, chunk_rows=chunk_rows)
+    )
 
 
-__all__ = ["Chunk", "FileFacts", "FileFormat", "Ragged", "inspect_file", "open_chunks"]
+__all__ = [
+    "Chunk",
+    "FileFacts",
+    "FileFormat",
+    "OpenedFile",
+    "Ragged",
+    "ReadThrough",
+    "inspect_file",
+    "open_chunks",
+]

@@ -8,25 +8,29 @@ The path of an upload, in order:
    then the schema's names; case and surrounding spaces ignored); direct
    identifiers, columns not on the allowlist and unknown columns are dropped
    here, and their values are never read;
-4. rows are read in chunks; each kept column is validated and typed; educator
-   IDs are normalised and replaced by the agreement's keyed pseudonym; duplicate
-   keys are found;
-5. good rows are written inside one transaction with the receipt and the audit
-   event, so a failure part-way, a killed process included, leaves nothing.
-   Rows of the same dataset and school (or cohort) year from an earlier upload
-   are replaced: deleted in the same transaction, and the receipt says so.
+4. the file is read once, in chunks: hashed, checked to be UTF-8 and parsed in the
+   same pass; each kept column is validated and typed; educator IDs are normalised
+   and replaced by the agreement's keyed pseudonym; duplicate keys are found;
+5. each chunk's good rows are stored in a transaction of their own, under an upload
+   still ``pending``, which no release reads; one last transaction writes the
+   receipt and the audit event and switches the upload on (status ``accepted``), so
+   its rows appear all at once. A failure part-way deletes what was stored, and a
+   killed process's pending upload is deleted by the next upload of the agreement
+   (:mod:`gateway.storage.staging`). Rows of the same dataset and school (or
+   cohort) year from an earlier upload are replaced: deleted in that last
+   transaction, and the receipt says so.
 
-A refused upload writes no rows, only its receipt and its audit event. No raw
+A refused upload leaves no rows, only its receipt and its audit event. No raw
 ID, name or cell value reaches the database, a receipt, a log or an error:
 problems are described by row, column and what was expected.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,19 +38,19 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
-from gateway import audit, keys
+from gateway import audit, keys, termination
 from gateway.agreements.models import Agreement, AgreementDataset, ColumnSpec, DatasetSchema
 from gateway.context import Gateway
 from gateway.errors import GatewayError, PolicyViolation, SchemaError
 from gateway.ingest.duplicates import DuplicateKeys
-from gateway.ingest.readers import Chunk, FileFacts, inspect_file, open_chunks
+from gateway.ingest.educators import EducatorIndex
+from gateway.ingest.readers import Chunk, FileFacts, OpenedFile, inspect_file, open_chunks
 from gateway.ingest.validate import ProblemGroup, first_problems, validate_column
-from gateway.pseudonym import Normalisation, Pseudonymizer
-from gateway.storage import batches
+from gateway.pseudonym import Normalisation
+from gateway.storage import batches, staging
 from gateway.storage.datasets import Upload, UploadPeriod
 
 BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
@@ -212,12 +216,14 @@ def upload_extract(
     actor: audit.Actor,
     display_name: str | None = None,
     sheet: str | None = None,
+    progress: Callable[[UploadProgress], None] | None = None,
 ) -> dict[str, Any]:
     """Validate, pseudonymise and store one extract; return its receipt.
 
     Raises :class:`UploadRefused` (with the receipt) when the file is refused,
     and :class:`PolicyViolation` or ``NotFound`` when the agreement does not
     let this party upload this dataset. Every outcome is in the audit log.
+    ``progress``, if given, is called after each chunk and at each stage.
     """
     name = display_name or path.name
     upload_id = str(uuid.uuid4())
@@ -234,16 +240,17 @@ def upload_extract(
         )
         raise
     facts: FileFacts | None = None
+    opened: OpenedFile | None = None
     try:
         facts = inspect_file(path, display_name=name, max_bytes=gateway.settings.max_upload_bytes)
-        header, chunks = open_chunks(
+        opened = open_chunks(
             path,
             facts,
             sheet=sheet,
             chunk_rows=gateway.settings.upload_chunk_rows,
             max_rows=gateway.settings.max_upload_rows,
         )
-        plan = plan_columns(header, dataset=agreement_dataset, schema=schema, file_name=name)
+        plan = plan_columns(opened.header, dataset=agreement_dataset, schema=schema, file_name=name)
         return _store(
             gateway,
             agreement=agreement,
@@ -252,23 +259,37 @@ def upload_extract(
             party=party,
             actor=actor,
             upload_id=upload_id,
-            facts=facts,
+            opened=opened,
             plan=plan,
-            chunks=chunks,
+            progress=progress,
         )
     except UploadRefused:
         raise
     except SchemaError as error:
+        _hash_rest(opened)
         reason = error.message.replace(name, "the uploaded file")
         receipt = _record_refusal(
             gateway, agreement, upload_id, dataset, party, actor, reason, facts, None
         )
         raise UploadRefused(error.message, receipt=receipt) from None
     except GatewayError as error:  # no usable key, say: refused, and in the log too
+        _hash_rest(opened)
         _record_refusal(
             gateway, agreement, upload_id, dataset, party, actor, error.message, facts, None
         )
         raise
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def _hash_rest(opened: OpenedFile | None) -> None:
+    """Finish hashing a file whose reading stopped early, so its receipt names it."""
+    if opened is None:
+        return
+    # An encoding problem found on the way is the refusal's reason already.
+    with contextlib.suppress(SchemaError):
+        opened.sha256()
 
 
 def _authorise(
@@ -295,11 +316,12 @@ def _store(
     party: str,
     actor: audit.Actor,
     upload_id: str,
-    facts: FileFacts,
+    opened: OpenedFile,
     plan: ColumnPlan,
-    chunks: Iterable[Chunk],
+    progress: Callable[[UploadProgress], None] | None,
 ) -> dict[str, Any]:
     tally = _Tally()
+    facts = opened.facts
     try:
         return _write(
             gateway,
@@ -309,13 +331,13 @@ def _store(
             party=party,
             actor=actor,
             upload_id=upload_id,
-            facts=facts,
+            opened=opened,
             plan=plan,
-            chunks=chunks,
             tally=tally,
+            progress=progress,
         )
     except _Refused:
-        pass
+        _hash_rest(opened)
     reason = (
         f"{tally.problem_count} problem(s) found; the agreement's profile refuses files "
         "with bad rows"
@@ -343,7 +365,17 @@ def _store(
 
 
 class _Refused(Exception):
-    """Raised inside the upload transaction to roll it back and refuse the file."""
+    """Raised when the file is refused after reading it: its pending rows are deleted."""
+
+
+@dataclass(frozen=True)
+class UploadProgress:
+    """Where a running upload is: its stage, the rows and bytes read so far."""
+
+    stage: str  # "reading" | "switching on" | "done"
+    rows_read: int
+    bytes_read: int
+    bytes_total: int
 
 
 def _write(
@@ -355,135 +387,264 @@ def _write(
     party: str,
     actor: audit.Actor,
     upload_id: str,
-    facts: FileFacts,
+    opened: OpenedFile,
     plan: ColumnPlan,
-    chunks: Iterable[Chunk],
     tally: _Tally,
+    progress: Callable[[UploadProgress], None] | None,
 ) -> dict[str, Any]:
+    """Store the upload in bounded steps, then switch it on in one transaction
+    (:mod:`gateway.storage.staging`); a failure at any point deletes what it stored."""
+    with staging.upload_lock(gateway.engine, agreement.id, lock_dir=_lock_dir(gateway)):
+        with gateway.sessions() as session, session.begin():
+            staging.discard_abandoned(session.connection(), agreement.id)
+            upload, educators = _begin(
+                session,
+                gateway,
+                agreement=agreement,
+                dataset=dataset,
+                schema=schema,
+                party=party,
+                upload_id=upload_id,
+                opened=opened,
+                tally=tally,
+            )
+        try:
+            _read_and_stage(
+                gateway,
+                upload=upload,
+                agreement=agreement,
+                schema=schema,
+                opened=opened,
+                plan=plan,
+                tally=tally,
+                educators=educators,
+                progress=progress,
+            )
+            if progress is not None:
+                progress(_progress("switching on", tally, opened))
+            with gateway.sessions() as session, session.begin():
+                receipt = _switch_on(
+                    session,
+                    upload=upload,
+                    agreement=agreement,
+                    dataset=dataset,
+                    schema=schema,
+                    party=party,
+                    actor=actor,
+                    opened=opened,
+                    plan=plan,
+                    tally=tally,
+                )
+        except BaseException:
+            with gateway.sessions() as session, session.begin():
+                staging.discard(session.connection(), upload.seq)
+            raise
+    if progress is not None:
+        progress(_progress("done", tally, opened))
+    return receipt
+
+
+def _lock_dir(gateway: Gateway) -> Path:
+    """Where SQLite's upload locks live: beside the database file (else the data folder)."""
+    database = gateway.engine.url.database
+    if gateway.engine.dialect.name == "sqlite" and database and database != ":memory:":
+        return Path(database).parent
+    return gateway.settings.data_dir
+
+
+def _progress(stage: str, tally: _Tally, opened: OpenedFile) -> UploadProgress:
+    return UploadProgress(
+        stage=stage,
+        rows_read=tally.rows_read,
+        bytes_read=opened.bytes_read,
+        bytes_total=opened.facts.size,
+    )
+
+
+def _begin(
+    session: Session,
+    gateway: Gateway,
+    *,
+    agreement: Agreement,
+    dataset: AgreementDataset,
+    schema: DatasetSchema,
+    party: str,
+    upload_id: str,
+    opened: OpenedFile,
+    tally: _Tally,
+) -> tuple[Upload, EducatorIndex | None]:
+    """The pending upload row, and the educator index under the current key version."""
+    termination.require_active(session, agreement, refused="uploads")
+    normalisation = _normalisation(schema)
+    educators: EducatorIndex | None = None
+    if normalisation is not None:
+        pseudonymizer = keys.pseudonymizer_for(
+            session, gateway.master_key, agreement_id=agreement.id, normalisation=normalisation
+        )
+        tally.key_version = pseudonymizer.key_version
+        educators = EducatorIndex(pseudonymizer, agreement_id=agreement.id)
+    upload = Upload(
+        upload_id=upload_id,
+        agreement_id=agreement.id,
+        dataset=dataset.name,
+        schema_name=schema.name,
+        party=party,
+        status=staging.PENDING,
+        created_at=datetime.now(UTC),
+        key_version=tally.key_version,
+        file_sha256=opened.facts.sha256,
+        file_format=opened.facts.format,
+        receipt="{}",
+    )
+    session.add(upload)
+    session.flush()
+    return upload, educators
+
+
+def _read_and_stage(
+    gateway: Gateway,
+    *,
+    upload: Upload,
+    agreement: Agreement,
+    schema: DatasetSchema,
+    opened: OpenedFile,
+    plan: ColumnPlan,
+    tally: _Tally,
+    educators: EducatorIndex | None,
+    progress: Callable[[UploadProgress], None] | None,
+) -> None:
+    """Read every chunk; store each one's good rows in a transaction of its own."""
     profile = agreement.resolved_disclosure
     refuse_whole = profile.on_bad_rows == "refuse"
     id_column = schema.educator_id_column
-    normalisation = _normalisation(schema)
-    period_column = next((c for c in _PERIOD_COLUMNS if c in plan.kept), None)
+    period_column = _period_column(plan)
     key_columns = [c for c in schema.key if c in plan.kept]
     value_columns = [c for c in plan.kept if c != id_column]
     duplicates = DuplicateKeys(key_columns, schema.columns, id_column) if key_columns else None
     max_rows = gateway.settings.max_upload_rows
-
-    with gateway.sessions() as session, session.begin():
-        _one_upload_at_a_time(session, agreement.id)
-        educators: _EducatorIndex | None = None
-        key_version: int | None = None
-        if normalisation is not None:
-            pseudonymizer = keys.pseudonymizer_for(
-                session, gateway.master_key, agreement_id=agreement.id, normalisation=normalisation
+    writing = True
+    for chunk in opened.chunks:
+        tally.rows_read += len(chunk) + len(chunk.ragged)
+        if tally.rows_read > max_rows:
+            raise SchemaError(
+                f"{opened.facts.name}: more than {max_rows:,} data rows "
+                "(GATEWAY_MAX_UPLOAD_ROWS); split the file by school year"
             )
-            key_version = pseudonymizer.key_version
-            tally.key_version = key_version
-            educators = _EducatorIndex(pseudonymizer, agreement_id=agreement.id)
-        upload = Upload(
-            upload_id=upload_id,
-            agreement_id=agreement.id,
-            dataset=dataset.name,
-            schema_name=schema.name,
-            party=party,
-            status="accepted",
-            created_at=datetime.now(UTC),
-            key_version=key_version,
-            file_sha256=facts.sha256,
-            file_format=facts.format,
-            receipt="{}",
+        good, educator_ids, typed = _check_chunk(
+            chunk,
+            plan=plan,
+            schema=schema,
+            tally=tally,
+            id_column=id_column,
+            educators=educators,
+            duplicates=duplicates,
+            formula_cells=profile.formula_cells,
         )
-        session.add(upload)
-        session.flush()
-        connection = session.connection()
-        # What a release under this key version reads now, before this upload's rows.
-        version_before = batches.data_version(
-            connection, agreement_id=agreement.id, dataset=dataset.name, key_version=key_version
-        )
-
-        writing = True
-        for chunk in chunks:
-            tally.rows_read += len(chunk) + len(chunk.ragged)
-            if tally.rows_read > max_rows:
-                raise SchemaError(
-                    f"{facts.name}: more than {max_rows:,} data rows "
-                    "(GATEWAY_MAX_UPLOAD_ROWS); split the file by school year"
-                )
-            good, educator_ids, typed = _check_chunk(
-                chunk,
-                plan=plan,
-                schema=schema,
-                tally=tally,
-                id_column=id_column,
-                educators=educators,
-                duplicates=duplicates,
-                formula_cells=profile.formula_cells,
-            )
-            tally.rows_rejected += int((~good).sum()) + len(chunk.ragged)
-            if refuse_whole and tally.problem_count:
-                writing = False  # keep reading only to count and list problems
-            if not writing or not good.any():
-                continue
+        tally.rows_rejected += int((~good).sum()) + len(chunk.ragged)
+        if refuse_whole and tally.problem_count:
+            writing = False  # keep reading only to count and list problems
+        if writing and good.any():
             tally.rows_accepted += int(good.sum())
-            refs: IntArray | None = None
-            if educators is not None and educator_ids is not None and key_version is not None:
-                refs = educators.references(session, key_version, educator_ids[good])
-            stored = _store_rows(
-                connection,
-                upload_seq=upload.seq,
-                schema_name=schema.name,
-                good=good,
-                refs=refs,
-                typed=typed,
-                columns=value_columns,
-                period_column=period_column,
-            )
+            with gateway.sessions() as session, session.begin():
+                connection = session.connection()
+                refs: IntArray | None = None
+                if educators is not None and educator_ids is not None:
+                    assert tally.key_version is not None
+                    refs = educators.references(connection, tally.key_version, educator_ids[good])
+                stored = _store_rows(
+                    connection,
+                    upload_seq=upload.seq,
+                    schema_name=schema.name,
+                    good=good,
+                    refs=refs,
+                    typed=typed,
+                    columns=value_columns,
+                    period_column=period_column,
+                )
             for period, count in stored.items():
                 tally.periods[period] = tally.periods.get(period, 0) + count
+        del chunk, typed, good, educator_ids
+        if progress is not None:
+            progress(_progress("reading", tally, opened))
+    opened.sha256()  # the whole file has passed: its hash, and the end of its encoding check
+    if tally.rows_read == 0:
+        raise SchemaError(f"{opened.facts.name}: the file has a header row but no data rows")
+    if (refuse_whole and tally.problem_count) or tally.rows_accepted == 0:
+        raise _Refused
 
-        if tally.rows_read == 0:
-            raise SchemaError(f"{facts.name}: the file has a header row but no data rows")
-        if (refuse_whole and tally.problem_count) or tally.rows_accepted == 0:
-            raise _Refused  # leaving the block rolls back every row written so far
 
-        replaced = _replace_earlier(session, upload, period_column, tally.periods)
-        version = batches.data_version(
-            connection, agreement_id=agreement.id, dataset=dataset.name, key_version=key_version
+def _switch_on(
+    session: Session,
+    *,
+    upload: Upload,
+    agreement: Agreement,
+    dataset: AgreementDataset,
+    schema: DatasetSchema,
+    party: str,
+    actor: audit.Actor,
+    opened: OpenedFile,
+    plan: ColumnPlan,
+    tally: _Tally,
+) -> dict[str, Any]:
+    """The upload's one visible step: replace earlier years, receipt, audit event, and
+    the status flip that lets releases read its rows, all in the caller's transaction."""
+    termination.require_active(session, agreement, refused="uploads")
+    connection = session.connection()
+    key_version = tally.key_version
+    # What a release under this key version reads now: the pending rows are not in it.
+    version_before = batches.data_version(
+        connection, agreement_id=agreement.id, dataset=dataset.name, key_version=key_version
+    )
+    current = session.get(Upload, upload.seq)
+    if current is None or current.status != staging.PENDING:
+        # Terminated (and deleted) meanwhile: nothing of it is left to switch on.
+        raise PolicyViolation(
+            f"agreement {agreement.id!r}: the upload was stopped before it was stored"
         )
-        receipt = _receipt(
-            upload_id=upload_id,
-            status="accepted",
-            agreement=agreement,
-            dataset=dataset.name,
-            schema=schema.name,
-            party=party,
-            facts=facts,
-            tally=tally,
-            plan=plan,
-            key_version=key_version,
-            replaced=replaced,
-            reason=None,
-            created_at=upload.created_at,
-            data_version=version,
-            unchanged=version == version_before,
-        )
-        upload.rows_read = tally.rows_read
-        upload.rows_accepted = tally.rows_accepted
-        upload.rows_rejected = tally.rows_rejected
-        upload.receipt = json.dumps(receipt, sort_keys=True)
-        for year, count in sorted(tally.periods.items()):
-            session.add(UploadPeriod(upload_seq=upload.seq, period=year, rows=count))
-        event = audit.append_event(
-            session,
-            kind="upload-accepted",
-            actor=actor,
-            details=_audit_details(receipt),
-            agreement=agreement,
-        )
-        receipt["audit_event"] = event.event_id
-        upload.receipt = json.dumps(receipt, sort_keys=True)
+    upload = current
+    upload.status = staging.ACCEPTED
+    upload.file_sha256 = opened.sha256()
+    session.flush()
+    replaced = _replace_earlier(session, upload, _period_column(plan), tally.periods)
+    version = batches.data_version(
+        connection, agreement_id=agreement.id, dataset=dataset.name, key_version=key_version
+    )
+    receipt = _receipt(
+        upload_id=upload.upload_id,
+        status="accepted",
+        agreement=agreement,
+        dataset=dataset.name,
+        schema=schema.name,
+        party=party,
+        facts=opened.facts,
+        tally=tally,
+        plan=plan,
+        key_version=key_version,
+        replaced=replaced,
+        reason=None,
+        created_at=upload.created_at,
+        data_version=version,
+        unchanged=version == version_before,
+    )
+    upload.rows_read = tally.rows_read
+    upload.rows_accepted = tally.rows_accepted
+    upload.rows_rejected = tally.rows_rejected
+    for year, count in sorted(tally.periods.items()):
+        session.add(UploadPeriod(upload_seq=upload.seq, period=year, rows=count))
+    event = audit.append_event(
+        session,
+        kind="upload-accepted",
+        actor=actor,
+        details=_audit_details(receipt),
+        agreement=agreement,
+    )
+    receipt["audit_event"] = event.event_id
+    upload.receipt = json.dumps(receipt, sort_keys=True)
     return receipt
+
+
+def _period_column(plan: ColumnPlan) -> str | None:
+    return next((c for c in _PERIOD_COLUMNS if c in plan.kept), None)
 
 
 def _check_chunk(
@@ -493,7 +654,7 @@ def _check_chunk(
     schema: DatasetSchema,
     tally: _Tally,
     id_column: str | None,
-    educators: _EducatorIndex | None,
+    educators: EducatorIndex | None,
     duplicates: DuplicateKeys | None,
     formula_cells: str,
 ) -> tuple[BoolArray, IntArray | None, dict[str, pa.Array]]:
@@ -568,117 +729,6 @@ def _check_chunk(
     listed.sort(key=lambda p: p.row or 0)
     tally.add_problems(listed, count)
     return ~bad, educator_ids, typed
-
-
-class _EducatorIndex:
-    """The educators of one upload: raw spelling -> pseudonym -> stored reference.
-
-    Each distinct spelling of an ID in the file is normalised and hashed once
-    (columns are dictionary-encoded first); each pseudonym gets a small local
-    number, used for duplicate keys, and a database reference, found or
-    created in bulk the first time a good row needs it.
-    """
-
-    def __init__(self, pseudonymizer: Pseudonymizer, *, agreement_id: str) -> None:
-        self._pseudonymizer = pseudonymizer
-        self._agreement_id = agreement_id
-        self._by_spelling: dict[str, str | None] = {}
-        self._local: dict[str, int] = {}
-        self._pseudonyms: list[str] = []
-        self._refs: list[int] = []  # database reference per local number, -1 if not yet known
-        self.pattern = pseudonymizer.normalisation.pattern
-
-    def identify(self, raw: pa.Array) -> tuple[IntArray, BoolArray, BoolArray]:
-        """Local educator number per row (-1 when bad), and the missing and invalid rows."""
-        encoded = pc.dictionary_encode(pc.fill_null(raw, ""))
-        spellings: list[str] = encoded.dictionary.to_pylist()
-        pseudonyms = self._pseudonymizer.pseudonymize_distinct(spellings, self._by_spelling)
-        local = np.empty(len(spellings), dtype=np.int64)
-        blank = np.zeros(len(spellings), dtype=bool)
-        for i, (spelling, pseudonym) in enumerate(zip(spellings, pseudonyms, strict=True)):
-            if pseudonym is None:
-                local[i] = -1
-                blank[i] = not spelling.strip()
-                continue
-            number = self._local.get(pseudonym)
-            if number is None:
-                number = self._local[pseudonym] = len(self._pseudonyms)
-                self._pseudonyms.append(pseudonym)
-                self._refs.append(-1)
-            local[i] = number
-        codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
-        rows = local[codes]
-        missing = blank[codes]
-        return rows, missing, (rows < 0) & ~missing
-
-    def references(self, session: Session, key_version: int, local: IntArray) -> IntArray:
-        """Database references for these local numbers, adding new educators in bulk."""
-        refs = np.asarray(self._refs, dtype=np.int64)
-        unknown = np.unique(local[refs[local] < 0])
-        if unknown.size:
-            wanted = [self._pseudonyms[i] for i in unknown.tolist()]
-            found = _store_educators(session, self._agreement_id, key_version, wanted)
-            for i in unknown.tolist():
-                self._refs[i] = found[self._pseudonyms[i]]
-            refs = np.asarray(self._refs, dtype=np.int64)
-        return refs[local]
-
-
-def _one_upload_at_a_time(session: Session, agreement_id: str) -> None:
-    """Serialise an agreement's uploads on PostgreSQL, as SQLite serialises all writes.
-
-    Two uploads adding the same new educators in different orders (across their chunks)
-    would otherwise deadlock on the pseudonym index, and two replacing the same year
-    would each miss the other's rows. The lock is the transaction's: commit or rollback
-    releases it.
-    """
-    connection = session.connection()
-    if connection.dialect.name != "postgresql":
-        return
-    digest = hashlib.sha256(b"gateway-upload\x00" + agreement_id.encode()).digest()
-    key = int.from_bytes(digest[:8], "big", signed=True)
-    connection.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (key,))
-
-
-def _store_educators(
-    session: Session, agreement_id: str, key_version: int, pseudonyms: list[str]
-) -> dict[str, int]:
-    """Insert the pseudonyms not stored yet and return every one's reference.
-
-    One statement inserts the whole list (it travels as one JSON array or SQL array)
-    and returns the new references; one more finds those stored before. Both run on
-    the driver's own cursor: a hundred thousand pairs, without per-row result objects.
-    """
-    connection = session.connection()
-    if connection.dialect.name == "sqlite":
-        # "WHERE true" settles SQLite's parsing ambiguity of INSERT ... SELECT ... ON CONFLICT.
-        source = "SELECT ?, ?, value FROM json_each(?) WHERE true"
-        existing = (
-            "SELECT pseudonym, id FROM educators "
-            "WHERE pseudonym IN (SELECT value FROM json_each(?))"
-        )
-        listed: Any = json.dumps
-    else:
-        source = "SELECT %s, %s, unnest(%s::text[])"
-        existing = "SELECT pseudonym, id FROM educators WHERE pseudonym = ANY(%s)"
-        listed = list
-    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(
-            f"INSERT INTO educators (agreement_id, key_version, pseudonym) {source} "
-            "ON CONFLICT (pseudonym) DO NOTHING RETURNING pseudonym, id",
-            (agreement_id, key_version, listed(pseudonyms)),
-        )
-        found: dict[str, int] = dict(cursor.fetchall())
-        earlier = [p for p in pseudonyms if p not in found]
-        if earlier:
-            cursor.execute(existing, (listed(earlier),))
-            found.update(cursor.fetchall())
-    finally:
-        cursor.close()
-    if len(found) != len(set(pseudonyms)):
-        raise RuntimeError("educator references could not be resolved")  # pragma: no cover
-    return found
 
 
 def _store_rows(

@@ -12,8 +12,10 @@ them from such a scan instead of keeping them out. For the same reason migration
 0006 stores the column ``STORAGE EXTERNAL`` on PostgreSQL (out of line, never
 TOAST-compressed).
 
-Writing happens inside the caller's transaction (an upload's, with its receipt and
-audit event), and so does deleting: an upload or a termination is still atomic.
+Writing happens inside the caller's transaction (one step of an upload, whose rows
+no release reads until the upload is switched on: :mod:`gateway.storage.staging`),
+and so does deleting: an upload or a termination is still atomic. On PostgreSQL a
+batch is written with COPY.
 
 Each batch also stores a digest of its rows (:func:`content_digest`), from which
 :func:`data_version` tells, without reading a row, whether a dataset's stored content
@@ -130,15 +132,31 @@ def write_batch(
     if len(sizes) != 1:
         raise ValueError("a batch's columns must all have the same length")
     batch = _compacted(schema_name, columns)
+    row = (
+        upload_seq,
+        period,
+        sizes.pop(),
+        _stream(batch),
+        content_digest(dict(zip(batch.schema.names, batch.columns, strict=True))),
+    )
+    if connection.dialect.name == "postgresql":
+        # COPY in binary: the payload goes as its bytes, not as an escaped literal.
+        cursor: Any = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(
+                "COPY row_batches (upload_seq, period, rows, payload, content_digest) "
+                "FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(["int4", "int4", "int4", "bytea", "varchar"])
+                copy.write_row(row)
+        finally:
+            cursor.close()
+        return
     connection.execute(
         insert(RowBatch).values(
-            upload_seq=upload_seq,
-            period=period,
-            rows=sizes.pop(),
-            payload=_stream(batch),
-            content_digest=content_digest(
-                dict(zip(batch.schema.names, batch.columns, strict=True))
-            ),
+            dict(
+                zip(("upload_seq", "period", "rows", "payload", "content_digest"), row, strict=True)
+            )
         )
     )
 
