@@ -398,13 +398,14 @@ MALFORMED: list[tuple[str, Callable[[Path], Path], str, dict[str, Any]]] = [
     (
         "invalid educator id",
         _rows(GOOD_ROWS[0], "TEACHER,Lindqvist,Maren,2025,S-01,ELA,3-5,1,4,"),
-        "row 3, column 'MEPID' (educator_id): expected an educator ID that matches",
+        "row 3, column 'MEPID' (educator_id): expected an educator ID: 1 to 15 letters and "
+        "digits, at least one of them a digit",
         {},
     ),
     (
         "empty educator id",
         _rows(",Lindqvist,Maren,2025,S-01,ELA,3-5,1,4,"),
-        "row 2, column 'MEPID' (educator_id): expected an educator ID that matches the pattern",
+        "row 2, column 'MEPID' (educator_id): expected an educator ID: 1 to 15 letters and digits",
         {},
     ),
     (
@@ -505,15 +506,19 @@ def test_limits_on_size_and_rows(gateway: Gateway, settings: Settings, tmp_path:
     path = write_csv(tmp_path, HEADER, *GOOD_ROWS)
     small = settings.model_copy(update={"max_upload_bytes": 100})
     gateway.settings = small
-    with pytest.raises(UploadRefused, match="more than the 100 allowed"):
+    with pytest.raises(UploadRefused, match="more than the 100 the gateway accepts") as big:
         upload(gateway, path)
+    assert "GATEWAY_" not in big.value.message  # the uploader's words, not a setting's name
     gateway.settings = settings.model_copy(update={"max_upload_rows": 2, "upload_chunk_rows": 1})
-    with pytest.raises(UploadRefused, match="more than 2 data rows"):
+    with pytest.raises(
+        UploadRefused, match="more than the 2 data rows the gateway accepts"
+    ) as long:
         upload(gateway, path)
+    assert "GATEWAY_" not in long.value.message
     # Ragged rows count too, and are stopped while the file is parsed: pyarrow reports
     # them all before the first batch, so a file of nothing else would fill memory.
     ragged = write_csv(tmp_path, HEADER, *["482913,A,B,2025"] * 50, name="ragged.csv")
-    with pytest.raises(UploadRefused, match="more than 2 data rows") as refused:
+    with pytest.raises(UploadRefused, match="more than the 2 data rows") as refused:
         upload(gateway, ragged)
     assert "482913" not in refused.value.message + json.dumps(refused.value.receipt)
     assert store_state(gateway)["accepted"] == 0

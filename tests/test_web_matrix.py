@@ -29,7 +29,16 @@ PAGES = [
     "/web/agreements/{id}/reports/impact",
     "/web/agreements/{id}/budget",
     "/web/audit?agreement={id}",
+    "/web/agreements/{id}/uploads",
+    "/web/agreements/{id}/releases",
+    "/web/agreements/{id}/datasets/evaluations",
+    # evaluations is the uploader's (DISTRICT's) to provide; completers the EPP's.
+    "/web/agreements/{id}/datasets/evaluations/template.csv",
+    "/web/agreements/{id}/datasets/completers/template.xlsx",
+    "/web/agreements/{id}/reports/impact/report.xlsx?t=0.no-such-release",
 ]
+#: Pages that answer with a file, not HTML.
+DOWNLOADS = (".csv", ".xlsx")
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,16 @@ def expected_status(case: Case) -> int:
     page, role = case.page, case.caller
     if page == "/web":
         return 200
+    if page.endswith("/uploads"):
+        return 200 if own and role in ("uploader", "reviewer") else 403
+    if page.endswith("/releases"):
+        return 200 if own and role in ("analyst", "reviewer") else 403
+    if "/template." in page:  # only the party that provides the dataset
+        return 200 if own and role == "uploader" and "/evaluations/" in page else 403
+    if "/datasets/" in page:
+        return 200 if own else 403
+    if page.split("?")[0].endswith("/report.xlsx"):  # an analyst's, of a release it received
+        return 404 if own and role == "analyst" else 403
     if page.endswith("/upload"):
         return 200 if own and role == "uploader" else 403
     if "/reports" in page:
@@ -110,10 +129,13 @@ def test_web_authorization_matrix(
     assert response.status_code == expected, response.text[:300]
     if expected == 303:
         assert response.headers["location"].endswith("/web/sign-in")
-    if expected == 403:
+    if expected in (403, 404):
         assert "text/html" in response.headers["content-type"]
+    if expected == 403:
         assert _refusals(settings) == before + 1  # every refusal is in the audit log
-    if expected == 200:
+    if expected == 200 and case.page.split("?")[0].endswith(DOWNLOADS):
+        assert "attachment" in response.headers["content-disposition"]
+    elif expected == 200:
         assert "text/html" in response.headers["content-type"]
         # A page never shows another agreement's id to a token that does not cover it.
         if case.page == "/web":
@@ -131,6 +153,10 @@ def test_the_matrix_covers_every_page_that_names_an_agreement() -> None:
     }
     covered = {p.split("?")[0].replace("{id}", "{agreement_id}") for p in PAGES}
     covered.add("/web/agreements/{agreement_id}/reports/{report}")
+    covered.add("/web/agreements/{agreement_id}/reports/{report}/report.xlsx")
+    covered.add("/web/agreements/{agreement_id}/datasets/{dataset}")
+    covered.add("/web/agreements/{agreement_id}/datasets/{dataset}/template.csv")
+    covered.add("/web/agreements/{agreement_id}/datasets/{dataset}/template.xlsx")
     uncovered = {
         p
         for p in pages

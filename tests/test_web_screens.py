@@ -143,6 +143,19 @@ SCREENS: list[Screen] = [
     Screen("audit-verified", "/web/audit", "reviewer", press="Verify the log"),
     Screen("not-allowed", f"/web/agreements/{AGREEMENT}/reports", "uploader", status=403),
     *report_screens(),
+    # The pages for the daily work (issue 16 item 5), after the reports: they have
+    # releases to list.
+    Screen("uploads-uploader", f"/web/agreements/{AGREEMENT}/uploads", "uploader"),
+    Screen("uploads-reviewer", f"/web/agreements/{AGREEMENT}/uploads", "reviewer"),
+    Screen("releases-analyst", f"/web/agreements/{AGREEMENT}/releases", f"analyst:{DISTRICT}"),
+    Screen("releases-reviewer", f"/web/agreements/{AGREEMENT}/releases", "reviewer"),
+    Screen("dictionary", f"/web/agreements/{AGREEMENT}/datasets/evaluations", "uploader"),
+    Screen(
+        "not-found-signed-in",
+        f"/web/agreements/{AGREEMENT}/datasets/no-such-dataset",
+        "uploader",
+        status=404,
+    ),
 ]
 
 

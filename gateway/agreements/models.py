@@ -318,6 +318,10 @@ class ColumnSpec(_FileModel):
     range: ValueRange | None = None
     ordinal: bool = False
     pattern: str | None = None
+    #: The pattern in words, for the people who prepare files ("1 to 20 capital letters,
+    #: digits and hyphens"): upload errors and the data dictionary say this, never the
+    #: regular expression.
+    rule: str | None = None
     normalization: Normalisation | None = None
     student_count_column: str | None = None
     #: For a measure: the decimals its means (and a number column's sums) are shown

@@ -44,9 +44,21 @@ MULTIPART_FRAMING_BYTES = 64 * 1024
 
 
 def _too_large(max_bytes: int) -> UploadTooLarge:
+    # In the uploader's words: the limit, and what to do; the setting's name is the
+    # operator's business (docs/configuration.md), not the uploader's.
     return UploadTooLarge(
-        f"the upload is larger than the {max_bytes:,} bytes allowed (GATEWAY_MAX_UPLOAD_BYTES)"
+        f"the file is larger than the {_size(max_bytes)} the gateway accepts; split it "
+        "(by school year, for example) and upload each part, or ask the gateway's operator "
+        "to raise the limit"
     )
+
+
+def _size(count: int) -> str:
+    """A byte count as people read it: "25 MB", "512 KB"."""
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if count >= scale:
+            return f"{count / scale:,.3g} {unit}"
+    return f"{count:,} bytes"
 
 
 @contextmanager

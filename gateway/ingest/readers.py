@@ -86,8 +86,9 @@ def inspect_file(path: Path, *, display_name: str, max_bytes: int) -> FileFacts:
         raise SchemaError(f"{display_name}: the file is empty")
     if size > max_bytes:
         raise SchemaError(
-            f"{display_name}: the file is {size:,} bytes, more than the {max_bytes:,} "
-            "allowed (GATEWAY_MAX_UPLOAD_BYTES); split it by school year"
+            f"{display_name}: the file is {size:,} bytes, more than the {max_bytes:,} the "
+            "gateway accepts; split it by school year and upload each part, or ask the "
+            "gateway's operator to raise the limit"
         )
     with path.open("rb") as handle:
         head = handle.read(8)
@@ -430,8 +431,8 @@ def csv_chunks(
             return  # a header and nothing else: the upload says so
         if too_many:
             raise SchemaError(
-                f"{display_name}: more than {max_rows:,} data rows "
-                "(GATEWAY_MAX_UPLOAD_ROWS); split the file by school year"
+                f"{display_name}: more than the {max_rows:,} data rows the gateway accepts "
+                "in one file; split it by school year and upload each part"
             ) from None
         blanks = source.blank_lines()
         after = int(_seen_as(np.array([next_row - 1], dtype=np.int64), blanks)[0])

@@ -527,8 +527,8 @@ def _read_and_stage(
         tally.rows_read += len(chunk) + len(chunk.ragged)
         if tally.rows_read > max_rows:
             raise SchemaError(
-                f"{opened.facts.name}: more than {max_rows:,} data rows "
-                "(GATEWAY_MAX_UPLOAD_ROWS); split the file by school year"
+                f"{opened.facts.name}: more than the {max_rows:,} data rows the gateway "
+                "accepts in one file; split it by school year and upload each part"
             )
         good, educator_ids, typed = _check_chunk(
             chunk,
@@ -669,11 +669,8 @@ def _check_chunk(
         spec: ColumnSpec = schema.columns[column]
         if column == id_column and educators is not None:
             educator_ids, missing, invalid = educators.identify(text)
-            expected = (
-                "an educator ID that matches the pattern "
-                f"{educators.pattern} after normalisation (spaces removed, upper-cased, "
-                "leading zeros removed)"
-            )
+            # The rule in words (the schema's ``rule``), never the regular expression.
+            expected = "an educator ID: " + (spec.rule or "in the format the agreement sets")
             for mask, found in ((missing, "an empty cell"), (invalid, "an ID that does not match")):
                 positions = np.flatnonzero(mask)
                 if positions.size:

@@ -91,7 +91,8 @@ def describe_expected(spec: ColumnSpec) -> str:
         if high is not None:
             return f"{noun} of at most {_fmt(high)}"
     if spec.pattern is not None and spec.type == "string":
-        return f"text matching the pattern {spec.pattern}"
+        # In words (the schema's rule), never the regular expression itself.
+        return spec.rule or "text in the format the agreement sets (see the data dictionary)"
     return noun
 
 

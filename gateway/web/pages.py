@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from gateway import audit
+from gateway.agreements import dictionary
 from gateway.agreements.models import Agreement
 from gateway.api.auth import deny, require_provider
 from gateway.api.deps import GatewayDep
@@ -44,11 +45,12 @@ from gateway.release.budget import (
 )
 from gateway.release.formatting import STATISTIC
 from gateway.release.reports import list_reports, run_report
+from gateway.storage import history
 from gateway.storage.releases import Release
 from gateway.web.cells import cell_rows, cells_csv, dimensions, group_label
 from gateway.web.charts import bar_chart, budget_chart, chart_top, heat_map
 from gateway.web.forms import LeadingFields, checked_stream
-from gateway.web.rendering import PageRoute, render, sign_in_page
+from gateway.web.rendering import PageRoute, format_number, render, sign_in_page
 from gateway.web.session import (
     CSRF_FIELD,
     PREFIX,
@@ -690,5 +692,156 @@ async def verify(request: Request, gateway: GatewayDep, session: Reviewer) -> Re
             "title": "Audit log verification",
             "session": session,
             "result": await run_in_threadpool(run),
+        },
+    )
+
+
+# --- the daily work: histories, data dictionaries, templates ---------------------------------
+
+UploaderOrReviewer = Annotated[SignedIn, Depends(PageAllow("uploader", "reviewer"))]
+
+
+def _own_party(principal: Principal) -> str | None:
+    """The party whose rows a history shows: the token's own, except for a reviewer,
+    who follows the whole agreement."""
+    return None if principal.role == "reviewer" else _party(principal)
+
+
+@router.get(f"{PREFIX}/agreements/{{agreement_id}}/uploads", response_class=HTMLResponse)
+def upload_history_page(
+    agreement_id: str, request: Request, gateway: GatewayDep, session: UploaderOrReviewer
+) -> Response:
+    """Past uploads of the agreement: an uploader's own party's, or all for a reviewer."""
+    agreement = gateway.agreement(agreement_id)
+    party = _own_party(session.principal)
+    with gateway.sessions() as db:
+        entries = history.upload_history(db, agreement_id, party=party)
+    return render(
+        request,
+        "uploads.html",
+        {
+            "title": f"Uploads: {agreement.title}",
+            "session": session,
+            "agreement": agreement,
+            "party": party,
+            "entries": entries,
+            "limit": history.HISTORY_LIMIT,
+        },
+    )
+
+
+@router.get(f"{PREFIX}/agreements/{{agreement_id}}/releases", response_class=HTMLResponse)
+def release_history_page(
+    agreement_id: str, request: Request, gateway: GatewayDep, session: AnalystOrReviewer
+) -> Response:
+    """Past releases of the agreement: those an analyst's party receives, or all for a
+    reviewer (who reads them here, and downloads none)."""
+    agreement = gateway.agreement(agreement_id)
+    party = _own_party(session.principal)
+    with gateway.sessions() as db:
+        entries = history.release_history(db, agreement_id, recipient=party)
+    rows = []
+    for entry in entries:
+        measure = entry.query.get("measure") or {}
+        what = str(measure.get("kind", "?"))
+        if measure.get("field"):
+            what += f" of {measure['field']}"
+        by = ", ".join(str(g) for g in entry.query.get("group_by") or []) or "all teachers"
+        rows.append(
+            {
+                "entry": entry,
+                "what": what,
+                "by": by,
+                "datasets": ", ".join(entry.query.get("datasets") or []),
+                "epsilon": format_number(float(from_epsilon_units(entry.epsilon_units))),
+                "download": party is not None and entry.status == "released",
+            }
+        )
+    return render(
+        request,
+        "releases.html",
+        {
+            "title": f"Releases: {agreement.title}",
+            "session": session,
+            "agreement": agreement,
+            "party": party,
+            "rows": rows,
+            "limit": history.HISTORY_LIMIT,
+        },
+    )
+
+
+def _dataset_entries(
+    gateway: Gateway, agreement: Agreement, dataset_name: str
+) -> tuple[Any, list[dictionary.DictionaryEntry]]:
+    dataset = agreement.dataset(dataset_name)
+    schema = gateway.registry.schema_for(dataset)
+    return dataset, dictionary.dictionary(agreement, dataset, schema)
+
+
+@router.get(
+    f"{PREFIX}/agreements/{{agreement_id}}/datasets/{{dataset}}", response_class=HTMLResponse
+)
+def data_dictionary(
+    agreement_id: str, dataset: str, request: Request, gateway: GatewayDep, session: AnyRole
+) -> Response:
+    """A dataset's columns under the agreement: headers, meaning, type, allowed values,
+    and what is kept or dropped and why (from the policies)."""
+    agreement = gateway.agreement(agreement_id)
+    found, entries = _dataset_entries(gateway, agreement, dataset)
+    schema = gateway.registry.schema_for(found)
+    return render(
+        request,
+        "dictionary.html",
+        {
+            "title": f"Data dictionary: {found.name}",
+            "session": session,
+            "agreement": agreement,
+            "dataset": found,
+            "schema": schema,
+            "entries": entries,
+            "provider": agreement.party(found.provided_by).name,
+            "templates": session.principal.role == "uploader"
+            and session.principal.party == found.provided_by,
+        },
+    )
+
+
+def _template_entries(
+    gateway: Gateway, request: Request, session: SignedIn, agreement_id: str, dataset: str
+) -> tuple[Agreement, Any, list[dictionary.DictionaryEntry]]:
+    """The dataset's entries, for the party that provides it (others are refused, audited,
+    as an upload of it would be)."""
+    agreement = gateway.agreement(agreement_id)
+    require_provider(gateway, request, session.principal, agreement_id, dataset)
+    found, entries = _dataset_entries(gateway, agreement, dataset)
+    return agreement, found, entries
+
+
+@router.get(f"{PREFIX}/agreements/{{agreement_id}}/datasets/{{dataset}}/template.csv")
+def template_csv(
+    agreement_id: str, dataset: str, request: Request, gateway: GatewayDep, session: Uploader
+) -> Response:
+    _, found, entries = _template_entries(gateway, request, session, agreement_id, dataset)
+    return Response(
+        dictionary.template_csv(entries),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="{_file_name(found.name)}-template.csv"'
+        },
+    )
+
+
+@router.get(f"{PREFIX}/agreements/{{agreement_id}}/datasets/{{dataset}}/template.xlsx")
+def template_xlsx(
+    agreement_id: str, dataset: str, request: Request, gateway: GatewayDep, session: Uploader
+) -> Response:
+    agreement, found, entries = _template_entries(gateway, request, session, agreement_id, dataset)
+    title = f"{found.name}, for {agreement.title} ({agreement.id})"
+    return Response(
+        dictionary.template_xlsx(title, entries),
+        media_type=XLSX,
+        headers={
+            "Content-Disposition": f'attachment; filename="{_file_name(found.name)}-template.xlsx"'
         },
     )

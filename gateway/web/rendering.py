@@ -120,10 +120,20 @@ def error_page(
     request: Request, status: int, message: str, *, headers: Mapping[str, str] | None = None
 ) -> HTMLResponse:
     title = _TITLES.get(status, "That could not be done")
+    # Signed in (the session was checked before the failure): the page keeps the
+    # navigation and the sign-out button, and does not offer to sign in again.
+    session = getattr(request.state, "signed_in", None)
     return render(
         request,
         "error.html",
-        {"title": title, "message": message, "status": status},
+        {
+            "title": title,
+            "message": message,
+            "status": status,
+            "session": session,
+            # A refused form: back to the form (its GET), to try again.
+            "back": request.url.path if request.method == "POST" and session else None,
+        },
         status=status,
         headers=headers,
     )

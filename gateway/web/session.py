@@ -146,11 +146,14 @@ def signed_in(request: Request, gateway: GatewayDep) -> SignedIn:
         principal = authenticate_token(request, gateway, token)
     except Unauthenticated as error:
         raise NotSignedIn(error.message) from None
-    return SignedIn(
+    session = SignedIn(
         principal=principal,
         csrf=csrf_token(gateway.master_key, "session", token),
         _token=token,
     )
+    # An error page of this request keeps the navigation of the one signed in.
+    request.state.signed_in = session
+    return session
 
 
 SignedInDep = Annotated[SignedIn, Depends(signed_in)]
