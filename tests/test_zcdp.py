@@ -178,32 +178,35 @@ def _query(**extra: Any) -> Any:
 
 @pytest.fixture
 def stocked(tmp_path: Path, database_url: str) -> Gateway:
-    """The example agreements, the student-teaching one with a four-table report
-    accounted in zCDP, and every party's generated extracts uploaded."""
+    """The example agreements, the student-teaching one with a four-table report by
+    school year (accounted in zCDP, and the same left to choose), and every party's
+    generated extracts uploaded."""
     folder = tmp_path / "agreements"
     folder.mkdir()
     for source in sorted(AGREEMENTS_DIR.glob("*.yaml")):
         document = yaml.safe_load(source.read_text())
         if document["id"] == AGREEMENT:
+            # A teacher is in a cell of each of four school years (g = 4): Gaussian noise
+            # is calibrated to sqrt(4) = 2 in L2 where Laplace noise needs 4 in L1.
             tables = [
                 {
-                    "title": f"Teachers by {', '.join(dimensions)}",
+                    "title": f"Teachers by school year and {', '.join(dimensions) or 'nothing'}",
                     "query": {
                         "datasets": ["completers", "staffing"],
                         "measure": {"kind": "count"},
-                        "group_by": dimensions,
-                        "max_groups_per_teacher": 1,
+                        "group_by": ["school_year", *dimensions],
+                        "max_groups_per_teacher": 4,
                         "filters": [
-                            {"field": "school_year", "op": "eq", "value": 2025},
+                            {"field": "school_year", "op": "in", "value": [2022, 2023, 2024, 2025]},
                             {"field": "cohort_year", "op": "in", "value": [2021, 2022, 2023]},
                         ],
                     },
                 }
                 for dimensions in (
+                    [],
                     ["program_code"],
                     ["cohort_year"],
                     ["completers.licensure_area"],
-                    ["program_code", "cohort_year"],
                 )
             ]
             document["reports"].append(
@@ -323,7 +326,8 @@ def test_a_report_accounted_in_zcdp_composes_rho_and_charges_the_conversion(
     assert spent_epsilon - before_epsilon == sum(charges)
     floors = 4 * stocked.agreement(AGREEMENT).resolved_disclosure.floor_delta
     assert spent_delta - before_delta == delta + floors
-    # Four tables: Gaussian noise gives lower thresholds than Laplace noise would.
+    # Four tables, four cells a teacher: Gaussian noise gives lower thresholds and
+    # narrower intervals than Laplace noise would.
     assert accounting["scores"]["zcdp"] < accounting["scores"]["laplace"]
     # Asked again on the same data, the whole report comes back stored, free.
     again = run_report(
@@ -341,8 +345,9 @@ def test_a_report_accounted_in_zcdp_composes_rho_and_charges_the_conversion(
 def test_auto_accounting_keeps_laplace_for_one_table_at_a_small_epsilon(
     stocked: Gateway,
 ) -> None:
-    """One table at epsilon 0.3: Laplace noise's thresholds are lower, so it is kept;
-    four tables at epsilon 1: zCDP's are, so it is chosen."""
+    """One table at epsilon 0.3, a teacher in one cell: Laplace noise's thresholds are
+    lower, so it is kept; four tables at epsilon 1, a teacher in four cells of each:
+    zCDP's are, at every level of every table, so it is chosen."""
     single = run_report(
         stocked,
         agreement_id=AGREEMENT,

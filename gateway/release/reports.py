@@ -587,18 +587,36 @@ def _accounting(chain: Chain | None) -> dict[str, Any]:
     }
 
 
-def _score(previews: Sequence[Preview | None], new: Sequence[int]) -> float:
-    """What the choice of accounting minimises: over the new tables, the publish
+def _largest(value: Any) -> float:
+    """A preview's figure, or the top of its span (``[low, high]``)."""
+    return float(max(value) if isinstance(value, list) else value or 0)
+
+
+def _scores(previews: Sequence[Preview | None], new: Sequence[int]) -> list[float]:
+    """What the choice of accounting compares, for each new table: the publish
     threshold of a cell (what decides whether it is published) plus the 95% half-width
-    of its count (how far off it is), both in teachers."""
-    total = 0.0
+    of its count (how far off it is), both in teachers; for a table that coarsens,
+    summed over the levels it may be published at (merged cells have thresholds and
+    intervals of their own)."""
+    out = []
     for number in new:
         preview = previews[number]
         assert preview is not None
         accuracy = preview.accuracy_95
-        total += float(accuracy.get("publish_threshold") or 0)
-        total += float(accuracy.get("count_half_width") or accuracy.get("sum_half_width") or 0)
-    return total
+        levels = accuracy.get("coarsening") or [
+            {
+                "publish_threshold": accuracy.get("publish_threshold"),
+                "count_half_width": accuracy.get("count_half_width")
+                or accuracy.get("sum_half_width"),
+            }
+        ]
+        out.append(
+            sum(
+                _largest(level.get("publish_threshold")) + _largest(level.get("count_half_width"))
+                for level in levels
+            )
+        )
+    return out
 
 
 def zcdp_alternative(
@@ -620,8 +638,10 @@ def zcdp_alternative(
     or their declared weights. Each table is charged what it adds to the report's
     converted epsilon (plan.zcdp_charge), so the charges add up to the converted epsilon
     of the rho measured, at most the Laplace plan's, plus the conversion's delta once.
-    Gaussian noise beats Laplace noise when a report has several tables: its tails
-    are lighter, and rho adds up where epsilon would.
+    Gaussian noise beats Laplace noise when a report has several tables or a teacher
+    is in several cells: its tails are lighter, rho adds up where epsilon would, and
+    its sensitivity is in L2. By default it is chosen only when no table previews the
+    worse for it (threshold plus half-width) and their sum is lower.
     """
     if report.accounting == "laplace":
         return None
@@ -690,8 +710,12 @@ def zcdp_alternative(
                 f"report {report.name!r} cannot be accounted in zCDP at epsilon {spend}: {error}"
             ) from None
         return None
-    scores = {"laplace": _score(previews, new), "zcdp": _score(out_previews, new)}
-    if report.accounting == "auto" and scores["zcdp"] >= scores["laplace"]:
+    laplace, gaussian = _scores(previews, new), _scores(out_previews, new)
+    scores = {"laplace": sum(laplace), "zcdp": sum(gaussian)}
+    # Automatically only when no table is the worse for it: a report's tables are
+    # different questions, and one's gain does not pay for another's loss.
+    better = all(z <= lap for z, lap in zip(gaussian, laplace, strict=True))
+    if report.accounting == "auto" and not (better and scores["zcdp"] < scores["laplace"]):
         return None
     fresh = [n for n in new if n not in stored]
     return Chain(
