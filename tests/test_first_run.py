@@ -336,3 +336,15 @@ def test_terminate_asks_on_a_terminal_and_needs_yes_elsewhere(settings: Settings
     status, stderr = terminate_on_a_terminal(env, b"y\n")
     assert status == 0, stderr
     assert not active(settings)
+
+
+def test_postgresql_without_its_driver_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL's driver is the `postgres` extra: without it, one line says so."""
+    from gateway.errors import ConfigurationError
+    from gateway.storage import db
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
+    with pytest.raises(ConfigurationError, match=r"pip install '\.\[postgres\]'"):
+        db.make_engine("postgresql+psycopg://gateway@/gateway?host=/var/run/postgresql")

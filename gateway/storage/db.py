@@ -57,7 +57,14 @@ def make_engine(url: str) -> Engine:
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_pre_ping=True)
+        try:
+            return create_engine(url, pool_pre_ping=True)
+        except ModuleNotFoundError as missing:
+            # PostgreSQL's driver is an extra: SQLite needs nothing (pyproject.toml).
+            raise ConfigurationError(
+                f"GATEWAY_DATABASE_URL names PostgreSQL, whose driver ({missing.name}) is not "
+                "installed: pip install '.[postgres]' in the gateway's source folder"
+            ) from None
     raise ConfigurationError(f"unsupported database backend {parsed.get_backend_name()!r}")
 
 
