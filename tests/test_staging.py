@@ -23,7 +23,7 @@ class Stop(Exception):
     """Raised from the progress callback to stop an upload part-way."""
 
 
-def _visible(gw: Gateway) -> tuple[object, ...]:
+def _visible(gw: Gateway) -> tuple[str, tuple[str, ...], int]:
     with gw.sessions() as session:
         key = keys.current_key_version(session, AGREEMENT)
         version = batches.data_version(
@@ -70,7 +70,7 @@ def test_steps_are_committed_but_invisible_until_the_switch(
     _, stored_before = _stored(gateway)
     gateway.settings = settings.model_copy(update={"upload_chunk_rows": 10})
     second = _parquet(evaluations_csv(tmp_path / "second.csv", extra_2024=True)[0])
-    seen: list[tuple[str, int, int, tuple[object, ...]]] = []
+    seen: list[tuple[str, int, int, int, tuple[str, tuple[str, ...], int]]] = []
 
     def watch(progress: UploadProgress) -> None:
         # Another session, as a release in another worker would read.
@@ -84,7 +84,7 @@ def test_steps_are_committed_but_invisible_until_the_switch(
     # ... and no step changed what releases see, until the switch.
     assert all(s[4] == before for s in seen if s[0] != "done")
     after = _visible(gateway)
-    assert after != before and after[1][-1] == receipt["upload_id"]
+    assert after != before and after[1] == (*before[1], receipt["upload_id"])
     assert _stored(gateway)[0] == 0
 
 
