@@ -97,10 +97,11 @@ def test_agreements_list_reads_yaml_with_pydantic_only(tmp_path: Path) -> None:
     assert packages.isdisjoint(HEAVY), sorted(packages & HEAVY)
 
 
-def test_a_dry_run_loads_neither_pandas_nor_scipy(settings: Settings, tmp_path: Path) -> None:
+def test_a_dry_run_loads_only_what_a_preview_needs(settings: Settings, tmp_path: Path) -> None:
     """A preview plans and calibrates (SQLAlchemy, OpenDP and its numpy) but measures
-    nothing: pandas and SciPy load only when a release is computed. Opening the gateway
-    checks the schema revision without Alembic (and its Mako), which only migrates."""
+    nothing: pandas, SciPy and Arrow load only when a release is computed (its data
+    version comes from stored digests). Opening the gateway checks the schema revision
+    without Alembic (and its Mako), which only migrates."""
     initialise(settings)
     query = tmp_path / "query.json"
     query.write_text(
@@ -116,7 +117,7 @@ def test_a_dry_run_loads_neither_pandas_nor_scipy(settings: Settings, tmp_path: 
     args = ("release", "--agreement", AGREEMENT, "--party", EPP, "--query", str(query))
     packages = loaded_packages(*args, "--dry-run", cwd=tmp_path, env=settings_env(settings))
     assert {"sqlalchemy", "opendp"} <= packages  # it did open the database and calibrate
-    unused = {"pandas", "scipy", "alembic", "mako"}
+    unused = {"pandas", "scipy", "pyarrow", "alembic", "mako"}
     assert packages.isdisjoint(unused), sorted(packages & unused)
 
 

@@ -20,9 +20,6 @@ import json
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
@@ -31,11 +28,15 @@ from gateway.agreements.models import Agreement
 from gateway.errors import GatewayError
 from gateway.release.canonical import column_value
 from gateway.release.query import FieldRef, Filter, ResolvedQuery
-from gateway.storage import batches
+from gateway.storage import versions as data_versions
 from gateway.storage.datasets import Upload
 
-if TYPE_CHECKING:  # Arrow makes the frames (to_pandas); a data version needs no pandas
+# Arrow (with storage/batches.py) loads when rows are read: a preview and a stored
+# repeat need only the data version, from the stored digests (issue 14). Arrow makes
+# the frames (to_pandas); a data version needs no pandas either.
+if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 
 def _needed_columns(resolved: ResolvedQuery) -> dict[str, set[str]]:
@@ -67,6 +68,8 @@ def bounds_of(item: Filter) -> tuple[Any, Any]:
 def _filter_value(ref: FieldRef, value: Any) -> pa.Scalar:
     """A filter value as an Arrow scalar of its own type: comparing it with the column
     promotes as SQL does (3.5 never equals an integer), rather than truncating it."""
+    import pyarrow as pa
+
     value = column_value(ref.spec, value)
     if isinstance(value, bool) and ref.spec.type != "boolean":
         raise TypeError("a boolean matches only a boolean column")  # Arrow would cast it to 1
@@ -78,12 +81,14 @@ def _filter_value(ref: FieldRef, value: Any) -> pa.Scalar:
     return pa.scalar(value)
 
 
-_NO_MATCH = (pa.ArrowException, OverflowError, TypeError, ValueError)
-
-
 def filter_mask(column: pa.ChunkedArray, ref: FieldRef, item: Filter) -> pa.ChunkedArray:
     """Which rows a filter keeps; a null, or a value the column cannot hold, never
     matches, as in SQL."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    no_match = (pa.ArrowException, OverflowError, TypeError, ValueError)
     nothing = pa.chunked_array([pa.array(np.zeros(len(column), dtype=bool))])
     if item.op == "in":
         assert isinstance(item.value, list)
@@ -91,7 +96,7 @@ def filter_mask(column: pa.ChunkedArray, ref: FieldRef, item: Filter) -> pa.Chun
         for value in item.value:
             try:  # only values the column holds exactly (2.0 is 2; 2.5 and "x" are none)
                 values.append(_filter_value(ref, value).cast(column.type).as_py())
-            except _NO_MATCH:
+            except no_match:
                 continue
         return pc.is_in(column, value_set=pa.array(values, type=column.type))
     try:
@@ -102,7 +107,7 @@ def filter_mask(column: pa.ChunkedArray, ref: FieldRef, item: Filter) -> pa.Chun
             pc.greater_equal(column, _filter_value(ref, low)),
             pc.less_equal(column, _filter_value(ref, high)),
         )
-    except _NO_MATCH:
+    except no_match:
         return nothing
 
 
@@ -135,6 +140,8 @@ def load_rows(
     under an earlier key version holds pseudonyms that no longer link, so it is read
     only for datasets without educators.
     """
+    from gateway.storage import batches
+
     frames: list[pd.DataFrame] = []
     for name in resolved.query.datasets:
         schema = resolved.schemas[name]
@@ -189,11 +196,11 @@ def load_rows(
 def data_version(
     connection: Connection, resolved: ResolvedQuery, agreement: Agreement, key_version: int | None
 ) -> str:
-    """What the query would read now: each dataset's content digest (storage/batches.py),
+    """What the query would read now: each dataset's content digest (storage/versions.py),
     a function of the stored rows, not of the uploads that stored them, so uploading
     the same rows again keeps it and a stored release is still a free repeat."""
     versions = {
-        name: batches.data_version(
+        name: data_versions.data_version(
             connection, agreement_id=agreement.id, dataset=name, key_version=key_version
         )
         for name in sorted(resolved.query.datasets)

@@ -18,23 +18,28 @@ and so does deleting: an upload or a termination is still atomic. On PostgreSQL 
 batch is written with COPY.
 
 Each batch also stores a digest of its rows (:func:`content_digest`), from which
-:func:`data_version` tells, without reading a row, whether a dataset's stored content
-is the same as before: a re-upload of identical rows keeps the version.
+:func:`~gateway.storage.versions.data_version` tells, without reading a row, whether a
+dataset's stored content is the same as before: a re-upload of identical rows keeps the
+version.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import ColumnElement, Connection, delete, func, insert, or_, select
+from sqlalchemy import Connection, delete, func, insert, select
 
 from gateway.storage.datasets import DATASET_COLUMNS, EDUCATOR_DATASETS, RowBatch, Upload
+
+# Data versions are summed from the digests made here, without Arrow (storage/versions.py).
+from gateway.storage.versions import LANES as _LANES
+from gateway.storage.versions import add_digests, data_version
 
 #: The Arrow type each schema type is read back as.
 ARROW_TYPES: Mapping[str, pa.DataType] = {
@@ -226,10 +231,7 @@ def rows_by_schema(connection: Connection, upload_seqs: Any) -> dict[str, int]:
 # detects any accidental change, not rows crafted to collide; a collision could make a
 # release look like a repeat and be answered with the stored, earlier release.
 
-_LANES = 2
 _DIGEST_LABEL = b"gateway row digest v1\x00"
-_VERSION_LABEL = b"gateway data version v1\x00"
-_WORD = 2**64
 _MIX_1 = np.uint64(0xFF51AFD7ED558CCD)
 _MIX_2 = np.uint64(0xC4CEB9FE1A85EC53)
 _SHIFT = np.uint64(33)
@@ -349,54 +351,6 @@ def payload_digest(payload: bytes) -> str:
     with pa.ipc.open_stream(pa.py_buffer(payload)) as reader:
         table = reader.read_all()
     return content_digest({name: table.column(name) for name in table.column_names})
-
-
-def add_digests(digests: Iterable[str]) -> str:
-    """The digest of the rows of several batches together (lane by lane, modulo 2**64)."""
-    sums = [0] * _LANES
-    for digest in digests:
-        for lane in range(_LANES):
-            sums[lane] += int(digest[16 * lane : 16 * (lane + 1)], 16)
-    return "".join(f"{total % _WORD:016x}" for total in sums)
-
-
-def data_version(
-    connection: Connection, *, agreement_id: str, dataset: str, key_version: int | None
-) -> str:
-    """A dataset's data version: 64 hex digits that change exactly when what a release
-    of the agreement would read from it now changes.
-
-    It is a function of the rows stored, never of which upload stored them: the batches
-    of the dataset's accepted uploads (a replaced year's batches are deleted), for a
-    dataset with educators only those of uploads made under ``key_version`` (the
-    pseudonyms of other versions do not link; none when it is None), as a release reads
-    them. Uploading the same rows again, in any order or format, keeps it; changing,
-    adding or removing a row changes it. Only the stored digests are read.
-    """
-    readable: ColumnElement[bool] = Upload.schema_name.not_in(sorted(EDUCATOR_DATASETS))
-    if key_version is not None:
-        readable = or_(readable, Upload.key_version == key_version)
-    stored = connection.execute(
-        select(RowBatch.id, RowBatch.rows, RowBatch.content_digest)
-        .join(Upload, Upload.seq == RowBatch.upload_seq)
-        .where(
-            Upload.agreement_id == agreement_id,
-            Upload.dataset == dataset,
-            Upload.status == "accepted",
-            readable,
-        )
-    ).all()
-    digests = []
-    for batch_id, _, digest in stored:
-        if digest is None:  # never after migration 0007; computed rather than trusted absent
-            payload = connection.execute(
-                select(RowBatch.payload).where(RowBatch.id == batch_id)
-            ).scalar_one()
-            digest = payload_digest(bytes(payload))
-        digests.append(digest)
-    rows = sum(count for _, count, _ in stored)
-    material = _VERSION_LABEL + rows.to_bytes(8, "big") + bytes.fromhex(add_digests(digests))
-    return hashlib.sha256(material).hexdigest()
 
 
 __all__ = [
