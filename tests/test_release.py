@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -408,6 +409,30 @@ def test_cli_release_budget_and_csv(loaded: Any, settings: Settings, tmp_path: P
     )
     assert {"total", "spent", "remaining", "parties"} <= set(budget)
     assert budget["parties"][EPP]["spent"] == 0.5 and budget["spent"] == 0.5
+
+
+def test_cli_preview_numbers_read_as_people_expect(
+    loaded: Any, settings: Settings, tmp_path: Path
+) -> None:
+    env = settings_env(settings)
+    args = ["release", "--agreement", AGREEMENT, "--party", EPP, "--query"]
+    mean = tmp_path / "mean.json"
+    mean.write_text(
+        json.dumps(
+            {
+                "datasets": ["evaluations"],
+                "measure": {"kind": "mean", "field": "summative_rating"},
+                "group_by": ["grade_band"],
+                "epsilon": 1,
+            }
+        )
+    )
+    preview = CliRunner().invoke(main, [*args, str(mean), "--dry-run"], env=env)
+    assert preview.exit_code == 0, preview.output
+    # Counts whole; a mean's sums to the 2 decimals summative_rating declares.
+    assert re.search(r"counts within ± [\d,]+, 95% of the time", preview.stdout)
+    assert re.search(r"sums within ± [\d,]+\.\d\d, 95% of the time", preview.stdout)
+    assert not re.search(r"\d\.\d{5,}", preview.stdout)  # no raw floats
 
 
 def test_api_release_preview_and_budget(loaded: Any, settings: Settings) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import zipfile
 from decimal import Decimal
 from pathlib import Path
@@ -227,6 +228,23 @@ def test_cli_runs_a_report_with_parameters(
     body = json.loads(done.stdout)
     assert body["parameters"]["years"] == [2025] and body["tables"][0]["release"]["cells"]
     tables = [t["title"] for t in body["tables"] if "release" in t]
+    # Asked again (free: stored), the report prints the JSON's numbers rounded as people
+    # read them: "a to b" intervals, counts whole or shares with one decimal.
+    shown = CliRunner().invoke(main, [*args, "--param", "years=2025"], env=env).stdout
+    assert "[95%" not in shown and not re.search(r"\d\.\d{3,}", shown)
+    first = next(t["release"] for t in body["tables"] if "release" in t)
+    published = [c for c in first["cells"] if not c["suppressed"] and c["value"] is not None]
+    assert published
+    kind = first["query"]["measure"]["kind"]
+    assert kind in ("count", "rate", "retention")
+
+    def people(value: float) -> str:  # worked out here, not by the formatting module
+        return f"{round(value):,}" if kind == "count" else f"{value * 100:.1f}%"
+
+    for cell in published:
+        low, high = cell["ci95"]
+        assert f": {people(cell['value'])}  (95% interval {people(low)} to {people(high)})" in shown
+
     as_csv = CliRunner().invoke(main, [*args, "--param", "years=2025", "--csv"], env=env)
     if len(tables) > 1:  # one file per table: the CLI asks where to put them
         assert as_csv.exit_code == 2 and "--out" in as_csv.output
