@@ -24,7 +24,7 @@ from gateway.release.plan import plan_query
 from gateway.release.query import parse_query, resolve
 from gateway.release.reports import weighted_kappa
 from gateway.release.rows import load_rows
-from tests.conftest import AGREEMENT, DISTRICT, EPP, count_plan
+from tests.conftest import AGREEMENT, DISTRICT, EPP, count_plan, upload_generated
 
 ACTOR = audit.Actor(role="analyst", party=EPP)
 CALIBRATION = "calibration-lakeshore-riverbend"
@@ -155,11 +155,14 @@ def test_a_retention_whose_window_cannot_hold_anyone_is_refused_before_spending(
 
 
 def test_a_report_leaves_out_a_table_its_window_cannot_fill_and_shares_its_epsilon(
-    gateway: Gateway,
+    gateway: Gateway, tmp_path: Path
 ) -> None:
     """The retention report's 5-year table over five school years: not run, nothing
     spent on it, and its share of epsilon goes to the 1- and 3-year tables."""
     from gateway.release.reports import run_report
+
+    # Its tables read completers and staffing: a dataset with no upload is left out too.
+    upload_generated(gateway, AGREEMENT, tmp_path, seed=5, scale=0.2)
 
     analyst = audit.Actor(role="analyst", party=EPP)
     preview = run_report(
