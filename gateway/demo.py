@@ -165,6 +165,7 @@ def run_demo(directory: Path, *, echo: Echo | None = print, seed: int = 2026) ->
 def _run_reports(gw: Gateway, agreement: Agreement, say: Echo) -> list[dict[str, Any]]:
     """Every report of ``agreement`` for each of its recipients, printed as tables."""
     runs: list[dict[str, Any]] = []
+    shown: dict[tuple[str, ...], str] = {}  # the releases printed, and for whom
     for listed in list_reports(agreement):
         for party in listed["recipients"]:
             say(f"\n  {agreement.id} / {listed['name']} for {party}: {listed['description']}")
@@ -184,8 +185,13 @@ def _run_reports(gw: Gateway, agreement: Agreement, say: Echo) -> list[dict[str,
                      "status": "refused", "reason": error.message}
                 )  # fmt: skip
                 continue
+            released = tuple(t["release"]["release_id"] for t in result["tables"] if "release" in t)
+            first = shown.setdefault(released, party) if released else party
             formats = formatting.for_report_tables(result, gw.registry)
-            for table, fmt in zip(result["tables"], formats, strict=True):
+            if first != party:  # a partnership release: the same tables, stored
+                say(f"    the same tables as for {first} (stored: one release for the partnership)")
+            tables = result["tables"] if first == party else []
+            for table, fmt in zip(tables, formats[: len(tables)], strict=True):
                 say(f"    {table['title']}")
                 if "skipped" in table:  # nothing spent on it: why
                     say(f"      not run: {table['skipped']}")
@@ -197,9 +203,11 @@ def _run_reports(gw: Gateway, agreement: Agreement, say: Echo) -> list[dict[str,
                         where = ", ".join(f"{k} {v}" for k, v in item["group"].items())
                         say(f"      {name.replace('_', ' ')}{' ' + where if where else ''}: "
                             + _figure(item, formatting.STATISTIC))  # fmt: skip
-            for figure in result.get("derived", []):
+            for figure in result.get("derived", []) if first == party else []:
                 say(f"    {figure['title']}")
                 figure_fmt = formatting.for_derived(figure.get("kind", "gap"))
+                if not figure["rows"]:
+                    say("      none: no group is published in both of its tables")
                 for row in figure["rows"]:
                     where = ", ".join(f"{k} {v}" for k, v in row["group"].items())
                     say(f"      {where or 'all'}: {_figure(row, figure_fmt)}")
@@ -293,15 +301,15 @@ def _cell_label(cell: dict[str, Any]) -> str:
 def _table_lines(
     cells: list[dict[str, Any]], fmt: formatting.NumberFormat = formatting.COUNT
 ) -> list[str]:
-    """One aligned line per cell: its group, then the noisy value and interval, or why
-    not; numbers as gateway/release/formatting.py shows them."""
-    labels = [_cell_label(c) for c in cells]
+    """One aligned line per published cell: its group, then the value and interval;
+    then one line for the suppressed cells, counted (a reader wants what was published,
+    and how much was not). Numbers as gateway/release/formatting.py shows them."""
+    published = [c for c in cells if not c["suppressed"]]
+    labels = [_cell_label(c) for c in published]
     width = max((len(label) for label in labels), default=0)
     lines = []
-    for label, cell in zip(labels, cells, strict=True):
-        if cell["suppressed"]:
-            shown = f"suppressed ({cell.get('reason')})"
-        elif cell.get("value") is None:
+    for label, cell in zip(labels, published, strict=True):
+        if cell.get("value") is None:
             shown = str(cell.get("coded") or "-")
         elif cell["ci95"][0] == cell["ci95"][1]:  # released exactly (posted positions)
             shown = f"{fmt.text(cell['value']):>9}   exact"
@@ -311,7 +319,19 @@ def _table_lines(
             if cell.get("note"):
                 shown += f"  ({cell['note']})"
         lines.append(f"{label:<{width}}  {shown}")
-    return lines
+    primary = sum(1 for c in cells if c["suppressed"] and c.get("reason") != "complementary")
+    complementary = sum(1 for c in cells if c["suppressed"]) - primary
+    hidden = []
+    if primary:
+        hidden.append(
+            f"{primary} suppressed (primary): too few teachers, even rolled up to the "
+            "coarsest level"
+        )
+    if complementary:
+        hidden.append(f"{complementary} suppressed (complementary): hidden to protect those")
+    if hidden and not published:
+        hidden[0] = "nothing published: " + hidden[0]
+    return [*lines, "; ".join(hidden)] if hidden else lines
 
 
 def _web_tokens(gw: Gateway, agreements: list[Agreement], directory: Path) -> Path:

@@ -98,7 +98,11 @@ def test_demo_command_runs(tmp_path: Path) -> None:
     assert (tmp_path / "d" / "extracts").is_dir() and (tmp_path / "d" / "data").is_dir()
     # The story goes on to the reports and says how to open the web pages.
     assert "impact for bayview-state" in result.stdout and "95% interval" in result.stdout
-    assert "suppressed (primary)" in result.stdout
+    # Suppressed cells are counted, one line a table, not listed one by one; a report
+    # both recipients receive is printed once (a partnership release, stored).
+    assert re.search(r"\d+ suppressed \(primary\): too few teachers", result.stdout)
+    assert "suppressed (primary)\n" not in result.stdout
+    assert "the same tables as for bayview-state (stored" in result.stdout
     assert "/web/" in result.stdout
     # It ends with one line of what was published and what the pass cost, counting each
     # partnership release once: the counts add up to the cells.
