@@ -20,7 +20,7 @@ from gateway import audit
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.context import Gateway
-from gateway.errors import NotFound, PolicyViolation
+from gateway.errors import NotFound, PolicyViolation, SchemaError
 from gateway.ingest import UploadRefused, upload_extract
 from gateway.storage import batches
 from gateway.storage.datasets import Educator, RowBatch, Upload
@@ -812,3 +812,24 @@ def test_http_refusal_body_carries_the_receipt(gateway: Gateway, settings: Setti
     error = bad.json()["error"]
     assert error["receipt"]["status"] == "refused" and error["receipt"]["audit_event"]
     assert error["details"] == error["receipt"]["problems"]
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [
+        (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+        (b"\xff\xd8\xff\xe0", "a JPEG image"),
+        (b"%PDF-1.7\n", "a PDF document"),
+    ],
+)
+def test_a_file_that_is_not_a_table_is_named_for_what_it_is(
+    tmp_path: Path, head: bytes, kind: str
+) -> None:
+    from gateway.ingest.readers import inspect_file
+
+    path = tmp_path / "upload.bin"
+    path.write_bytes(head + bytes(range(256)))
+    with pytest.raises(SchemaError) as refused:
+        inspect_file(path, display_name="extract.csv", max_bytes=1 << 20)
+    assert refused.value.message.startswith(f"extract.csv: the file is {kind}, not a table")
+    assert "CSV UTF-8, Excel .xlsx or Parquet" in refused.value.message

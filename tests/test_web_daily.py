@@ -168,6 +168,7 @@ def test_a_picture_is_refused_without_rows_or_no_problem_beside_it(page: Page, s
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
     _upload(page, "evaluations", "chart.png", "image/png", png)
     expect(page.get_by_role("alert")).to_contain_text("Refused: nothing was stored.")
+    expect(page.get_by_role("alert")).to_contain_text("the file is a PNG image, not a table")
     expect(page.get_by_role("heading", name="What to do")).to_be_visible()
     expect(page.get_by_role("table", name="Rows")).to_have_count(0)
     expect(page.get_by_text("No problem was found")).to_have_count(0)

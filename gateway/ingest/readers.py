@@ -126,7 +126,24 @@ def _detect_format(path: Path, head: bytes, display_name: str) -> FileFormat:
         raise SchemaError(
             f"{display_name}: line 1: the file is UTF-16 text, not UTF-8; save it as CSV UTF-8"
         )
+    for magic, kind in _NOT_TABLES:
+        if head.startswith(magic):
+            # Named for what it is: "save it as CSV UTF-8" means nothing for a picture.
+            raise SchemaError(
+                f"{display_name}: the file is {kind}, not a table; upload the extract itself, "
+                "saved from the spreadsheet or database as CSV UTF-8, Excel .xlsx or Parquet"
+            )
     return "csv"
+
+
+#: Files people attach by mistake, recognised by their first bytes.
+_NOT_TABLES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"%PDF-", "a PDF document"),
+)
 
 
 class ReadThrough:
