@@ -1,9 +1,11 @@
 """The audit chain: the one module that writes the audit log.
 
-Every event is a row whose ``body`` is canonical JSON (sorted keys, no
-spaces, UTF-8) holding its sequence number, kind, time, actor, agreement,
-details and the hash of the event before it; its ``hash`` is the SHA-256 of
-that body. Editing, deleting, inserting or reordering a stored event breaks
+Every event is a row whose ``body`` is canonical JSON (RFC 8785, UTF-8)
+holding its sequence number, kind, time, actor, agreement, details and the
+hash of the event before it; its ``hash`` is the SHA-256 of that body. Events
+written before RFC 8785 name no encoding and stay in theirs (Python's sorted
+``json.dumps``); docs/audit-bundle.md specifies both. Editing, deleting,
+inserting or reordering a stored event breaks
 a hash or a link, and :func:`verify_chain` says which event. Appends lock the
 one-row chain head (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises
 writers with ``BEGIN IMMEDIATE``), so concurrent writers never fork the chain.
@@ -31,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -81,9 +84,44 @@ class Actor:
 OPERATOR = Actor(role="operator")
 
 
+#: The encoding every new event body is written in, named in the body itself. A body
+#: that names none was written before the switch, in :func:`legacy_json`: old chains
+#: keep verifying, and the first event naming RFC 8785 is where a chain switched.
+ENCODING = "rfc8785"
+
+
 def canonical_json(value: Any) -> str:
-    """The one JSON encoding hashes are computed over."""
+    """The one JSON encoding hashes and signatures are computed over: RFC 8785 (JCS),
+    which other languages reproduce byte for byte (docs/audit-bundle.md)."""
+    return rfc8785.dumps(value).decode("utf-8")
+
+
+def legacy_json(value: Any) -> str:
+    """The encoding of events written before RFC 8785 (bodies naming no encoding)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def encoding_problem(text: str, body: Mapping[str, Any]) -> str | None:
+    """Why ``text`` is not its parsed ``body`` re-encoded in the encoding it names.
+
+    Each body has one spelling: a verifier in any language re-encodes what it parsed
+    and must get the hashed text back, so no parser quirk (a repeated key, a number's
+    spelling, an escape) can make two verifiers read one hashed body differently.
+    """
+    if "encoding" not in body:
+        if legacy_json(body) == text:
+            return None
+        return "its body is not written in the encoding it records (legacy)"
+    if body["encoding"] != ENCODING:
+        return f"its body names an encoding other than {ENCODING}"
+    try:
+        # RFC 8785 reads every number as an IEEE double (1e16 is written 10000000000000000,
+        # and 2**53 + 1 has no spelling), so its text is read again that way.
+        if canonical_json(json.loads(text, parse_int=float)) == text:
+            return None
+    except ValueError:  # RFC 8785 refuses NaN and the infinities
+        pass
+    return f"its body is not written in the encoding it records ({ENCODING})"
 
 
 def _sha256(text: str) -> str:
@@ -147,6 +185,7 @@ def append_event(
         "event_id": str(uuid.uuid4()),
         "occurred_at": occurred_at.isoformat(),
         "kind": kind,
+        "encoding": ENCODING,
         "actor": actor.to_dict(),
         "agreement": (
             None
@@ -319,6 +358,8 @@ def _check_event(event: AuditEvent, expected_seq: int, expected_prev: str) -> It
             yield f"column {name} was changed"
     if _utc(event.occurred_at) != datetime.fromisoformat(body["occurred_at"]):
         yield "column occurred_at was changed"
+    if (problem := encoding_problem(event.body, body)) is not None:
+        yield problem
 
 
 def verify_chain(session: Session) -> Verification:

@@ -1,0 +1,138 @@
+"""RFC 8785 event bodies, and chains written before the switch still verifying."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+from sqlalchemy import text
+
+from gateway import audit
+from gateway.context import Gateway
+from gateway.storage.tables import AuditEvent, AuditHead
+
+#: Details whose legacy and RFC 8785 spellings differ: floats that Python and
+#: ECMAScript print differently, and keys that sort differently by code point and by
+#: UTF-16 code unit (U+FF5E against U+1F600).
+AWKWARD = {"epsilon": 1.0, "tiny": 1e-05, "huge": 1e16, "\uff5e": 1, "\U0001f600": 2, "é": "ü"}
+
+
+def append_like_before_rfc8785(
+    session: Any, *, kind: str, details: dict[str, Any], actor: audit.Actor = audit.OPERATOR
+) -> None:
+    """The append of the code before the switch (52902a1's gateway/audit.py), kept here as
+    the old code path: a body with no "encoding", written by sorted ``json.dumps``."""
+    head = session.get(AuditHead, 1, with_for_update=True)
+    occurred_at = datetime.now(UTC)
+    seq = head.seq + 1
+    body = {
+        "seq": seq,
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": occurred_at.isoformat(),
+        "kind": kind,
+        "actor": actor.to_dict(),
+        "agreement": None,
+        "details": dict(details),
+        "prev_hash": head.hash,
+    }
+    body_text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    session.add(
+        AuditEvent(
+            seq=seq,
+            event_id=body["event_id"],
+            occurred_at=occurred_at,
+            kind=kind,
+            agreement_id=None,
+            actor_party=actor.party,
+            actor_role=actor.role,
+            body=body_text,
+            prev_hash=head.hash,
+            hash=audit._sha256(body_text),
+        )
+    )
+    head.seq, head.hash = seq, audit._sha256(body_text)
+    session.flush()
+
+
+def old_then_new_chain(gw: Gateway, *, old: int = 3, new: int = 3) -> list[AuditEvent]:
+    """A chain whose first ``old`` events the old code wrote, then ``new`` by today's."""
+    with gw.engine.begin() as connection:  # start from an empty chain, as before the switch
+        connection.execute(text("DELETE FROM audit_checkpoints"))
+        connection.execute(text("DELETE FROM audit_events"))
+        connection.execute(text(f"UPDATE audit_head SET seq = 0, hash = '{audit.GENESIS_HASH}'"))
+    with gw.sessions() as session, session.begin():
+        for i in range(old):
+            append_like_before_rfc8785(session, kind="key-created", details={**AWKWARD, "n": i})
+    with gw.sessions() as session, session.begin():
+        for i in range(new):
+            audit.append_event(
+                session, kind="key-created", actor=audit.OPERATOR, details={**AWKWARD, "n": i}
+            )
+    with gw.sessions() as session:
+        return list(session.scalars(audit.query_events()).all())
+
+
+def test_new_events_are_rfc8785_and_name_it(gateway: Gateway) -> None:
+    events = old_then_new_chain(gateway, old=1, new=1)
+    legacy, new = events
+    assert "encoding" not in json.loads(legacy.body)
+    body = json.loads(new.body)
+    assert body["encoding"] == "rfc8785"
+    # RFC 8785 reads every number as a double: 1e16 comes back as an int too big for it.
+    assert new.body == rfc8785.dumps(json.loads(new.body, parse_int=float)).decode()
+    # The two encodings really differ on these details, so the check below means something.
+    assert new.body != audit.legacy_json(body)
+    assert '"epsilon":1,' in new.body and '"tiny":0.00001' in new.body
+    assert '"epsilon":1.0,' in legacy.body and '"tiny":1e-05' in legacy.body
+
+
+def test_a_chain_written_before_the_switch_still_verifies(gateway: Gateway, tmp_path: Path) -> None:
+    old_then_new_chain(gateway)
+    with gateway.sessions() as session:
+        result = audit.verify_chain(session)
+    assert result.ok, result.problems
+    assert result.events_checked == 6
+    with gateway.sessions() as session:
+        audit.export_bundle(session, tmp_path / "b", gateway.signing_key)
+    bundled = audit.verify_bundle(tmp_path / "b")
+    assert bundled.ok, bundled.problems
+
+
+def test_a_body_respelled_under_the_same_hash_is_named(gateway: Gateway) -> None:
+    # Whoever can rewrite a row can re-spell a body and fix its hash and every link after
+    # it; the spelling check names the event even before the signature does.
+    events = old_then_new_chain(gateway, old=2, new=2)
+    for target, spelled in (
+        (events[0], lambda b: json.dumps(b, sort_keys=True)),  # legacy, with spaces
+        (events[3], audit.legacy_json),  # an RFC 8785 event in the old spelling
+    ):
+        body = json.loads(target.body)
+        forged = spelled(body)
+        with gateway.engine.begin() as connection:
+            connection.execute(
+                text("UPDATE audit_events SET body = :b, hash = :h WHERE seq = :s"),
+                {"b": forged, "h": audit._sha256(forged), "s": target.seq},
+            )
+        with gateway.sessions() as session:
+            found = [str(p) for p in audit.verify_chain(session).problems]
+        encoding = "rfc8785" if "encoding" in body else "legacy"
+        expected = f"event {target.seq}: its body is not written in the encoding it records"
+        assert f"{expected} ({encoding})" in found, found
+        with gateway.engine.begin() as connection:  # put it back for the next case
+            connection.execute(
+                text("UPDATE audit_events SET body = :b, hash = :h WHERE seq = :s"),
+                {"b": target.body, "h": target.hash, "s": target.seq},
+            )
+
+
+def test_an_unknown_encoding_is_named() -> None:
+    body = {"seq": 1, "encoding": "json5"}
+    assert audit.encoding_problem(audit.canonical_json(body), body) == (
+        "its body names an encoding other than rfc8785"
+    )
+    repeated = '{"encoding":"rfc8785","seq":1,"seq":2}'  # a repeated key has no one reading
+    assert audit.encoding_problem(repeated, json.loads(repeated)) is not None
