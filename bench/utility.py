@@ -707,14 +707,20 @@ def _judge(
     tumult_inputs: bool = True,
 ) -> Table:
     from gateway.release import aggregate, canonical, rows
-    from gateway.release.plan import plan_query
+    from gateway.release.plan import Composed, plan_query
     from gateway.release.query import resolve
 
     query = released_query(table["release"])
     resolved = canonical.normalise(
         resolve(query, agreement=agreement, registry=gw.registry, party=party), agreement
     )
-    plan = plan_query(resolved, agreement)
+    zcdp = table["release"]["noise"].get("zcdp")  # a report's table after others
+    composed = (
+        Composed(Decimal(zcdp["rho_before"]), Decimal(zcdp["report_epsilon"]))
+        if zcdp and zcdp.get("report_epsilon")
+        else None
+    )
+    plan = plan_query(resolved, agreement, composed)
     with gw.sessions() as session:
         frame = rows.read(session, resolved, agreement)
     found = aggregate.true_cells(frame, resolved, replace(plan, groups_per_teacher=UNBOUNDED))

@@ -322,6 +322,10 @@ def test_a_report_accounted_in_zcdp_composes_rho_and_charges_the_conversion(
     alone = [zcdp_charge(r, Decimal(0), delta) for r in rhos]
     assert charges[0] == alone[0]
     assert all(c < a for c, a in zip(charges[1:], alone[1:], strict=True))
+    # Each release says where it stood in the composition (and the audit event with it).
+    places = [t["release"]["noise"]["zcdp"] for t in out["tables"]]
+    assert [Decimal(p["rho_before"]) for p in places] == [sum(rhos[:i]) for i in range(4)]
+    assert [Decimal(p["conversion_delta_paid"]) for p in places] == [delta, 0, 0, 0]
     spent_epsilon, spent_delta = _spent(stocked)
     assert spent_epsilon - before_epsilon == sum(charges)
     floors = 4 * stocked.agreement(AGREEMENT).resolved_disclosure.floor_delta

@@ -103,6 +103,7 @@ class Plan:
     rho: Decimal | None = None
     conversion_delta: Decimal = Decimal(0)
     coupling_epsilon: float | None = None
+    composed: Composed | None = None  # where a report's zCDP table stands in it
     clamp: tuple[float, float] | None = None
     #: How the table's cells roll up when too small (a query that asks to coarsen).
     ladder: Ladder | None = None
@@ -198,6 +199,20 @@ class Plan:
                 }
             )
         return out
+
+    def zcdp(self) -> dict[str, str] | None:
+        """How a zCDP release was accounted, for the release and its audit event: its
+        rho, the rho of its report's tables before it, the report's epsilon and the
+        delta of the conversion it paid (0 when an earlier table paid it)."""
+        if self.rho is None:
+            return None
+        before = self.composed.rho_before if self.composed is not None else Decimal(0)
+        return {
+            "rho": str(self.rho),
+            "rho_before": str(before),
+            "report_epsilon": str(self.composed.report_epsilon) if self.composed else "",
+            "conversion_delta_paid": str(self.conversion_delta),
+        }
 
     def mechanisms(self) -> list[str]:
         if self.rho is not None:
@@ -391,6 +406,7 @@ def plan_query(
         rho=query.rho,
         conversion_delta=conversion,
         coupling_epsilon=coupling,
+        composed=composed,
     )
     try:
         if query.rho is not None:

@@ -418,6 +418,7 @@ def release(
             "mechanisms": plan.mechanisms(),
             "groups_per_teacher": plan.groups_per_teacher,
             "accuracy_95": plan.accuracy(),
+            **({"zcdp": plan.zcdp()} if plan.rho is not None else {}),
         },
         minimum_cell={"teachers": plan.minimum, "students": profile.min_cell_students},
         decisions={
