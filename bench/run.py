@@ -47,7 +47,15 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(selected: list[str]) -> None:
-    from bench import bench_cli, bench_pseudonym, bench_release, bench_upload, utility
+    from bench import (
+        bench_audit,
+        bench_cli,
+        bench_pseudonym,
+        bench_release,
+        bench_upload,
+        http_load,
+        utility,
+    )
 
     # A suite returns rows of one table, or (utility) its own markdown.
     suites: dict[str, Callable[[], list[dict[str, Any]] | str]] = {
@@ -55,6 +63,8 @@ def main(selected: list[str]) -> None:
         "upload": bench_upload.run,
         "release": bench_release.run,
         "cli": bench_cli.run,
+        "http": http_load.run,
+        "audit": bench_audit.run,
         "utility": utility.run,
     }
     sections = []
