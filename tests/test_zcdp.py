@@ -326,6 +326,10 @@ def test_a_report_accounted_in_zcdp_composes_rho_and_charges_the_conversion(
     places = [t["release"]["noise"]["zcdp"] for t in out["tables"]]
     assert [Decimal(p["rho_before"]) for p in places] == [sum(rhos[:i]) for i in range(4)]
     assert [Decimal(p["conversion_delta_paid"]) for p in places] == [delta, 0, 0, 0]
+    with stocked.sessions() as session:
+        events = [audit.event_view(e) for e in session.scalars(audit.query_events(kind="release"))]
+    logged = {e["details"]["release_id"]: e["details"].get("zcdp") for e in events}
+    assert [logged[t["release"]["release_id"]] for t in out["tables"]] == places
     spent_epsilon, spent_delta = _spent(stocked)
     assert spent_epsilon - before_epsilon == sum(charges)
     floors = 4 * stocked.agreement(AGREEMENT).resolved_disclosure.floor_delta

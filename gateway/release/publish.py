@@ -84,7 +84,7 @@ class Asked:
 
 def asked(gateway: Gateway, agreement: Agreement, resolved: ResolvedQuery, canonical: str) -> Asked:
     """The identity of a release of ``resolved`` on the data as it is now."""
-    with gateway.sessions() as session:
+    with gateway.reads() as session:
         version = rows.current_version(session, resolved, agreement)
     return Asked(canonical=canonical, data_version=version, agreement_hash=agreement.content_hash)
 
@@ -101,7 +101,7 @@ def _stored(session: Session, key: str) -> ReleaseRow | None:
 
 def find_repeat(gateway: Gateway, asked: Asked) -> ReleaseRow | None:
     """The recorded release of ``asked``, if there is one."""
-    with gateway.sessions() as session:
+    with gateway.reads() as session:
         row = _stored(session, asked.repeat_key)
         return row if row is not None and row.status == "released" else None
 
@@ -110,7 +110,7 @@ def preview(
     gateway: Gateway, agreement: Agreement, party: str, plan: Plan, asked: Asked
 ) -> Preview:
     """Cost and accuracy; whether the query would come back stored (free); spends nothing."""
-    with gateway.sessions() as session:
+    with gateway.reads() as session:
         state = budget.budget_state(session, agreement.id, party, now=gateway.clock())
         row = _stored(session, asked.repeat_key)
     repeat = row is not None and row.status == "released"
@@ -298,6 +298,7 @@ def record(
                 "cells_unprotectable": len(pattern.unprotectable),
                 "table_sha256": sha,
                 **({"report": report} if report else {}),
+                **({"zcdp": plan.zcdp()} if plan.rho is not None else {}),
             },
             agreement=agreement,
         )
