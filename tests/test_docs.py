@@ -271,3 +271,57 @@ def test_the_compliance_guide_covers_termination() -> None:
     not_yet = page.split("## What is not available yet", 1)[1]
     for feature in ("Termination with destruction receipts", "CSV export", "budget history"):
         assert feature not in not_yet, f"{feature!r} is still listed as not available"
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation but hyphens
+    and underscores dropped, spaces as hyphens."""
+    headings = re.findall(r"^#{1,6} (.+?)\s*$", page.read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+LINKED_PAGES = ["README.md", "keys/README.md", *(f"docs/{p.name}" for p in DOCS.glob("*.md"))]
+
+
+@pytest.mark.parametrize("page", sorted(LINKED_PAGES))
+def test_links_between_pages_resolve(page: str) -> None:
+    """Every relative link of the README and the docs names a file of the repository,
+    and its #anchor a heading of that page."""
+    source = REPO / page
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", source.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target):
+            continue  # a web address
+        path, _, anchor = target.partition("#")
+        linked = (source.parent / path).resolve() if path else source
+        if not linked.exists():
+            broken.append(target)
+        elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
+            broken.append(target)
+    assert not broken, f"{page} links to what is not there: {broken}"
+
+
+def test_the_readme_names_no_file_outside_the_repository() -> None:
+    """The README is read on a fresh clone: no "SPEC section 4" and no page that is
+    not in it."""
+    readme = read("README.md")
+    assert "SPEC" not in readme
+    for name in re.findall(r"`([\w./-]+\.(?:md|py|yaml|toml|txt))`", readme):
+        assert (REPO / name).exists() or any(REPO.glob(f"*/{name}")), name
+
+
+def test_the_readme_puts_the_two_commands_on_the_first_screen() -> None:
+    """What the gateway does, for whom, and the two commands, within the first 40 lines."""
+    first_screen = "\n".join(read("README.md").splitlines()[:40])
+    assert "make run" in first_screen and "make test" in first_screen
+    for reader in ("district", "EPP", "reviewer", "operator"):
+        assert reader in first_screen, reader
+
+
+def test_each_guarantee_links_its_evidence() -> None:
+    readme = read("README.md")
+    guarantees = readme.split("## What it guarantees", 1)[1].split("\n## ", 1)[0]
+    items = re.findall(r"^- (.+?)(?=^- |\Z)", guarantees, re.M | re.S)
+    assert len(items) >= 8
+    for item in items:
+        assert "](docs/compliance.md#" in item, item[:60]
