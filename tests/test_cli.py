@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import click
@@ -120,3 +121,19 @@ def test_agreements_check_reports_a_broken_file(settings: Settings, tmp_path: Pa
     assert result.exit_code != 0
     assert str(broken) in result.stdout and "kind" in result.stdout
     assert result.stderr.startswith("gateway: error: 1 problem")
+
+
+def test_agreements_check_refuses_a_display_precision_out_of_bounds(
+    settings: Settings, tmp_path: Path
+) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(settings.policies_dir, policies)
+    schema = policies / "datasets" / "evaluations.yaml"
+    text = schema.read_text()
+    assert "precision: 2" in text
+    schema.write_text(text.replace("precision: 2", "precision: 9", 1))
+    local = settings.model_copy(update={"policies_dir": policies})
+    result = run(local, "agreements", "check")
+    assert result.exit_code != 0
+    assert "evaluations.yaml" in result.stdout and "precision" in result.stdout
+    assert "0 to 4" in result.stdout
