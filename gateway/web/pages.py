@@ -455,7 +455,10 @@ def _xlsx_link(agreement_id: str, report: str, result: Mapping[str, Any]) -> str
         for number, table in enumerate(result["tables"])
         if "release" in table
     ]
-    tables += [("p", f"{name}={value}") for name, value in result["parameters"].items()]
+    tables += [
+        ("p", f"{name}={', '.join(map(str, value)) if isinstance(value, list) else value}")
+        for name, value in result["parameters"].items()
+    ]
     return (
         f"{PREFIX}/agreements/{quote(agreement_id)}/reports/{quote(report)}/report.xlsx?"
         + urlencode(tables)
