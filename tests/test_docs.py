@@ -294,9 +294,13 @@ def test_links_between_pages_resolve(page: str) -> None:
             continue  # a web address
         path, _, anchor = target.partition("#")
         linked = (source.parent / path).resolve() if path else source
-        if not linked.exists():
-            broken.append(target)
-        elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
+        missing_anchor = (
+            linked.exists()
+            and anchor
+            and linked.suffix == ".md"
+            and anchor not in heading_anchors(linked)
+        )
+        if not linked.exists() or missing_anchor:
             broken.append(target)
     assert not broken, f"{page} links to what is not there: {broken}"
 
