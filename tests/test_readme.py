@@ -163,3 +163,26 @@ def test_the_readme_sequence_works_end_to_end_in_a_fresh_folder(tmp_path: Path) 
     # The bundle verifies offline, as the README tells reviewers.
     bundle = option(readme_commands()[-1], "--out")
     assert run([".venv/bin/gateway", "audit", "verify", "--bundle", bundle]).startswith("ok: ")
+
+
+def planned(target: str, tmp_path: Path) -> list[str]:
+    """What `make TARGET` would run on a fresh machine (make -n, a venv not yet made)."""
+    process = subprocess.run(
+        ["make", "-n", target, f"VENV={tmp_path / 'venv'}"],
+        cwd=README.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [line for line in process.stdout.splitlines() if " -m pip install " in line]
+
+
+def test_make_run_installs_only_what_the_demo_needs(tmp_path: Path) -> None:
+    """The demo installs the gateway and its data generator, without the dev tools or
+    PostgreSQL's driver, and lets pip show its progress; the tests install both."""
+    run = planned("run", tmp_path)
+    assert run[-1].endswith("pip install -e . -e ./synthetic"), run
+    assert not any("--quiet" in line or "[" in line for line in run[1:]), run
+    test = planned("test", tmp_path)
+    assert test[-1].endswith("pip install -e '.[dev,postgres]' -e ./synthetic"), test
