@@ -492,3 +492,17 @@ def test_the_generator_is_not_part_of_the_gateway_package() -> None:
     assert importlib.util.find_spec("gateway.synthetic") is None
     assert not list(package.rglob("synthetic*.py"))
     assert package not in Path(gateway_synthetic.__file__).resolve().parents
+
+
+def test_the_demo_without_its_generator_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from gateway.demo import run_demo
+    from gateway.errors import ConfigurationError
+
+    monkeypatch.setitem(sys.modules, "gateway_synthetic", None)  # as if not installed
+    with pytest.raises(ConfigurationError, match=r"run `make run`.*pip install -e \./synthetic"):
+        run_demo(tmp_path / "demo", echo=None)
+    assert not (tmp_path / "demo").exists()  # nothing made
