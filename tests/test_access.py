@@ -397,7 +397,9 @@ def test_request_bodies_over_the_limit_are_refused(
         headers=upload_headers,
     )
     assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "upload_too_large"
-    assert "upload is larger" in events(gateway, "upload-refused")[-1]["details"]["reason"]
+    reason = events(gateway, "upload-refused")[-1]["details"]["reason"]
+    assert "file is larger than the" in reason and "split it" in reason
+    assert "GATEWAY_" not in too_big.json()["error"]["message"]  # the uploader's words
     assert list((small.data_dir / "tmp").iterdir()) == []
 
 
