@@ -1,0 +1,444 @@
+"""The reviewers' verifiers (gateway/web/static/verify_bundle.py and .mjs) report exactly
+what `gateway audit verify --bundle` reports, over the same tampering corpus."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import rfc8785
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway import audit, keys
+from gateway.cli import main
+from gateway.config import Settings
+from gateway.context import Gateway
+from tests.test_audit_encoding import old_then_new_chain
+
+STATIC = Path(audit.__file__).parent / "web" / "static"
+VERIFY_PY = STATIC / "verify_bundle.py"
+VERIFY_MJS = STATIC / "verify_bundle.mjs"
+FIXTURE = Path(__file__).parent / "fixtures" / "audit_bundle"
+NODE = shutil.which("node")
+
+
+def _load_standalone() -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("verify_bundle_standalone", VERIFY_PY)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+standalone = _load_standalone()
+
+
+def need_node() -> str:
+    if NODE is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("node is required under CI=true (the JavaScript verifier)")
+        pytest.skip("node is not installed")
+    return NODE
+
+
+# --- the tampering corpus (the cases of tests/test_audit_export.py, and more) ----------
+
+
+def _lines(bundle: Path) -> list[str]:
+    return (bundle / "events.jsonl").read_text().splitlines()
+
+
+def _write_lines(bundle: Path, rows: list[str]) -> None:
+    (bundle / "events.jsonl").write_text("\n".join(rows) + "\n")
+
+
+def _edit(bundle: Path) -> None:
+    rows = _lines(bundle)
+    record = json.loads(rows[2])
+    record["body"] = record["body"].replace('"role":"operator"', '"role":"reviewer"')
+    rows[2] = json.dumps(record)
+    _write_lines(bundle, rows)
+
+
+def _rehash_from(bundle: Path, index: int, change: Callable[[dict[str, object]], str]) -> None:
+    """Change event ``index`` and recompute every hash and link after it, as an attacker
+    without the signing key would: only the signature (and the spelling) can tell."""
+    rows = [json.loads(r) for r in _lines(bundle)]
+    previous = audit.GENESIS_HASH if index == 0 else rows[index - 1]["hash"]
+    for i, record in enumerate(rows[index:], start=index):
+        body = json.loads(record["body"])
+        body["prev_hash"] = previous
+        if i == index:
+            record["body"] = change(body)
+        elif "encoding" in body:
+            record["body"] = audit.canonical_json(json.loads(json.dumps(body), parse_int=float))
+        else:
+            record["body"] = audit.legacy_json(body)
+        record["hash"] = audit._sha256(record["body"])
+        previous = record["hash"]
+    _write_lines(bundle, [audit.canonical_json(r) for r in rows])
+
+
+def _forge_details(body: dict[str, object]) -> str:
+    body["details"] = {"forged": True}
+    return audit.canonical_json(body) if "encoding" in body else audit.legacy_json(body)
+
+
+def _delete(bundle: Path) -> None:
+    rows = _lines(bundle)
+    _write_lines(bundle, rows[:3] + rows[4:])
+
+
+def _insert(bundle: Path) -> None:
+    rows = _lines(bundle)
+    _write_lines(bundle, [*rows[:3], rows[2], *rows[3:]])
+
+
+def _reorder(bundle: Path) -> None:
+    rows = _lines(bundle)
+    _write_lines(bundle, [*rows[:2], rows[3], rows[2], *rows[4:]])
+
+
+def _truncate(bundle: Path) -> None:
+    _write_lines(bundle, _lines(bundle)[:-2])
+
+
+def _json_file(bundle: Path, name: str, change: Callable[[object], object]) -> None:
+    path = bundle / name
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+def _forge_signature(bundle: Path) -> None:
+    def change(checkpoints: object) -> object:
+        assert isinstance(checkpoints, list)
+        checkpoints[-1]["signature"] = "00" * 64
+        return checkpoints
+
+    _json_file(bundle, "checkpoints.json", change)
+
+
+def _other_key(bundle: Path) -> None:
+    keys.create_signing_key(bundle.parent / "other.key")
+    other = keys.load_signing_key(bundle.parent / "other.key")
+    (bundle / "public_key.pem").write_bytes(other.public_pem)
+
+
+def _roll_back(bundle: Path) -> None:
+    """Cut back to the first checkpoint, with the later checkpoints dropped and the
+    manifest fixed: on its own it verifies; only an earlier bundle catches it."""
+    checkpoints = json.loads((bundle / "checkpoints.json").read_text())
+    keep = min(c["seq"] for c in checkpoints)
+    rows = _lines(bundle)[:keep]
+    _write_lines(bundle, rows)
+    (bundle / "checkpoints.json").write_text(
+        json.dumps([c for c in checkpoints if c["seq"] <= keep])
+    )
+
+    def fix(manifest: object) -> object:
+        assert isinstance(manifest, dict)
+        return {**manifest, "events": keep, "head_hash": json.loads(rows[-1])["hash"]}
+
+    _json_file(bundle, "manifest.json", fix)
+
+
+def _respell(bundle: Path) -> None:
+    """An RFC 8785 event re-spelled in the old encoding, hashes and links fixed."""
+    rows = [json.loads(r) for r in _lines(bundle)]
+    index = next(i for i, r in enumerate(rows) if '"encoding":"rfc8785"' in r["body"])
+    _rehash_from(bundle, index, lambda body: audit.legacy_json(body))
+
+
+def _garbage_line(bundle: Path) -> None:
+    rows = _lines(bundle)
+    _write_lines(bundle, [*rows[:2], "not json", *rows[2:]])
+
+
+def _body_not_a_record(bundle: Path) -> None:
+    rows = [json.loads(r) for r in _lines(bundle)]
+    rows[1]["body"] = "[1,2]"
+    rows[1]["hash"] = audit._sha256("[1,2]")
+    _write_lines(bundle, [json.dumps(r) for r in rows])
+
+
+def _manifest_count(bundle: Path) -> None:
+    _json_file(bundle, "manifest.json", lambda m: {**m, "events": 1} if isinstance(m, dict) else m)
+
+
+def _no_key(bundle: Path) -> None:
+    (bundle / "public_key.pem").unlink()
+
+
+def _not_a_key(bundle: Path) -> None:
+    (bundle / "public_key.pem").write_text(
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+    )
+
+
+def _broken_checkpoints(bundle: Path) -> None:
+    (bundle / "checkpoints.json").write_text('[{"seq": 1}]')
+
+
+#: name -> (tamper the bundle, extra arguments, the exit status every verifier gives)
+CORPUS: dict[str, tuple[Callable[[Path], None], tuple[str, ...], int]] = {
+    "intact": (lambda b: None, (), 0),
+    "edited": (_edit, (), 8),
+    "rewritten": (lambda b: _rehash_from(b, 3, _forge_details), (), 8),
+    "deleted": (_delete, (), 8),
+    "inserted": (_insert, (), 8),
+    "reordered": (_reorder, (), 8),
+    "truncated": (_truncate, (), 8),
+    "forged-signature": (_forge_signature, (), 8),
+    "other-key": (_other_key, (), 8),
+    "rolled-back": (_roll_back, (), 0),
+    "rolled-back-previous": (_roll_back, ("--previous", "{earlier}"), 8),
+    "forged-anchor": (lambda b: None, ("--anchor", "3:" + "ab" * 32), 8),
+    "bad-anchor": (lambda b: None, ("--anchor", "3:not-a-hash"), 7),
+    "respelled": (_respell, (), 8),
+    "garbage-line": (_garbage_line, (), 8),
+    "body-not-a-record": (_body_not_a_record, (), 8),
+    "manifest-count": (_manifest_count, (), 8),
+    "missing-key": (_no_key, (), 3),
+    "not-a-key": (_not_a_key, (), 3),
+    "broken-checkpoints": (_broken_checkpoints, (), 3),
+}
+
+
+def build_corpus(gw: Gateway, folder: Path) -> dict[str, tuple[Path, tuple[str, ...], int]]:
+    """A bundle of old-encoding and RFC 8785 events (two checkpoints), and one tampered
+    copy per case; the untouched export is ``earlier`` for --previous."""
+    old_then_new_chain(gw, old=3, new=3)
+    with gw.sessions() as session, session.begin():
+        audit.sign_checkpoint(session, gw.signing_key)
+    with gw.sessions() as session, session.begin():
+        for i in range(2):
+            audit.append_event(session, kind="key-created", actor=audit.OPERATOR, details={"i": i})
+    earlier = folder / "earlier"
+    with gw.sessions() as session:
+        audit.export_bundle(session, earlier, gw.signing_key)
+    cases = {}
+    for name, (tamper, args, status) in CORPUS.items():
+        bundle = folder / name / "bundle"
+        shutil.copytree(earlier, bundle)
+        tamper(bundle)
+        cases[name] = (bundle, tuple(a.format(earlier=earlier) for a in args), status)
+    return cases
+
+
+def run_gateway(bundle: Path, args: tuple[str, ...]) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["audit", "verify", "--bundle", str(bundle), *args], env={})
+    return result.exit_code, result.stdout, result.stderr.removeprefix("gateway: error: ")
+
+
+def run_file(command: list[str], bundle: Path, args: tuple[str, ...]) -> tuple[int, str, str]:
+    done = subprocess.run(
+        [*command, str(bundle), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    return done.returncode, done.stdout, done.stderr.removeprefix("verify_bundle: error: ")
+
+
+def run_python_file(argv: list[str]) -> tuple[int, str, str]:
+    """The Python file's main, in this process (a process per case costs 0.5 s on a
+    loaded machine; the fixture test runs it as a script)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = standalone.main(argv)  # type: ignore[attr-defined]
+    return code, out.getvalue(), err.getvalue().removeprefix("verify_bundle: error: ")
+
+
+#: Runs the JavaScript file's main over many argument lists in one node process.
+NODE_BATCH = """
+const m = await import(process.argv[1]);
+const results = [];
+for (const argv of JSON.parse(process.argv[2])) {
+  let out = "", err = "";
+  console.log = (text) => { out += text + "\\n"; };
+  console.error = (text) => { err += text + "\\n"; };
+  results.push([m.main(argv), out, err.replace(/^verify_bundle: error: /, "")]);
+}
+process.stdout.write(JSON.stringify(results));
+"""
+
+
+def run_javascript_file(argvs: list[list[str]]) -> list[tuple[int, str, str]]:
+    command = [need_node(), "--input-type=module", "-e", NODE_BATCH]
+    done = subprocess.run(
+        [*command, VERIFY_MJS.as_uri(), json.dumps(argvs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return [(code, out, err) for code, out, err in json.loads(done.stdout)]
+
+
+@pytest.fixture
+def corpus(gateway: Gateway, tmp_path: Path) -> dict[str, tuple[Path, tuple[str, ...], int]]:
+    return build_corpus(gateway, tmp_path)
+
+
+def _expected(
+    cases: dict[str, tuple[Path, tuple[str, ...], int]],
+) -> list[tuple[str, list[str], tuple[int, str, str]]]:
+    """Each case in text and JSON, with what `gateway audit verify --bundle` reports."""
+    runs = []
+    for name, (bundle, args, status) in cases.items():
+        for mode in ((), ("--json",)):
+            expected = run_gateway(bundle, (*args, *mode))
+            assert expected[0] == status, (name, expected)
+            runs.append((name, [str(bundle), *args, *mode], expected))
+    return runs
+
+
+def test_the_python_file_reports_what_the_gateway_reports(
+    corpus: dict[str, tuple[Path, tuple[str, ...], int]],
+) -> None:
+    # The corpus really is broken where it says: the gateway names the expected damage.
+    assert "rewritten" in run_gateway(corpus["rewritten"][0], ())[1]
+    assert (
+        "event 4: its body is not written in the encoding it records (rfc8785)"
+        in (run_gateway(corpus["respelled"][0], ())[1])
+    )
+    assert "cut back" in run_gateway(*corpus["rolled-back-previous"][:2])[1]
+    for name, argv, expected in _expected(corpus):
+        assert run_python_file(argv) == expected, name
+
+
+def test_the_javascript_file_reports_what_the_gateway_reports(
+    corpus: dict[str, tuple[Path, tuple[str, ...], int]],
+) -> None:
+    runs = _expected(corpus)
+    found = run_javascript_file([argv for _, argv, _ in runs])
+    for (name, argv, expected), got in zip(runs, found, strict=True):
+        assert got == expected, (name, argv)
+
+
+# --- test vectors -----------------------------------------------------------------------
+
+
+def test_the_fixture_bundle_verifies_everywhere() -> None:
+    """tests/fixtures/audit_bundle (made by tests/fixtures/make_audit_bundle.py) holds
+    old-encoding and RFC 8785 events; docs/audit-bundle.md quotes it as test vectors."""
+    expected = run_gateway(FIXTURE, ("--json",))
+    assert expected[0] == 0, expected
+    assert run_file([sys.executable, str(VERIFY_PY)], FIXTURE, ("--json",)) == expected
+    if NODE is not None or os.environ.get("CI") == "true":
+        assert run_file([need_node(), str(VERIFY_MJS)], FIXTURE, ("--json",)) == expected
+
+
+#: RFC 8785 appendix B's examples and section 3.2.2's sample object, as the RFC prints them.
+RFC_VECTORS = [
+    (
+        '{"numbers":[333333333.33333329,1E30,4.50,2e-3,0.000000000000000000000000001],'
+        '"string":"\\u20ac$\\u000F\\u000aA\'\\u0042\\u0022\\u005c\\\\\\"\\/",'
+        '"literals":[null,true,false]}',
+        '{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],'
+        '"string":"€$\\u000f\\nA\'B\\"\\\\\\\\\\"/"}',
+    ),
+    (
+        "[1e21, 1e20, 0.000001, 1e-7, -0.0, 9007199254740993]",
+        "[1e+21,100000000000000000000,0.000001,1e-7,0,9007199254740992]",
+    ),
+    (
+        '{"\\u20ac":1,"\\r":2,"\\ud83d\\ude00":3,"\\ufb33":4,"1":5,"\\u00f6":6}',
+        '{"\\r":2,"1":5,"\u00f6":6,"\u20ac":1,"\U0001f600":3,"\ufb33":4}',
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "canonical"), RFC_VECTORS)
+def test_both_verifiers_encode_the_rfc_examples(text: str, canonical: str) -> None:
+    value = json.loads(text, parse_int=float)
+    assert rfc8785.dumps(value).decode() == canonical  # the library agrees with the RFC
+    assert standalone.jcs(value) == canonical  # type: ignore[attr-defined]
+    if NODE is None and os.environ.get("CI") != "true":
+        return
+    script = (
+        f"import('{VERIFY_MJS.as_uri()}').then(m => process.stdout.write("
+        "m.canonicalize(process.argv[1])))"
+    )
+    done = subprocess.run(
+        [need_node(), "-e", script, text], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout == canonical
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(JSON_VALUES)
+def test_the_python_file_encodes_as_the_library_does(value: object) -> None:
+    try:
+        expected = rfc8785.dumps(value).decode()  # type: ignore[arg-type]
+    except rfc8785.CanonicalizationError:  # lone surrogates: neither may encode them
+        with pytest.raises(ValueError):
+            standalone.jcs(value)  # type: ignore[attr-defined]
+        return
+    assert standalone.jcs(value) == expected  # type: ignore[attr-defined]
+
+
+def test_the_python_file_needs_only_the_standard_library_and_cryptography() -> None:
+    tree = ast.parse(VERIFY_PY.read_text())
+    imported = {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    } | {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert imported - set(sys.stdlib_module_names) == {"cryptography"}
+    source = VERIFY_MJS.read_text()
+    assert {
+        line.split(" from ")[1] for line in source.splitlines() if line.startswith("import ")
+    } == {
+        '"node:crypto";',
+        '"node:fs";',
+        '"node:path";',
+        '"node:url";',
+    }
+
+
+def test_the_audit_page_offers_both_verifiers_for_download(
+    gateway: Gateway, settings: Settings
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from gateway.app import create_app
+    from gateway.web.session import SESSION_COOKIE
+    from tests.conftest import issue_token
+
+    token = issue_token(settings, role="reviewer", party=None)
+    with TestClient(create_app(settings), follow_redirects=False) as client:
+        client.cookies.set(SESSION_COOKIE, token, path="/web")
+        page = client.get("/web/audit")
+        assert page.status_code == 200, page.text[:300]
+        for source in (VERIFY_PY, VERIFY_MJS):
+            link = f'href="/web/static/{source.name}" download'
+            assert link in page.text
+            client.cookies.clear()  # anyone may download them, signed in or not
+            download = client.get(f"/web/static/{source.name}")
+            assert download.status_code == 200
+            assert download.content == source.read_bytes()
