@@ -104,6 +104,22 @@ def test_init_with_one_folder_missing_names_the_setting_and_makes_nothing(
     assert not (tmp_path / "policies").exists()
 
 
+def test_without_the_examples_init_names_the_setting_to_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway installed without its source folder has no examples to copy."""
+    from gateway import context
+
+    monkeypatch.setattr(context, "example_folders", lambda: None)
+    result = cli(["init"], tmp_path)
+    assert result.exit_code == 3
+    assert result.output.strip().splitlines() == [
+        "gateway: error: GATEWAY_AGREEMENTS_DIR is agreements, which is not a folder: set "
+        "GATEWAY_AGREEMENTS_DIR to the folder of your agreement files (docs/configuration.md)"
+    ]
+    assert not key_files(tmp_path) and not (tmp_path / "gateway-data").exists()
+
+
 def test_a_setting_naming_a_missing_folder_is_never_filled_with_examples(tmp_path: Path) -> None:
     result = cli(["init"], tmp_path, {"GATEWAY_AGREEMENTS_DIR": str(tmp_path / "ours")})
     assert result.exit_code == 3
