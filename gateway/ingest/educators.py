@@ -39,10 +39,11 @@ def _words(pseudonyms: list[str]) -> tuple[IntArray, Words]:
     """The first and second 64 bits of each pseudonym (16 letters, 4 bits each)."""
     if not pseudonyms:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint64)
-    text = np.frombuffer("".join(p[:32] for p in pseudonyms).encode("ascii"), dtype=np.uint8)
-    nibbles = (text.reshape(len(pseudonyms), 32) & 0x0F).astype(np.uint64)
+    text = np.frombuffer("".join(pseudonyms).encode("ascii"), dtype=np.uint8)
+    letters = text.reshape(len(pseudonyms), -1)[:, :32]
     # The pseudonym alphabet maps each hex digit to a letter whose low four bits differ
     # for every digit (gateway.pseudonym), so the low nibbles carry all 128 bits.
+    nibbles = (letters & 0x0F).astype(np.uint64)
     shifts = np.arange(60, -1, -4, dtype=np.uint64)
     first = np.bitwise_or.reduce(nibbles[:, :16] << shifts, axis=1)
     second = np.bitwise_or.reduce(nibbles[:, 16:] << shifts, axis=1)
@@ -59,7 +60,9 @@ class EducatorIndex:
         self._second = np.empty(1024, dtype=np.uint64)  # by local number
         self._refs = np.empty(1024, dtype=np.int64)  # by local number; -1: not stored yet
         self._count = 0
-        self._chunk_pseudonyms: dict[int, str] = {}  # local number -> pseudonym, this chunk
+        self._chunk_named: list[str] = []  # this chunk's pseudonyms
+        self._chunk_numbers: IntArray = np.empty(0, dtype=np.int64)  # its distinct ones' numbers
+        self._chunk_where: IntArray = np.empty(0, dtype=np.int64)  # and their places in named
         self.pattern = pseudonymizer.normalisation.pattern
 
     def __len__(self) -> int:
@@ -71,28 +74,30 @@ class EducatorIndex:
         spellings: list[str] = encoded.dictionary.to_pylist()
         pseudonyms = self._pseudonymizer.pseudonymize_distinct(spellings, {})
         valid = np.array([p is not None for p in pseudonyms], dtype=bool)
-        blank = np.array([not s.strip() for s in spellings], dtype=bool) & ~valid
         named = [p for p in pseudonyms if p is not None]
+        first, second = _words(named)
         # Distinct spellings may share a pseudonym ("0042" and "42"): number each once.
-        distinct = sorted(set(named))
-        first, second = _words(distinct)
-        known, numbers = self._local.lookup(first)
-        if known.any() and not np.array_equal(self._second[numbers[known]], second[known]):
+        distinct, where, inverse = np.unique(first, return_index=True, return_inverse=True)
+        if not np.array_equal(second[where][inverse], second):
+            raise RuntimeError("two pseudonyms share their first 64 bits")  # pragma: no cover
+        known, numbers = self._local.lookup(distinct)
+        if known.any() and not np.array_equal(self._second[numbers[known]], second[where][known]):
             raise RuntimeError("two pseudonyms share their first 64 bits")  # pragma: no cover
         fresh = np.flatnonzero(~known)
         if fresh.size:
             numbers[fresh] = np.arange(self._count, self._count + fresh.size)
             self._grow(self._count + fresh.size)
-            self._second[numbers[fresh]] = second[fresh]
+            self._second[numbers[fresh]] = second[where][fresh]
             self._refs[numbers[fresh]] = -1
             self._count += int(fresh.size)
-            self._local.add(first[fresh], numbers[fresh])
-        by_pseudonym = dict(zip(distinct, numbers.tolist(), strict=True))
-        self._chunk_pseudonyms = {n: p for p, n in by_pseudonym.items()}
+            self._local.add(distinct[fresh], numbers[fresh])
+        # For references(): which pseudonym of this chunk each local number is.
+        self._chunk_named, self._chunk_numbers, self._chunk_where = named, numbers, where
         local = np.full(len(spellings), -1, dtype=np.int64)
-        local[valid] = [by_pseudonym[p] for p in named]
+        local[valid] = numbers[inverse]
         codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
         rows = local[codes]
+        blank = np.array([not s.strip() for s in spellings], dtype=bool) & ~valid
         missing = blank[codes]
         return rows, missing, (rows < 0) & ~missing
 
@@ -109,7 +114,9 @@ class EducatorIndex:
         refs = self._refs[local]
         unknown = np.unique(local[refs < 0])
         if unknown.size:
-            wanted = [self._chunk_pseudonyms[i] for i in unknown.tolist()]
+            order = np.argsort(self._chunk_numbers)
+            at = order[np.searchsorted(self._chunk_numbers, unknown, sorter=order)]
+            wanted = [self._chunk_named[i] for i in self._chunk_where[at].tolist()]
             self._refs[unknown] = stored_educators.store(
                 connection,
                 agreement_id=self._agreement_id,
