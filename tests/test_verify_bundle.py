@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 import rfc8785
 from click.testing import CliRunner
 from hypothesis import given
+from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
 from gateway import audit, keys
@@ -442,3 +444,55 @@ def test_the_audit_page_offers_both_verifiers_for_download(
             download = client.get(f"/web/static/{source.name}")
             assert download.status_code == 200
             assert download.content == source.read_bytes()
+
+
+def test_the_documented_vectors_are_the_fixture_bundle() -> None:
+    page = (Path(__file__).parent.parent / "docs" / "audit-bundle.md").read_text()
+    lines = (FIXTURE / "events.jsonl").read_text().splitlines()
+    for index in (0, 2):  # events 1 (legacy) and 3 (RFC 8785)
+        record = json.loads(lines[index])
+        assert f"    {record['body']}\n    {record['hash']}\n" in page
+        assert hashlib.sha256(record["body"].encode()).hexdigest() == record["hash"]
+    checkpoint = json.loads((FIXTURE / "checkpoints.json").read_text())[-1]
+    signed = json.dumps(
+        {k: checkpoint[k] for k in ("hash", "seq", "signed_at")}, separators=(",", ":")
+    )
+    assert f"    {signed}\n" in page
+    assert checkpoint["signature"] in page and checkpoint["public_key_fingerprint"] in page
+    pem = (FIXTURE / "public_key.pem").read_text().splitlines()[1]
+    assert f"    {pem}\n" in page
+    # A line holds a string, a hex string and an integer: both encodings spell it alike,
+    # so bundles exported before and after the switch share their lines byte for byte.
+    for line in lines:
+        assert audit.legacy_json(json.loads(line)) == line == audit.canonical_json(json.loads(line))
+
+
+@given(st.lists(JSON_VALUES, min_size=20, max_size=40))
+@hyp_settings(max_examples=5, deadline=None)
+def test_the_javascript_file_encodes_as_the_library_does(values: list[object]) -> None:
+    cases = []
+    for value in values:
+        try:
+            cases.append((json.dumps(value), rfc8785.dumps(value).decode()))  # type: ignore[arg-type]
+        except rfc8785.CanonicalizationError:
+            continue  # lone surrogates: JSON text cannot carry them to node intact
+    script = (
+        "const m = await import(process.argv[1]);"
+        "const texts = JSON.parse(process.argv[2]);"
+        "process.stdout.write(JSON.stringify(texts.map((t) => m.canonicalize(t))));"
+    )
+    done = subprocess.run(
+        [
+            need_node(),
+            "--input-type=module",
+            "-e",
+            script,
+            VERIFY_MJS.as_uri(),
+            json.dumps([text for text, _ in cases]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(done.stdout) == [canonical for _, canonical in cases]
