@@ -585,20 +585,22 @@ def upload(
 
     Prints the receipt. A refused file stores nothing; its problems are listed.
     """
-    from gateway import audit
+    from gateway import audit, progress
     from gateway.ingest import UploadRefused, upload_extract
 
     with _open(ctx) as gw:
         try:
-            receipt = upload_extract(
-                gw,
-                agreement_id=agreement_id,
-                party=party,
-                dataset=dataset,
-                path=file,
-                actor=audit.Actor(role="operator", party=party),
-                sheet=sheet,
-            )
+            with progress.upload_progress(enabled=progress.wanted(as_json=as_json)) as show:
+                receipt = upload_extract(
+                    gw,
+                    agreement_id=agreement_id,
+                    party=party,
+                    dataset=dataset,
+                    path=file,
+                    actor=audit.Actor(role="operator", party=party),
+                    sheet=sheet,
+                    progress=show,
+                )
         except UploadRefused as refused:
             if not as_json:
                 _print_receipt(refused.receipt)
@@ -726,7 +728,7 @@ def release(
 ) -> None:
     """Release a differentially private aggregate (a query, or a named report) to a
     recipient party."""
-    from gateway import audit
+    from gateway import audit, progress
     from gateway.release import export, formatting
     from gateway.release.engine import request_release
     from gateway.release.query import parse_query
@@ -749,7 +751,10 @@ def release(
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SchemaError(f"{query_file.name}: not a JSON query ({error})") from None
     query = parse_query(body)
-    with _open(ctx) as gw:
+    with (
+        _open(ctx) as gw,
+        progress.stage("computing the release", enabled=progress.wanted(as_json=as_json)),
+    ):
         result = request_release(
             gw,
             agreement_id=agreement_id,

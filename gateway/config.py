@@ -57,11 +57,13 @@ class Settings(BaseSettings):
         description="Folder of dataset schemas (datasets/) and disclosure profiles (profiles/).",
     )
 
+    # A statewide extract of ten million rows is about 900 MB; an upload's memory does
+    # not grow with the file (docs/uploads.md, "Large files"), so the caps are generous.
     max_upload_bytes: int = Field(
-        default=512 * 1024 * 1024, gt=0, description="Largest upload accepted, in bytes."
+        default=2 * 1024 * 1024 * 1024, gt=0, description="Largest upload accepted, in bytes."
     )
     max_upload_rows: int = Field(
-        default=5_000_000, gt=0, description="Most data rows accepted in one upload."
+        default=20_000_000, gt=0, description="Most data rows accepted in one upload."
     )
     upload_chunk_rows: int = Field(
         default=100_000,
