@@ -343,9 +343,18 @@ def layout_problems(page: Page) -> list[str]:
         const width = window.innerWidth;
         const doc = document.documentElement;
         if (doc.scrollWidth > width) {
-            found.push(`the page is ${doc.scrollWidth}px wide in a ${width}px window`);
+            // Name the outermost element that sticks out, to say where to look.
+            // (text running out of its box counts: a long word in a heading)
+            const out = [...document.querySelectorAll('main *, header *')].find(
+                (e) => !e.parentElement.closest('.scroll') && (
+                    e.getBoundingClientRect().right > width + 0.5
+                    || (e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0
+                        && getComputedStyle(e).overflowX === 'visible')));
+            const where = out ? `${out.tagName.toLowerCase()}.${out.className}` : 'unknown';
+            found.push(`the page is ${doc.scrollWidth}px wide in a ${width}px window (${where})`);
         }
-        for (const chart of document.querySelectorAll('svg.chart, table.heat')) {
+        // A grid (a joint table) is a table: like any table, it may scroll in its box.
+        for (const chart of document.querySelectorAll('svg.chart')) {
             const box = chart.getBoundingClientRect();
             const holder = chart.parentElement.getBoundingClientRect();
             if (box.right > width + 0.5 || box.width > holder.width + 0.5) {
@@ -387,6 +396,11 @@ def _describe(violations: list[dict[str, Any]]) -> str:
 
 @pytest.fixture(scope="module")
 def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """pytest's temporary folder, or SCREENSHOTS_DIR (to look at them after)."""
+    chosen = os.environ.get("SCREENSHOTS_DIR")
+    if chosen:
+        Path(chosen).mkdir(parents=True, exist_ok=True)
+        return Path(chosen)
     return tmp_path_factory.mktemp("screenshots")
 
 

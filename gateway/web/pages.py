@@ -48,7 +48,8 @@ from gateway.release.reports import list_reports, run_report
 from gateway.storage import history
 from gateway.storage.releases import Release
 from gateway.web.cells import cell_rows, cells_csv, dimensions, group_label
-from gateway.web.charts import bar_chart, budget_chart, chart_top, heat_map
+from gateway.web.charts import budget_chart
+from gateway.web.figures import report_charts
 from gateway.web.forms import LeadingFields, checked_stream
 from gateway.web.rendering import PageRoute, format_number, render, sign_in_page
 from gateway.web.session import (
@@ -346,31 +347,10 @@ def _summaries(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     return shown
 
 
-def _shared_tops(result: Mapping[str, Any]) -> list[float | None]:
-    """One scale for the charts of a report's tables that count the same kind of thing
-    by the same dimensions (the needs report's positions and candidates by licensure
-    area): each such table's chart reaches the largest value among them."""
-    keys: list[tuple[bool, tuple[str, ...]]] = []
-    for table in result["tables"]:
-        release = table.get("release") or {}
-        cells = release.get("cells") or []
-        kind = (release.get("query") or {}).get("measure", {}).get("kind")
-        dims = tuple(cells[0]["group"]) if cells else ()
-        keys.append((kind in ("count", "sum"), dims))
-    tops: list[float | None] = []
-    for key in keys:
-        peers = [t for k, t in zip(keys, result["tables"], strict=True) if k == key]
-        if key[0] and len(peers) > 1:
-            tops.append(max(chart_top(t["release"].get("cells") or []) for t in peers))
-        else:
-            tops.append(None)
-    return tops
-
-
 def _result_tables(result: Mapping[str, Any], registry: Any) -> list[dict[str, Any]]:
     tables = []
     formats = formatting.for_report_tables(result, registry)
-    for table, top, fmt in zip(result["tables"], _shared_tops(result), formats, strict=True):
+    for table, fmt in zip(result["tables"], formats, strict=True):
         if "skipped" in table:  # nothing spent on it: the page says why
             tables.append({"title": table["title"], "skipped": table["skipped"]})
             continue
@@ -382,12 +362,6 @@ def _result_tables(result: Mapping[str, Any], registry: Any) -> list[dict[str, A
                 "release": release,
                 "dimensions": dimensions(cells),
                 "rows": cell_rows(release, fmt),
-                "chart": bar_chart(table["title"], cells, top=top),
-                "heat_map": (
-                    heat_map(table["title"], cells)
-                    if (release.get("query") or {}).get("measure", {}).get("kind") == "joint"
-                    else None
-                ),
                 "summaries": _summaries(table.get("summary") or {}),
                 "suppressed": sum(1 for c in cells if c.get("suppressed")),
             }
@@ -443,6 +417,7 @@ async def report_run(
     else:
         context["result"] = outcome
         context["tables"] = _result_tables(outcome, gateway.registry)
+        context["charts"] = report_charts(outcome, gateway.registry)
         context["xlsx_link"] = _xlsx_link(agreement_id, report, outcome)
     return render(request, "report.html", context)
 
@@ -463,6 +438,7 @@ def _xlsx_link(agreement_id: str, report: str, result: Mapping[str, Any]) -> str
         f"{PREFIX}/agreements/{quote(agreement_id)}/reports/{quote(report)}/report.xlsx?"
         + urlencode(tables)
     )
+
 
 
 def _received_release(
