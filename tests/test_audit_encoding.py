@@ -9,7 +9,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 import rfc8785
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from gateway import audit
@@ -137,3 +140,35 @@ def test_an_unknown_encoding_is_named() -> None:
     )
     repeated = '{"encoding":"rfc8785","seq":1,"seq":2}'  # a repeated key has no one reading
     assert audit.encoding_problem(repeated, json.loads(repeated)) is not None
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**60), max_value=2**60)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(JSON_VALUES)
+def test_the_json_dumps_shortcut_writes_what_the_rfc8785_package_writes(value: Any) -> None:
+    try:
+        expected = rfc8785.dumps(value).decode()
+    except rfc8785.CanonicalizationError:  # integers beyond 2**53, lone surrogates
+        with pytest.raises(ValueError):
+            audit.canonical_json(value)
+        return
+    assert audit.canonical_json(value) == expected
+
+
+@given(st.dictionaries(st.text(), JSON_VALUES, max_size=4))
+def test_every_body_the_gateway_can_write_passes_the_spelling_check(details: Any) -> None:
+    body = {"seq": 1, "encoding": "rfc8785", "details": details}
+    try:
+        text = audit.canonical_json(body)
+    except ValueError:
+        return  # refused when written, so never stored
+    assert audit.encoding_problem(text, json.loads(text)) is None
