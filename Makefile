@@ -45,13 +45,13 @@ browser:
 	fi
 
 ## test: the default test suite (SQLite; PostgreSQL too when GATEWAY_TEST_DATABASE_URL is set),
-## on every core (pytest-xdist)
+## on every core (pytest-xdist; the tests of one xdist_group, sharing a costly fixture, on one)
 test: $(TEST_STAMP) browser
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 ## test-all: the default suite plus the slow, exhaustive tests
 test-all: $(TEST_STAMP) browser
-	$(BIN)/python -m pytest -n auto -m "slow or not slow"
+	$(BIN)/python -m pytest -n auto --dist loadgroup -m "slow or not slow"
 
 lint: install
 	$(BIN)/ruff check gateway synthetic tests bench

@@ -2,29 +2,64 @@
 
 from __future__ import annotations
 
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
-from click.testing import CliRunner
+import pytest
+from click.testing import CliRunner, Result
 
 from gateway import audit
+from gateway import demo as demo_module
 from gateway.agreements import load_registry
 from gateway.cli import main
 from gateway.context import Gateway
-from gateway.demo import demo_settings, run_demo
+from gateway.demo import demo_settings
 from tests.conftest import AGREEMENTS_DIR, POLICIES_DIR
 
+# The whole demo is the costliest thing the suite runs, so the module's tests share one
+# run of the command. `make test` (--dist loadgroup) keeps them on one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("demo")
 
-def test_demo_uploads_every_extract_and_leaves_no_raw_id(
-    tmp_path: Path, monkeypatch: object
-) -> None:
-    import pytest
 
-    assert isinstance(monkeypatch, pytest.MonkeyPatch)
-    monkeypatch.setenv("GATEWAY_AGREEMENTS_DIR", str(AGREEMENTS_DIR))
-    monkeypatch.setenv("GATEWAY_POLICIES_DIR", str(POLICIES_DIR))
-    result = run_demo(tmp_path / "demo", echo=None)
+@dataclass(frozen=True)
+class DemoRun:
+    folder: Path
+    #: What `gateway demo --dir FOLDER` printed and its exit code.
+    command: Result
+    #: What the demo returned to the command (the summary behind ``--json``).
+    result: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """``gateway demo`` run once, through the command line, with what ``run_demo``
+    returned to it recorded on the way (the real function runs)."""
+    folder = tmp_path_factory.mktemp("demo") / "d"
+    returned: list[dict[str, Any]] = []
+    run_demo = demo_module.run_demo
+
+    def recorded(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        returned.append(run_demo(*args, **kwargs))
+        return returned[-1]
+
+    env = {"GATEWAY_AGREEMENTS_DIR": str(AGREEMENTS_DIR), "GATEWAY_POLICIES_DIR": str(POLICIES_DIR)}
+    with pytest.MonkeyPatch.context() as patch:
+        for name in os.environ:  # no developer's GATEWAY_* settings (conftest, per test)
+            if name.startswith("GATEWAY_") and name != "GATEWAY_TEST_DATABASE_URL":
+                patch.delenv(name)
+        patch.setattr(demo_module, "run_demo", recorded)
+        command = CliRunner().invoke(main, ["demo", "--dir", str(folder)], env=env)
+    assert command.exit_code == 0, command.output
+    (result,) = returned
+    return DemoRun(folder, command, result)
+
+
+def test_demo_uploads_every_extract_and_leaves_no_raw_id(demo_run: DemoRun) -> None:
+    result = demo_run.result
     assert len(result["agreements"]) == 4
     assert result["audit"]["ok"] is True
     assert result["uploads"] and all(u["status"] == "accepted" for u in result["uploads"])
@@ -44,7 +79,7 @@ def test_demo_uploads_every_extract_and_leaves_no_raw_id(
     assert all(r["status"] == "released" and r["tables"] for r in ran.values()), [
         r for r in ran.values() if r["status"] != "released"
     ]
-    settings = demo_settings(tmp_path / "demo")
+    settings = demo_settings(demo_run.folder)
     with Gateway.open(settings, checkpoint=False) as gw, gw.sessions() as session:
         released = {
             e["details"]["release_id"]: e["details"].get("report")
@@ -54,7 +89,7 @@ def test_demo_uploads_every_extract_and_leaves_no_raw_id(
         assert {released[t] for t in run["tables"]} == {run["report"]}
     datasets = {(u["agreement"], u["dataset"]) for u in result["uploads"]}
     assert ("student-teaching-bayview-eastport", "value_added") in datasets
-    extracts = tmp_path / "demo" / "extracts"
+    extracts = demo_run.folder / "extracts"
     formats = {Path(u["file"]).suffix for u in result["uploads"]}
     assert {".csv", ".xlsx", ".parquet"} <= formats
     assert all(Path(u["file"]).is_relative_to(extracts) for u in result["uploads"])
@@ -78,7 +113,7 @@ def test_demo_uploads_every_extract_and_leaves_no_raw_id(
                 if len(digits) >= 5:
                     raw_ids.add(digits.encode())
     assert len(raw_ids) > 500
-    data_dir = tmp_path / "demo" / "data"
+    data_dir = demo_run.folder / "data"
     found: set[bytes] = set()
     for path in data_dir.rglob("*"):
         if path.is_file() and path.name != "master.key":
@@ -90,12 +125,11 @@ def test_demo_uploads_every_extract_and_leaves_no_raw_id(
     assert not (found & raw_ids), _where(data_dir, found & raw_ids)
 
 
-def test_demo_command_runs(tmp_path: Path) -> None:
-    env = {"GATEWAY_AGREEMENTS_DIR": str(AGREEMENTS_DIR), "GATEWAY_POLICIES_DIR": str(POLICIES_DIR)}
-    result = CliRunner().invoke(main, ["demo", "--dir", str(tmp_path / "d")], env=env)
+def test_demo_command_runs(demo_run: DemoRun) -> None:
+    result = demo_run.command
     assert result.exit_code == 0, result.output
     assert "chain and signed checkpoints verified" in result.stdout
-    assert (tmp_path / "d" / "extracts").is_dir() and (tmp_path / "d" / "data").is_dir()
+    assert (demo_run.folder / "extracts").is_dir() and (demo_run.folder / "data").is_dir()
     # The story goes on to the reports and says how to open the web pages.
     assert "impact for bayview-state" in result.stdout and "95% interval" in result.stdout
     # Suppressed cells are counted, one line a table, not listed one by one; a report
@@ -116,7 +150,7 @@ def test_demo_command_runs(tmp_path: Path) -> None:
     tables, cells, *parts = (int(n) for n in summary.groups())
     assert tables > 0 and cells == sum(parts)
     assert "epsilon spent" in result.stdout and "of its budget" in result.stdout
-    tokens = tmp_path / "d" / "tokens.txt"
+    tokens = demo_run.folder / "tokens.txt"
     assert tokens.stat().st_mode & 0o077 == 0
     secrets = [line.split()[-1].split("_", 2)[2] for line in tokens.read_text().splitlines()]
     assert len(secrets) == 3 and not any(s in result.stdout for s in secrets)
