@@ -8,8 +8,10 @@ The server, the data and the sign-in are tests/test_web.py's (its fixtures, impo
 
 from __future__ import annotations
 
+import csv
 import io
 import re
+import zipfile
 from pathlib import Path
 
 import openpyxl
@@ -245,6 +247,14 @@ def test_an_analyst_downloads_a_whole_report_as_excel(
     assert statuses and all(
         s == "published" or s.startswith(("suppressed", "rolled up", "coded")) for s in statuses
     )
+    # The same tables as CSV files in a zip, one per table, each with its title.
+    with page.expect_download() as downloading:
+        page.get_by_role("link", name="Download every table as CSV (zip)").click()
+    with zipfile.ZipFile(downloading.value.path()) as archive:
+        names = archive.namelist()
+        assert len(names) == len(titles)
+        first_rows = list(csv.DictReader(io.StringIO(archive.read(names[0]).decode())))
+    assert {row["table"] for row in first_rows} == {titles[0]}
     # Another party's analyst cannot read this party's releases through the link.
     link = page.get_by_role("link", name="Download the whole report as Excel").get_attribute("href")
     other = context.browser.new_context(base_url=site.base)  # type: ignore[union-attr]

@@ -36,9 +36,10 @@ PAGES = [
     "/web/agreements/{id}/datasets/evaluations/template.csv",
     "/web/agreements/{id}/datasets/completers/template.xlsx",
     "/web/agreements/{id}/reports/impact/report.xlsx?t=0.no-such-release",
+    "/web/agreements/{id}/reports/impact/report.zip?t=0.no-such-release",
 ]
 #: Pages that answer with a file, not HTML.
-DOWNLOADS = (".csv", ".xlsx")
+DOWNLOADS = (".csv", ".xlsx", ".zip")
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def expected_status(case: Case) -> int:
         return 200 if own and role == "uploader" and "/evaluations/" in page else 403
     if "/datasets/" in page:
         return 200 if own else 403
-    if page.split("?")[0].endswith("/report.xlsx"):  # an analyst's, of a release it received
+    if page.split("?")[0].endswith(("/report.xlsx", "/report.zip")):  # of releases received
         return 404 if own and role == "analyst" else 403
     if page.endswith("/upload"):
         return 200 if own and role == "uploader" else 403
@@ -154,6 +155,7 @@ def test_the_matrix_covers_every_page_that_names_an_agreement() -> None:
     covered = {p.split("?")[0].replace("{id}", "{agreement_id}") for p in PAGES}
     covered.add("/web/agreements/{agreement_id}/reports/{report}")
     covered.add("/web/agreements/{agreement_id}/reports/{report}/report.xlsx")
+    covered.add("/web/agreements/{agreement_id}/reports/{report}/report.zip")
     covered.add("/web/agreements/{agreement_id}/datasets/{dataset}")
     covered.add("/web/agreements/{agreement_id}/datasets/{dataset}/template.csv")
     covered.add("/web/agreements/{agreement_id}/datasets/{dataset}/template.xlsx")

@@ -419,6 +419,7 @@ async def report_run(
         context["tables"] = _result_tables(outcome, gateway.registry)
         context["charts"] = report_charts(outcome, gateway.registry)
         context["xlsx_link"] = _xlsx_link(agreement_id, report, outcome)
+        context["zip_link"] = _zip_link(context["xlsx_link"])
     return render(request, "report.html", context)
 
 
@@ -439,6 +440,11 @@ def _xlsx_link(agreement_id: str, report: str, result: Mapping[str, Any]) -> str
         + urlencode(tables)
     )
 
+
+def _zip_link(xlsx_link: str) -> str:
+    """The same tables as one zip of CSV files."""
+    path, _, query = xlsx_link.partition("?")
+    return path.removesuffix(".xlsx") + ".zip?" + query
 
 
 def _received_release(
@@ -483,19 +489,22 @@ def release_csv(
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
-@router.get(f"{PREFIX}/agreements/{{agreement_id}}/reports/{{report}}/report.xlsx")
-def report_xlsx(
+TablesQuery = Annotated[list[str], Query(max_length=8)]
+ParametersQuery = Annotated[list[str] | None, Query(max_length=16)]
+
+
+def _stored_report(
+    gateway: Gateway,
+    request: Request,
+    principal: Principal,
     agreement_id: str,
     report: str,
-    request: Request,
-    gateway: GatewayDep,
-    session: Analyst,
-    t: Annotated[list[str], Query(max_length=8)],
-    p: Annotated[list[str] | None, Query(max_length=16)] = None,
-) -> Response:
-    """A report's released tables as one Excel workbook (``t``: "<position>.<release
-    id>" of each table, as the report page links them; ``p``: its parameters, shown)."""
-    principal = session.principal
+    t: list[str],
+    p: list[str] | None,
+) -> dict[str, Any]:
+    """A report run as the report page shows it, read back from its stored releases
+    (``t``: "<position>.<release id>" of each table, as the page links them; ``p``: its
+    parameters, shown), each release checked as the CSV download checks it."""
     agreement = gateway.agreement(agreement_id)
     chosen = _report(agreement, _party(principal), report)
     titles = list(chosen["tables"])
@@ -506,18 +515,51 @@ def report_xlsx(
             raise NotFound(f"report {report!r} has no table {position!r}")
         body = _received_release(gateway, request, principal, agreement_id, release_id)
         tables.append({"title": titles[int(position)], "release": body})
-    parameters = dict(item.partition("=")[::2] for item in p or [])
-    result = {
+    return {
         "report": chosen["name"],
         "description": chosen["description"],
         "agreement": {"id": agreement.id, "version": agreement.version},
-        "parameters": parameters,
+        "parameters": dict(item.partition("=")[::2] for item in p or []),
         "tables": tables,
     }
+
+
+@router.get(f"{PREFIX}/agreements/{{agreement_id}}/reports/{{report}}/report.xlsx")
+def report_xlsx(
+    agreement_id: str,
+    report: str,
+    request: Request,
+    gateway: GatewayDep,
+    session: Analyst,
+    t: TablesQuery,
+    p: ParametersQuery = None,
+) -> Response:
+    """A report's released tables as one Excel workbook, a sheet per table."""
+    result = _stored_report(gateway, request, session.principal, agreement_id, report, t, p)
     return Response(
         export.report_xlsx(result, gateway.registry),
         media_type=XLSX,
         headers={"Content-Disposition": f'attachment; filename="{_file_name(report)}.xlsx"'},
+    )
+
+
+@router.get(f"{PREFIX}/agreements/{{agreement_id}}/reports/{{report}}/report.zip")
+def report_zip(
+    agreement_id: str,
+    report: str,
+    request: Request,
+    gateway: GatewayDep,
+    session: Analyst,
+    t: TablesQuery,
+    p: ParametersQuery = None,
+) -> Response:
+    """A report's released tables as a zip of CSV files, one per table, each with a
+    ``table`` column (the same files as ``gateway release --report --csv --out X.zip``)."""
+    result = _stored_report(gateway, request, session.principal, agreement_id, report, t, p)
+    return Response(
+        export.report_zip(result, gateway.registry),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{_file_name(report)}.zip"'},
     )
 
 
