@@ -30,10 +30,10 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.constant_time import bytes_eq
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from gateway import audit
@@ -230,7 +230,14 @@ def _scopes(session: Session, credential_ids: Sequence[str]) -> dict[str, list[s
     return scopes
 
 
-def _status(credential: Credential, now: datetime) -> str:
+class _Validity(Protocol):
+    @property
+    def revoked_at(self) -> datetime | None: ...
+    @property
+    def expires_at(self) -> datetime | None: ...
+
+
+def _status(credential: _Validity, now: datetime) -> str:
     if credential.revoked_at is not None:
         return "revoked"
     if credential.expires_at is not None and _utc(credential.expires_at) <= now:
@@ -354,7 +361,14 @@ def authenticate(session: Session, master_key: MasterKey, token: str | None) -> 
         raise Unauthenticated("send a bearer token: Authorization: Bearer <token>")
     parsed = parse_token(token)
     credential_id, secret = parsed if parsed is not None else ("", "")
-    credential = session.get(Credential, credential_id) if parsed is not None else None
+    # One statement for the credential and the agreements it covers, on the session's
+    # connection: it runs on every request.
+    rows = (
+        session.connection().execute(_CREDENTIAL_AND_SCOPES, {"id": credential_id}).all()
+        if parsed is not None
+        else []
+    )
+    credential = rows[0] if rows else None
     expected = credential.secret_hash if credential is not None else _NO_SUCH_HASH
     matches = bytes_eq(_secret_hash(master_key, secret).encode("ascii"), expected.encode("ascii"))
     if credential is None or not matches:
@@ -369,10 +383,24 @@ def authenticate(session: Session, master_key: MasterKey, token: str | None) -> 
             details=[{"credential_id": credential.id, "status": status}],
             credential_id=credential.id,
         )
-    agreements = _scopes(session, [credential.id]).get(credential.id, [])
     return Principal(
         credential_id=credential.id,
         role=credential.role,
         party=credential.party,
-        agreements=frozenset(agreements),
+        agreements=frozenset(row.agreement_id for row in rows if row.agreement_id is not None),
     )
+
+
+_CREDENTIAL_AND_SCOPES = (
+    select(
+        Credential.id,
+        Credential.secret_hash,
+        Credential.role,
+        Credential.party,
+        Credential.expires_at,
+        Credential.revoked_at,
+        CredentialScope.agreement_id,
+    )
+    .outerjoin(CredentialScope, CredentialScope.credential_id == Credential.id)
+    .where(Credential.id == bindparam("id"))
+)

@@ -44,12 +44,18 @@ class FailureLimiter:
     ) -> int | None:
         """Seconds until ``client`` may try again, or None if it is not locked out."""
         now, client = now or datetime.now(UTC), client[:64]
-        recent = session.scalars(
-            select(AuthFailure.failed_at)
-            .where(AuthFailure.client == client, AuthFailure.failed_at > now - self.window)
-            .order_by(AuthFailure.failed_at.desc())
-            .limit(self.limit)
-        ).all()
+        # On the session's connection: a plain read on every request, no ORM work.
+        recent = (
+            session.connection()
+            .execute(
+                select(AuthFailure.failed_at)
+                .where(AuthFailure.client == client, AuthFailure.failed_at > now - self.window)
+                .order_by(AuthFailure.failed_at.desc())
+                .limit(self.limit)
+            )
+            .scalars()
+            .all()
+        )
         if len(recent) < self.limit:
             return None
         # Locked until the oldest of the last ``limit`` failures leaves the window.

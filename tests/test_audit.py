@@ -16,6 +16,7 @@ from gateway.cli import main
 from gateway.config import Settings
 from gateway.context import Gateway
 from gateway.errors import AuditChainBroken
+from gateway.storage.tables import AuditEvent
 from tests.conftest import settings_env
 
 
@@ -94,7 +95,7 @@ def test_deleted_event_is_detected(gateway: Gateway, settings: Settings) -> None
 def test_inserted_event_is_detected(gateway: Gateway, settings: Settings) -> None:
     add_events(gateway, 4)
     with gateway.sessions() as session:
-        donor = session.get(audit.AuditEvent, 5)
+        donor = session.get(AuditEvent, 5)
         assert donor is not None
         body = donor.body
     # Make room after event 5 and insert a forged event whose body and hash are

@@ -111,6 +111,21 @@ def test_a_coded_cell_says_its_band_and_gets_no_bar() -> None:
     assert chart.bars[1].text == ">95%"
 
 
+def test_a_rolled_up_cell_says_so_beside_its_name() -> None:
+    rolled = {**cell("secondary: SECELA, SECSCI", 30.0), "steps": 1}
+    chart = bar_chart("t", [cell("ELEM", 10.0), rolled])
+    assert [b.label for b in chart.bars] == ["ELEM", "secondary: SECELA, SECSCI (rolled up)"]
+    assert [b.rolled for b in chart.bars] == [False, True]
+    assert "1 cell(s) rolled up" in chart.description
+    grouped = grouped_bar_chart("g", [("posted", [rolled]), ("unfilled", [cell("ELEM", 1.0)])])
+    assert [h.text for h in grouped.headings] == [
+        "secondary: SECELA, SECSCI (rolled up)",
+        "ELEM",
+    ]
+    macros: Any = _environment().get_template("_charts.html").module
+    assert 'class="value rolled"' in str(macros.bar_chart(chart, "c"))
+
+
 def test_a_shared_top_puts_two_tables_on_one_scale() -> None:
     small = bar_chart("small", [cell("a", 10.0)], top=100.0)
     large = bar_chart("large", [cell("a", 100.0)])

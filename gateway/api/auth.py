@@ -16,6 +16,7 @@ from typing import Annotated, NoReturn
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from gateway import audit, credentials
 from gateway.api.deps import GatewayDep
@@ -74,8 +75,8 @@ def get_principal(
     limiter: FailureLimiter = request.app.state.auth_failures
     client = _client(request)
     try:
-        # One session for both: the lockout is read before the token is looked at.
-        with gateway.sessions() as session:
+        # One read-only session for both: the lockout is read before the token is.
+        with gateway.reads() as session:
             wait = limiter.retry_after(session, client)
             if wait is not None:
                 raise TooManyAttempts(
@@ -115,21 +116,30 @@ def require(
     agreement_id: str | None = None,
 ) -> None:
     """Refuse (403, audited) unless the principal has one of ``roles`` and covers the agreement."""
-    allowed = tuple(roles)
-    reason: str | None = None
-    if principal.role not in allowed:
-        needs = " or ".join(f"{_article(r)} {r}" for r in allowed)
-        reason = (
-            f"{_article(principal.role)} {principal.role} token may not do this (needs {needs})"
-        )
-    elif agreement_id is not None and not principal.covers(agreement_id):
-        # Name the agreement only when it is a loaded one: a path is whatever was sent.
-        if agreement_id in gateway.registry.agreements:
-            reason = f"this token does not cover agreement {agreement_id!r}"
-        else:
-            reason = "this token does not cover the agreement named in the request"
+    reason = refusal(gateway, principal, roles=roles, agreement_id=agreement_id)
     if reason is not None:
         deny(gateway, request, principal, reason, agreement_id=agreement_id)
+
+
+def refusal(
+    gateway: Gateway,
+    principal: Principal,
+    *,
+    roles: Iterable[str],
+    agreement_id: str | None = None,
+) -> str | None:
+    """Why the principal may not do this (its role, or an agreement it does not cover),
+    or None when it may. Reads nothing but the principal and the loaded agreements."""
+    allowed = tuple(roles)
+    if principal.role not in allowed:
+        needs = " or ".join(f"{_article(r)} {r}" for r in allowed)
+        return f"{_article(principal.role)} {principal.role} token may not do this (needs {needs})"
+    if agreement_id is not None and not principal.covers(agreement_id):
+        # Name the agreement only when it is a loaded one: a path is whatever was sent.
+        if agreement_id in gateway.registry.agreements:
+            return f"this token does not cover agreement {agreement_id!r}"
+        return "this token does not cover the agreement named in the request"
+    return None
 
 
 def require_provider(
@@ -166,11 +176,19 @@ class Allow:
     def __init__(self, *roles: str) -> None:
         self.roles = roles
 
-    def __call__(self, request: Request, gateway: GatewayDep, principal: PrincipalDep) -> Principal:
+    async def __call__(
+        self, request: Request, gateway: GatewayDep, principal: PrincipalDep
+    ) -> Principal:
+        # async: the check reads only the principal and the agreements; only a refusal
+        # (an audit event) goes to the thread pool.
         agreement_id = request.path_params.get("agreement_id") or request.query_params.get(
             "agreement"
         )
-        require(gateway, request, principal, roles=self.roles, agreement_id=agreement_id)
+        reason = refusal(gateway, principal, roles=self.roles, agreement_id=agreement_id)
+        if reason is not None:
+            await run_in_threadpool(
+                deny, gateway, request, principal, reason, agreement_id=agreement_id
+            )
         return principal
 
 

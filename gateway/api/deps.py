@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 from gateway.context import Gateway
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
+    # async: a dependency this small is not worth a hop to the thread pool.
     gateway: Gateway = request.app.state.gateway
     return gateway
 
@@ -20,7 +21,8 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
 def get_session(gateway: GatewayDep) -> Iterator[Session]:
-    with gateway.sessions() as session:
+    """A read-only session: the routes that take one only read (audit log, budget)."""
+    with gateway.reads() as session:
         yield session
 
 

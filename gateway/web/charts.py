@@ -130,6 +130,7 @@ class Bar:
     anchor: str  # of the text: "start", or "end" left of a negative bar
     hidden: bool  # no number: an empty dashed box and the word
     series: int = 0  # a grouped chart's series, for its style
+    rolled: bool = False  # the cell stands for a larger group than asked (coarsened)
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,9 @@ def _bar(
         text_x, anchor = min(end, whisker[0] if whisker else end) - 6, "end"
     else:
         text_x, anchor = max(end, whisker[1] if whisker else end) + 6, "start"
+    rolled = bool(cell.get("steps"))
+    if rolled:  # said in words as well as by the bar's dashed outline
+        label = f"{label} (rolled up)"
     return Bar(
         label,
         y,
@@ -210,6 +214,7 @@ def _bar(
         anchor,
         False,
         series,
+        rolled,
     )
 
 
@@ -234,11 +239,13 @@ def bar_chart(
         for i, cell in enumerate(shown)
     ]  # fmt: skip
     hidden = sum(1 for b in bars if b.hidden)
+    rolled = sum(1 for b in bars if b.rolled)
     description = (
         f"{len(shown)} bars, one per cell, each under its group's name: the noisy value, with "
         f"a line across the bar for its 95% interval. {hidden} cell(s) without a number "
         "(suppressed, or given as a band) are drawn as an empty dashed box with the reason "
-        "written beside it. The table below gives every number."
+        f"written beside it; {rolled} cell(s) rolled up into a larger group say so after "
+        "their name and have a dashed outline. The table below gives every number."
     )
     return BarChart(
         width=CHART_WIDTH,
@@ -278,8 +285,9 @@ def _grouped(
     headings: list[Heading] = []
     y = float(PLOT_TOP)
     for heading, bars in groups:
-        headings.append(Heading(_short(heading, 60), y + 13))
+        at = y + 13
         y += heading_room
+        rolled = False
         for label, style, cell, note in bars:
             if cell is None:  # the table has no cell for this group (it rolled up)
                 continue
@@ -288,8 +296,12 @@ def _grouped(
             bar = _bar(cell, label=label, y=y, scale=scale, text=text, series=style)
             if note and not bar.hidden:
                 bar = replace(bar, text=f"{bar.text} {note}")
+            rolled = rolled or bar.rolled
             drawn.append(bar)
             y += step
+        # Bars named by the legend: the group's heading says it was rolled up.
+        suffix = " (rolled up)" if rolled and not labelled else ""
+        headings.append(Heading(_short(heading, 60) + suffix, at))
         y += gap
     return BarChart(
         width=CHART_WIDTH,
@@ -614,7 +626,7 @@ def line_chart(
     None when there is nothing to draw (no x value, or more than MAX_LINES lines)."""
     if not x_values or not lines or len(lines) > MAX_LINES:
         return None
-    left, right, top, bottom = 52, CHART_WIDTH - 16, 16, 196
+    left, right, top, bottom = 52, CHART_WIDTH - 44, 16, 196  # room for the last x label
     published = [
         float(c["value"])
         for _, points in lines
