@@ -54,15 +54,17 @@ def main(selected: list[str]) -> None:
         bench_release,
         bench_upload,
         http_load,
+        scale,
         utility,
     )
 
-    # A suite returns rows of one table, or (utility) its own markdown.
+    # A suite returns rows of one table, or (utility, scale) its own markdown.
     suites: dict[str, Callable[[], list[dict[str, Any]] | str]] = {
         "pseudonym": bench_pseudonym.run,
         "upload": bench_upload.run,
         "release": bench_release.run,
         "cli": bench_cli.run,
+        "scale": scale.run,
         "http": http_load.run,
         "audit": bench_audit.run,
         "utility": utility.run,
