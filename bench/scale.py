@@ -26,7 +26,8 @@ HTTP latency at 1, 2 and 4 workers (item 6) is the ``http`` suite of ``make benc
 (``bench/http_load.py``, items 3 and 4), recorded beside this one.
 
     python -m bench.scale [SIZES...]        (default 1000000 3000000 10000000)
-    python -m bench.run scale               (records in bench/RESULTS.md)
+    python -m bench.run scale               (records in bench/RESULTS.md;
+                                             SCALE_SIZES=1000000,3000000 for fewer)
 """
 
 from __future__ import annotations
@@ -233,9 +234,14 @@ def _table(
     return table
 
 
-def run(sizes: Sequence[int] = SIZES) -> str:
-    """Measure every size on every backend available; the tables as markdown."""
+def run(sizes: Sequence[int] | None = None) -> str:
+    """Measure every size (default: ``SCALE_SIZES``, comma-separated, else 1M, 3M and
+    10M) on every backend available; the tables as markdown."""
     from bench.run import table as markdown
+
+    if sizes is None:
+        chosen = os.environ.get("SCALE_SIZES")
+        sizes = [int(s) for s in chosen.split(",")] if chosen else list(SIZES)
 
     backends = ["sqlite"] + (["postgresql"] if _server_url() else [])
     base = os.environ.get("SCALE_DIR")
