@@ -350,3 +350,20 @@ def test_retention_is_drawn_as_curves_with_a_year_not_run(registry: Any) -> None
     (line,) = figure.chart.lines  # type: ignore[union-attr]
     assert [p.text for p in line.points] == ["80.0%", "60.0%"]
     assert math.isclose(line.points[0].x, figure.chart.plot_left)  # type: ignore[union-attr]
+
+
+def test_counts_and_sums_are_not_drawn_on_one_scale() -> None:
+    from gateway.web.figures import grouped_overview
+
+    area = {"licensure_area": "SPED"}
+    result = {
+        "tables": [
+            _table("Teachers, by licensure area", area, "count"),
+            _table("Full-time equivalents, by licensure area", area, "sum"),
+        ],
+        "derived": [],
+    }
+    assert grouped_overview(result, []) is None
+    result["tables"].append(_table("Positions posted, by licensure area", area, "sum"))
+    found = grouped_overview(result, [])
+    assert found is not None and found[1] == {1, 2}

@@ -166,12 +166,14 @@ def grouped_overview(
 ) -> tuple[Figure, set[int]] | None:
     """Tables that count or sum by the same groups, with a gap between two of them, as
     grouped bars on one scale; and which tables it draws. None without two such tables."""
+    # Same measure kind (counts beside counts, sums beside sums) and same groups.
     keys: dict[tuple[str, ...], list[int]] = {}
     for index, table in _released(result):
         release = table["release"]
         cells = release.get("cells") or []
-        if _kind(release) in ("count", "sum") and cells and year_dimension(cells) is None:
-            keys.setdefault(tuple(cells[0]["group"]), []).append(index)
+        kind = _kind(release)
+        if kind in ("count", "sum") and cells and year_dimension(cells) is None:
+            keys.setdefault((kind, *cells[0]["group"]), []).append(index)
     best = max(keys.values(), key=len, default=[])
     if len(best) < 2:
         return None
@@ -179,17 +181,24 @@ def grouped_overview(
     series: list[tuple[str, Sequence[Mapping[str, Any]]]] = [
         (_short_title(tables[i]["title"]), tables[i]["release"].get("cells") or []) for i in best
     ]
+    gaps = 0
     for spec, figure in zip(derived_specs, result.get("derived") or [], strict=False):
         if getattr(spec, "kind", None) == "gap" and set(spec.tables) <= set(best):
             rows = [{**row, "suppressed": False} for row in figure.get("rows") or []]
             series.append((_short_title(figure["title"]), rows))
+            gaps += 1
     title = "; ".join(name for name, _ in series)
     text = texts[best[0]] if texts else formatting.COUNT.text
     chart = grouped_bar_chart(title, series, text=text)
     caption = (
-        "The tables below side by side, one bar for each in every group, all on one scale "
-        "(a gap below zero: more candidates than unfilled positions); a dashed empty box "
-        "marks a bar without a number and says why."
+        "The tables below side by side, one bar for each in every group, all on one scale"
+        + (
+            " (a gap is the first table's number minus the second's: below zero, the "
+            "second is the larger)"
+            if gaps
+            else ""
+        )
+        + "; a dashed empty box marks a bar without a number and says why."
     )
     return Figure("bars", chart, caption), set(best)
 
