@@ -496,3 +496,27 @@ def test_the_javascript_file_encodes_as_the_library_does(values: list[object]) -
         check=True,
     )
     assert json.loads(done.stdout) == [canonical for _, canonical in cases]
+
+
+@given(
+    st.dictionaries(st.text(max_size=3), JSON_VALUES, max_size=4),
+    st.booleans(),
+    st.sampled_from(["rfc8785", "legacy", "spaced"]),
+)
+def test_the_python_file_judges_spellings_as_the_gateway_does(
+    details: dict[str, object], names_it: bool, spelling: str
+) -> None:
+    body: dict[str, object] = {"seq": 1, "details": details}
+    if names_it:
+        body["encoding"] = "rfc8785"
+    try:
+        text = {
+            "rfc8785": audit.canonical_json,
+            "legacy": audit.legacy_json,
+            "spaced": lambda b: json.dumps(b, sort_keys=True),
+        }[spelling](body)
+    except ValueError:
+        return
+    parsed = json.loads(text)
+    expected = audit.encoding_problem(text, parsed)
+    assert standalone.encoding_problem(text, parsed) == expected  # type: ignore[attr-defined]
