@@ -237,7 +237,7 @@ def axe_script() -> str:
             try:
                 subprocess.run(
                     [npm, "install", "--no-save", "--no-audit", "--no-fund", "--ignore-scripts",
-                     "--prefix", scratch, f"axe-core@{AXE_VERSION}"],
+                     "--fetch-retries=2", "--prefix", scratch, f"axe-core@{AXE_VERSION}"],
                     check=True, capture_output=True, timeout=300,
                 )  # fmt: skip
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
@@ -409,10 +409,10 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_page_reads_well_at_desk_and_phone_width(
     screen: Screen,
     width: str,
+    axe: str,  # first: without axe-core the test skips before the site is built
     browser: Browser,
     site: Site,
     contexts: dict[tuple[str | None, str], BrowserContext],
-    axe: str,
     screenshots: Path,
 ) -> None:
     page = _context(contexts, browser, site, screen.who, width).new_page()
