@@ -31,18 +31,26 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Select, select
-from sqlalchemy.orm import Session
 
 from gateway.errors import ConfigurationError, NotInitialised, SchemaError
-from gateway.storage.tables import AuditCheckpoint, AuditEvent, AuditHead
+
+if TYPE_CHECKING:
+    from sqlalchemy import Insert, Select, Update
+    from sqlalchemy.orm import Session
+
+    from gateway.storage.tables import AuditCheckpoint, AuditEvent
+
+# SQLAlchemy and the tables are imported by the functions that touch the database, not
+# here: verifying an exported bundle offline (`gateway audit verify --bundle`) needs
+# neither, and importing them costs more CPU than checking a large bundle's hashes.
 
 GENESIS_HASH = "0" * 64
 
@@ -168,9 +176,20 @@ def _utc(moment: datetime) -> datetime:
 
 def initialise_chain(session: Session) -> None:
     """Create the chain head if absent (part of ``gateway init``)."""
+    from gateway.storage.tables import AuditHead
+
     if session.get(AuditHead, 1) is None:
         session.add(AuditHead(id=1, seq=0, hash=GENESIS_HASH))
         session.flush()
+
+
+@dataclass(frozen=True)
+class Appended:
+    """An event just appended: where it sits in the chain and the id that names it."""
+
+    seq: int
+    event_id: str
+    hash: str
 
 
 class AgreementRef(Protocol):
@@ -184,6 +203,14 @@ class AgreementRef(Protocol):
     def content_hash(self) -> str: ...
 
 
+def lock_head(session: Session) -> None:
+    """Hold the chain head's lock until the caller's transaction ends: work that must not
+    run twice at once on several servers (recording agreement changes at start) takes
+    turns on it, and then sees what the one before it committed."""
+    lock, _, _ = _append_statements()
+    session.connection().execute(lock)
+
+
 def append_event(
     session: Session,
     *,
@@ -194,7 +221,7 @@ def append_event(
     agreement_id: str | None = None,
     agreement_version: str | None = None,
     agreement_hash: str | None = None,
-) -> AuditEvent:
+) -> Appended:
     """Append one event in the caller's transaction; it commits with the action.
 
     The caller's transaction commits the event together with what it records,
@@ -208,7 +235,13 @@ def append_event(
         agreement_hash = agreement.content_hash
     if kind not in EVENT_KINDS:
         raise ValueError(f"unknown audit event kind {kind!r}")
-    head = session.get(AuditHead, 1, with_for_update=True)
+    # Core statements, not the ORM's unit of work: an append is two statements and one
+    # row lock, and every action pays for it. The head row is locked first (FOR UPDATE;
+    # SQLite's BEGIN IMMEDIATE already holds the write lock), so appends never fork.
+    lock_head, insert_event, move_head = _append_statements()
+    # The session's own connection and transaction, without the ORM's per-statement work.
+    connection = session.connection()
+    head = connection.execute(lock_head).first()
     if head is None:
         raise NotInitialised("the audit log is not initialised: run `gateway init` first")
     occurred_at = datetime.now(UTC)
@@ -230,23 +263,41 @@ def append_event(
     }
     text = canonical_json(body)
     digest = _sha256(text)
-    event = AuditEvent(
-        seq=seq,
-        event_id=body["event_id"],
-        occurred_at=occurred_at,
-        kind=kind,
-        agreement_id=agreement_id,
-        actor_party=actor.party,
-        actor_role=actor.role,
-        body=text,
-        prev_hash=head.hash,
-        hash=digest,
+    row = {
+        "seq": seq,
+        "event_id": body["event_id"],
+        "occurred_at": occurred_at,
+        "kind": kind,
+        "agreement_id": agreement_id,
+        "actor_party": actor.party,
+        "actor_role": actor.role,
+        "body": text,
+        "prev_hash": head.hash,
+        "hash": digest,
+    }
+    connection.execute(insert_event, row)
+    connection.execute(move_head, {"new_seq": seq, "new_hash": digest})
+    return Appended(seq=seq, event_id=body["event_id"], hash=digest)
+
+
+@cache
+def _append_statements() -> tuple[Select[int, str], Insert, Update]:
+    """Table-level statements, made once: no ORM bookkeeping per append. An AuditHead
+    loaded in the same session (initialise_chain, sign_checkpoint) is read again FOR
+    UPDATE before use, never trusted."""
+    from sqlalchemy import Table, bindparam, select
+
+    from gateway.storage.tables import AuditEvent, AuditHead
+
+    lock_head = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+    events, heads = AuditEvent.__table__, AuditHead.__table__
+    assert isinstance(events, Table) and isinstance(heads, Table)
+    move_head = (
+        heads.update()
+        .where(heads.c.id == 1)
+        .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
     )
-    session.add(event)
-    head.seq = seq
-    head.hash = digest
-    session.flush()
-    return event
+    return lock_head, events.insert(), move_head
 
 
 def event_view(event: AuditEvent) -> dict[str, Any]:
@@ -266,6 +317,10 @@ def query_events(
     until: datetime | None = None,
 ) -> Select[AuditEvent]:
     """A filtered, ordered selection of events; ``within`` limits it to those agreements'."""
+    from sqlalchemy import select
+
+    from gateway.storage.tables import AuditEvent
+
     statement = select(AuditEvent).order_by(AuditEvent.seq)
     if within is not None:
         statement = statement.where(AuditEvent.agreement_id.in_(sorted(within)))
@@ -356,11 +411,42 @@ class Verification:
         }
 
 
-def _check_event(event: AuditEvent, expected_seq: int, expected_prev: str) -> Iterator[str]:
+class StoredEvent(Protocol):
+    """What verification reads of an event: a table row, or a bundle's line."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def event_id(self) -> str | None: ...
+    @property
+    def occurred_at(self) -> datetime: ...
+    @property
+    def kind(self) -> str | None: ...
+    @property
+    def agreement_id(self) -> str | None: ...
+    @property
+    def actor_party(self) -> str | None: ...
+    @property
+    def actor_role(self) -> str | None: ...
+    @property
+    def body(self) -> str: ...
+    @property
+    def prev_hash(self) -> str: ...
+    @property
+    def hash(self) -> str: ...
+
+
+def _check_event(event: StoredEvent, expected_seq: int, expected_prev: str) -> Iterator[str]:
     if _sha256(event.body) != event.hash:
         yield "content was changed: its hash no longer matches its body"
         return
-    body = json.loads(event.body)
+    try:
+        body = json.loads(event.body)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):  # hashed as it is, but no event
+        yield "its body is not an event record"
+        return
     if body.get("seq") != event.seq:
         yield f"stored at position {event.seq} but written as event {body.get('seq')} (reordered)"
     if event.seq != expected_seq:
@@ -395,18 +481,47 @@ def _check_event(event: AuditEvent, expected_seq: int, expected_prev: str) -> It
         yield problem
 
 
+def _pages(session: Session, statement: Any, seq: Any, size: int = 5000) -> Iterator[Any]:
+    """The rows of ``statement`` in ``seq`` order, read ``size`` at a time by key (no
+    server-side cursor, which some connections cannot hold open, and bounded memory)."""
+    last = 0
+    while True:
+        page = session.execute(statement.where(seq > last).order_by(seq).limit(size)).all()
+        yield from page
+        if len(page) < size:
+            return
+        last = page[-1].seq
+
+
 def verify_chain(session: Session) -> Verification:
     """Check every stored event and the head; list every problem found."""
+    from sqlalchemy import select
+
+    from gateway.storage.tables import AuditEvent, AuditHead
+
     result = Verification()
     expected_prev = GENESIS_HASH
     expected_seq = 1
-    for event in session.scalars(select(AuditEvent).order_by(AuditEvent.seq)).yield_per(1000):
+    # Plain rows, no ORM objects: a live log may hold millions of events.
+    columns = (
+        AuditEvent.seq,
+        AuditEvent.event_id,
+        AuditEvent.occurred_at,
+        AuditEvent.kind,
+        AuditEvent.agreement_id,
+        AuditEvent.actor_party,
+        AuditEvent.actor_role,
+        AuditEvent.body,
+        AuditEvent.prev_hash,
+        AuditEvent.hash,
+    )
+    for event in _pages(session, select(*columns), AuditEvent.seq):
         for reason in _check_event(event, expected_seq, expected_prev):
             result.problems.append(ChainProblem(event.seq, reason))
         result.events_checked += 1
         expected_prev = event.hash
         expected_seq = event.seq + 1
-    head = session.get(AuditHead, 1)
+    head = session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).first()
     if head is None:
         result.problems.append(ChainProblem(None, "missing: the log was not initialised"))
     elif head.seq != expected_seq - 1 or head.hash != expected_prev:
@@ -442,7 +557,11 @@ def _checkpoint_message(seq: int, head_hash: str, signed_at: str) -> bytes:
 
 def sign_checkpoint(session: Session, signer: Signer) -> AuditCheckpoint | None:
     """Sign the current chain head (in the caller's transaction), unless already signed."""
-    head = session.get(AuditHead, 1, with_for_update=True)
+    from sqlalchemy import select
+
+    from gateway.storage.tables import AuditCheckpoint, AuditHead
+
+    head = session.get(AuditHead, 1, with_for_update=True, populate_existing=True)
     if head is None or head.seq == 0:
         return None
     latest = session.scalars(
@@ -487,6 +606,10 @@ def export_bundle(session: Session, out: Path, signer: Signer) -> dict[str, Any]
     event. Files are written to a temporary folder and renamed into place: a reviewer
     never sees half a bundle.
     """
+    from sqlalchemy import select
+
+    from gateway.storage.tables import AuditCheckpoint, AuditEvent
+
     if out.exists() and any(out.iterdir()):
         raise ConfigurationError(f"{out} exists and is not empty; choose a new folder")
     sign_checkpoint(session, signer)
@@ -521,36 +644,32 @@ def export_bundle(session: Session, out: Path, signer: Signer) -> dict[str, Any]
     return manifest
 
 
-@dataclass
-class _BundledEvent:
-    """An exported event, shaped like a stored one so the same checks apply."""
-
-    seq: int
-    hash: str
-    body: str
-    prev_hash: str = ""
-    event_id: str | None = None
-    kind: str | None = None
-    agreement_id: str | None = None
-    actor_party: str | None = None
-    actor_role: str | None = None
-    occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-
-    @classmethod
-    def from_line(cls, line: str) -> _BundledEvent:
-        record = json.loads(line)
-        event = cls(seq=int(record["seq"]), hash=str(record["hash"]), body=str(record["body"]))
-        try:
-            body = json.loads(event.body)
-            event.prev_hash = body.get("prev_hash", "")
-            event.event_id, event.kind = body.get("event_id"), body.get("kind")
-            event.agreement_id = (body.get("agreement") or {}).get("id")
-            event.actor_party = (body.get("actor") or {}).get("party")
-            event.actor_role = (body.get("actor") or {}).get("role")
-            event.occurred_at = datetime.fromisoformat(body["occurred_at"])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass  # the hash check reports the damage
-        return event
+def _check_bundled(
+    seq: int, digest: str, text: str, expected_seq: int, expected_prev: str
+) -> Iterator[str]:
+    """The checks of :func:`_check_event` that an exported event needs: its hash over its
+    body, its place, and its link. (A bundle has no columns apart from the body, so
+    there is nothing else for the body to disagree with.)"""
+    if _sha256(text) != digest:
+        yield "content was changed: its hash no longer matches its body"
+        return
+    try:
+        body = json.loads(text)
+        written_seq, prev_hash = body.get("seq"), body.get("prev_hash")
+    except (ValueError, AttributeError):
+        yield "its body is not an event record"
+        return
+    if written_seq != seq:
+        yield f"stored at position {seq} but written as event {written_seq} (reordered)"
+    if seq != expected_seq:
+        if seq > expected_seq:
+            yield f"expected event {expected_seq} here: event(s) before it were deleted"
+        else:
+            yield "sequence number repeats or goes backwards (inserted or reordered)"
+    if prev_hash != expected_prev:
+        yield "does not follow the event before it (an event was deleted, inserted or reordered)"
+    if (problem := encoding_problem(text, body)) is not None:
+        yield problem
 
 
 def _fingerprint(public_key: Ed25519PublicKey) -> str:
@@ -669,6 +788,10 @@ def _is_hex(text: str) -> bool:
 
 def verify_anchor(session: Session, anchor: Anchor) -> list[ChainProblem]:
     """Check the live log still holds the event and hash of ``anchor``."""
+    from sqlalchemy import select
+
+    from gateway.storage.tables import AuditEvent
+
     return anchor.check(
         lambda seq: session.scalar(select(AuditEvent.hash).where(AuditEvent.seq == seq))
     )
@@ -686,15 +809,16 @@ def verify_bundle(path: Path, *, anchors: Sequence[Anchor] = ()) -> Verification
     with (path / "events.jsonl").open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             try:
-                event = _BundledEvent.from_line(line)
+                record = json.loads(line)
+                seq, digest, text = int(record["seq"]), str(record["hash"]), str(record["body"])
             except (ValueError, KeyError, TypeError):
                 result.problems.append(ChainProblem(None, f"line {number} is not an event record"))
                 continue
-            for reason in _check_event(event, expected_seq, expected_prev):  # type: ignore[arg-type]
-                result.problems.append(ChainProblem(event.seq, reason))
-            hashes[event.seq] = event.hash
+            for reason in _check_bundled(seq, digest, text, expected_seq, expected_prev):
+                result.problems.append(ChainProblem(seq, reason))
+            hashes[seq] = digest
             result.events_checked += 1
-            expected_prev, expected_seq = event.hash, event.seq + 1
+            expected_prev, expected_seq = digest, seq + 1
     result.head_hash = expected_prev
     try:
         public_key = serialization.load_pem_public_key((path / "public_key.pem").read_bytes())
@@ -728,6 +852,10 @@ def verify_bundle(path: Path, *, anchors: Sequence[Anchor] = ()) -> Verification
 
 def verify_checkpoints(session: Session, signer: Signer) -> list[ChainProblem]:
     """Check the stored checkpoints against the live chain (detects a rewritten chain)."""
+    from sqlalchemy import select
+
+    from gateway.storage.tables import AuditCheckpoint, AuditEvent
+
     result = Verification()
     hashes = {
         seq: digest for seq, digest in session.execute(select(AuditEvent.seq, AuditEvent.hash))

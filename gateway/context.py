@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,12 @@ class Gateway:
             gateway.terminate_overdue()
         return gateway
 
+    @cached_property
+    def reads(self) -> sessionmaker[Session]:
+        """Sessions that only read (a token, the budget, the audit log): on SQLite they do
+        not queue for the write lock (:func:`gateway.storage.db.read_session_factory`)."""
+        return db.read_session_factory(self.engine)
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -127,7 +134,7 @@ class Gateway:
         """Refuse ``refused`` for a terminated agreement, terminating it first if overdue."""
         if agreement.ends < datetime.now(UTC).date():
             self.terminate_overdue()
-        with self.sessions() as session:
+        with self.reads() as session:
             termination.require_active(session, agreement, refused=refused)
 
 
@@ -285,6 +292,9 @@ def sync_agreements(session: Session, registry: Registry) -> dict[str, str]:
     Returns what happened to each agreement: ``loaded``, ``changed`` or ``unchanged``.
     """
     outcome: dict[str, str] = {}
+    # Servers starting together take turns here, so a new or changed agreement file is
+    # recorded once (and its key made once), not by each of them.
+    audit.lock_head(session)
     records = {r.id: r for r in session.scalars(select(AgreementRecord))}
     now = datetime.now(UTC)
     for agreement in sorted(registry.agreements.values(), key=lambda a: a.id):

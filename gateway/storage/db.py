@@ -5,7 +5,10 @@ SQLite settings and why:
   at the start, so two writers are serialised instead of both reading the same
   state (an audit chain head, a budget) and one failing late with "database
   is locked". This is the "serialised writes on SQLite" counterpart of
-  ``SELECT ... FOR UPDATE`` on PostgreSQL.
+  ``SELECT ... FOR UPDATE`` on PostgreSQL. Sessions from :func:`read_session_factory`
+  only read (a token, a budget, the audit log): they begin a plain, deferred
+  transaction, so in WAL mode they read a consistent snapshot beside the writer
+  instead of queueing for its lock (several workers then serve reads at once).
 - WAL journal and a generous busy timeout, so concurrent requests wait their
   turn instead of failing.
 - ``secure_delete``: deleted rows are overwritten, not left in free pages.
@@ -84,11 +87,25 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(READS_ONLY):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+#: The execution option that marks a read-only session's connections.
+READS_ONLY = "gateway_reads_only"
+
+
+def read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for work that only reads. On SQLite their transactions begin deferred
+    (a snapshot, no write lock); on PostgreSQL they are ordinary sessions. Never write
+    through one: on SQLite a write there could fail instead of waiting its turn."""
+    return sessionmaker(engine.execution_options(**{READS_ONLY: True}), expire_on_commit=False)
 
 
 @contextmanager
