@@ -237,7 +237,8 @@ def axe_script() -> str:
             try:
                 subprocess.run(
                     [npm, "install", "--no-save", "--no-audit", "--no-fund", "--ignore-scripts",
-                     "--fetch-retries=2", "--prefix", scratch, f"axe-core@{AXE_VERSION}"],
+                     "--fetch-retry-maxtimeout=15000", "--prefix", scratch,
+                     f"axe-core@{AXE_VERSION}"],
                     check=True, capture_output=True, timeout=300,
                 )  # fmt: skip
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
