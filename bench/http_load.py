@@ -143,7 +143,9 @@ class Server:
     def __init__(self, env: dict[str, str], workers: int, log: Path) -> None:
         self.port = _free_port()
         gateway = str(Path(sys.executable).with_name("gateway"))
-        command = [gateway, "serve", "--port", str(self.port), "--workers", str(workers)]
+        command = [gateway, "serve", "--port", str(self.port)]
+        if workers > 1:  # one worker is the default (and what older versions ran)
+            command += ["--workers", str(workers)]
         with log.open("w") as output:
             self.process = subprocess.Popen(
                 command, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT
