@@ -32,7 +32,7 @@ def _blank_lines_of(data: bytes) -> list[int]:
 pieces = st.lists(st.sampled_from([b"a", b"1,2", b"\n", b"\r", b"\r\n", b"\xc3\xa9", b"x,y"]))
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(pieces, st.lists(st.integers(1, 9), min_size=1, max_size=5))
 def test_read_through_matches_the_whole_file(parts: list[bytes], sizes: list[int]) -> None:
     data = b"".join(parts)

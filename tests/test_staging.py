@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from gateway import audit, keys
 from gateway.config import Settings
 from gateway.context import Gateway
+from gateway.ingest import upload as upload_module
 from gateway.ingest import upload_extract
 from gateway.ingest.upload import UploadProgress
 from gateway.storage import batches
@@ -62,13 +63,17 @@ def _upload(gw: Gateway, path: Path, **extra: object) -> dict[str, object]:
 
 
 def test_steps_are_committed_but_invisible_until_the_switch(
-    gateway: Gateway, settings: Settings, tmp_path: Path
+    gateway: Gateway, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A step per chunk, so that between chunks no step is open: on SQLite a read here
+    # would otherwise wait for the step, which waits for this callback.
+    monkeypatch.setattr(upload_module, "STEP_CHUNKS", 1)
     first, _ = evaluations_csv(tmp_path / "first.csv")
     _upload(gateway, first)
     before = _visible(gateway)
     _, stored_before = _stored(gateway)
-    gateway.settings = settings.model_copy(update={"upload_chunk_rows": 10})
+    # A row per chunk: every chunk fills its step, which is committed before the callback.
+    gateway.settings = settings.model_copy(update={"upload_chunk_rows": 1})
     second = _parquet(evaluations_csv(tmp_path / "second.csv", extra_2024=True)[0])
     seen: list[tuple[str, int, int, int, tuple[str, tuple[str, ...], int]]] = []
 

@@ -6,8 +6,8 @@ with the square of its length; Python dictionaries cost some hundred bytes a key
 Instead each chunk's new keys become a sorted run, and runs of similar size are
 merged (a log-structured merge): each key is merged O(log n) times, a lookup
 searches O(log n) runs, and a key costs 12 bytes. Runs stop growing at
-:data:`RUN_CAP` keys, so a merge never needs more than a few tens of megabytes
-beside what is stored.
+:data:`RUN_CAP` keys, so a merge never needs more than some 25 MB beside what is
+stored.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ Int32Array = np.ndarray[Any, np.dtype[np.int32]]
 BoolArray = np.ndarray[Any, np.dtype[np.bool_]]
 
 #: Largest run built by merging (keys); larger sets are held as several runs.
-RUN_CAP = 1 << 22
+RUN_CAP = 1 << 20
 
 
 class SortedRuns:

@@ -11,8 +11,8 @@ The path of an upload, in order:
 4. the file is read once, in chunks: hashed, checked to be UTF-8 and parsed in the
    same pass; each kept column is validated and typed; educator IDs are normalised
    and replaced by the agreement's keyed pseudonym; duplicate keys are found;
-5. each chunk's good rows are stored in a transaction of their own, under an upload
-   still ``pending``, which no release reads; one last transaction writes the
+5. good rows are stored in transactions of ten chunks each (:data:`STEP_CHUNKS`),
+   under an upload still ``pending``, which no release reads; one last transaction writes the
    receipt and the audit event and switches the upload on (status ``accepted``), so
    its rows appear all at once. A failure part-way deletes what was stored, and a
    killed process's pending upload is deleted by the next upload of the agreement
@@ -513,15 +513,98 @@ def _read_and_stage(
     educators: EducatorIndex | None,
     progress: Callable[[UploadProgress], None] | None,
 ) -> None:
-    """Read every chunk; store each one's good rows in a transaction of its own."""
+    """Read every chunk; store the good rows in transactions of a few chunks each."""
     profile = agreement.resolved_disclosure
     refuse_whole = profile.on_bad_rows == "refuse"
     id_column = schema.educator_id_column
-    period_column = _period_column(plan)
     key_columns = [c for c in schema.key if c in plan.kept]
-    value_columns = [c for c in plan.kept if c != id_column]
     duplicates = DuplicateKeys(key_columns, schema.columns, id_column) if key_columns else None
     max_rows = gateway.settings.max_upload_rows
+    with _Steps(gateway, rows=STEP_CHUNKS * gateway.settings.upload_chunk_rows) as steps:
+        _stage_chunks(
+            opened,
+            steps,
+            upload=upload,
+            schema=schema,
+            plan=plan,
+            tally=tally,
+            educators=educators,
+            duplicates=duplicates,
+            profile=profile,
+            max_rows=max_rows,
+            progress=progress,
+        )
+    if tally.rows_read == 0:
+        raise SchemaError(f"{opened.facts.name}: the file has a header row but no data rows")
+    if (refuse_whole and tally.problem_count) or tally.rows_accepted == 0:
+        raise _Refused
+
+
+#: Chunks stored per transaction: few enough to bound what a transaction holds, enough
+#: that the pseudonym index (random keys: each step rewrites much of it) is written a
+#: tenth as often as with a transaction per chunk.
+STEP_CHUNKS = 10
+
+
+class _Steps:
+    """The transactions an upload's chunks are stored in, one per :data:`STEP_CHUNKS`
+    chunks' rows; leaving the ``with`` block by an exception rolls back the open one."""
+
+    def __init__(self, gateway: Gateway, *, rows: int) -> None:
+        self._gateway = gateway
+        self._limit = rows
+        self._session: Session | None = None
+        self._rows = 0
+
+    def __enter__(self) -> _Steps:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if self._session is not None:
+            if kind is None:
+                self.commit()
+            else:
+                self._session.rollback()
+                self._session.close()
+                self._session = None
+
+    def connection(self) -> Connection:
+        if self._session is None:
+            self._session = self._gateway.sessions()
+            self._session.begin()
+        return self._session.connection()
+
+    def stored(self, rows: int) -> None:
+        self._rows += rows
+        if self._rows >= self._limit:
+            self.commit()
+
+    def commit(self) -> None:
+        if self._session is not None:
+            self._session.commit()
+            self._session.close()
+            self._session = None
+        self._rows = 0
+
+
+def _stage_chunks(
+    opened: OpenedFile,
+    steps: _Steps,
+    *,
+    upload: Upload,
+    schema: DatasetSchema,
+    plan: ColumnPlan,
+    tally: _Tally,
+    educators: EducatorIndex | None,
+    duplicates: DuplicateKeys | None,
+    profile: Any,
+    max_rows: int,
+    progress: Callable[[UploadProgress], None] | None,
+) -> None:
+    refuse_whole = profile.on_bad_rows == "refuse"
+    id_column = schema.educator_id_column
+    period_column = _period_column(plan)
+    value_columns = [c for c in plan.kept if c != id_column]
     writing = True
     for chunk in opened.chunks:
         tally.rows_read += len(chunk) + len(chunk.ragged)
@@ -544,33 +627,31 @@ def _read_and_stage(
         if refuse_whole and tally.problem_count:
             writing = False  # keep reading only to count and list problems
         if writing and good.any():
-            tally.rows_accepted += int(good.sum())
-            with gateway.sessions() as session, session.begin():
-                connection = session.connection()
-                refs: IntArray | None = None
-                if educators is not None and educator_ids is not None:
-                    assert tally.key_version is not None
-                    refs = educators.references(connection, tally.key_version, educator_ids[good])
-                stored = _store_rows(
-                    connection,
-                    upload_seq=upload.seq,
-                    schema_name=schema.name,
-                    good=good,
-                    refs=refs,
-                    typed=typed,
-                    columns=value_columns,
-                    period_column=period_column,
-                )
+            accepted = int(good.sum())
+            tally.rows_accepted += accepted
+            connection = steps.connection()
+            refs: IntArray | None = None
+            if educators is not None and educator_ids is not None:
+                assert tally.key_version is not None
+                refs = educators.references(connection, tally.key_version, educator_ids[good])
+            stored = _store_rows(
+                connection,
+                upload_seq=upload.seq,
+                schema_name=schema.name,
+                good=good,
+                refs=refs,
+                typed=typed,
+                columns=value_columns,
+                period_column=period_column,
+            )
+            steps.stored(len(chunk))  # rows read: a step spans STEP_CHUNKS chunks
             for period, count in stored.items():
                 tally.periods[period] = tally.periods.get(period, 0) + count
         del chunk, typed, good, educator_ids
         if progress is not None:
             progress(_progress("reading", tally, opened))
+    steps.commit()
     opened.sha256()  # the whole file has passed: its hash, and the end of its encoding check
-    if tally.rows_read == 0:
-        raise SchemaError(f"{opened.facts.name}: the file has a header row but no data rows")
-    if (refuse_whole and tally.problem_count) or tally.rows_accepted == 0:
-        raise _Refused
 
 
 def _switch_on(
