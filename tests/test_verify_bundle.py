@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import rfc8785
 from click.testing import CliRunner
-from hypothesis import given
+from hypothesis import Phase, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
@@ -377,13 +377,27 @@ def test_both_verifiers_encode_the_rfc_examples(text: str, canonical: str) -> No
     assert done.stdout == canonical
 
 
+#: Numbers and names where the encodings part ways: floats Python and ECMAScript write
+#: differently (exponent digits, fixed-notation limits, 1.0), and names that sort apart
+#: by code point and by UTF-16 unit (U+E000 to U+FFFF against astral characters).
+AWKWARD_FLOATS = st.sampled_from(
+    [1e-05, 2.5e-07, 1e-7, 1e-6, 0.0001, 1e16, 1e15, 1e21, 1e20, 1.0, -0.0, 0.1, 5e-324]
+)
+AWKWARD_NAMES = st.sampled_from(["\uff5e", "\U0001f600", "\ue000", "\U00010000", "é", "a", "€"])
+
+#: Each example below runs node once: a failure is reported as found, not shrunk.
+NO_SHRINK = [Phase.explicit, Phase.reuse, Phase.generate]
+
 JSON_VALUES = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
+    | AWKWARD_FLOATS
     | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text() | AWKWARD_NAMES, inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -468,7 +482,7 @@ def test_the_documented_vectors_are_the_fixture_bundle() -> None:
 
 
 @given(st.lists(JSON_VALUES, min_size=20, max_size=40))
-@hyp_settings(max_examples=5, deadline=None)
+@hyp_settings(max_examples=5, deadline=None, phases=NO_SHRINK)
 def test_the_javascript_file_encodes_as_the_library_does(values: list[object]) -> None:
     cases = []
     for value in values:
@@ -520,3 +534,49 @@ def test_the_python_file_judges_spellings_as_the_gateway_does(
     parsed = json.loads(text)
     expected = audit.encoding_problem(text, parsed)
     assert standalone.encoding_problem(text, parsed) == expected  # type: ignore[attr-defined]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.dictionaries(AWKWARD_NAMES | st.text(max_size=3), JSON_VALUES, max_size=4),
+            st.booleans(),
+            st.sampled_from(["rfc8785", "legacy", "spaced"]),
+        ),
+        min_size=20,
+        max_size=40,
+    )
+)
+@hyp_settings(max_examples=5, deadline=None, phases=NO_SHRINK)
+def test_the_javascript_file_judges_spellings_as_the_gateway_does(
+    bodies: list[tuple[dict[str, object], bool, str]],
+) -> None:
+    texts, expected = [], []
+    for details, names_it, spelling in bodies:
+        body: dict[str, object] = {"seq": 1, "details": details}
+        if names_it:
+            body["encoding"] = "rfc8785"
+        try:
+            text = {
+                "rfc8785": audit.canonical_json,
+                "legacy": audit.legacy_json,
+                "spaced": lambda b: json.dumps(b, sort_keys=True, ensure_ascii=False),
+            }[spelling](body)
+            text.encode("utf-8")  # lone surrogates cannot reach node intact
+        except ValueError:
+            continue
+        texts.append(text)
+        expected.append(audit.encoding_problem(text, json.loads(text)))
+    script = (
+        "const m = await import(process.argv[1]);"
+        "const texts = JSON.parse(process.argv[2]);"
+        "process.stdout.write(JSON.stringify(texts.map((t) => m.spellingProblem(t))));"
+    )
+    done = subprocess.run(
+        [need_node(), "--input-type=module", "-e", script, VERIFY_MJS.as_uri(), json.dumps(texts)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(done.stdout) == expected

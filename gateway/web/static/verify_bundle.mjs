@@ -261,6 +261,11 @@ export function canonicalize(text) {
   return jcs(parseJson(text));
 }
 
+// What the spelling check says of an event body's text (null: spelled as it records).
+export function spellingProblem(text) {
+  return encodingProblem(text, parseJson(text));
+}
+
 function encodingProblem(text, tree) {
   const body = plain(tree);
   if (!body.has("encoding")) {
