@@ -36,6 +36,8 @@ DELTA_PLACES = 18
 MAX_GROUPS_PER_TEACHER = 10
 
 Scalar = str | int | float | bool
+#: The largest whole number JSON (RFC 8785, the audit log's encoding) holds exactly.
+SAFE_INTEGER = 2**53 - 1
 
 
 class Filter(BaseModel):
@@ -55,6 +57,15 @@ class Filter(BaseModel):
             raise ValueError("'in' takes a non-empty list of values")
         if self.op == "between" and (not isinstance(self.value, list) or len(self.value) != 2):
             raise ValueError("'between' takes a list of two bounds [low, high]")
+        values = self.value if isinstance(self.value, list) else [self.value]
+        for item in values:
+            if isinstance(item, int) and not isinstance(item, bool) and abs(item) > SAFE_INTEGER:
+                # Beyond any code or year; and the audit log's JSON (RFC 8785) holds
+                # whole numbers exactly only up to 2^53 - 1.
+                raise ValueError(
+                    f"a whole number in a filter must be between -{SAFE_INTEGER} and "
+                    f"{SAFE_INTEGER}"
+                )
         return self
 
 
