@@ -298,8 +298,9 @@ def test_an_uploader_cannot_upload_another_partys_dataset_and_nothing_is_spooled
 
 
 def test_an_analyst_releases_only_as_its_own_party(
-    gateway: Gateway, settings: Settings, tmp_path: Path
+    loaded: tuple[Gateway, list[dict[str, Any]]], settings: Settings
 ) -> None:
+    gateway, _ = loaded  # evaluations uploaded: a release over nothing is refused
     body = {"datasets": ["evaluations"], "measure": {"kind": "count"}, "epsilon": 0.1}
     with TestClient(create_app(settings), headers=analyst(settings, party=DISTRICT)) as client:
         done = client.post(f"/v1/agreements/{AGREEMENT}/releases", json=body)
