@@ -292,10 +292,24 @@ def sync_agreements(session: Session, registry: Registry) -> dict[str, str]:
     Returns what happened to each agreement: ``loaded``, ``changed`` or ``unchanged``.
     """
     outcome: dict[str, str] = {}
-    # Servers starting together take turns here, so a new or changed agreement file is
-    # recorded once (and its key made once), not by each of them.
-    audit.lock_head(session)
     records = {r.id: r for r in session.scalars(select(AgreementRecord))}
+    if any(
+        agreement.id not in records or records[agreement.id].content_hash != agreement.content_hash
+        for agreement in registry.agreements.values()
+    ):
+        # Servers starting together take turns here, so a new or changed agreement file
+        # is recorded once (and its key made once), not by each of them; then read again
+        # what the one before committed. Only then: a start with nothing to record takes
+        # no lock, because the chain head is locked after the budget rows everywhere
+        # else (a release reserves, then logs), and taking it first here deadlocked
+        # against concurrent releases on PostgreSQL (test_budget's processes).
+        audit.lock_head(session)
+        records = {
+            r.id: r
+            for r in session.scalars(
+                select(AgreementRecord).execution_options(populate_existing=True)
+            )
+        }
     now = datetime.now(UTC)
     for agreement in sorted(registry.agreements.values(), key=lambda a: a.id):
         record = records.get(agreement.id)

@@ -134,9 +134,15 @@ def test_epsilon_is_split_over_the_tables_and_previewed_whole(
     # Every share to the unit of the ledger, never more than the whole between them.
     assert Decimal("0.24") - Decimal("5e-12") <= sum(shares) <= Decimal("0.24")
     # Each table's share in proportion to (cells x teachers' groups^2)^(1/3): the split
-    # that minimises the report's summed squared error under Laplace noise.
-    weights = [(p.cells or 1) * p.groups_per_teacher**2 for p in laplace]
-    weights = [w ** (1 / 3) for w in weights]
+    # that minimises the report's summed squared error under Laplace noise; or to the
+    # weight a table declares (the trend table: 1).
+    weights = [
+        table.weight
+        if table.weight is not None
+        else ((p.cells or 1) * p.groups_per_teacher**2) ** (1 / 3)
+        for table, p in zip(report.tables, laplace, strict=True)
+    ]
+    assert report.tables[-1].weight == 1
     for share, weight in zip(shares, weights, strict=True):
         assert float(share) == pytest.approx(0.24 * weight / sum(weights), abs=1e-11)
     assert len(set(shares)) > 1  # the tables differ in size: so do their shares
