@@ -63,8 +63,7 @@ class Filter(BaseModel):
                 # Beyond any code or year; and the audit log's JSON (RFC 8785) holds
                 # whole numbers exactly only up to 2^53 - 1.
                 raise ValueError(
-                    f"a whole number in a filter must be between -{SAFE_INTEGER} and "
-                    f"{SAFE_INTEGER}"
+                    f"a whole number in a filter must be between -{SAFE_INTEGER} and {SAFE_INTEGER}"
                 )
         return self
 
