@@ -802,15 +802,10 @@ def _write_file(path: Path, data: bytes) -> None:
 def _write_csv_files(out: Path, files: dict[str, str]) -> None:
     """One CSV file per table: into the zip ``out`` (a name ending in .zip) or the
     folder ``out`` (made if need be)."""
-    import io
-    import zipfile
+    from gateway.release.export import zip_files
 
     if out.suffix.lower() == ".zip":
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for name, text in files.items():
-                archive.writestr(name, text)
-        _write_file(out, buffer.getvalue())
+        _write_file(out, zip_files(files))
         return
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():

@@ -46,6 +46,7 @@ class Gateway:
     #: and that budget reads show. Tests set another clock to make releases in other
     #: school years; everything else reads the system clock.
     clock: Callable[[], datetime] = field(default=utc_now)
+    _reads: sessionmaker[Session] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def open(cls, settings: Settings, *, checkpoint: bool = True) -> Gateway:
@@ -91,8 +92,11 @@ class Gateway:
     @cached_property
     def reads(self) -> sessionmaker[Session]:
         """Sessions that only read (a token, the budget, the audit log): on SQLite they do
-        not queue for the write lock (:func:`gateway.storage.db.read_session_factory`)."""
-        return db.read_session_factory(self.engine)
+        not queue for the write lock (:func:`gateway.storage.db.read_session_factory`).
+        Made once per gateway: a request asks for several."""
+        if self._reads is None:
+            self._reads = db.read_session_factory(self.engine)
+        return self._reads
 
     def close(self) -> None:
         self.engine.dispose()

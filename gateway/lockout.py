@@ -68,7 +68,8 @@ class FailureLimiter:
         now, client = now or datetime.now(UTC), client[:64]
         since = now - self.window
         session.execute(
-            delete(AuthFailure).where(AuthFailure.client == client, AuthFailure.failed_at <= since)
+            # Every client's failures that left the window: no address is kept longer.
+            delete(AuthFailure).where(AuthFailure.failed_at <= since)
         )
         session.add(AuthFailure(client=client, failed_at=now))
         session.flush()

@@ -70,6 +70,9 @@ def terminate(
     Returns the destruction receipt (also written to ``receipts_dir`` and the audit log).
     The caller commits, then calls :func:`release_bytes` so freed pages are overwritten.
     """
+    # The chain head first, as a start recording agreement changes takes it before the
+    # agreement's row (context.sync_agreements): the same order, no deadlock.
+    audit.lock_head(session)
     record = session.get(AgreementRecord, agreement.id, with_for_update=True)
     if record is None:
         raise NotFound(f"agreement {agreement.id!r} was never loaded")

@@ -353,6 +353,11 @@ def test_the_lockout_ends_when_the_window_passes(gateway: Gateway) -> None:
     with gateway.sessions() as session:
         kept = session.scalars(select(AuthFailure.client)).all()
     assert kept == ["a"]  # rows that left the window are deleted
+    # Another client's old failures go too: no address stays once its window passed.
+    assert fail("b", 400) is False
+    with gateway.sessions() as session:
+        kept = session.scalars(select(AuthFailure.client)).all()
+    assert kept == ["b"]
 
 
 # --- request limits, content types, headers, CORS, errors ----------------------------------

@@ -72,9 +72,13 @@ def test_killed_mid_work_every_acknowledged_action_has_its_event(
     ) as process:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "started"
+        # The delay runs from the first acknowledged action, not from the start: on a
+        # loaded machine the first upload alone may take longer than the shortest delay.
+        first = process.stdout.readline()
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
-        output, _ = process.communicate(timeout=30)
+        rest, _ = process.communicate(timeout=30)
+        output = first + rest
     acknowledged = [line.split() for line in output.splitlines() if line.strip()]
     assert acknowledged, "nothing was acknowledged before the kill; raise the delay"
     with Gateway.open(settings, checkpoint=False) as gw, gw.sessions() as session:

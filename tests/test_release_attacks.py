@@ -422,6 +422,9 @@ REVIEW_BODIES: list[dict[str, Any]] = [
     # Years no stored period can hold.
     {"filters": [{"field": "school_year", "op": "eq", "value": 10**19}]},
     {"filters": [{"field": "school_year", "op": "in", "value": [-(10**20), 2025]}]},
+    # Numbers JSON's strict grammar has no spelling for (Python's json reads them).
+    {"filters": [{"field": "school_year", "op": "eq", "value": float("nan")}]},
+    {"filters": [{"field": "school_year", "op": "between", "value": [2020, float("inf")]}]},
     # A number matched against a text column, with eq and with in.
     {"filters": [{"field": "school_code", "op": "eq", "value": 101}]},
     {"filters": [{"field": "school_code", "op": "in", "value": [101, "S-01"]}]},

@@ -12,11 +12,13 @@ from sqlalchemy import func, select
 from gateway import audit, keys
 from gateway.config import Settings
 from gateway.context import Gateway
+from gateway.errors import PolicyViolation
 from gateway.ingest import upload as upload_module
 from gateway.ingest import upload_extract
 from gateway.ingest.upload import UploadProgress
 from gateway.storage import batches
-from gateway.storage.datasets import RowBatch, Upload
+from gateway.storage.datasets import Educator, RowBatch, Upload
+from gateway.storage.history import upload_history
 from tests.conftest import AGREEMENT, DISTRICT, evaluations_csv
 
 
@@ -116,3 +118,79 @@ def test_an_upload_stopped_part_way_leaves_nothing(
     assert _stored(gateway) == stored_before  # its batches and pending row deleted
     with gateway.sessions() as session:
         assert audit.verify_chain(session).ok
+
+
+def _educators(gw: Gateway) -> int:
+    with gw.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(Educator)) or 0)
+
+
+def test_a_stopped_upload_leaves_no_pseudonyms_behind(
+    gateway: Gateway, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its steps committed the educators they met; stopping deletes them with its rows."""
+    monkeypatch.setattr(upload_module, "STEP_CHUNKS", 1)  # each chunk its own step
+    gateway.settings = settings.model_copy(update={"upload_chunk_rows": 10})
+    extract = _parquet(evaluations_csv(tmp_path / "first.csv")[0])
+    stored_meanwhile: list[int] = []
+
+    def stop(progress: UploadProgress) -> None:
+        if progress.stage == "reading":
+            stored_meanwhile.append(_educators(gateway))
+            if len(stored_meanwhile) == 3:
+                raise Stop
+
+    with pytest.raises(Stop):
+        _upload(gateway, extract, progress=stop)
+    assert max(stored_meanwhile) > 0  # committed by the steps while it ran
+    assert _educators(gateway) == 0
+    assert _stored(gateway) == (0, 0)
+
+
+def test_an_upload_being_stored_is_not_in_the_history_yet(
+    gateway: Gateway, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(upload_module, "STEP_CHUNKS", 1)
+    gateway.settings = settings.model_copy(update={"upload_chunk_rows": 10})
+    extract = _parquet(evaluations_csv(tmp_path / "first.csv")[0])
+    listed: list[list[str]] = []
+
+    def watch(progress: UploadProgress) -> None:
+        if progress.stage == "reading":
+            with gateway.reads() as session:  # as the page reads, beside the upload
+                pending = session.scalar(
+                    select(func.count()).select_from(Upload).where(Upload.status == "pending")
+                )
+                assert pending == 1  # the upload being stored is there...
+                listed.append([u.status for u in upload_history(session, AGREEMENT)])
+
+    _upload(gateway, extract, progress=watch)
+    assert listed and all(statuses == [] for statuses in listed)
+    with gateway.sessions() as session:
+        assert [u.status for u in upload_history(session, AGREEMENT)] == ["accepted"]
+
+
+def test_a_key_rotated_during_an_upload_refuses_it(
+    gateway: Gateway, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its rows were pseudonymised under the retired key: switched on, they would link
+    to nothing, and its receipt would describe the old key's data."""
+    monkeypatch.setattr(upload_module, "STEP_CHUNKS", 1)
+    gateway.settings = settings.model_copy(update={"upload_chunk_rows": 10})
+    extract = _parquet(evaluations_csv(tmp_path / "first.csv")[0])
+    rotated: list[bool] = []
+
+    def rotate(progress: UploadProgress) -> None:
+        if progress.stage == "reading" and not rotated:
+            with gateway.sessions() as session, session.begin():
+                keys.rotate_key(
+                    session, agreement=gateway.agreement(AGREEMENT), actor=audit.OPERATOR
+                )
+            rotated.append(True)
+
+    with pytest.raises(PolicyViolation, match="rotated during the upload"):
+        _upload(gateway, extract, progress=rotate)
+    assert rotated
+    assert _stored(gateway) == (0, 0) and _educators(gateway) == 0
+    with gateway.sessions() as session:
+        assert not session.scalars(select(Upload).where(Upload.status == "accepted")).all()

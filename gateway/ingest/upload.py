@@ -397,6 +397,7 @@ def _write(
     with staging.upload_lock(gateway.engine, agreement.id, lock_dir=_lock_dir(gateway)):
         with gateway.sessions() as session, session.begin():
             staging.discard_abandoned(session.connection(), agreement.id)
+            mark = staging.educator_mark(session.connection(), agreement.id)
             upload, educators = _begin(
                 session,
                 gateway,
@@ -438,6 +439,7 @@ def _write(
         except BaseException:
             with gateway.sessions() as session, session.begin():
                 staging.discard(session.connection(), upload.seq)
+                staging.discard_educators_after(session.connection(), agreement.id, mark)
             raise
     if progress is not None:
         progress(_progress("done", tally, opened))
@@ -672,6 +674,12 @@ def _switch_on(
     termination.require_active(session, agreement, refused="uploads")
     connection = session.connection()
     key_version = tally.key_version
+    current_key = keys.current_key_version(session, agreement.id)
+    if key_version is not None and (current_key is None or current_key.version != key_version):
+        raise PolicyViolation(
+            f"agreement {agreement.id!r}: its key was rotated during the upload, so the "
+            "file's pseudonyms would not link; upload it again (nothing was stored)"
+        )
     # What a release under this key version reads now: the pending rows are not in it.
     version_before = batches.data_version(
         connection, agreement_id=agreement.id, dataset=dataset.name, key_version=key_version

@@ -74,7 +74,7 @@ def request_release(
         asked = resolve(query, agreement=agreement, registry=gateway.registry, party=party)
         resolved = canonical.normalise(asked, agreement)
         plan = plan_query(resolved, agreement, composed)
-        with gateway.sessions() as session:  # nothing to read: refused, nothing reserved
+        with gateway.reads() as session:  # nothing to read: refused, nothing reserved
             rows.require_uploaded(session, resolved, agreement)
         identity = publish.asked(gateway, agreement, resolved, canonical.canonical_text(resolved))
         if dry_run:

@@ -127,13 +127,18 @@ def report_csv_files(result: Mapping[str, Any], registry: Any = None) -> dict[st
     return files
 
 
-def report_zip(result: Mapping[str, Any], registry: Any = None) -> bytes:
-    """:func:`report_csv_files` in one zip."""
+def zip_files(files: Mapping[str, str]) -> bytes:
+    """Text files (name to content) in one zip."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, text in report_csv_files(result, registry).items():
+        for name, text in files.items():
             archive.writestr(name, text)
     return buffer.getvalue()
+
+
+def report_zip(result: Mapping[str, Any], registry: Any = None) -> bytes:
+    """:func:`report_csv_files` in one zip."""
+    return zip_files(report_csv_files(result, registry))
 
 
 # --- Excel -----------------------------------------------------------------------------
@@ -158,9 +163,8 @@ def _status(cell: Mapping[str, Any]) -> str:
 
 def _sheet_title(title: str, number: int, taken: set[str]) -> str:
     base = _SHEET_NAME.sub(" ", title).strip() or "table"
-    name = f"{number} {base}"[:31]
-    while name in taken:  # Excel refuses two sheets of one name
-        name = f"{number}.{len(taken)} {base}"[:31]
+    name = f"{number} {base}"[:31]  # the table's number keeps names apart
+    assert name not in taken  # Excel refuses two sheets of one name
     taken.add(name)
     return name
 

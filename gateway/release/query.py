@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
@@ -59,6 +60,8 @@ class Filter(BaseModel):
             raise ValueError("'between' takes a list of two bounds [low, high]")
         values = self.value if isinstance(self.value, list) else [self.value]
         for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError("a number in a filter must be finite")
             if isinstance(item, int) and not isinstance(item, bool) and abs(item) > SAFE_INTEGER:
                 # Beyond any code or year; and the audit log's JSON (RFC 8785) holds
                 # whole numbers exactly only up to 2^53 - 1.

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gateway.storage import staging
 from gateway.storage.datasets import Upload
 from gateway.storage.releases import Release
 
@@ -53,7 +54,10 @@ def upload_history(
     session: Session, agreement_id: str, *, party: str | None = None
 ) -> list[UploadEntry]:
     """The agreement's uploads (of ``party`` only, when given), newest first."""
-    statement = select(Upload).where(Upload.agreement_id == agreement_id)
+    # An upload still being stored (or abandoned) is not part of the history yet.
+    statement = select(Upload).where(
+        Upload.agreement_id == agreement_id, Upload.status != staging.PENDING
+    )
     if party is not None:
         statement = statement.where(Upload.party == party)
     statement = statement.order_by(Upload.seq.desc()).limit(HISTORY_LIMIT)

@@ -26,9 +26,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, delete, select
+from sqlalchemy import Connection, Engine, delete, func, select
 
-from gateway.storage.datasets import RowBatch, Upload
+from gateway.storage.datasets import Educator, RowBatch, Upload
 
 PENDING = "pending"
 ACCEPTED = "accepted"
@@ -70,6 +70,24 @@ def discard(connection: Connection, upload_seq: int) -> None:
     """Delete a pending upload and every row batch it stored (caller's transaction)."""
     connection.execute(delete(RowBatch).where(RowBatch.upload_seq == upload_seq))
     connection.execute(delete(Upload).where(Upload.seq == upload_seq, Upload.status == PENDING))
+
+
+def educator_mark(connection: Connection, agreement_id: str) -> int:
+    """The newest stored educator of the agreement (0 if none), taken under the upload
+    lock before an upload stores any: what it adds is above the mark."""
+    newest = connection.scalar(
+        select(func.max(Educator.id)).where(Educator.agreement_id == agreement_id)
+    )
+    return int(newest or 0)
+
+
+def discard_educators_after(connection: Connection, agreement_id: str, mark: int) -> None:
+    """Delete the pseudonyms a failed upload stored (those above its :func:`educator_mark`;
+    the upload lock keeps any other upload of the agreement from adding some meanwhile).
+    Its steps committed them; no accepted upload refers to them."""
+    connection.execute(
+        delete(Educator).where(Educator.agreement_id == agreement_id, Educator.id > mark)
+    )
 
 
 def discard_abandoned(connection: Connection, agreement_id: str) -> int:

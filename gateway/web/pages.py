@@ -471,6 +471,8 @@ def _received_release(
             "this release was not made for this token's party and agreement",
             agreement_id=agreement_id,
         )
+    if stored.status != "released":
+        raise NotFound("this release has no table: it failed or is still being made")
     return body
 
 
@@ -735,7 +737,7 @@ def upload_history_page(
     """Past uploads of the agreement: an uploader's own party's, or all for a reviewer."""
     agreement = gateway.agreement(agreement_id)
     party = _own_party(session.principal)
-    with gateway.sessions() as db:
+    with gateway.reads() as db:
         entries = history.upload_history(db, agreement_id, party=party)
     return render(
         request,
@@ -759,8 +761,10 @@ def release_history_page(
     reviewer (who reads them here, and downloads none)."""
     agreement = gateway.agreement(agreement_id)
     party = _own_party(session.principal)
-    with gateway.sessions() as db:
+    with gateway.reads() as db:
         entries = history.release_history(db, agreement_id, recipient=party)
+    if party is not None and party not in agreement.releases:
+        entries = []  # no longer a recipient under the agreement as it stands
     rows = []
     for entry in entries:
         measure = entry.query.get("measure") or {}
