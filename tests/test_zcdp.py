@@ -5,6 +5,7 @@ far a report gets, and never cheaper than the conversion for a query asked alone
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -177,7 +178,7 @@ def _query(**extra: Any) -> Any:
 
 
 @pytest.fixture
-def stocked(tmp_path: Path, database_url: str) -> Gateway:
+def stocked(tmp_path: Path, database_url: str) -> Iterator[Gateway]:
     """The example agreements, the student-teaching one with a four-table report by
     school year (accounted in zCDP, and the same left to choose), and every party's
     generated extracts uploaded."""
@@ -224,9 +225,9 @@ def stocked(tmp_path: Path, database_url: str) -> Gateway:
         (folder / source.name).write_text(yaml.safe_dump(document, sort_keys=False))
     settings_ = make_settings(tmp_path, database_url, agreements_dir=folder)
     initialise(settings_)
-    gw = Gateway.open(settings_)
-    upload_generated(gw, AGREEMENT, tmp_path / "extracts", seed=11)
-    return gw
+    with Gateway.open(settings_) as gw:  # closed after the test: no connection left open
+        upload_generated(gw, AGREEMENT, tmp_path / "extracts", seed=11)
+        yield gw
 
 
 def _spent(gw: Gateway) -> tuple[Decimal, Decimal]:
