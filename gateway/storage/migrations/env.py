@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 import gateway.storage.datasets
+import gateway.storage.extracts
 import gateway.storage.releases  # noqa: F401  (registers the budget and release tables)
 from gateway.storage.tables import Base
 
