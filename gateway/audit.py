@@ -75,6 +75,16 @@ EVENT_KINDS: Mapping[str, str] = {
     "credential-revoked": "a bearer token was revoked",
     "access-refused": "an API request was refused: no valid token (401; the one that starts "
     "a lockout says so) or not allowed (403)",
+    "extract-requested": "a recipient asked for a record-level extract; it awaits approval",
+    "extract-approved": "the providing party approved an extract request (its download window)",
+    "extract-refused": "the providing party refused an extract request",
+    "extract-downloaded": "an approved extract was downloaded (once), with its fingerprint",
+    "extract-download-refused": "a download of an extract was refused (not approved, taken, "
+    "expired or not the recipient's)",
+    "extract-expired": "an approved extract was not downloaded in time; its rows were erased",
+    "extract-withdrawn": "an extract not yet downloaded was withdrawn as its agreement ended",
+    "destruction-certified": "a recipient's certificate of destruction was recorded (its "
+    "SHA-256 and uploader)",
 }
 
 

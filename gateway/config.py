@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Window over which failed authentications are counted, in seconds.",
     )
+    extract_download_hours: int = Field(
+        default=72,
+        gt=0,
+        le=24 * 90,
+        description="Hours an approved record-level extract may be downloaded (once).",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description=(
