@@ -1,0 +1,82 @@
+"""Record-level de-identified extracts (issue 17): what the workflow builds on.
+
+An agreement may declare ``extracts:``, each a teacher-level file one party may
+receive from data another party provided (docs/agreements.md#extracts). This
+package turns the stored rows into such a file, and finds which file a leaked copy
+came from. It knows nothing of requests, approvals, downloads or HTTP: the
+workflow (requests, approvals, audit events, CLI, API, web) calls it.
+
+Public surface::
+
+    # the declaration (gateway/agreements/models.py), checked by `gateway agreements check`
+    agreement.extract(name) -> ExtractSpec           # NotFound if the agreement has none
+    agreement.extracts_for(party_id) -> tuple[ExtractSpec, ...]   # those it may receive
+    spec.approvers.party          # the providing party whose people approve
+    spec.approvers.people         # who may approve: person ids (slugs) of that party
+    spec.approvers.required       # how many of them must approve (distinct people)
+    spec.may_approve(person_id, *, requester_id) -> bool   # listed, and not the requester
+
+    build_extract(session, *, agreement, spec, recipient, request_id, master_key) -> Extract
+        # Reads the stored rows of spec.datasets (current key version), joins them per
+        # teacher (and spec.link_on), replaces the internal pseudonym by the recipient
+        # pseudonym, bands number fields, generalises and suppresses the quasi-
+        # identifiers until every class has >= k teachers and >= l values of each
+        # sensitive field (checked with pycanon), orders rows by a keyed shuffle and
+        # fingerprints them for request_id. Raises NotUploaded (409) when a dataset has
+        # nothing to read, PolicyViolation when the recipient may not receive the
+        # extract or the agreement is not in force; never echoes an ID or a value.
+
+    Extract                       # frozen; one typed result for every adapter
+        .frame: pandas.DataFrame  # the file's content, columns in .columns order
+        .columns: tuple[str, ...] # "teacher_id", "record_id", then the spec's fields
+        .generalisation: tuple[ColumnGeneralisation, ...]  # per quasi-identifier:
+                                  #   column, level (0 = as recorded), level_name, levels
+        .rows_before / .rows_released / .suppressed_share   # information loss
+        .risk_before / .risk_after: Risk   # records, classes, unique_share,
+                                  #   prosecutor_rate (= classes / records), max_risk
+        .k / .l                   # what the agreement asked for
+        .k_achieved / .l_achieved # what pycanon measured on the released rows (counted
+                                  #   in distinct teachers for k); None if nothing left
+        .sample: tuple[dict[str, object], ...]  # <= 5 generalised rows, no teacher_id /
+                                  #   record_id, for the approver
+        .fingerprint: FingerprintRecord   # store it (audit event / table) for identify
+        .summary() -> dict        # JSON-safe: columns, generalisation, loss, risk, sample;
+                                  #   no ID of any kind (for approver screens and audit)
+        .to_csv_bytes() -> bytes  # the frame as UTF-8 CSV (metadata is the workflow's)
+
+    FingerprintRecord             # frozen; no secret in it: safe for the audit log
+        .request_id, .agreement_id, .recipient, .extract, .columns, .rows, .marks
+        .to_dict() / FingerprintRecord.from_dict(data)
+
+    identify(frame, candidates, *, master_key) -> Identification
+        # Which recorded extract a found copy (a DataFrame, e.g. read from a CSV) came
+        # from: survives reordered columns, shuffled rows and a part of the rows.
+        # Identification.record (None when nothing matches), .score (0..1, the share
+        # of the copy's rows carrying that extract's keyed marks), .rows_checked,
+        # .scores (request_id -> score for every candidate).
+
+    recipient_pseudonymizer(session, master_key, *, agreement_id, recipient)
+        -> RecipientPseudonymizer     # .pseudonym(internal_pseudonym) -> teacher_id
+
+Nothing here logs or raises with a teacher ID (raw, internal or recipient), a name,
+a value of a row, or key material.
+"""
+
+from __future__ import annotations
+
+from gateway.extracts.anonymise import ColumnGeneralisation, Risk
+from gateway.extracts.build import Extract, build_extract
+from gateway.extracts.fingerprint import FingerprintRecord, Identification, identify
+from gateway.extracts.pseudonyms import RecipientPseudonymizer, recipient_pseudonymizer
+
+__all__ = [
+    "ColumnGeneralisation",
+    "Extract",
+    "FingerprintRecord",
+    "Identification",
+    "RecipientPseudonymizer",
+    "Risk",
+    "build_extract",
+    "identify",
+    "recipient_pseudonymizer",
+]
