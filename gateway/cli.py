@@ -453,6 +453,11 @@ def tokens() -> None:
     default=None,
     help="Last day it is valid (UTC). Default: the agreement's end date; reviewers: none.",
 )
+@click.option(
+    "--person",
+    default=None,
+    help="The person it is issued to, by the id the agreement lists (extract approvers).",
+)
 @json_option
 @click.pass_context
 def tokens_create(
@@ -461,6 +466,7 @@ def tokens_create(
     party: str | None,
     role: str,
     expires: datetime | None,
+    person: str | None,
     as_json: bool,
 ) -> None:
     """Make a token; it is printed once and only its keyed hash is kept."""
@@ -476,12 +482,15 @@ def tokens_create(
             party=party,
             expires=expires.date() if expires else None,
             actor=audit.OPERATOR,
+            person=person,
         )
 
     def human(r: dict[str, Any]) -> None:
         click.echo(f"token:   {r['token']}")
         click.echo(f"id:      {r['id']}")
         click.echo(f"role:    {r['role']} for {r['party'] or '(no party)'}")
+        if r["person"]:
+            click.echo(f"person:  {r['person']}")
         click.echo(f"covers:  {', '.join(r['agreements'])}")
         click.echo(f"expires: {r['expires_at'] or 'never (revoke it when done)'}")
         click.echo("The token is shown only now: hand it over securely; it cannot be shown again.")

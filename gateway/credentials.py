@@ -26,6 +26,7 @@ written once for each agreement the credential covers.
 from __future__ import annotations
 
 import functools
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ ROLES: Mapping[str, str] = {
 }
 
 TOKEN_PREFIX = "gw"  # noqa: S105 (a label, not a secret)
+#: A person's id, as agreements list people (extract approvers): a slug, never a name.
+PERSON_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _SECRET_BYTES = 32
 _HASH_INFO = b"teacher-gateway/credential-hash/v1"
 # Compared against when the id is unknown, so a miss costs the same as a wrong secret.
@@ -65,6 +68,10 @@ class Principal:
     role: str
     party: str | None
     agreements: frozenset[str]
+    #: The person the credential was issued to (``tokens create --person``), when named:
+    #: the agreement's extract approvers are people, and a person never approves an
+    #: extract they asked for, whichever of their credentials they use.
+    person: str | None = None
 
     @property
     def actor(self) -> audit.Actor:
@@ -84,6 +91,7 @@ class IssuedCredential:
     party: str | None
     agreements: tuple[str, ...]
     expires_at: datetime | None
+    person: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +99,7 @@ class IssuedCredential:
             "token": self.token,
             "role": self.role,
             "party": self.party,
+            "person": self.person,
             "agreements": list(self.agreements),
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
         }
@@ -150,10 +159,16 @@ def issue(
     expires: date | None,
     actor: audit.Actor,
     today: date | None = None,
+    person: str | None = None,
 ) -> IssuedCredential:
     """Make a credential in the caller's transaction; the token is returned only here."""
     if role not in ROLES:
         raise SchemaError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+    if person is not None and not PERSON_PATTERN.fullmatch(person):
+        raise SchemaError(
+            "--person is the person's id as the agreement lists its people (lower-case "
+            "letters, digits and - . _, up to 64), not a name or an email"
+        )
     unique_ids = tuple(dict.fromkeys(agreement_ids))
     if not unique_ids:
         raise SchemaError("a token covers at least one agreement (--agreement)")
@@ -184,6 +199,7 @@ def issue(
             secret_hash=_secret_hash(master_key, secret),
             role=role,
             party=party,
+            person=person,
             created_at=_now(),
             expires_at=expires_at,
         )
@@ -198,6 +214,7 @@ def issue(
         party=party,
         agreements=unique_ids,
         expires_at=expires_at,
+        person=person,
     )
     for agreement in agreements:
         # Each agreement's event names only that agreement: its reviewers see its log.
@@ -205,6 +222,7 @@ def issue(
             "id": credential_id,
             "role": role,
             "party": party,
+            "person": person,
             "expires_at": issued.to_dict()["expires_at"],
             "agreements_covered": len(agreements),
         }
@@ -253,6 +271,7 @@ def _view(credential: Credential, agreements: list[str], now: datetime) -> dict[
         "id": credential.id,
         "role": credential.role,
         "party": credential.party,
+        "person": credential.person,
         "agreements": agreements,
         "status": _status(credential, now),
         "created_at": stamp(credential.created_at),
@@ -388,6 +407,7 @@ def authenticate(session: Session, master_key: MasterKey, token: str | None) -> 
         role=credential.role,
         party=credential.party,
         agreements=frozenset(row.agreement_id for row in rows if row.agreement_id is not None),
+        person=credential.person,
     )
 
 
@@ -397,6 +417,7 @@ _CREDENTIAL_AND_SCOPES = (
         Credential.secret_hash,
         Credential.role,
         Credential.party,
+        Credential.person,
         Credential.expires_at,
         Credential.revoked_at,
         CredentialScope.agreement_id,
