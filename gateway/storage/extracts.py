@@ -37,6 +37,8 @@ class ExtractRequest(Base):
     #: The credential that asked (null when the operator asked on the host).
     requester_credential_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     requester_role: Mapped[str] = mapped_column(String(16))
+    #: The person the requesting credential was issued to (``tokens create --person``).
+    requester_person: Mapped[str | None] = mapped_column(String(128), nullable=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     decided_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -44,6 +46,9 @@ class ExtractRequest(Base):
     decided_by_party: Mapped[str | None] = mapped_column(String(128), nullable=True)
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     decision_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Approvals given so far (JSON list of person, credential, time): the agreement may
+    #: require several distinct people; the request is approved when enough have.
+    approvals: Mapped[str] = mapped_column(Text, default="[]")
     #: The end of the download window, set at approval.
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     downloaded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -6,13 +6,16 @@ Create Date: 2026-12-02 08:30:00
 
 - ``extract_requests``: one row per request for an agreement's declared extract (issue
   17): who asked, its status, who decided and when, the download window, what the
-  approver was shown (JSON), the per-recipient fingerprint record (JSON), and the
+  approver was shown (JSON), the approvals given so far (JSON: person, credential, time;
+  an agreement may require several distinct people), the per-recipient fingerprint record (JSON), and the
   generalised rows encrypted (AES-GCM; nonce and ciphertext, the key's HKDF salt),
   erased once downloaded, refused, expired or the agreement ends.
+- ``credentials.person``: the person a token was issued to (``tokens create --person``),
+  by the id the agreement lists its extract approvers under.
 - ``destruction_certificates``: the recipients' signed statements of destruction, with
   their SHA-256 and uploader.
 
-Neither table existed before, so the downgrade drops both.
+Neither table nor the column existed before: the downgrade drops them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("credentials") as batch:
+        batch.add_column(sa.Column("person", sa.String(length=64), nullable=True))
     op.create_table(
         "extract_requests",
         sa.Column("id", sa.String(length=32), nullable=False),
@@ -35,6 +40,7 @@ def upgrade() -> None:
         sa.Column("recipient_party", sa.String(length=128), nullable=False),
         sa.Column("requester_credential_id", sa.String(length=32), nullable=True),
         sa.Column("requester_role", sa.String(length=16), nullable=False),
+        sa.Column("requester_person", sa.String(length=128), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("decided_by", sa.String(length=32), nullable=True),
@@ -42,6 +48,7 @@ def upgrade() -> None:
         sa.Column("decided_by_party", sa.String(length=128), nullable=True),
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("decision_reason", sa.Text(), nullable=True),
+        sa.Column("approvals", sa.Text(), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("downloaded_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("downloaded_by", sa.String(length=32), nullable=True),
@@ -95,3 +102,5 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_extract_requests_status"), table_name="extract_requests")
     op.drop_index(op.f("ix_extract_requests_agreement_id"), table_name="extract_requests")
     op.drop_table("extract_requests")
+    with op.batch_alter_table("credentials") as batch:
+        batch.drop_column("person")
