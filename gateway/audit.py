@@ -75,6 +75,10 @@ EVENT_KINDS: Mapping[str, str] = {
     "credential-revoked": "a bearer token was revoked",
     "access-refused": "an API request was refused: no valid token (401; the one that starts "
     "a lockout says so) or not allowed (403)",
+    "session-started": "someone signed in to the web pages: the session's reference (never "
+    "its id), how they signed in, and when it ends at the latest",
+    "session-ended": "a web session ended: signed out, idle, past its lifetime, its token "
+    "revoked or expired, its sign-in mapping removed, or replaced by a new sign-in",
     "extract-requested": "a recipient asked for a record-level extract; it awaits approval",
     "extract-approved": "the providing party approved an extract request (its download window)",
     "extract-refused": "the providing party refused an extract request",

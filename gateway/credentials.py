@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.constant_time import bytes_eq
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from gateway import audit
+from gateway import audit, web_sessions
 from gateway.agreements import Agreement, Registry
 from gateway.errors import NotFound, PolicyViolation, SchemaError, Unauthenticated
 from gateway.keys import MasterKey
@@ -316,6 +316,15 @@ def revoke(
             agreement_id=agreement_id,  # when its file is no longer loaded
         )
     session.flush()
+    # Its web sessions end in this transaction: a browser signed in with the token is
+    # signed out at once, not merely refused at its next click.
+    web_sessions.end_sessions_of_credentials(
+        session,
+        [credential_id],
+        reason="credential-revoked",
+        actor=actor,
+        loaded=registry.agreements,
+    )
     return _view(credential, agreement_ids, _now())
 
 
@@ -356,7 +365,28 @@ def revoke_party_credentials(
             agreement=agreement,
         )
     session.flush()
+    web_sessions.end_sessions_of_credentials(
+        session,
+        [c.id for c in live],
+        reason="credential-revoked",
+        actor=actor,
+        loaded={agreement.id: agreement},
+    )
     return [c.id for c in live]
+
+
+def principal_of(session: Session, credential_id: str) -> Principal:
+    """The principal of a credential already proven (a web session signed in with its
+    token): :class:`Unauthenticated` once it is revoked, expired or gone, with the
+    words and details :func:`authenticate` gives."""
+    rows = session.connection().execute(_CREDENTIAL_AND_SCOPES, {"id": credential_id}).all()
+    if not rows:
+        raise Unauthenticated(
+            f"credential {credential_id} no longer exists; ask the operator for a new token",
+            details=[{"credential_id": credential_id, "status": "unknown"}],
+            credential_id=credential_id,
+        )
+    return _active_principal(rows)
 
 
 def parse_token(token: str) -> tuple[str, str] | None:
@@ -395,6 +425,12 @@ def authenticate(session: Session, master_key: MasterKey, token: str | None) -> 
             "the bearer token is not valid",
             credential_id=credential.id if credential is not None else None,
         )
+    return _active_principal(rows)
+
+
+def _active_principal(rows: Sequence[Any]) -> Principal:
+    """The principal of a credential's rows (one per agreement), if it is active."""
+    credential = rows[0]
     status = _status(credential, _now())
     if status != "active":
         raise Unauthenticated(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     DateTime,
     ForeignKey,
     Index,
@@ -173,3 +175,35 @@ class CredentialScope(Base):
         String(32), ForeignKey("credentials.id", ondelete="CASCADE"), primary_key=True
     )
     agreement_id: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+
+
+class WebSession(Base):
+    """One sign-in to the web pages (gateway/web_sessions.py).
+
+    The row is keyed by SHA-256 of the session id; the id itself (256 random bits)
+    lives only in the browser's cookie, so a copy of this table cannot be replayed as
+    a session. Ending a session (sign-out, revocation, idle or absolute timeout) sets
+    ``ended_at`` and ``end_reason``; the row stays until a day after ``ends_at``.
+    """
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: ``token`` (signed in with a bearer token) or ``oidc`` (through the identity provider).
+    kind: Mapped[str] = mapped_column(String(8))
+    #: The principal at sign-in: a token's credential id (revoking it ends the session),
+    #: or the id an OIDC principal acts under.
+    credential_id: Mapped[str] = mapped_column(String(128), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    party: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    agreements: Mapped[list[str]] = mapped_column(JSON)
+    #: OIDC sessions: who the provider said signed in, and the claims the mapping reads
+    #: again on every request (a mapping removed ends the session at its next click).
+    issuer: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    subject: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    claims: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -5,7 +5,8 @@ are inline SVG drawn on the server. The pages are thin adapters over the same
 functions as the API and check tokens, roles and agreements with the API's own code
 (see docs/web.md):
 
-- ``session``: signing in with a token, the session cookie, CSRF tokens, role checks;
+- ``session``: signing in and out, the session cookie, CSRF tokens, role checks (the
+  sessions themselves are kept by :mod:`gateway.web_sessions`);
 - ``pages``: the routes (sign-in, home, uploads, reports, budgets, the audit log);
 - ``rendering``: templates, and every failure of a page shown as a page;
 - ``cells``, ``charts``: released tables as rows, CSV and SVG geometry;

@@ -1,9 +1,10 @@
 """The web pages under ``/web``: thin adapters over the same functions as the API.
 
 Each page depends on :class:`gateway.web.session.PageAllow` with the roles it admits:
-the session's token is checked again, then its role and agreement, exactly as the
-API checks a bearer token, and refusals are audited alike. Every POST form carries
-the session's CSRF token and is refused (403, audited) without it.
+the session is resolved again (its token or its mapping included), then its role and
+agreement are checked exactly as the API checks a bearer token's, and refusals are
+audited alike. Every POST form carries the session's CSRF token and is refused (403,
+audited) without it.
 """
 
 from __future__ import annotations
@@ -60,10 +61,10 @@ from gateway.web.session import (
     SignedIn,
     SignedInDep,
     authenticate_token,
-    clear_session_cookie,
     csrf_matches,
+    end_session,
     require_genuine_form,
-    set_session_cookie,
+    start_session,
 )
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -118,11 +119,14 @@ async def sign_in(request: Request, gateway: GatewayDep) -> Response:
     if not token:
         return sign_in_page(request, message="paste your token into the box", status=422)
     try:
-        await run_in_threadpool(authenticate_token, request, gateway, token)
+        principal = await run_in_threadpool(authenticate_token, request, gateway, token)
     except (Unauthenticated, TooManyAttempts) as error:
         return sign_in_page(request, message=error.message, status=error.status)
     response = RedirectResponse(PREFIX, status_code=303)
-    set_session_cookie(response, request, token)
+    # The cookie carries a new session's id, never the token.
+    await run_in_threadpool(
+        start_session, gateway, request, response, principal=principal, kind="token"
+    )
     response.delete_cookie(SIGN_IN_COOKIE, path=PREFIX)
     return response
 
@@ -133,7 +137,8 @@ async def sign_out(request: Request, gateway: GatewayDep, session: SignedInDep) 
     sent = form.get(CSRF_FIELD)
     await require_genuine_form(request, gateway, session, sent if isinstance(sent, str) else None)
     response = RedirectResponse(f"{PREFIX}/sign-in?signed_out=1", status_code=303)
-    clear_session_cookie(response, request)
+    # Ended on the server (audited), not only forgotten by this browser.
+    await run_in_threadpool(end_session, gateway, request, response, actor=session.principal.actor)
     return response
 
 

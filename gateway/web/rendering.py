@@ -159,8 +159,8 @@ def sign_in_page(request: Request, *, message: str | None = None, status: int = 
 
 
 def signed_out(request: Request, message: str | None) -> Response:
-    """No session: to the sign-in form. A session whose token fails: the form with the
-    reason, and the cookie removed (a revoked or expired token is signed out)."""
+    """No session: to the sign-in form. A session that ended (signed out, idle, past
+    its lifetime, its token revoked): the form with the reason, and the cookie removed."""
     if message is None:
         return RedirectResponse(f"{PREFIX}/sign-in", status_code=303)
     response = sign_in_page(request, message=message, status=401)
