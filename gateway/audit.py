@@ -89,6 +89,8 @@ EVENT_KINDS: Mapping[str, str] = {
     "extract-withdrawn": "an extract not yet downloaded was withdrawn as its agreement ended",
     "destruction-certified": "a recipient's certificate of destruction was recorded (its "
     "SHA-256 and uploader)",
+    "audit-anchored": "the signed chain head was written to destinations outside the gateway "
+    "(an anchor: a file elsewhere, an email, an RFC 3161 timestamp)",
 }
 
 
@@ -774,7 +776,9 @@ class Anchor:
         except (OSError, ValueError, KeyError, TypeError):
             raise ConfigurationError(f"{path} holds no readable manifest.json") from None
 
-    def check(self, hash_at: Callable[[int], str | None]) -> list[ChainProblem]:
+    def check(
+        self, hash_at: Callable[[int], str | None], public_key: Ed25519PublicKey | None = None
+    ) -> list[ChainProblem]:
         if self.seq == 0:
             return []
         found = hash_at(self.seq)
@@ -796,22 +800,136 @@ class Anchor:
         return []
 
 
+ANCHOR_FORMAT = "teacher-gateway audit anchor v1"
+_ANCHOR_FIELDS = ("seq", "hash", "signed_at", "public_key_fingerprint", "signature")
+
+
+def anchor_document(checkpoint: AuditCheckpoint) -> dict[str, Any]:
+    """The anchor of a signed checkpoint: the document ``gateway audit anchor`` writes
+    outside the gateway (docs/audit.md#anchors). Its signature is the checkpoint's, over
+    the same message, so any verifier of checkpoints checks it."""
+    return {"format": ANCHOR_FORMAT, **_checkpoint_view(checkpoint)}
+
+
+def anchor_text(document: Mapping[str, Any]) -> str:
+    """An anchor file's text: its RFC 8785 JSON and a newline."""
+    return canonical_json(dict(document)) + "\n"
+
+
+def anchor_imprint(document: Mapping[str, Any]) -> bytes:
+    """The bytes an RFC 3161 timestamp of an anchor covers: its RFC 8785 text without
+    the ``timestamp`` member (which holds the token, and so cannot be inside it)."""
+    return canonical_json({k: v for k, v in document.items() if k != "timestamp"}).encode()
+
+
+@dataclass(frozen=True)
+class SignedAnchor:
+    """A signed chain head written outside the gateway by ``gateway audit anchor``: a log
+    that no longer holds that event with that hash was cut back or rewritten since.
+    Unlike an :class:`Anchor` a reviewer noted, it needs no reviewer to have noted
+    anything: its Ed25519 signature shows the gateway's key signed that head."""
+
+    name: str
+    seq: int
+    head_hash: str
+    signed_at: str
+    public_key_fingerprint: str
+    signature: str
+    document: Mapping[str, Any]
+
+    @classmethod
+    def load(cls, path: Path) -> SignedAnchor:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(document, dict) or document.get("format") != ANCHOR_FORMAT:
+                raise ValueError
+            values = [document[name] for name in _ANCHOR_FIELDS]
+            if not isinstance(values[0], int) or not all(isinstance(v, str) for v in values[1:]):
+                raise ValueError
+        except (OSError, ValueError, KeyError):
+            raise SchemaError(
+                f"{path} is not an audit anchor: expected the JSON document `gateway audit "
+                f'anchor` writes ("format": "{ANCHOR_FORMAT}", seq, hash, signed_at, '
+                "public_key_fingerprint, signature)"
+            ) from None
+        seq, head_hash, signed_at, fingerprint, signature = values
+        return cls(str(path), seq, head_hash, signed_at, fingerprint, signature, document)
+
+    def signature_problem(self, public_key: Ed25519PublicKey) -> str | None:
+        """Why this anchor was not signed by ``public_key``'s owner, if it was not."""
+        if self.public_key_fingerprint != _fingerprint(public_key):
+            return (
+                f"signed by another key ({self.public_key_fingerprint}), not the one this "
+                "log is checked with: it is not an anchor of this log (forged, or another "
+                "gateway's)"
+            )
+        message = _checkpoint_message(self.seq, self.head_hash, self.signed_at)
+        try:
+            public_key.verify(bytes.fromhex(self.signature), message)
+        except (InvalidSignature, ValueError):
+            return "the signature is not valid (the anchor was forged or altered)"
+        return None
+
+    def check(
+        self, hash_at: Callable[[int], str | None], public_key: Ed25519PublicKey | None = None
+    ) -> list[ChainProblem]:
+        assert public_key is not None, "a signed anchor is checked against a public key"
+        if (problem := self.signature_problem(public_key)) is not None:
+            return [ChainProblem(None, f"anchor {self.name}: {problem}")]
+        found = hash_at(self.seq)
+        if found is None:
+            return [
+                ChainProblem(
+                    None,
+                    f"anchor {self.name}: event {self.seq}, the head it anchors, is missing: "
+                    "the log was cut back (truncated or rolled back) since it was anchored",
+                )
+            ]
+        if found != self.head_hash:
+            return [
+                ChainProblem(
+                    self.seq,
+                    f"differs from the head signed in anchor {self.name}: the log was "
+                    "rewritten since it was anchored",
+                )
+            ]
+        return []
+
+
+def parse_anchor(text: str) -> Anchor | SignedAnchor:
+    """``--anchor``'s value: an anchor file written by ``gateway audit anchor``, or the
+    ``EVENTS:HEAD_HASH`` an earlier verification printed."""
+    path = Path(text)
+    if path.is_file():
+        return SignedAnchor.load(path)
+    return Anchor.parse(text)
+
+
 def _is_hex(text: str) -> bool:
     return all(ch in "0123456789abcdefABCDEF" for ch in text)
 
 
-def verify_anchor(session: Session, anchor: Anchor) -> list[ChainProblem]:
-    """Check the live log still holds the event and hash of ``anchor``."""
+def verify_anchor(
+    session: Session, anchor: Anchor | SignedAnchor, signer: Signer | None = None
+) -> list[ChainProblem]:
+    """Check the live log still holds the event and hash of ``anchor`` (and, for a
+    signed anchor, that ``signer``'s key signed it)."""
     from sqlalchemy import select
 
     from gateway.storage.tables import AuditEvent
 
+    public_key: Ed25519PublicKey | None = None
+    if signer is not None:
+        loaded = serialization.load_pem_public_key(signer.public_pem)
+        assert isinstance(loaded, Ed25519PublicKey)
+        public_key = loaded
     return anchor.check(
-        lambda seq: session.scalar(select(AuditEvent.hash).where(AuditEvent.seq == seq))
+        lambda seq: session.scalar(select(AuditEvent.hash).where(AuditEvent.seq == seq)),
+        public_key,
     )
 
 
-def verify_bundle(path: Path, *, anchors: Sequence[Anchor] = ()) -> Verification:
+def verify_bundle(path: Path, *, anchors: Sequence[Anchor | SignedAnchor] = ()) -> Verification:
     """Verify an exported bundle offline: no database, only the files and the public key;
     with ``anchors``, also that it still holds what earlier verifications saw."""
     missing = [name for name in BUNDLE_FILES if not (path / name).is_file()]
@@ -860,7 +978,7 @@ def verify_bundle(path: Path, *, anchors: Sequence[Anchor] = ()) -> Verification
             ChainProblem(None, "the events do not match the manifest's count and head")
         )
     for anchor in anchors:
-        result.problems += anchor.check(hashes.get)
+        result.problems += anchor.check(hashes.get, public_key)
     return result
 
 

@@ -1050,9 +1050,17 @@ def audit_export(ctx: click.Context, out: Path, as_json: bool) -> None:
 )
 @click.option(
     "--anchor",
+    "anchor_texts",
+    multiple=True,
+    metavar="FILE|EVENTS:HEAD_HASH",
+    help="An anchor file `gateway audit anchor` wrote, or a count and head hash noted "
+    "earlier: the log must still hold that head. Repeatable.",
+)
+@click.option(
+    "--tsa-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    metavar="EVENTS:HEAD_HASH",
-    help="A count and head hash noted earlier: the log must still hold that event.",
+    help="The timestamp authority's certificate (PEM): check anchors' RFC 3161 timestamps.",
 )
 @json_option
 @click.pass_context
@@ -1060,7 +1068,8 @@ def audit_verify(
     ctx: click.Context,
     bundle: Path | None,
     previous: Path | None,
-    anchor: str | None,
+    anchor_texts: tuple[str, ...],
+    tsa_cert: Path | None,
     as_json: bool,
 ) -> None:
     """Recompute every hash, link and signed checkpoint of the audit log; name each
@@ -1068,7 +1077,7 @@ def audit_verify(
     --anchor, also detect a log cut back or rewritten since an earlier check."""
     from gateway import audit
 
-    anchors = [audit.Anchor.parse(anchor)] if anchor else []
+    anchors = [audit.parse_anchor(text) for text in anchor_texts]
     if previous is not None:
         anchors.append(audit.Anchor.of_bundle(previous))
     if bundle is not None:
@@ -1078,7 +1087,9 @@ def audit_verify(
             result = audit.verify_chain(session)
             result.problems += audit.verify_checkpoints(session, gw.signing_key)
             for each in anchors:
-                result.problems += audit.verify_anchor(session, each)
+                result.problems += audit.verify_anchor(session, each, gw.signing_key)
+            tsa_cert = tsa_cert or gw.settings.anchor_tsa_cert
+    unchecked = _check_timestamps(result, anchors, tsa_cert)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     elif result.ok:
@@ -1092,6 +1103,8 @@ def audit_verify(
                 f"signed with the key whose fingerprint is {result.public_key_fingerprint}: "
                 "compare it with the one the gateway's operator published"
             )
+        for name in unchecked:
+            click.echo(f"anchor {name}: its RFC 3161 timestamp was not checked (give --tsa-cert)")
     else:
         for problem in result.problems:
             click.echo(str(problem))
@@ -1100,6 +1113,51 @@ def audit_verify(
         # goes to stderr and the exit status says the chain is broken.
         click.echo(f"gateway: error: audit log verification failed: {result.problems[0]}", err=True)
         ctx.exit(AuditChainBroken.exit_code)
+
+
+def _check_timestamps(result: Any, anchors: list[Any], tsa_cert: Path | None) -> list[str]:
+    """Check the RFC 3161 timestamps the signed anchors carry (with the TSA's certificate);
+    return the names of those left unchecked for want of it."""
+    from gateway import audit
+
+    stamped = [
+        a for a in anchors if isinstance(a, audit.SignedAnchor) and "timestamp" in a.document
+    ]
+    if not stamped:
+        return []
+    if tsa_cert is None:
+        return [a.name for a in stamped]
+    from gateway import anchors as anchoring
+
+    trusted = anchoring.load_certificates(tsa_cert)
+    for anchor in stamped:
+        if (problem := anchoring.anchor_timestamp_problem(anchor, trusted)) is not None:
+            result.problems.append(audit.ChainProblem(None, f"anchor {anchor.name}: {problem}"))
+    return []
+
+
+@audit_group.command("anchor")
+@json_option
+@click.pass_context
+def audit_anchor(ctx: click.Context, as_json: bool) -> None:
+    """Sign the chain head and write it outside the gateway (GATEWAY_ANCHOR_DESTINATIONS:
+    a folder elsewhere, an email to the reviewers, an RFC 3161 timestamp), so a log
+    later cut back or rewritten is caught by `gateway audit verify --anchor FILE`."""
+    from gateway import anchors
+
+    with _open(ctx) as gw, gw.sessions() as session:
+        outcome = anchors.anchor_head(session, gw.settings, gw.signing_key)
+
+    def human(o: dict[str, Any]) -> None:
+        stamped = ", timestamped" if o["timestamped"] else ""
+        click.echo(f"anchored event {o['seq']}, head {o['hash']}{stamped}, as {o['name']}")
+        for each in o["destinations"]:
+            if each["kind"] == "file":
+                click.echo(f"  file: {each['file']}")
+            elif each["kind"] == "smtp":
+                click.echo(f"  smtp: sent to {each['recipients']} recipient(s)")
+
+    _emit(outcome, as_json, human)
 
 
 # --- serve ------------------------------------------------------------------

@@ -8,6 +8,7 @@ build their own settings and nothing happens at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -96,24 +97,39 @@ class Settings(BaseSettings):
         le=24 * 90,
         description="Hours an approved record-level extract may be downloaded (once).",
     )
-    session_idle_seconds: int = Field(
-        default=30 * 60,
-        gt=0,
-        description=(
-            "A web session ends after this many seconds without a request (to within "
-            "a minute, or a quarter of it when shorter)."
-        ),
-    )
-    session_lifetime_seconds: int = Field(
-        default=12 * 60 * 60,
-        gt=0,
-        description="A web session ends this many seconds after sign-in, however active.",
-    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description=(
             "Origins allowed to call the API from a browser (CORS), as a JSON list; "
             "empty (the default) turns CORS off."
+        ),
+    )
+
+    # External anchors of the audit chain head (`gateway audit anchor`, docs/audit.md#anchors).
+    anchor_destinations: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Where `gateway audit anchor` writes the signed chain head, as a JSON list of "
+            "file:FOLDER, smtp:ADDRESS[,ADDRESS...] and tsa:URL (an RFC 3161 timestamp "
+            "authority, which stamps the anchor before it is written)."
+        ),
+    )
+    anchor_smtp_host: str | None = Field(default=None, description="SMTP server for smtp: anchors.")
+    anchor_smtp_port: int = Field(default=587, gt=0, lt=65536, description="Its port.")
+    anchor_smtp_security: Literal["starttls", "tls", "none"] = Field(
+        default="starttls",
+        description="starttls (port 587), tls (implicit TLS, port 465) or none (a local relay).",
+    )
+    anchor_smtp_from: str | None = Field(default=None, description="Sender of anchor emails.")
+    anchor_smtp_user: str | None = Field(default=None, description="SMTP login, if needed.")
+    anchor_smtp_password_file: Path | None = Field(
+        default=None, description="File holding the SMTP password (read when sending)."
+    )
+    anchor_tsa_cert: Path | None = Field(
+        default=None,
+        description=(
+            "The timestamp authority's certificate, or the one that issued it (PEM): "
+            "checks its tokens when anchoring and verifying."
         ),
     )
 
