@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
-.PHONY: install browser run test test-all lint bench clean
+.PHONY: install browser softhsm run test test-all lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,13 +44,26 @@ browser:
 	  fi; \
 	fi
 
+## softhsm: Debian's SoftHSM2 for the HSM key backend's tests (tests/test_hsm.py), when
+## softhsm2-util is missing and apt-get can install it (as root).
+softhsm:
+	@if ! command -v softhsm2-util >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing softhsm2 with apt-get"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 >/dev/null; \
+	  else \
+	    echo "softhsm2 is missing: sudo apt-get install softhsm2 (the HSM tests skip without it)"; \
+	  fi; \
+	fi
+
 ## test: the default test suite (SQLite; PostgreSQL too when GATEWAY_TEST_DATABASE_URL is set),
 ## on every core (pytest-xdist; the tests of one xdist_group, sharing a costly fixture, on one)
-test: $(TEST_STAMP) browser
+test: $(TEST_STAMP) browser softhsm
 	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 ## test-all: the default suite plus the slow, exhaustive tests
-test-all: $(TEST_STAMP) browser
+test-all: $(TEST_STAMP) browser softhsm
 	$(BIN)/python -m pytest -n auto --dist loadgroup -m "slow or not slow"
 
 lint: install

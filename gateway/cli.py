@@ -190,20 +190,22 @@ main.add_command(keys_group, name="keys")
 @json_option
 @click.pass_context
 def keys_init(ctx: click.Context, as_json: bool) -> None:
-    """Create the master key and the audit signing key (mode 0600) if they do not exist."""
+    """Create the master key and the audit signing key (mode 0600) if they do not exist.
+
+    With GATEWAY_KEY_BACKEND=pkcs11 both are made inside the HSM: the master key is
+    written wrapped, and the signing key never leaves the token.
+    """
     from gateway import keys
 
-    settings = _settings(ctx)
-    path = settings.resolved_master_key_file
-    created = keys.create_master_key(path)
-    keys.load_master_key(path)  # refuse an existing but unsafe key here too
-    signing_path = settings.resolved_signing_key_file
-    signing_created = keys.create_signing_key(signing_path)
-    signing = keys.load_signing_key(signing_path)
+    store = keys.key_store(_settings(ctx))
+    created = store.create_master_key()
+    store.load_master_key()  # refuse an existing but unsafe key here too
+    signing_created = store.create_signing_key()
+    signing = store.load_signing_key()
     result = {
-        "master_key_file": str(path),
+        "master_key_file": store.master_key_location,
         "created": created,
-        "signing_key_file": str(signing_path),
+        "signing_key_file": store.signing_key_location,
         "signing_key_created": signing_created,
         "signing_key_fingerprint": signing.fingerprint,
     }
@@ -214,6 +216,38 @@ def keys_init(ctx: click.Context, as_json: bool) -> None:
             f"{'created' if r['created'] else 'kept existing'} master key {r['master_key_file']}\n"
             f"{'created' if r['signing_key_created'] else 'kept existing'} signing key "
             f"{r['signing_key_file']} (fingerprint {r['signing_key_fingerprint']})"
+        ),
+    )
+
+
+@keys_group.command("rewrap")
+@json_option
+@click.pass_context
+def keys_rewrap(ctx: click.Context, as_json: bool) -> None:
+    """Rotate the HSM's wrapping key (GATEWAY_KEY_BACKEND=pkcs11 only).
+
+    The same master key is wrapped under a new wrapping key made in the HSM, the
+    wrapped master key file is replaced, and the old wrapping key is destroyed, so
+    older copies of the file can no longer be unwrapped. Pseudonyms do not change.
+    """
+    from gateway import keys
+    from gateway.errors import ConfigurationError
+
+    store = keys.key_store(_settings(ctx))
+    if not isinstance(store, keys.Pkcs11KeyStore):
+        raise ConfigurationError(
+            "`gateway keys rewrap` rotates an HSM's wrapping key: it needs "
+            "GATEWAY_KEY_BACKEND=pkcs11 (file keys are not wrapped)"
+        )
+    with _open(ctx, checkpoint=False):  # the master key this database was made with
+        pass
+    result = {"master_key_file": store.master_key_location, **store.rewrap_master_key()}
+    _emit(
+        result,
+        as_json,
+        lambda r: click.echo(
+            f"wrapped the master key under {r['wrapping_key']} in {r['master_key_file']}; "
+            f"destroyed {r['previous_wrapping_key']}"
         ),
     )
 

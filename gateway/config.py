@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from gateway.errors import ConfigurationError
@@ -49,6 +49,31 @@ class Settings(BaseSettings):
         description=(
             "Ed25519 key signing audit checkpoints (0600). Default: DATA_DIR/keys/signing.key."
         ),
+    )
+    key_backend: Literal["file", "pkcs11"] = Field(
+        default="file",
+        description=(
+            "Where the keys are kept: files (the default) or an HSM through PKCS#11 "
+            "(the master key wrapped by a key inside it, the signing key inside it)."
+        ),
+    )
+    pkcs11_module: Path | None = Field(
+        default=None,
+        description="PKCS#11 module (shared library) of the HSM; needed with pkcs11.",
+    )
+    pkcs11_token_label: str | None = Field(
+        default=None, description="Label of the HSM token holding the keys; needed with pkcs11."
+    )
+    pkcs11_pin: SecretStr | None = Field(
+        default=None, description="The token's user PIN (or GATEWAY_PKCS11_PIN_FILE)."
+    )
+    pkcs11_pin_file: Path | None = Field(
+        default=None, description="File holding the token's user PIN (0600)."
+    )
+    pkcs11_signing_key_label: str = Field(
+        default="gateway-audit-signing",
+        min_length=1,
+        description="Label of the Ed25519 audit signing key pair inside the token.",
     )
     agreements_dir: Path = Field(
         default=Path("agreements"), description="Folder of agreement YAML files."
@@ -182,3 +207,6 @@ def load_settings(**overrides: object) -> Settings:
             for error in exc.errors()
         )
         raise ConfigurationError(f"invalid settings: {reasons}") from None
+        """The master key file; with the pkcs11 backend it holds the key wrapped."""
+        if self.key_backend == "pkcs11":
+            return self.data_dir / "keys" / "master.key.wrapped"

@@ -41,7 +41,7 @@ class Gateway:
     sessions: sessionmaker[Session]
     master_key: keys.MasterKey
     registry: Registry
-    signing_key: keys.SigningKey
+    signing_key: audit.Signer
     #: The present, as the budget sees it: the school year a reservation is charged to
     #: and that budget reads show. Tests set another clock to make releases in other
     #: school years; everything else reads the system clock.
@@ -55,8 +55,9 @@ class Gateway:
         Opening signs the chain head (``checkpoint``), except for verification, which
         reads the log without writing to it.
         """
-        master_key = keys.load_master_key(settings.resolved_master_key_file)
-        signing_key = keys.load_signing_key(settings.resolved_signing_key_file)
+        store = keys.key_store(settings)  # files, or an HSM (GATEWAY_KEY_BACKEND)
+        master_key = store.load_master_key()
+        signing_key = store.load_signing_key()
         registry = load_registry(settings.agreements_dir, settings.policies_dir)
         mismatches = storage_mismatches(registry.schemas)
         if mismatches:
@@ -197,18 +198,13 @@ def initialise(settings: Settings) -> dict[str, Any]:
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)  # personnel data: owner only
-    key_path = settings.resolved_master_key_file
-    signing_path = settings.resolved_signing_key_file
-    created: list[Path] = []
+    store = keys.key_store(settings)  # files, or an HSM (GATEWAY_KEY_BACKEND)
+    key_created = signing_created = False
     try:
-        key_created = keys.create_master_key(key_path)
-        if key_created:
-            created.append(key_path)
-        master_key = keys.load_master_key(key_path)
-        signing_created = keys.create_signing_key(signing_path)
-        if signing_created:
-            created.append(signing_path)
-        signing_key = keys.load_signing_key(signing_path)
+        key_created = store.create_master_key()
+        master_key = store.load_master_key()
+        signing_created = store.create_signing_key()
+        signing_key = store.load_signing_key()
         engine = db.make_engine(settings.resolved_database_url)
         try:
             first_time, synced = _initialise_database(
@@ -224,15 +220,14 @@ def initialise(settings: Settings) -> dict[str, Any]:
     except BaseException:
         # Only keys this run made, and only before the database recorded them (its
         # transaction is the last step): an existing key is never touched.
-        for path in created:
-            path.unlink(missing_ok=True)
+        store.discard(master_key=key_created, signing_key=signing_created)
         raise
     return {
         "data_dir": str(data_dir),
         "database": engine.url.render_as_string(hide_password=True),
-        "master_key_file": str(key_path),
+        "master_key_file": store.master_key_location,
         "master_key_created": key_created,
-        "signing_key_file": str(signing_path),
+        "signing_key_file": store.signing_key_location,
         "signing_key_created": signing_created,
         "signing_key_fingerprint": signing_key.fingerprint,
         # The gateway is initialised once this returns; ``created`` says whether this
@@ -248,7 +243,7 @@ def _initialise_database(
     registry: Registry,
     *,
     master_key: keys.MasterKey,
-    signing_key: keys.SigningKey,
+    signing_key: audit.Signer,
     master_key_created: bool,
     signing_key_created: bool,
 ) -> tuple[bool, dict[str, str]]:

@@ -39,6 +39,7 @@ def demo_settings(directory: Path, base: Settings | None = None) -> Settings:
         update={
             "data_dir": data_dir,
             "database_url": None,
+            "key_backend": "file",  # the demo's throwaway keys are files, even beside an HSM
             "master_key_file": data_dir / "keys" / "master.key",
             # Never the operator's signing key: the demo signs its own throwaway log.
             "signing_key_file": data_dir / "keys" / "signing.key",

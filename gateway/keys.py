@@ -6,6 +6,11 @@ owner only (mode 0600). It never leaves this module except as input to HKDF
 (:func:`gateway.pseudonym.derive_agreement_key`); it is never written to the
 database, a log, an error message or a release. Each agreement has numbered
 key versions; the database keeps only each version's random HKDF salt.
+
+Where the master key and the signing key are kept is the key backend's business
+(:func:`key_store`, chosen by ``GATEWAY_KEY_BACKEND``): files (the default, below) or
+an HSM through PKCS#11 (:mod:`gateway.hsm`). Either way the rest of the gateway sees a
+:class:`MasterKey` and a signer with ``sign``, ``public_pem`` and ``fingerprint``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway import audit
+from gateway.config import Settings
 from gateway.errors import MasterKeyError, NotFound
 from gateway.pseudonym import Normalisation, Pseudonymizer, derive_agreement_key, hkdf_sha256
 from gateway.storage.tables import KeyVersion
@@ -262,3 +269,100 @@ def load_signing_key(path: Path) -> SigningKey:
     if not isinstance(private, Ed25519PrivateKey):
         raise MasterKeyError(f"audit signing key file {path} is not an Ed25519 key")
     return SigningKey(private)
+
+
+# --- the key backends ---------------------------------------------------------------------
+
+
+class KeyStore(Protocol):
+    """Where the master key and the audit signing key are kept (``GATEWAY_KEY_BACKEND``)."""
+
+    #: The master key file (with pkcs11: the wrapped master key).
+    master_key_location: str
+    #: The signing key file, or its PKCS#11 URI.
+    signing_key_location: str
+
+    def create_master_key(self) -> bool: ...
+    def create_signing_key(self) -> bool: ...
+    def load_master_key(self) -> MasterKey: ...
+    def load_signing_key(self) -> audit.Signer: ...
+
+    def discard(self, *, master_key: bool, signing_key: bool) -> None:
+        """Destroy keys this run created (a first ``gateway init`` that failed)."""
+
+
+class FileKeyStore:
+    """The default: both keys in files of mode 0600."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._master = settings.resolved_master_key_file
+        self._signing = settings.resolved_signing_key_file
+        self.master_key_location = str(self._master)
+        self.signing_key_location = str(self._signing)
+
+    def create_master_key(self) -> bool:
+        return create_master_key(self._master)
+
+    def create_signing_key(self) -> bool:
+        return create_signing_key(self._signing)
+
+    def load_master_key(self) -> MasterKey:
+        return load_master_key(self._master)
+
+    def load_signing_key(self) -> SigningKey:
+        return load_signing_key(self._signing)
+
+    def discard(self, *, master_key: bool, signing_key: bool) -> None:
+        if master_key:
+            self._master.unlink(missing_ok=True)
+        if signing_key:
+            self._signing.unlink(missing_ok=True)
+
+
+class Pkcs11KeyStore:
+    """An HSM through PKCS#11: the master key wrapped by a key inside it (the file holds
+    only the wrapped blob), the signing key inside it (:mod:`gateway.hsm`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from gateway import hsm  # python-pkcs11 only when this backend is chosen
+
+        self._hsm = hsm
+        self._settings = settings
+        self._master = settings.resolved_master_key_file
+        self.master_key_location = str(self._master)
+        self.signing_key_location = hsm.signing_key_uri(settings)
+
+    def create_master_key(self) -> bool:
+        return self._hsm.create_master_key(self._settings, self._master)
+
+    def create_signing_key(self) -> bool:
+        return self._hsm.create_signing_key(self._settings)
+
+    def load_master_key(self) -> MasterKey:
+        material = self._hsm.load_master_key_material(self._settings, self._master)
+        if len(material) < MASTER_KEY_BYTES:
+            raise MasterKeyError(
+                f"the master key wrapped in {self._master} is {len(material)} bytes, shorter "
+                f"than the {MASTER_KEY_BYTES} required"
+            )
+        return MasterKey(material)
+
+    def load_signing_key(self) -> audit.Signer:
+        return self._hsm.load_signing_key(self._settings)
+
+    def rewrap_master_key(self) -> dict[str, str]:
+        """Rotate the wrapping key (:func:`gateway.hsm.rewrap_master_key`)."""
+        return self._hsm.rewrap_master_key(self._settings, self._master)
+
+    def discard(self, *, master_key: bool, signing_key: bool) -> None:
+        if master_key:
+            self._hsm.discard_master_key(self._settings, self._master)
+        if signing_key:
+            self._hsm.discard_signing_key(self._settings)
+
+
+def key_store(settings: Settings) -> FileKeyStore | Pkcs11KeyStore:
+    """The key backend the settings choose (files unless ``GATEWAY_KEY_BACKEND=pkcs11``)."""
+    if settings.key_backend == "pkcs11":
+        return Pkcs11KeyStore(settings)
+    return FileKeyStore(settings)
