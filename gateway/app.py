@@ -37,7 +37,15 @@ from gateway.web.session import PREFIX as WEB_PREFIX
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from gateway import oidc  # Authlib is imported only by a server that starts
+
         gateway = Gateway.open(settings)
+        try:
+            # Single sign-on (gateway/oidc.py): None when off; a broken mapping stops here.
+            app.state.oidc = oidc.start(settings, gateway.registry)
+        except BaseException:
+            gateway.close()
+            raise
         app.state.gateway = gateway
         try:
             yield
@@ -53,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.state.oidc = None
     app.state.auth_failures = FailureLimiter(
         settings.auth_failure_limit, settings.auth_failure_window_seconds
     )

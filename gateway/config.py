@@ -158,6 +158,59 @@ class Settings(BaseSettings):
         ),
     )
 
+    # Signing in through the organisation's OpenID provider (gateway/oidc.py,
+    # docs/access.md); off while GATEWAY_OIDC_ISSUER is unset.
+    oidc_issuer: str | None = Field(
+        default=None,
+        description=(
+            "OpenID provider's issuer URL (https://...), exactly as its discovery document "
+            "names it; unset (the default) turns single sign-on off."
+        ),
+    )
+    oidc_client_id: str | None = Field(
+        default=None, description="Client id the gateway is registered under at the provider."
+    )
+    oidc_client_secret: SecretStr | None = Field(
+        default=None,
+        description="Client secret (or GATEWAY_OIDC_CLIENT_SECRET_FILE); none for a public client.",
+    )
+    oidc_client_secret_file: Path | None = Field(
+        default=None, description="File holding the client secret (0600)."
+    )
+    oidc_provider_name: str = Field(
+        default="your organisation",
+        min_length=1,
+        description="Name on the sign-in button: \"Sign in with <name>\".",
+    )
+    oidc_scopes: str = Field(
+        default="openid email profile",
+        description="Scopes asked of the provider at sign-in (space-separated; openid first).",
+    )
+    oidc_mapping_file: Path | None = Field(
+        default=None,
+        description="Sign-in mapping (YAML): claims to role, party and agreements; needed with SSO.",
+    )
+    oidc_api_audience: str | None = Field(
+        default=None,
+        description=(
+            "Audience of the provider's access tokens the API accepts (the API's identifier "
+            "there); unset: the API takes only the operator's tokens."
+        ),
+    )
+    oidc_redirect_base: str | None = Field(
+        default=None,
+        description=(
+            "The gateway's public address (https://gateway.example.org) for the sign-in "
+            "callback; default: the address the request came to."
+        ),
+    )
+    oidc_clock_leeway_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=300,
+        description="Clock difference tolerated in a provider token's exp, iat and nbf, in seconds.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str | None) -> str | None:

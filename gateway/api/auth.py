@@ -83,9 +83,12 @@ def get_principal(
                     f"too many failed authentications from this client; try again in {wait} s",
                     details=[{"retry_after": wait}],
                 )
-            return credentials.authenticate(
-                session, gateway.master_key, token.credentials if token else None
-            )
+            sent = token.credentials if token else None
+            if sent is None or sent.startswith("gw_") or not _sso(request):
+                return credentials.authenticate(session, gateway.master_key, sent)
+        # Not an operator token, and single sign-on is on: the provider's access token
+        # (gateway/oidc.py), checked outside the read session (it may fetch the JWKS).
+        return _provider_principal(request, gateway, sent)
     except Unauthenticated as error:
         with gateway.sessions() as session, session.begin():
             locked = limiter.record_failure(session, client)
@@ -102,6 +105,39 @@ def get_principal(
             agreement_id=request.path_params.get("agreement_id"),
         )
         raise
+
+
+def _sso(request: Request) -> bool:
+    return getattr(request.app.state, "oidc", None) is not None
+
+
+def _provider_principal(request: Request, gateway: Gateway, sent: str) -> Principal:
+    """The principal of an identity provider's access token, by the sign-in mapping; a
+    valid token that no rule admits is refused (403, audited) under the person's
+    keyed id, never their email or name."""
+    from gateway import oidc  # Authlib is loaded only when a provider's token comes
+
+    provider: oidc.OidcProvider = request.app.state.oidc
+    claims = provider.validate_access_token(sent)
+    principal = oidc.principal_from_claims(gateway, claims)
+    if principal is None:
+        reason = "no rule of the gateway's sign-in mapping admits this person (ask the operator)"
+        actor = audit.Actor(
+            role="anonymous",
+            credential_id=oidc.subject_id(
+                gateway.master_key, str(claims.get("iss")), str(claims.get("sub"))
+            ),
+        )
+        record_refusal(
+            gateway,
+            request,
+            status=403,
+            reason=reason,
+            actor=actor,
+            agreement_id=request.path_params.get("agreement_id"),
+        )
+        raise AccessDenied(reason)
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
