@@ -8,6 +8,13 @@ recomputed, not even with the master key.
 Upload receipts, the budget ledger and the audit log stay: they hold no personal data
 and are what reviewers check.
 
+Record-level extracts (docs/extracts.md) are the one thing the gateway cannot destroy
+itself once handed out: the receipt lists every extract downloaded under the agreement
+(request, extract, recipient, approver, time, the SHA-256 of its rows), so each
+recipient can be held to return or destroy it; their certificates of destruction are
+recorded against the agreement afterwards (``gateway extracts certify``). Requests not
+yet downloaded are withdrawn and their encrypted rows erased here.
+
 Then the bytes really leave: SQLite overwrites deleted content (``secure_delete``) and
 is vacuumed with its write-ahead log truncated; PostgreSQL tables are vacuumed. A
 destruction receipt is written to the audit log and to a file. Afterwards every upload
@@ -100,6 +107,9 @@ def terminate(
     destroyed["educators"] = int(
         session.execute(delete(Educator).where(Educator.agreement_id == agreement.id)).rowcount  # type: ignore[attr-defined]
     )
+    from gateway.extracts.approval import at_termination
+
+    extracts = at_termination(session, agreement=agreement, actor=actor)
     now = datetime.now(UTC)
     key_versions = [
         v.version
@@ -140,7 +150,12 @@ def terminate(
         "destroyed": destroyed,
         "key_versions_destroyed": key_versions,
         "credentials_revoked": revoked,
-        "kept": "upload receipts, budget ledger and audit log (no personal data)",
+        # What left the gateway before the end: the recipients must return or destroy
+        # these and certify it (`gateway extracts certify`).
+        "extracts_handed_out": extracts["extracts_handed_out"],
+        "extracts_withdrawn": extracts["extracts_withdrawn"],
+        "kept": "upload receipts, budget ledger, audit log (no personal data) and the "
+        "record of extracts handed out (no rows)",
     }
     event = audit.append_event(
         session, kind="data-destroyed", actor=actor, details=receipt, agreement=agreement
@@ -179,6 +194,7 @@ def release_bytes(engine: Engine) -> None:
                 "releases",
                 "suppressed_cells",
                 "key_versions",
+                "extract_requests",
             ]:
                 cursor.execute(f"VACUUM {table}")
             cursor.close()
