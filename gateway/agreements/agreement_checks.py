@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gateway.agreements.extract_checks import check_extracts
 from gateway.agreements.findings import Finding, duplicates
 from gateway.agreements.hierarchy_checks import check_hierarchy
 from gateway.agreements.models import (
@@ -73,6 +74,7 @@ def check_agreement(
     resolved, disclosure_findings = _check_disclosure(document, policies)
     findings += disclosure_findings
     findings += _check_budget_limits(document, resolved)
+    findings += check_extracts(document, dict(policies.schemas), resolved)
     findings += duplicates(
         [report.name for report in document.reports],
         "report name",

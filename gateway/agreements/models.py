@@ -554,6 +554,87 @@ class ReportSpec(_FileModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
+def _check_share(value: float) -> float:
+    if not 0 <= value < 1:
+        raise ValueError(f"must be a share of the rows, at least 0 and below 1, got {value}")
+    return value
+
+
+#: Credential roles that may be named as an extract's approvers: people of a party
+#: (a reviewer need not belong to one, so never approves for it).
+APPROVER_ROLES = ("approver", "uploader", "analyst")
+
+
+def _check_approver_role(value: str) -> str:
+    if value not in APPROVER_ROLES:
+        raise ValueError(
+            f"{value!r} is not a role that approves (roles: {', '.join(APPROVER_ROLES)})"
+        )
+    return value
+
+
+class ExtractApprovers(_FileModel):
+    """Who approves an extract: credentials of the party that provided its data."""
+
+    #: The providing party: its people approve each request before anyone downloads it.
+    party: Slug
+    #: The credential roles of that party that may approve; each approval is one
+    #: credential, never the requester's.
+    roles: list[Annotated[str, AfterValidator(_check_approver_role)]] = Field(
+        default_factory=lambda: ["approver"], min_length=1
+    )
+    #: How many different credentials must approve a request.
+    required: Annotated[int, Field(ge=1)] = 1
+
+
+class ExtractSpec(_FileModel):
+    """A teacher-level extract one or more parties may receive (docs/agreements.md#extracts).
+
+    Fields are written ``dataset.column`` or, when one dataset of the extract stores
+    the column, ``column``; each becomes a column of the file named by its column.
+    """
+
+    name: Identifier
+    description: Text
+    #: The parties that may request it.
+    recipients: list[Slug] = Field(min_length=1)
+    #: The datasets whose rows are joined per teacher (inner join on the pseudonym).
+    datasets: list[Identifier] = Field(min_length=1)
+    #: Columns the datasets' rows also join on, besides the teacher (``school_year``).
+    link_on: list[Identifier] = Field(default_factory=list)
+    #: Exactly what the file holds, besides its teacher ID and record ID.
+    fields: list[str] = Field(min_length=1)
+    #: The fields an outsider could know (experience, school level, program...):
+    #: generalised along their hierarchies, then suppressed, until k-anonymous.
+    #: Every quasi_identifier column among the fields must be listed.
+    quasi_identifiers: list[str] = Field(default_factory=list)
+    #: Fields each class of quasi-identifiers must show ``l`` values of (ratings, bands).
+    sensitive: list[str] = Field(default_factory=list)
+    #: Number fields released as bands: field -> cut points, ascending (a band runs
+    #: from one cut, included, to the next, excluded).
+    bands: dict[str, list[int | float]] = Field(default_factory=dict)
+    #: Each class of quasi-identifier values holds at least k teachers.
+    k: Annotated[int, Field(ge=ABSOLUTE_MIN_CELL)]
+    #: Each class shows at least l values of every sensitive field (distinct l-diversity).
+    l: Annotated[int, Field(ge=2)] | None = None  # noqa: E741 (the literature's name)
+    #: The largest share of rows that may be suppressed rather than generalised further.
+    max_suppressed: Annotated[float, Field(strict=False), AfterValidator(_check_share)] = 0.1
+    approvers: ExtractApprovers
+
+    def may_approve(
+        self, *, party: str | None, role: str, credential_id: str | None, requester_id: str | None
+    ) -> bool:
+        """True when a credential of ``party`` in ``role`` may approve a request of this
+        extract made by the credential ``requester_id``: the providing party, a role the
+        agreement names, and a different credential from the requester's."""
+        return (
+            party == self.approvers.party
+            and role in self.approvers.roles
+            and credential_id is not None
+            and credential_id != requester_id
+        )
+
+
 class AgreementDocument(_FileModel):
     """Exactly what an agreement file holds."""
 
@@ -579,6 +660,21 @@ class AgreementDocument(_FileModel):
     #: ``completers.race_ethnicity`` for one dataset's column): they replace the
     #: schema's hierarchy of that column, if it has one.
     groupings: dict[str, Hierarchy] = Field(default_factory=dict)
+    #: Teacher-level extracts parties may request (docs/agreements.md#extracts).
+    extracts: list[ExtractSpec] = Field(default_factory=list)
+
+    def extract(self, name: str) -> ExtractSpec:
+        """The extract called ``name``; :class:`NotFound` if the agreement declares none."""
+        for spec in self.extracts:
+            if spec.name == name:
+                return spec
+        known = ", ".join(spec.name for spec in self.extracts) or "none"
+        raise NotFound(f"agreement {self.id!r} declares no extract {name!r} (extracts: {known})")
+
+    def extracts_for(self, party_id: str) -> tuple[ExtractSpec, ...]:
+        """The extracts ``party_id`` may request."""
+        self.party(party_id)
+        return tuple(spec for spec in self.extracts if party_id in spec.recipients)
 
     def party(self, party_id: str) -> Party:
         """The party with this id; :class:`NotFound` if it did not sign the agreement."""
