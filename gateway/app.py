@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
+from gateway.api import extracts as extract_routes
 from gateway.api import routes
 from gateway.api.hardening import (
     RequestLimitsMiddleware,
@@ -66,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
         settings.auth_failure_limit, settings.auth_failure_window_seconds
     )
     app.include_router(routes.router)
+    app.include_router(extract_routes.router)  # record-level extracts (docs/extracts.md)
     # The web pages (docs/web.md): HTML over the same functions, under /web.
     app.include_router(web_router)
     app.mount("/web/static", StaticFiles(directory=STATIC_DIR), name="web-static")

@@ -82,6 +82,8 @@ EVENT_KINDS: Mapping[str, str] = {
     "extract-requested": "a recipient asked for a record-level extract; it awaits approval",
     "extract-approved": "the providing party approved an extract request (its download window)",
     "extract-refused": "the providing party refused an extract request",
+    "extract-decision-refused": "an approval or refusal of an extract request was itself "
+    "refused: the credential or person that asked, or not an approver of the providing party",
     "extract-downloaded": "an approved extract was downloaded (once), with its fingerprint",
     "extract-download-refused": "a download of an extract was refused (not approved, taken, "
     "expired or not the recipient's)",

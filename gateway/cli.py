@@ -1273,3 +1273,11 @@ def demo(directory: Path, as_json: bool) -> None:
         # The summary above is the output (one JSON document); the reason goes to stderr.
         click.echo(f"gateway: error: the demo did not complete: {what}", err=True)
         click.get_current_context().exit(1)
+
+
+# --- extracts -----------------------------------------------------------------
+# The group lives in its own module (it needs this one's helpers, so it is added last).
+
+from gateway.cli_extracts import extracts as _extracts  # noqa: E402
+
+main.add_command(_extracts, name="extracts")
