@@ -17,6 +17,10 @@ Roles (the operator, who runs the CLI on the gateway host, needs no token):
 ``reviewer``
     reads the audit log, its verification and the budgets of the agreements it
     reviews; may cover several agreements, and need not be a party to them.
+``approver``
+    approves or refuses requests for the record-level extracts its party provides;
+    issued to a person (``--person``) the agreement lists among the extract's
+    approvers (docs/extracts.md); never a request that person made.
 
 A token of an uploader or analyst covers one party of one agreement and, unless
 told otherwise, expires with the agreement. Issuing and revoking are audit events,
@@ -49,6 +53,7 @@ ROLES: Mapping[str, str] = {
     "uploader": "uploads the datasets its party provides under the agreement",
     "analyst": "requests releases within its party's release allowlist; reads its budget",
     "reviewer": "reads the audit log, its verification and budgets of its agreements",
+    "approver": "approves or refuses requests for the record-level extracts its party provides",
 }
 
 TOKEN_PREFIX = "gw"  # noqa: S105 (a label, not a secret)
@@ -128,7 +133,9 @@ def _end_of(day: date) -> datetime:
     return datetime.combine(day + timedelta(days=1), time(0), tzinfo=UTC)
 
 
-def _check_party(agreement: Agreement, role: str, party: str | None) -> None:
+def _check_party(
+    agreement: Agreement, role: str, party: str | None, person: str | None = None
+) -> None:
     if party is None:
         if role != "reviewer":
             raise SchemaError(f"a {role} token needs --party: the party it acts for")
@@ -139,6 +146,17 @@ def _check_party(agreement: Agreement, role: str, party: str | None) -> None:
             f"party {party!r} provides no dataset under agreement {agreement.id!r}; "
             "an uploader token would allow nothing"
         )
+    if role == "approver":
+        if not any(spec.approvers.party == party for spec in agreement.extracts):
+            raise PolicyViolation(
+                f"party {party!r} approves no extract under agreement {agreement.id!r}; "
+                "an approver token would allow nothing"
+            )
+        if person is None:
+            raise SchemaError(
+                "an approver token needs --person: the agreement names its extract "
+                "approvers as people"
+            )
     if role == "analyst":
         allowed = agreement.recipient_fields(party)
         if not (allowed.dimensions or allowed.measures):
@@ -180,7 +198,7 @@ def issue(
         record = session.get(AgreementRecord, agreement.id)
         if record is not None and record.status == "terminated":
             raise PolicyViolation(f"agreement {agreement.id!r} is terminated; no new tokens")
-        _check_party(agreement, role, party)
+        _check_party(agreement, role, party, person)
     if expires is None and role != "reviewer":
         expires = agreements[0].ends  # a party's token ends with its agreement
     if expires is not None and expires < today:

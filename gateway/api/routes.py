@@ -32,7 +32,7 @@ from gateway.release.reports import run_report
 router = APIRouter()
 
 # Each route's principal: a valid token whose role and agreement the route admits.
-AnyRole = Annotated[Principal, Depends(Allow("uploader", "analyst", "reviewer"))]
+AnyRole = Annotated[Principal, Depends(Allow("uploader", "analyst", "reviewer", "approver"))]
 Uploader = Annotated[Principal, Depends(Allow("uploader"))]
 Analyst = Annotated[Principal, Depends(Allow("analyst"))]
 Reviewer = Annotated[Principal, Depends(Allow("reviewer"))]

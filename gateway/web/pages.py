@@ -69,7 +69,7 @@ from gateway.web.session import (
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
-AnyRole = Annotated[SignedIn, Depends(PageAllow("uploader", "analyst", "reviewer"))]
+AnyRole = Annotated[SignedIn, Depends(PageAllow("uploader", "analyst", "reviewer", "approver"))]
 Uploader = Annotated[SignedIn, Depends(PageAllow("uploader"))]
 Analyst = Annotated[SignedIn, Depends(PageAllow("analyst"))]
 Reviewer = Annotated[SignedIn, Depends(PageAllow("reviewer"))]
