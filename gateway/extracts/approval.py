@@ -173,7 +173,7 @@ class DownloadedExtract:
 # --- who may do what --------------------------------------------------------------------------
 
 #: Roles whose credentials are a party's own people (a reviewer's is not).
-PARTY_ROLES = ("uploader", "analyst")
+PARTY_ROLES = ("approver", "uploader", "analyst")
 
 
 def _spec(agreement: Agreement, name: str) -> ExtractSpec:
