@@ -32,6 +32,7 @@ from gateway.errors import GatewayError, TooManyAttempts, Unauthenticated
 from gateway.lockout import FailureLimiter
 from gateway.web import STATIC_DIR
 from gateway.web import router as web_router
+from gateway.web.extracts import router as extract_pages
 from gateway.web.session import PREFIX as WEB_PREFIX
 
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(extract_routes.router)  # record-level extracts (docs/extracts.md)
     # The web pages (docs/web.md): HTML over the same functions, under /web.
     app.include_router(web_router)
+    app.include_router(extract_pages)  # the extract pages (docs/extracts.md)
     app.mount("/web/static", StaticFiles(directory=STATIC_DIR), name="web-static")
 
     @app.get("/", include_in_schema=False)
