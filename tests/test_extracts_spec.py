@@ -20,9 +20,9 @@ BROKEN = Path(__file__).resolve().parent / "fixtures" / "broken_extracts"
 BROKEN_CASES = {
     "extract-approver-is-recipient": ("extracts[0].approvers.party", "is also a recipient"),
     "extract-approver-not-a-party": ("extracts[0].approvers.party", "is not a party"),
-    "extract-approver-role-unknown": (
-        "extracts[0].approvers.roles[0]",
-        "'reviewer' is not a role that approves",
+    "extract-approvers-too-few": (
+        "extracts[0].approvers.required",
+        "3 approvals are required but only 2 people may approve",
     ),
     "extract-bands-not-rising": ("extracts[0].bands.growth_score", "must rise strictly"),
     "extract-educator-id-field": ("extracts[0].fields[0]", "is the educator ID"),
@@ -86,12 +86,12 @@ def test_the_example_extract_is_valid_and_resolves_to_dataset_columns() -> None:
     assert hierarchy.parents(4) == ("3 to 5 years", "early career (0 to 5 years)", "all experience")
 
 
-def test_only_another_credential_of_the_providing_party_in_a_named_role_approves() -> None:
+def test_only_a_listed_person_other_than_the_requester_approves() -> None:
     agreement = load_registry(AGREEMENTS, POLICIES).agreement("student-teaching-bayview-eastport")
     spec = agreement.extract("completer_outcomes")
-    ok = {"party": "eastport-ps", "role": "approver", "credential_id": "c2", "requester_id": "c1"}
-    assert spec.may_approve(**ok)
-    assert not spec.may_approve(**{**ok, "credential_id": "c1"})  # the requester's own
-    assert not spec.may_approve(**{**ok, "party": "bayview-state"})  # the recipient
-    assert not spec.may_approve(**{**ok, "role": "analyst"})  # a role not named
-    assert not spec.may_approve(**{**ok, "credential_id": None})  # the operator is nobody
+    assert spec.approvers.party == "eastport-ps"
+    officer, director = spec.approvers.people
+    assert spec.may_approve(officer, requester_id="bayview-analyst")
+    assert spec.may_approve(officer, requester_id=director)
+    assert not spec.may_approve(officer, requester_id=officer)  # their own request
+    assert not spec.may_approve("someone-else", requester_id="bayview-analyst")  # not listed

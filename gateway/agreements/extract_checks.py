@@ -148,7 +148,15 @@ def _check_extract(
                 "approves, and another party receives it",
             )
         )
-    findings += duplicates(approvers.roles, "approver role", (*base, "approvers", "roles"))
+    findings += duplicates(approvers.people, "approver", (*base, "approvers", "people"))
+    if approvers.required > len(set(approvers.people)):
+        findings.append(
+            Finding(
+                (*base, "approvers", "required"),
+                f"{approvers.required} approvals are required but only "
+                f"{len(set(approvers.people))} people may approve",
+            )
+        )
 
     approver_ok = approvers.party in parties and approvers.party not in extract.recipients
     findings += duplicates(extract.datasets, "dataset", (*base, "datasets"))

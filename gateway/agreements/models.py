@@ -560,30 +560,15 @@ def _check_share(value: float) -> float:
     return value
 
 
-#: Credential roles that may be named as an extract's approvers: people of a party
-#: (a reviewer need not belong to one, so never approves for it).
-APPROVER_ROLES = ("approver", "uploader", "analyst")
-
-
-def _check_approver_role(value: str) -> str:
-    if value not in APPROVER_ROLES:
-        raise ValueError(
-            f"{value!r} is not a role that approves (roles: {', '.join(APPROVER_ROLES)})"
-        )
-    return value
-
-
 class ExtractApprovers(_FileModel):
-    """Who approves an extract: credentials of the party that provided its data."""
+    """Who approves an extract: named people of the party that provided its data."""
 
     #: The providing party: its people approve each request before anyone downloads it.
     party: Slug
-    #: The credential roles of that party that may approve; each approval is one
-    #: credential, never the requester's.
-    roles: list[Annotated[str, AfterValidator(_check_approver_role)]] = Field(
-        default_factory=lambda: ["approver"], min_length=1
-    )
-    #: How many different credentials must approve a request.
+    #: Person ids (slugs) of that party who may approve; the operator issues their
+    #: credentials naming the person. A person never approves their own request.
+    people: list[Slug] = Field(min_length=1)
+    #: How many different people of ``people`` must approve a request.
     required: Annotated[int, Field(ge=1)] = 1
 
 
@@ -621,18 +606,9 @@ class ExtractSpec(_FileModel):
     max_suppressed: Annotated[float, Field(strict=False), AfterValidator(_check_share)] = 0.1
     approvers: ExtractApprovers
 
-    def may_approve(
-        self, *, party: str | None, role: str, credential_id: str | None, requester_id: str | None
-    ) -> bool:
-        """True when a credential of ``party`` in ``role`` may approve a request of this
-        extract made by the credential ``requester_id``: the providing party, a role the
-        agreement names, and a different credential from the requester's."""
-        return (
-            party == self.approvers.party
-            and role in self.approvers.roles
-            and credential_id is not None
-            and credential_id != requester_id
-        )
+    def may_approve(self, person_id: str, *, requester_id: str) -> bool:
+        """True when ``person_id`` is a listed approver and not the requester."""
+        return person_id in self.approvers.people and person_id != requester_id
 
 
 class AgreementDocument(_FileModel):

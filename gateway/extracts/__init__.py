@@ -12,11 +12,10 @@ Public surface::
     agreement.extract(name) -> ExtractSpec           # NotFound if the agreement has none
     agreement.extracts_for(party_id) -> tuple[ExtractSpec, ...]   # those it may receive
     spec.recipients               # the parties that may request it
-    spec.approvers.party          # the providing party, whose credentials approve
-    spec.approvers.roles          # its credential roles that may approve (["approver"])
-    spec.approvers.required       # how many different credentials must approve
-    spec.may_approve(*, party, role, credential_id, requester_id) -> bool
-                                  # that party, a named role, not the requester's credential
+    spec.approvers.party          # the providing party, whose people approve
+    spec.approvers.people         # who may approve: person ids (slugs) of that party
+    spec.approvers.required       # how many different people must approve
+    spec.may_approve(person_id, *, requester_id) -> bool   # listed, and not the requester
 
     build_extract(session, *, agreement, spec, recipient, request_id, master_key) -> Extract
         # Reads the stored rows of spec.datasets (current key version), joins them per
