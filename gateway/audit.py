@@ -846,7 +846,9 @@ class SignedAnchor:
             if not isinstance(document, dict) or document.get("format") != ANCHOR_FORMAT:
                 raise ValueError
             values = [document[name] for name in _ANCHOR_FIELDS]
-            if not isinstance(values[0], int) or not all(isinstance(v, str) for v in values[1:]):
+            if type(values[0]) is not int or not 1 <= values[0] <= _SAFE_INTEGER:
+                raise ValueError
+            if not all(isinstance(v, str) for v in values[1:]):
                 raise ValueError
         except (OSError, ValueError, KeyError):
             raise SchemaError(

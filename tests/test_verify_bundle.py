@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rfc8785
@@ -21,11 +22,13 @@ from click.testing import CliRunner
 from hypothesis import Phase, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
 from gateway import audit, keys
 from gateway.cli import main
 from gateway.config import Settings
 from gateway.context import Gateway
+from gateway.storage.tables import AuditCheckpoint
 from tests.test_audit_encoding import old_then_new_chain
 
 STATIC = Path(audit.__file__).parent / "web" / "static"
@@ -208,6 +211,23 @@ CORPUS: dict[str, tuple[Callable[[Path], None], tuple[str, ...], int]] = {
     "rolled-back-previous": (_roll_back, ("--previous", "{earlier}"), 8),
     "forged-anchor": (lambda b: None, ("--anchor", "3:" + "ab" * 32), 8),
     "bad-anchor": (lambda b: None, ("--anchor", "3:not-a-hash"), 7),
+    "signed-anchor": (lambda b: None, ("--anchor", "{anchor}"), 0),
+    "signed-anchors-old-and-new": (
+        lambda b: None,
+        ("--anchor", "{first}", "--anchor", "{anchor}"),
+        0,
+    ),
+    "rolled-back-signed-anchor": (_roll_back, ("--anchor", "{anchor}"), 8),
+    "rolled-back-older-signed-anchor": (_roll_back, ("--anchor", "{first}"), 0),
+    "rewritten-signed-anchor": (
+        lambda b: _rehash_from(b, 3, _forge_details),
+        ("--anchor", "{anchor}"),
+        8,
+    ),
+    "forged-signed-anchor": (lambda b: None, ("--anchor", "{forged}"), 8),
+    "altered-signed-anchor": (lambda b: None, ("--anchor", "{altered}"), 8),
+    "other-key-signed-anchor": (_other_key, ("--anchor", "{anchor}"), 8),
+    "not-an-anchor": (lambda b: None, ("--anchor", "{junk}"), 7),
     "respelled": (_respell, (), 8),
     "garbage-line": (_garbage_line, (), 8),
     "body-not-a-record": (_body_not_a_record, (), 8),
@@ -230,13 +250,41 @@ def build_corpus(gw: Gateway, folder: Path) -> dict[str, tuple[Path, tuple[str, 
     earlier = folder / "earlier"
     with gw.sessions() as session:
         audit.export_bundle(session, earlier, gw.signing_key)
+        checkpoints = session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).all()
+        first, last = (audit.anchor_document(c) for c in (checkpoints[0], checkpoints[-1]))
+    files = _anchor_files(folder / "anchors", first, last)
     cases = {}
     for name, (tamper, args, status) in CORPUS.items():
         bundle = folder / name / "bundle"
         shutil.copytree(earlier, bundle)
         tamper(bundle)
-        cases[name] = (bundle, tuple(a.format(earlier=earlier) for a in args), status)
+        cases[name] = (bundle, tuple(a.format(earlier=earlier, **files) for a in args), status)
     return cases
+
+
+def _anchor_files(folder: Path, first: dict[str, Any], last: dict[str, Any]) -> dict[str, Path]:
+    """Anchor files as `gateway audit anchor` writes them, and forged ones."""
+    folder.mkdir()
+    keys.create_signing_key(folder / "other.key")
+    other = keys.load_signing_key(folder / "other.key")
+    message = audit.canonical_json({k: last[k] for k in ("seq", "hash", "signed_at")}).encode()
+    documents = {
+        "first": first,
+        "anchor": last,
+        "forged": {
+            **last,
+            "public_key_fingerprint": other.fingerprint,
+            "signature": other.sign(message).hex(),
+        },
+        "altered": {**last, "hash": "ab" * 32},
+    }
+    files = {}
+    for name, document in documents.items():
+        files[name] = folder / f"{name}.json"
+        files[name].write_text(audit.anchor_text(document))
+    files["junk"] = folder / "junk.json"
+    files["junk"].write_text('{"format": "teacher-gateway audit anchor v1", "seq": 1.0}')
+    return files
 
 
 def run_gateway(bundle: Path, args: tuple[str, ...]) -> tuple[int, str, str]:
@@ -314,6 +362,18 @@ def test_the_python_file_reports_what_the_gateway_reports(
         in (run_gateway(corpus["respelled"][0], ())[1])
     )
     assert "cut back" in run_gateway(*corpus["rolled-back-previous"][:2])[1]
+    assert (
+        "the head it anchors, is missing"
+        in run_gateway(*corpus["rolled-back-signed-anchor"][:2])[1]
+    )
+    assert (
+        "differs from the head signed in anchor"
+        in (run_gateway(*corpus["rewritten-signed-anchor"][:2])[1])
+    )
+    assert "signed by another key" in run_gateway(*corpus["forged-signed-anchor"][:2])[1]
+    assert (
+        "signature is not valid (the anchor" in run_gateway(*corpus["altered-signed-anchor"][:2])[1]
+    )
     for name, argv, expected in _expected(corpus):
         assert run_python_file(argv) == expected, name
 

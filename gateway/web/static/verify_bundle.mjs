@@ -3,7 +3,8 @@
 // built-in crypto, fs and path): a second verifier, written apart from the gateway's
 // Python, that shows the bundle format (docs/audit-bundle.md) is reproducible.
 //
-//   node verify_bundle.mjs BUNDLE_FOLDER [--previous EARLIER_BUNDLE] [--anchor N:HASH] [--json]
+//   node verify_bundle.mjs BUNDLE_FOLDER [--previous EARLIER_BUNDLE]
+//                          [--anchor ANCHOR_FILE | --anchor N:HASH ...] [--json]
 //
 // It prints the report `gateway audit verify --bundle` prints, with the same exit
 // status (0 sound, 8 a problem found, 3 not a bundle, 7 a malformed anchor). Event
@@ -479,7 +480,86 @@ function anchorOfBundle(path) {
   }
 }
 
-function checkAnchor(anchor, hashes) {
+const ANCHOR_FORMAT = "teacher-gateway audit anchor v1";
+
+// An anchor file written by `gateway audit anchor`: a signed head kept outside the gateway.
+function loadSignedAnchor(path) {
+  const name = pyPath(path);
+  const refuse = () => {
+    throw new BundleError(
+      `${name} is not an audit anchor: expected the JSON document \`gateway audit anchor\` writes ("format": "${ANCHOR_FORMAT}", seq, hash, signed_at, public_key_fingerprint, signature)`,
+      "schema_error",
+      7,
+    );
+  };
+  let tree;
+  try {
+    tree = parseJson(new TextDecoder("utf-8", { fatal: true }).decode(readFileSync(path)));
+  } catch {
+    refuse();
+  }
+  if (!isObject(tree)) refuse();
+  const members = new Map(tree.members); // repeated names: the last wins, as in Python
+  if (members.get("format") !== ANCHOR_FORMAT) refuse();
+  const fields = ["seq", "hash", "signed_at", "public_key_fingerprint", "signature"];
+  if (!fields.every((f) => members.has(f))) refuse();
+  const seq = members.get("seq");
+  if (!isNumber(seq) || !isInteger(seq.num) || BigInt(seq.num) < 1n || BigInt(seq.num) > 2n ** 53n - 1n) refuse();
+  if (!fields.slice(1).every((f) => typeof members.get(f) === "string")) refuse();
+  return {
+    name,
+    signed: true,
+    seq: Number(seq.num),
+    headHash: members.get("hash"),
+    signedAt: members.get("signed_at"),
+    fingerprint: members.get("public_key_fingerprint"),
+    signature: members.get("signature"),
+    timestamped: members.has("timestamp"),
+  };
+}
+
+function parseAnyAnchor(text) {
+  if (existsSync(text) && statSync(text).isFile()) return loadSignedAnchor(text);
+  return parseAnchor(text);
+}
+
+function checkSignedAnchor(anchor, hashes, key) {
+  const problem = (reason) => [{ seq: null, reason: `anchor ${anchor.name}: ${reason}` }];
+  if (anchor.fingerprint !== fingerprintOf(key)) {
+    return problem(
+      `signed by another key (${anchor.fingerprint}), not the one this log is checked with: it is not an anchor of this log (forged, or another gateway's)`,
+    );
+  }
+  const message = Buffer.from(
+    jcs({ members: [["seq", { num: String(anchor.seq) }], ["hash", anchor.headHash], ["signed_at", anchor.signedAt]] }),
+    "utf8",
+  );
+  const signature = fromHex(anchor.signature);
+  let valid = false;
+  try {
+    valid = signature !== undefined && verifySignature(null, message, key, signature);
+  } catch {
+    valid = false;
+  }
+  if (!valid) return problem("the signature is not valid (the anchor was forged or altered)");
+  if (!hashes.has(anchor.seq)) {
+    return problem(
+      `event ${anchor.seq}, the head it anchors, is missing: the log was cut back (truncated or rolled back) since it was anchored`,
+    );
+  }
+  if (hashes.get(anchor.seq) !== anchor.headHash) {
+    return [
+      {
+        seq: anchor.seq,
+        reason: `differs from the head signed in anchor ${anchor.name}: the log was rewritten since it was anchored`,
+      },
+    ];
+  }
+  return [];
+}
+
+function checkAnchor(anchor, hashes, key) {
+  if (anchor.signed) return checkSignedAnchor(anchor, hashes, key);
   if (anchor.seq === 0) return [];
   if (!hashes.has(anchor.seq)) {
     return [
@@ -543,7 +623,7 @@ export function verifyBundle(path, anchors = []) {
   if (!pyEquals(field("events"), result.eventsChecked) || field("head_hash") !== result.headHash) {
     result.problems.push({ seq: null, reason: "the events do not match the manifest's count and head" });
   }
-  for (const anchor of anchors) result.problems.push(...checkAnchor(anchor, hashes));
+  for (const anchor of anchors) result.problems.push(...checkAnchor(anchor, hashes, key));
   return result;
 }
 
@@ -556,16 +636,17 @@ function pythonJson(value) {
 }
 
 export function main(argv) {
-  const usage = "usage: node verify_bundle.mjs BUNDLE [--previous EARLIER_BUNDLE] [--anchor EVENTS:HEAD_HASH] [--json]";
+  const usage =
+    "usage: node verify_bundle.mjs BUNDLE [--previous EARLIER_BUNDLE] [--anchor ANCHOR_FILE|EVENTS:HEAD_HASH ...] [--json]";
   let bundle = null;
   let previous = null;
-  let anchorText = null;
+  const anchorTexts = [];
   let asJson = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     if (arg === "--json") asJson = true;
     else if (arg === "--previous" && i + 1 < argv.length) previous = argv[++i];
-    else if (arg === "--anchor" && i + 1 < argv.length) anchorText = argv[++i];
+    else if (arg === "--anchor" && i + 1 < argv.length) anchorTexts.push(argv[++i]);
     else if (!arg.startsWith("--") && bundle === null) bundle = arg;
     else {
       console.error(usage);
@@ -578,8 +659,9 @@ export function main(argv) {
     return 2;
   }
   let result;
+  let anchors;
   try {
-    const anchors = anchorText ? [parseAnchor(anchorText)] : [];
+    anchors = anchorTexts.map(parseAnyAnchor);
     if (previous !== null) anchors.push(anchorOfBundle(pyPath(previous)));
     result = verifyBundle(pyPath(bundle), anchors);
   } catch (error) {
@@ -607,6 +689,13 @@ export function main(argv) {
     console.log(
       `signed with the key whose fingerprint is ${result.fingerprint}: compare it with the one the gateway's operator published`,
     );
+    for (const anchor of anchors) {
+      if (anchor.signed && anchor.timestamped) {
+        console.log(
+          `anchor ${anchor.name}: its RFC 3161 timestamp was not checked (this verifier does not check them: \`gateway audit verify --tsa-cert\` does)`,
+        );
+      }
+    }
   } else {
     for (const problem of result.problems) console.log(describe(problem));
   }

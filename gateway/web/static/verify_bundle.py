@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Verify a teacher-data gateway audit bundle: one file, for reviewers.
 
-    python3 verify_bundle.py BUNDLE_FOLDER [--previous EARLIER_BUNDLE] [--anchor N:HASH] [--json]
+    python3 verify_bundle.py BUNDLE_FOLDER [--previous EARLIER_BUNDLE]
+                             [--anchor ANCHOR_FILE | --anchor N:HASH ...] [--json]
 
 It needs Python 3.9 or later and the ``cryptography`` package (``pip install
 cryptography``), nothing of the gateway: download it from the gateway's audit page, or
@@ -17,7 +18,9 @@ same report with the same exit status (0 sound, 8 a problem found, 3 not a bundl
 - every signed checkpoint (Ed25519 over the RFC 8785 text of its event count, head
   hash and signing time) against the bundle's public key, and that the signatures
   cover the last event;
-- with ``--previous`` or ``--anchor``, that the log still holds what an earlier check saw.
+- with ``--previous`` or ``--anchor``, that the log still holds what an earlier check saw;
+  an anchor file (written by ``gateway audit anchor``) must also be signed by the
+  bundle's key. Its RFC 3161 timestamp, if any, is not checked here.
 
 docs/audit-bundle.md in the gateway's source specifies the format, with test vectors.
 Compare the printed key fingerprint with the one the gateway's operator published.
@@ -330,7 +333,9 @@ class Anchor:
         except (OSError, ValueError, KeyError, TypeError):
             raise _not_a_bundle(f"{path} holds no readable manifest.json") from None
 
-    def check(self, hash_at: Callable[[int], str | None]) -> list[Problem]:
+    def check(
+        self, hash_at: Callable[[int], str | None], public_key: Ed25519PublicKey
+    ) -> list[Problem]:
         if self.seq == 0:
             return []
         found = hash_at(self.seq)
@@ -352,7 +357,93 @@ class Anchor:
         return []
 
 
-def verify_bundle(path: Path, *, anchors: Sequence[Anchor] = ()) -> Verification:
+ANCHOR_FORMAT = "teacher-gateway audit anchor v1"
+_ANCHOR_FIELDS = ("seq", "hash", "signed_at", "public_key_fingerprint", "signature")
+
+
+class SignedAnchor:
+    """A signed head `gateway audit anchor` wrote outside the gateway (a file kept
+    elsewhere, an email): the bundle must still hold that event with that hash."""
+
+    def __init__(self, name: str, document: Mapping[str, Any]) -> None:
+        self.name, self.document = name, document
+        self.seq: int = document["seq"]
+        self.head_hash: str = document["hash"]
+
+    @classmethod
+    def load(cls, path: Path) -> SignedAnchor:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(document, dict) or document.get("format") != ANCHOR_FORMAT:
+                raise ValueError
+            values = [document[name] for name in _ANCHOR_FIELDS]
+            if type(values[0]) is not int or not 1 <= values[0] <= _SAFE_INTEGER:
+                raise ValueError
+            if not all(isinstance(v, str) for v in values[1:]):
+                raise ValueError
+        except (OSError, ValueError, KeyError):
+            raise BundleError(
+                f"{path} is not an audit anchor: expected the JSON document `gateway audit "
+                f'anchor` writes ("format": "{ANCHOR_FORMAT}", seq, hash, signed_at, '
+                "public_key_fingerprint, signature)",
+                code="schema_error",
+                exit_code=EXIT_BAD_ANCHOR,
+            ) from None
+        return cls(str(path), document)
+
+    def check(
+        self, hash_at: Callable[[int], str | None], public_key: Ed25519PublicKey
+    ) -> list[Problem]:
+        fingerprint = self.document["public_key_fingerprint"]
+        if fingerprint != _fingerprint(public_key):
+            return [
+                Problem(
+                    None,
+                    f"anchor {self.name}: signed by another key ({fingerprint}), not the one "
+                    "this log is checked with: it is not an anchor of this log (forged, or "
+                    "another gateway's)",
+                )
+            ]
+        message = _checkpoint_message(self.seq, self.head_hash, self.document["signed_at"])
+        try:
+            public_key.verify(bytes.fromhex(self.document["signature"]), message)
+        except (InvalidSignature, ValueError):
+            return [
+                Problem(
+                    None,
+                    f"anchor {self.name}: the signature is not valid (the anchor was forged "
+                    "or altered)",
+                )
+            ]
+        found = hash_at(self.seq)
+        if found is None:
+            return [
+                Problem(
+                    None,
+                    f"anchor {self.name}: event {self.seq}, the head it anchors, is missing: "
+                    "the log was cut back (truncated or rolled back) since it was anchored",
+                )
+            ]
+        if found != self.head_hash:
+            return [
+                Problem(
+                    self.seq,
+                    f"differs from the head signed in anchor {self.name}: the log was "
+                    "rewritten since it was anchored",
+                )
+            ]
+        return []
+
+
+def parse_anchor(text: str) -> Anchor | SignedAnchor:
+    """--anchor: an anchor file, or EVENTS:HEAD_HASH."""
+    path = Path(text)
+    if path.is_file():
+        return SignedAnchor.load(path)
+    return Anchor.parse(text)
+
+
+def verify_bundle(path: Path, *, anchors: Sequence[Anchor | SignedAnchor] = ()) -> Verification:
     """Verify the bundle in the folder ``path``; raise BundleError if it is none."""
     missing = [name for name in BUNDLE_FILES if not (path / name).is_file()]
     if missing:
@@ -398,7 +489,7 @@ def verify_bundle(path: Path, *, anchors: Sequence[Anchor] = ()) -> Verification
             Problem(None, "the events do not match the manifest's count and head")
         )
     for anchor in anchors:
-        result.problems += anchor.check(hashes.get)
+        result.problems += anchor.check(hashes.get, public_key)
     return result
 
 
@@ -420,11 +511,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--previous", type=_folder, help="an earlier bundle: the log must still hold its events"
     )
-    parser.add_argument("--anchor", metavar="EVENTS:HEAD_HASH", help="a head noted earlier")
+    parser.add_argument(
+        "--anchor",
+        action="append",
+        default=[],
+        metavar="FILE|EVENTS:HEAD_HASH",
+        help="an anchor file the gateway wrote, or a head noted earlier (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:
-        anchors = [Anchor.parse(args.anchor)] if args.anchor else []
+        anchors = [parse_anchor(text) for text in args.anchor]
         if args.previous is not None:
             anchors.append(Anchor.of_bundle(args.previous))
         result = verify_bundle(args.bundle, anchors=anchors)
@@ -446,6 +543,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"signed with the key whose fingerprint is {result.public_key_fingerprint}: "
             "compare it with the one the gateway's operator published"
         )
+        for anchor in anchors:
+            if isinstance(anchor, SignedAnchor) and "timestamp" in anchor.document:
+                print(
+                    f"anchor {anchor.name}: its RFC 3161 timestamp was not checked (this "
+                    "verifier does not check them: `gateway audit verify --tsa-cert` does)"
+                )
     else:
         for problem in result.problems:
             print(problem)
