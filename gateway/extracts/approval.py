@@ -282,7 +282,7 @@ def request_extract(
             requester_role=principal.role,
             requester_person=_person(principal),
             status="pending",
-            created_at=_now(),
+            created_at=gateway.clock(),
             approvals="[]",
             summary=json.dumps(summary, sort_keys=True),
             fingerprint=json.dumps(_plain(built.fingerprint.to_dict()), sort_keys=True),
@@ -356,7 +356,7 @@ def decide(
             raise AccessDenied(why)
         if row.status != "pending":
             raise PolicyViolation(f"extract request {row.id} is {row.status}, not pending")
-        now = _now()
+        now = gateway.clock()
         spec = _spec(agreement, row.extract_name)
         details: dict[str, Any] = {
             "request_id": row.id,
@@ -435,7 +435,7 @@ def download_extract(
         parquet = unseal(gateway.master_key, row.id, row.content_salt, row.content)
         if hashlib.sha256(parquet).hexdigest() != row.content_sha256:
             raise PolicyViolation(f"extract request {row.id}'s stored rows fail their check")
-        now = _now()
+        now = gateway.clock()
         # Once: only the transaction that moves it from approved wins.
         moved = session.execute(
             update(ExtractRequest)
@@ -487,13 +487,21 @@ def _erase(row: ExtractRequest, now: datetime) -> None:
 
 def expire_overdue(gateway: Gateway, session: Session) -> list[str]:
     """Approved extracts past their window: erase their rows, log ``extract-expired``."""
-    now = _now()
-    overdue = session.scalars(
+    now = gateway.clock()
+    # Compared here, not in SQL: SQLite keeps times as text, without their zone. Few
+    # requests are approved and not yet downloaded at any time.
+    approved = session.scalars(
         select(ExtractRequest)
-        .where(ExtractRequest.status == "approved", ExtractRequest.expires_at <= now)
+        .where(ExtractRequest.status == "approved")
         .order_by(ExtractRequest.id)
-        .with_for_update()
     ).all()
+    overdue = [row for row in approved if (_utc(row.expires_at) or now) <= now]
+    if overdue:
+        session.scalars(
+            select(ExtractRequest)
+            .where(ExtractRequest.id.in_([row.id for row in overdue]))
+            .with_for_update()
+        ).all()
     for row in overdue:
         row.status = "expired"
         _erase(row, now)
@@ -696,7 +704,7 @@ def record_certificate(
             id=secrets.token_hex(8),
             agreement_id=agreement.id,
             party=party,
-            uploaded_at=_now(),
+            uploaded_at=gateway.clock(),
             uploaded_by=actor.credential_id,
             uploaded_by_role=actor.role,
             file_name=name,
