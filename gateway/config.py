@@ -238,8 +238,11 @@ class Settings(BaseSettings):
 
     @property
     def resolved_master_key_file(self) -> Path:
+        """The master key file; with the pkcs11 backend it holds the key wrapped."""
         if self.master_key_file is not None:
             return self.master_key_file
+        if self.key_backend == "pkcs11":
+            return self.data_dir / "keys" / "master.key.wrapped"
         return self.data_dir / "keys" / "master.key"
 
 
@@ -260,6 +263,3 @@ def load_settings(**overrides: object) -> Settings:
             for error in exc.errors()
         )
         raise ConfigurationError(f"invalid settings: {reasons}") from None
-        """The master key file; with the pkcs11 backend it holds the key wrapped."""
-        if self.key_backend == "pkcs11":
-            return self.data_dir / "keys" / "master.key.wrapped"
