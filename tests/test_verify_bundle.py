@@ -35,6 +35,7 @@ STATIC = Path(audit.__file__).parent / "web" / "static"
 VERIFY_PY = STATIC / "verify_bundle.py"
 VERIFY_MJS = STATIC / "verify_bundle.mjs"
 FIXTURE = Path(__file__).parent / "fixtures" / "audit_bundle"
+ANCHOR_FIXTURE = Path(__file__).parent / "fixtures" / "audit_anchor.json"
 NODE = shutil.which("node")
 
 
@@ -398,6 +399,27 @@ def test_the_fixture_bundle_verifies_everywhere() -> None:
     assert run_file([sys.executable, str(VERIFY_PY)], FIXTURE, ("--json",)) == expected
     if NODE is not None or os.environ.get("CI") == "true":
         assert run_file([need_node(), str(VERIFY_MJS)], FIXTURE, ("--json",)) == expected
+
+
+def test_the_fixture_anchor_verifies_everywhere(tmp_path: Path) -> None:
+    """tests/fixtures/audit_anchor.json anchors the fixture bundle's last checkpoint, as
+    `gateway audit anchor` writes it; docs/audit-bundle.md quotes it. Changed, it fails."""
+    args = ("--anchor", str(ANCHOR_FIXTURE), "--json")
+    expected = run_gateway(FIXTURE, args)
+    assert expected[0] == 0, expected
+    assert run_python_file([str(FIXTURE), *args]) == expected
+    altered = tmp_path / "altered.json"
+    altered.write_text(ANCHOR_FIXTURE.read_text().replace('"seq":5', '"seq":4'))
+    broken = run_gateway(FIXTURE, ("--anchor", str(altered)))
+    assert broken[0] == 8 and "the signature is not valid" in broken[1]
+    assert run_python_file([str(FIXTURE), "--anchor", str(altered)]) == broken
+    if NODE is not None or os.environ.get("CI") == "true":
+        runs = run_javascript_file(
+            [[str(FIXTURE), *args], [str(FIXTURE), "--anchor", str(altered)]]
+        )
+        assert runs == [expected, broken]
+    page = (Path(__file__).parent.parent / "docs" / "audit-bundle.md").read_text()
+    assert f"    {ANCHOR_FIXTURE.read_text()}" in page
 
 
 #: RFC 8785 appendix B's examples and section 3.2.2's sample object, as the RFC prints them.
