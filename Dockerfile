@@ -11,7 +11,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip install --no-cache-dir ".[postgres]" \
+# hsm: python-pkcs11, for GATEWAY_KEY_BACKEND=pkcs11 with the HSM vendor's PKCS#11
+# library mounted or added in a derived image (keys/README.md).
+RUN pip install --no-cache-dir ".[postgres,hsm]" \
     && useradd --system --uid 10001 --home-dir /var/lib/gateway --create-home gateway \
     && chmod 700 /var/lib/gateway
 COPY agreements ./agreements
