@@ -135,10 +135,14 @@ class Gateway:
             for a in overdue
         ]
 
-    def require_active(self, agreement: Agreement, *, refused: str) -> None:
-        """Refuse ``refused`` for a terminated agreement, terminating it first if overdue."""
+    def terminate_if_overdue(self, agreement: Agreement) -> None:
+        """Terminate every overdue agreement when ``agreement``'s end date has passed."""
         if agreement.ends < datetime.now(UTC).date():
             self.terminate_overdue()
+
+    def require_active(self, agreement: Agreement, *, refused: str) -> None:
+        """Refuse ``refused`` for a terminated agreement, terminating it first if overdue."""
+        self.terminate_if_overdue(agreement)
         with self.reads() as session:
             termination.require_active(session, agreement, refused=refused)
 

@@ -32,7 +32,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from gateway import audit
@@ -48,9 +48,15 @@ def _count(session: Session, statement: Any) -> int:
     return int(session.scalar(select(func.count()).select_from(statement.subquery())) or 0)
 
 
+# Built once: every release, preview and upload checks it (issue 14, "cheaper requests").
+_STATUS = select(AgreementRecord.status, AgreementRecord.terminated_at).where(
+    AgreementRecord.id == bindparam("agreement")
+)
+
+
 def require_active(session: Session, agreement: Agreement, *, refused: str) -> None:
     """Refuse ``refused`` (uploads, releases) for a terminated agreement."""
-    record = session.get(AgreementRecord, agreement.id)
+    record = session.execute(_STATUS, {"agreement": agreement.id}).first()
     if record is not None and record.status == "terminated":
         when = record.terminated_at.date().isoformat() if record.terminated_at else "earlier"
         raise PolicyViolation(

@@ -32,9 +32,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import ROUND_DOWN, Decimal
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from gateway import audit
@@ -243,6 +243,27 @@ class BudgetState:
         }
 
 
+# Built once: every release, preview and budget read runs these (issue 14, "cheaper
+# requests"); building a statement (or ``session.get``'s) costs more than running it.
+_POOL = select(BudgetPool).where(BudgetPool.agreement_id == bindparam("agreement"))
+_RECIPIENTS = (
+    select(PrivacyBudget)
+    .where(PrivacyBudget.agreement_id == bindparam("agreement"))
+    .order_by(PrivacyBudget.party)
+)
+_SPENT_IN_YEAR = (
+    select(BudgetEntry.party, func.sum(BudgetEntry.epsilon), func.sum(BudgetEntry.delta))
+    .where(
+        BudgetEntry.agreement_id == bindparam("agreement"), BudgetEntry.period == bindparam("year")
+    )
+    .group_by(BudgetEntry.party)
+)
+
+
+def _pool(session: Session, agreement_id: str) -> BudgetPool | None:
+    return session.scalars(_POOL, {"agreement": agreement_id}).first()
+
+
 def _period_budget(pool: BudgetPool | None) -> tuple[int, int] | None:
     """The pool's budget per school year in ledger units; None: one period, its life."""
     if pool is None or pool.period_epsilon_total is None or pool.period_delta_total is None:
@@ -253,11 +274,7 @@ def _period_budget(pool: BudgetPool | None) -> tuple[int, int] | None:
 def _spent_in_year(session: Session, agreement_id: str, year: int) -> dict[str | None, Allowance]:
     """What the agreement's releases spent in school year ``year``: by party, and in
     all (key None), as allowances with no total (the caller knows the totals)."""
-    by_party = session.execute(
-        select(BudgetEntry.party, func.sum(BudgetEntry.epsilon), func.sum(BudgetEntry.delta))
-        .where(BudgetEntry.agreement_id == agreement_id, BudgetEntry.period == year)
-        .group_by(BudgetEntry.party)
-    ).all()
+    by_party = session.execute(_SPENT_IN_YEAR, {"agreement": agreement_id, "year": year}).all()
     # SUM of a BIGINT is NUMERIC on PostgreSQL: back to exact integers.
     spent: dict[str | None, Allowance] = {
         party: Allowance(0, int(e), 0, int(d)) for party, e, d in by_party
@@ -272,9 +289,15 @@ def _spent_in_year(session: Session, agreement_id: str, year: int) -> dict[str |
 
 
 def _states(
-    session: Session, agreement_id: str, rows: list[PrivacyBudget], now: datetime
+    session: Session,
+    agreement_id: str,
+    rows: list[PrivacyBudget],
+    now: datetime,
+    pool: BudgetPool | Literal[False] | None = False,
 ) -> list[BudgetState]:
-    pool = session.get(BudgetPool, agreement_id)
+    """The recipients' states; ``pool`` when the caller has just read it."""
+    if pool is False:
+        pool = _pool(session, agreement_id)
     lifetime = NOTHING
     if pool is not None:
         lifetime = Allowance(
@@ -496,17 +519,16 @@ def _log_change(
 
 
 def budget_states(
-    session: Session, agreement_id: str, *, now: datetime | None = None
+    session: Session,
+    agreement_id: str,
+    *,
+    now: datetime | None = None,
+    pool: BudgetPool | Literal[False] | None = False,
 ) -> list[BudgetState]:
-    """Every recipient's state at ``now`` (default: the present), by party."""
-    rows = list(
-        session.scalars(
-            select(PrivacyBudget)
-            .where(PrivacyBudget.agreement_id == agreement_id)
-            .order_by(PrivacyBudget.party)
-        )
-    )
-    return _states(session, agreement_id, rows, now or datetime.now(UTC))
+    """Every recipient's state at ``now`` (default: the present), by party; ``pool``
+    when the caller has just read the agreement's pool in this session."""
+    rows = list(session.scalars(_RECIPIENTS, {"agreement": agreement_id}))
+    return _states(session, agreement_id, rows, now or datetime.now(UTC), pool)
 
 
 def budget_state(
@@ -552,7 +574,7 @@ def budget_report(
     budget; and for each recipient its limit, its own spending and what it may still
     spend."""
     moment = now or datetime.now(UTC)
-    pool = session.get(BudgetPool, agreement.id)
+    pool = _pool(session, agreement.id)
     total_e, total_d = pool_total(agreement)
     spent_e = pool.epsilon_spent if pool is not None else 0
     spent_d = pool.delta_spent if pool is not None else 0
@@ -583,7 +605,10 @@ def budget_report(
             "spent": decimal_text(from_epsilon_units(spent_e)),
             "remaining": decimal_text(from_epsilon_units(max(total_e - spent_e, 0))),
         },
-        "parties": {s.party: s.to_dict() for s in budget_states(session, agreement.id, now=moment)},
+        "parties": {
+            s.party: s.to_dict()
+            for s in budget_states(session, agreement.id, now=moment, pool=pool)
+        },
     }
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from gateway import audit
+from gateway import audit, termination
 from gateway.agreements.models import Agreement
 from gateway.context import Gateway
 from gateway.errors import GatewayError
@@ -34,6 +34,7 @@ from gateway.release.model import Preview, Release
 from gateway.release.plan import Composed, Plan, plan_query
 from gateway.release.publish import ReleaseFailed
 from gateway.release.query import Query, ResolvedQuery, allowed_recipients, resolve
+from gateway.storage.releases import Release as ReleaseRow
 
 
 @dataclass(frozen=True)
@@ -69,18 +70,27 @@ def request_release(
     agreement: Agreement | None = None
     try:
         agreement = gateway.agreement(agreement_id)
-        gateway.require_active(agreement, refused="releases")
-        agreement.require_in_force(gateway.clock().date(), refused="releases")
-        asked = resolve(query, agreement=agreement, registry=gateway.registry, party=party)
-        resolved = canonical.normalise(asked, agreement)
-        plan = plan_query(resolved, agreement, composed)
-        with gateway.reads() as session:  # nothing to read: refused, nothing reserved
-            rows.require_uploaded(session, resolved, agreement)
-        identity = publish.asked(gateway, agreement, resolved, canonical.canonical_text(resolved))
-        if dry_run:
-            return publish.preview(gateway, agreement, party, plan, identity)
+        gateway.terminate_if_overdue(agreement)
+        # Stages 1 and 2, and the repeat look-up, in one read: one snapshot of the
+        # agreement's state, uploads and stored releases (and one transaction, not five).
+        with gateway.reads() as session:
+            termination.require_active(session, agreement, refused="releases")
+            agreement.require_in_force(gateway.clock().date(), refused="releases")
+            asked = resolve(query, agreement=agreement, registry=gateway.registry, party=party)
+            resolved = canonical.normalise(asked, agreement)
+            plan = plan_query(resolved, agreement, composed)
+            stored = rows.stored(session, resolved, agreement)  # nothing to read: refused
+            stored.require_uploaded(resolved, agreement)
+            identity = publish.Asked(
+                canonical=canonical.canonical_text(resolved),
+                data_version=stored.data_version(session.connection(), resolved),
+                agreement_hash=agreement.content_hash,
+            )
+            if dry_run:
+                return publish.preview(session, gateway, agreement, party, plan, identity)
+            repeat = publish.stored_release(session, identity)
         request = _Request(gateway, agreement, party, resolved, plan, actor, report)
-        release = _release(request, identity)
+        release = _release(request, identity, repeat)
         # Computed in canonical order; shown in the order asked.
         order = [ref.column for ref in asked.group_by]
         return release.model_copy(
@@ -101,10 +111,10 @@ def request_release(
         raise
 
 
-def _release(request: _Request, asked: publish.Asked) -> Release:
-    """The stored release of ``asked``, or a new one reserved, computed and recorded."""
+def _release(request: _Request, asked: publish.Asked, stored: ReleaseRow | None) -> Release:
+    """The stored release of ``asked`` (``stored``, when the request's read found it), or a
+    new one reserved, computed and recorded."""
     r = request
-    stored = publish.find_repeat(r.gateway, asked)
     if stored is None:
         claimed = publish.reserve(
             r.gateway, agreement=r.agreement, party=r.party, plan=r.plan, asked=asked, actor=r.actor

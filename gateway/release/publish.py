@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,11 +27,11 @@ from gateway import audit
 from gateway.agreements.models import Agreement
 from gateway.context import Gateway
 from gateway.errors import GatewayError
-from gateway.release import budget, rows
+from gateway.release import budget
 from gateway.release.groupkeys import named_key
 from gateway.release.model import AgreementRef, Preview, Release
 from gateway.release.plan import Plan
-from gateway.release.query import Query, ResolvedQuery
+from gateway.release.query import Query
 from gateway.release.suppression import SuppressionResult
 from gateway.storage.releases import Release as ReleaseRow
 from gateway.storage.releases import SuppressedCell
@@ -82,38 +82,33 @@ class Asked:
         return hashlib.sha256(json.dumps(measure, sort_keys=True).encode()).hexdigest()
 
 
-def asked(gateway: Gateway, agreement: Agreement, resolved: ResolvedQuery, canonical: str) -> Asked:
-    """The identity of a release of ``resolved`` on the data as it is now."""
-    with gateway.reads() as session:
-        version = rows.current_version(session, resolved, agreement)
-    return Asked(canonical=canonical, data_version=version, agreement_hash=agreement.content_hash)
-
-
 @dataclass(frozen=True)
 class Reservation:
     release_id: str
     state: budget.BudgetState
 
 
+# Built once: every release and preview looks its key up (issue 14, "cheaper requests").
+_BY_KEY = select(ReleaseRow).where(ReleaseRow.repeat_key == bindparam("key"))
+
+
 def _stored(session: Session, key: str) -> ReleaseRow | None:
-    return session.scalars(select(ReleaseRow).where(ReleaseRow.repeat_key == key)).first()
+    return session.scalars(_BY_KEY, {"key": key}).first()
 
 
-def find_repeat(gateway: Gateway, asked: Asked) -> ReleaseRow | None:
-    """The recorded release of ``asked``, if there is one."""
-    with gateway.reads() as session:
-        row = _stored(session, asked.repeat_key)
-        return row if row is not None and row.status == "released" else None
+def stored_release(session: Session, asked: Asked) -> ReleaseRow | None:
+    """The recorded release of ``asked``, if there is one (in the caller's read)."""
+    row = _stored(session, asked.repeat_key)
+    return row if row is not None and row.status == "released" else None
 
 
 def preview(
-    gateway: Gateway, agreement: Agreement, party: str, plan: Plan, asked: Asked
+    session: Session, gateway: Gateway, agreement: Agreement, party: str, plan: Plan, asked: Asked
 ) -> Preview:
-    """Cost and accuracy; whether the query would come back stored (free); spends nothing."""
-    with gateway.reads() as session:
-        state = budget.budget_state(session, agreement.id, party, now=gateway.clock())
-        row = _stored(session, asked.repeat_key)
-    repeat = row is not None and row.status == "released"
+    """Cost and accuracy; whether the query would come back stored (free); spends nothing.
+    Reads in the caller's session (the request's one read)."""
+    state = budget.budget_state(session, agreement.id, party, now=gateway.clock())
+    repeat = stored_release(session, asked) is not None
     return Preview(
         agreement=AgreementRef(id=agreement.id, version=agreement.version),
         epsilon=float(plan.epsilon),

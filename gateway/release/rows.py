@@ -17,10 +17,11 @@ refusal does not depend on the data; it keeps budget from being spent on empty t
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from gateway import keys
@@ -29,7 +30,8 @@ from gateway.errors import GatewayError
 from gateway.release.canonical import column_value
 from gateway.release.query import FieldRef, Filter, ResolvedQuery
 from gateway.storage import versions as data_versions
-from gateway.storage.datasets import Upload
+from gateway.storage.datasets import EDUCATOR_DATASETS, RowBatch, Upload
+from gateway.storage.tables import KeyVersion
 
 # Arrow (with storage/batches.py) loads when rows are read: a preview and a stored
 # repeat need only the data version, from the stored digests (issue 14). Arrow makes
@@ -240,39 +242,112 @@ class UploadedUnderOldKey(NotUploaded):
     code = "data_under_old_key"
 
 
+# Built once: every release, preview and stored repeat runs these first, and building a
+# SQLAlchemy statement costs more than running it (issue 14, "cheaper requests").
+_CURRENT_KEY = (
+    select(KeyVersion.version)
+    .where(KeyVersion.agreement_id == bindparam("agreement"), KeyVersion.retired_at.is_(None))
+    .order_by(KeyVersion.version.desc())
+    .limit(1)
+)
+_ACCEPTED_BATCHES = (
+    select(
+        Upload.dataset,
+        Upload.key_version,
+        Upload.schema_name,
+        RowBatch.id,
+        RowBatch.rows,
+        RowBatch.content_digest,
+    )
+    .outerjoin(RowBatch, RowBatch.upload_seq == Upload.seq)
+    .where(
+        Upload.agreement_id == bindparam("agreement"),
+        Upload.dataset.in_(bindparam("datasets", expanding=True)),
+        Upload.status == "accepted",
+    )
+)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a query would read now, from two statements in the caller's read: the
+    agreement's current key version, and each dataset's accepted uploads with their
+    batches (id, rows, content digest; none for an upload of no rows)."""
+
+    key_version: int | None
+    uploads: dict[str, list[tuple[int | None, str, tuple[int, int, str | None] | None]]]
+
+    def require_uploaded(self, resolved: ResolvedQuery, agreement: Agreement) -> None:
+        """Refuse a query over a dataset with nothing a release could read."""
+        missing: list[str] = []
+        stale: list[str] = []
+        for name in sorted(resolved.query.datasets):
+            uploads = self.uploads.get(name, [])
+            if not uploads:
+                missing.append(name)
+            elif resolved.schemas[name].educator_id_column is not None and all(
+                version != self.key_version for version, _, _ in uploads
+            ):
+                stale.append(name)
+
+        def named(names: list[str], joined: str) -> str:
+            return f" {joined} ".join(
+                f"{name!r} (provided by {agreement.dataset(name).provided_by})" for name in names
+            )
+
+        if missing:
+            raise NotUploaded(
+                f"no accepted upload of dataset {named(missing, 'or')} yet: a release over it "
+                "would count nobody; upload it first (nothing was spent)",
+                details=[{"dataset": name, "reason": "no accepted upload"} for name in missing],
+            )
+        if stale:
+            raise UploadedUnderOldKey(
+                f"dataset {named(stale, 'and')} is stored only under an earlier key version: "
+                f"the agreement's key was rotated (now version {self.key_version}), so its "
+                "rows no longer link; upload it again (keys/README.md) before asking "
+                "(nothing was spent)",
+                details=[
+                    {"dataset": name, "reason": "stored under an earlier key"} for name in stale
+                ],
+            )
+
+    def data_version(self, connection: Connection, resolved: ResolvedQuery) -> str:
+        """The query's data version, as :func:`data_version` computes it with one
+        statement per dataset: the batches a release would read now."""
+        versions = {}
+        for name in sorted(resolved.query.datasets):
+            readable = [
+                batch
+                for version, schema, batch in self.uploads.get(name, [])
+                if batch is not None
+                and (
+                    schema not in EDUCATOR_DATASETS
+                    or (self.key_version is not None and version == self.key_version)
+                )
+            ]
+            versions[name] = data_versions.version_of(connection, readable)
+        return json.dumps({"datasets": versions, "key_version": self.key_version}, sort_keys=True)
+
+
+def stored(session: Session, resolved: ResolvedQuery, agreement: Agreement) -> Stored:
+    """What ``resolved`` would read now (see :class:`Stored`), in the caller's read."""
+    connection = session.connection()
+    key_version = connection.execute(_CURRENT_KEY, {"agreement": agreement.id}).scalar()
+    uploads: dict[str, list[tuple[int | None, str, tuple[int, int, str | None] | None]]] = {}
+    found = connection.execute(
+        _ACCEPTED_BATCHES,
+        {"agreement": agreement.id, "datasets": sorted(resolved.query.datasets)},
+    )
+    for dataset, version, schema, batch_id, count, digest in found:
+        batch = (batch_id, count, digest) if batch_id is not None else None
+        uploads.setdefault(dataset, []).append((version, schema, batch))
+    return Stored(key_version=key_version, uploads=uploads)
+
+
 def require_uploaded(session: Session, resolved: ResolvedQuery, agreement: Agreement) -> None:
     """Refuse a query over a dataset with nothing a release could read."""
-    connection = session.connection()
-    current = _key_version(session, agreement)
-    missing: list[str] = []
-    stale: list[str] = []
-    for name in sorted(resolved.query.datasets):
-        uploads = _accepted_uploads(connection, agreement, name)
-        if not uploads:
-            missing.append(name)
-        elif resolved.schemas[name].educator_id_column is not None and all(
-            version != current for _, version in uploads
-        ):
-            stale.append(name)
-
-    def named(names: list[str], joined: str) -> str:
-        return f" {joined} ".join(
-            f"{name!r} (provided by {agreement.dataset(name).provided_by})" for name in names
-        )
-
-    if missing:
-        raise NotUploaded(
-            f"no accepted upload of dataset {named(missing, 'or')} yet: a release over it "
-            "would count nobody; upload it first (nothing was spent)",
-            details=[{"dataset": name, "reason": "no accepted upload"} for name in missing],
-        )
-    if stale:
-        raise UploadedUnderOldKey(
-            f"dataset {named(stale, 'and')} is stored only under an earlier key version: "
-            f"the agreement's key was rotated (now version {current}), so its rows no "
-            "longer link; upload it again (keys/README.md) before asking (nothing was spent)",
-            details=[{"dataset": name, "reason": "stored under an earlier key"} for name in stale],
-        )
+    stored(session, resolved, agreement).require_uploaded(resolved, agreement)
 
 
 def _key_version(session: Session, agreement: Agreement) -> int | None:
@@ -287,4 +362,4 @@ def read(session: Session, resolved: ResolvedQuery, agreement: Agreement) -> pd.
 
 def current_version(session: Session, resolved: ResolvedQuery, agreement: Agreement) -> str:
     """The data version the query would read now."""
-    return data_version(session.connection(), resolved, agreement, _key_version(session, agreement))
+    return stored(session, resolved, agreement).data_version(session.connection(), resolved)

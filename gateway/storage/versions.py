@@ -57,8 +57,15 @@ def data_version(
             readable,
         )
     ).all()
+    return version_of(connection, [(batch_id, rows, digest) for batch_id, rows, digest in stored])
+
+
+def version_of(connection: Connection, batches: Iterable[tuple[int, int, str | None]]) -> str:
+    """The data version of these stored batches (id, rows, content digest), in any order:
+    what :func:`data_version` computes once it has found a dataset's readable batches."""
     digests = []
-    for batch_id, _, digest in stored:
+    rows = 0
+    for batch_id, count, digest in batches:
         if digest is None:  # never after migration 0007; computed rather than trusted absent
             from gateway.storage.batches import payload_digest  # Arrow, for this only
 
@@ -67,6 +74,6 @@ def data_version(
             ).scalar_one()
             digest = payload_digest(bytes(payload))
         digests.append(digest)
-    rows = sum(count for _, count, _ in stored)
+        rows += count
     material = _VERSION_LABEL + rows.to_bytes(8, "big") + bytes.fromhex(add_digests(digests))
     return hashlib.sha256(material).hexdigest()
