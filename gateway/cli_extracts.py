@@ -93,15 +93,13 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             f"generalised:  {level.get('column')} to {level.get('level_name')} "
             f"(level {level.get('level')} of {level.get('levels')})"
         )
-    loss = summary.get("loss") or {}
-    if loss:
+    if summary.get("rows_released") is not None:
         lines.append(
-            f"rows:         {loss.get('rows_released')} released of {loss.get('rows_before')}; "
-            f"suppressed {_share(loss.get('suppressed_share'))}"
+            f"rows:         {summary.get('rows_released')} released of "
+            f"{summary.get('rows_before')}; suppressed {_share(summary.get('suppressed_share'))}"
         )
-    risk = summary.get("risk") or {}
     for when in ("before", "after"):
-        figures = risk.get(when)
+        figures = summary.get(f"risk_{when}")
         if figures:
             lines.append(
                 f"risk {when + ':':<8}unique on the quasi-identifiers "

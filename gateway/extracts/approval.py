@@ -52,6 +52,10 @@ HOLDS_ROWS = ("pending", "approved")
 STATUSES = ("pending", "approved", "refused", "downloaded", "expired", "withdrawn")
 
 
+#: Later than any time compared with it (a request without an expiry never expires).
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -495,7 +499,7 @@ def expire_overdue(gateway: Gateway, session: Session) -> list[str]:
         .where(ExtractRequest.status == "approved")
         .order_by(ExtractRequest.id)
     ).all()
-    overdue = [row for row in approved if (_utc(row.expires_at) or now) <= now]
+    overdue = [row for row in approved if (_utc(row.expires_at) or _NEVER) <= now]
     if overdue:
         session.scalars(
             select(ExtractRequest)
