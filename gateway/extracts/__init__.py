@@ -40,21 +40,33 @@ Public surface::
                                   #   in distinct teachers for k); None if nothing left
         .sample: tuple[dict[str, object], ...]  # <= 5 generalised rows, no teacher_id /
                                   #   record_id, for the approver
+        .bands: dict[str, list[str]]  # number fields released as bands: their labels
         .fingerprint: FingerprintRecord   # store it (audit event / table) for identify
-        .summary() -> dict        # JSON-safe: columns, generalisation, loss, risk, sample;
-                                  #   no ID of any kind (for approver screens and audit)
+        .summary() -> dict        # JSON-safe: columns, generalisation, bands, rows_before,
+                                  #   rows_released, suppressed_share, risk_before/after,
+                                  #   k, l, k_achieved, l_achieved, sample; no ID of any
+                                  #   kind (for approver screens and the audit log)
         .to_csv_bytes() -> bytes  # the frame as UTF-8 CSV (metadata is the workflow's)
 
     FingerprintRecord             # frozen; no secret in it: safe for the audit log
-        .request_id, .agreement_id, .recipient, .extract, .columns, .rows, .marks
+        .request_id, .agreement_id, .recipient, .extract, .columns, .rows
+        .node, .tied_nodes        # the generalisation chosen, and how many tied (keyed pick)
+        .teachers                 # keyed digests of the file's teacher IDs
         .to_dict() / FingerprintRecord.from_dict(data)
 
+    fingerprint_plan(master_key, request_id, *, agreement_id) -> FingerprintPlan
+        # used by build_extract: record IDs (a keyed MAC of each row's content), the
+        # keyed tie-break and row order. The key is derived again, never stored.
+
     identify(frame, candidates, *, master_key) -> Identification
-        # Which recorded extract a found copy (a DataFrame, e.g. read from a CSV) came
-        # from: survives reordered columns, shuffled rows and a part of the rows.
-        # Identification.record (None when nothing matches), .score (0..1, the share
-        # of the copy's rows carrying that extract's keyed marks), .rows_checked,
-        # .scores (request_id -> score for every candidate).
+        # Which recorded extract a found copy (a DataFrame, e.g. read from a CSV or
+        # Parquet file) came from: survives reordered or renamed columns, shuffled rows
+        # and a part of the rows. candidates: FingerprintRecords, or a mapping
+        # request_id -> record or record.to_dict(). Identification.record (None when no
+        # candidate scores above 0.5), .request_id, .score (0..1: the share of the
+        # copy's rows whose record_id verifies under that request's key; for a copy
+        # without record IDs, the share of its teacher IDs that recipient was given),
+        # .rows_checked, .scores (request_id -> score for every candidate).
 
     recipient_pseudonymizer(session, master_key, *, agreement_id, recipient)
         -> RecipientPseudonymizer     # .pseudonym(internal_pseudonym) -> teacher_id
@@ -67,17 +79,25 @@ from __future__ import annotations
 
 from gateway.extracts.anonymise import ColumnGeneralisation, Risk
 from gateway.extracts.build import Extract, build_extract
-from gateway.extracts.fingerprint import FingerprintRecord, Identification, identify
+from gateway.extracts.fingerprint import (
+    FingerprintPlan,
+    FingerprintRecord,
+    Identification,
+    fingerprint_plan,
+    identify,
+)
 from gateway.extracts.pseudonyms import RecipientPseudonymizer, recipient_pseudonymizer
 
 __all__ = [
     "ColumnGeneralisation",
     "Extract",
+    "FingerprintPlan",
     "FingerprintRecord",
     "Identification",
     "RecipientPseudonymizer",
     "Risk",
     "build_extract",
+    "fingerprint_plan",
     "identify",
     "recipient_pseudonymizer",
 ]

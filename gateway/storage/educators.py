@@ -89,3 +89,25 @@ def _store_postgresql(
         "ON i.pseudonym = e.pseudonym"
     )
     return dict(cursor.fetchall())
+
+
+def pseudonyms_of(
+    connection: Connection, *, agreement_id: str, key_version: int, refs: list[int]
+) -> dict[int, str]:
+    """The internal pseudonym of each stored reference of the agreement's key version
+    (an extract keys its recipient's teacher IDs over them)."""
+    from sqlalchemy import select
+
+    from gateway.storage.datasets import Educator
+
+    found: dict[int, str] = {}
+    wanted = sorted(set(refs))
+    for start in range(0, len(wanted), 5000):  # bounded IN lists on either database
+        chunk = wanted[start : start + 5000]
+        statement = select(Educator.id, Educator.pseudonym).where(
+            Educator.agreement_id == agreement_id,
+            Educator.key_version == key_version,
+            Educator.id.in_(chunk),
+        )
+        found.update({ref: pseudonym for ref, pseudonym in connection.execute(statement)})
+    return found
