@@ -59,6 +59,7 @@ EVENT_KINDS: Mapping[str, str] = {
     "gateway-initialised": "the data folder and database were set up",
     "key-created": "a pseudonym key version was created for an agreement",
     "key-rotated": "an agreement's pseudonym key moved to a new version",
+    "wrapping-key-rotated": "the master key was wrapped under a new HSM wrapping key",
     "agreement-loaded": "an agreement file was loaded for the first time",
     "agreement-changed": "an agreement file changed since it was last loaded",
     "upload-accepted": "an extract was validated, pseudonymised and stored",

@@ -230,7 +230,7 @@ def keys_rewrap(ctx: click.Context, as_json: bool) -> None:
     wrapped master key file is replaced, and the old wrapping key is destroyed, so
     older copies of the file can no longer be unwrapped. Pseudonyms do not change.
     """
-    from gateway import keys
+    from gateway import audit, keys
     from gateway.errors import ConfigurationError
 
     store = keys.key_store(_settings(ctx))
@@ -239,9 +239,14 @@ def keys_rewrap(ctx: click.Context, as_json: bool) -> None:
             "`gateway keys rewrap` rotates an HSM's wrapping key: it needs "
             "GATEWAY_KEY_BACKEND=pkcs11 (file keys are not wrapped)"
         )
-    with _open(ctx, checkpoint=False):  # the master key this database was made with
-        pass
-    result = {"master_key_file": store.master_key_location, **store.rewrap_master_key()}
+    # Opening first checks that this is the master key the database was made with.
+    with _open(ctx, checkpoint=False) as gw:
+        labels = store.rewrap_master_key()
+        with gw.sessions() as session, session.begin():
+            audit.append_event(
+                session, kind="wrapping-key-rotated", actor=audit.OPERATOR, details=labels
+            )
+    result = {"master_key_file": store.master_key_location, **labels}
     _emit(
         result,
         as_json,

@@ -263,6 +263,12 @@ def test_rewrap_keeps_the_master_key_and_old_copies_no_longer_unwrap(
 
     with Gateway.open(settings) as gw:  # same master key: the database accepts it
         assert gw.master_key == before
+        with gw.sessions() as session:
+            logged = [
+                audit.event_view(e)["details"]
+                for e in session.scalars(audit.query_events(kind="wrapping-key-rotated"))
+            ]
+    assert logged == [{k: outcome[k] for k in ("previous_wrapping_key", "wrapping_key")}]
     labels = {k["label"] for k in _objects(softhsm, ObjectClass.SECRET_KEY)}
     assert old_label not in labels and outcome["wrapping_key"] in labels
     stale = softhsm.settings(tmp_path, database_url, master_key_file=old_copy)
