@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway import __version__
+from gateway import __version__, oidc
 from gateway.api import extracts as extract_routes
 from gateway.api import routes
 from gateway.api.hardening import (
@@ -34,13 +34,12 @@ from gateway.web import STATIC_DIR
 from gateway.web import router as web_router
 from gateway.web.extracts import router as extract_pages
 from gateway.web.session import PREFIX as WEB_PREFIX
+from gateway.web.sso import router as sso_router
 
 
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from gateway import oidc  # Authlib is imported only by a server that starts
-
         gateway = Gateway.open(settings)
         try:
             # Single sign-on (gateway/oidc.py): None when off; a broken mapping stops here.
@@ -72,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     # The web pages (docs/web.md): HTML over the same functions, under /web.
     app.include_router(web_router)
     app.include_router(extract_pages)  # the extract pages (docs/extracts.md)
+    app.include_router(sso_router)  # signing in through the identity provider
     app.mount("/web/static", StaticFiles(directory=STATIC_DIR), name="web-static")
 
     @app.get("/", include_in_schema=False)
@@ -92,7 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(UnexpectedErrorMiddleware)
-    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware, form_actions=oidc.form_action_origins(settings))
     return app
 
 

@@ -277,6 +277,8 @@ def mapping_claims(claims: Mapping[str, Any], mapping: SignInMapping) -> dict[st
     """What the mapping reads of a person's claims, and nothing more: issuer, subject,
     the email's domain (only when the provider says the address is verified), groups
     and app roles. Safe to keep with a session: no name, no email address."""
+    if set(claims) == _KEPT:  # already reduced (a session's stored claims)
+        return dict(claims)
     email = claims.get("email")
     domain = None
     if isinstance(email, str) and "@" in email and claims.get("email_verified") is True:
@@ -284,10 +286,13 @@ def mapping_claims(claims: Mapping[str, Any], mapping: SignInMapping) -> dict[st
     return {
         "iss": str(claims.get("iss", "")),
         "sub": str(claims.get("sub", "")),
-        "email_domain": claims.get("email_domain") if "email_domain" in claims else domain,
+        "email_domain": domain,
         "groups": _strings(claims.get(mapping.groups_claim, claims.get("groups"))),
         "roles": _strings(claims.get(mapping.roles_claim, claims.get("roles"))),
     }
+
+
+_KEPT = frozenset({"iss", "sub", "email_domain", "groups", "roles"})
 
 
 def _strings(value: object) -> list[str]:
@@ -555,7 +560,8 @@ class OidcProvider:
             endpoint = self.metadata.get("end_session_endpoint")
         except OidcError:
             return None
-        if not isinstance(endpoint, str):
+        # Only on the issuer's own site: the pages' forms may lead nowhere else (CSP).
+        if not isinstance(endpoint, str) or _origin(endpoint) != _origin(self.issuer):
             return None
         separator = "&" if "?" in endpoint else "?"
         query = urlencode(
@@ -667,9 +673,15 @@ def check_mapping(settings: Settings, registry: Registry) -> SignInMapping | Non
     return load_mapping(settings.oidc_mapping_file, registry)
 
 
-def looks_like_jwt(token: str) -> bool:
-    """A JWT has three dot-separated parts; an operator token starts with ``gw_``."""
-    return token.count(".") == 2 and not token.startswith("gw_")
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def form_action_origins(settings: Settings) -> list[str]:
+    """Origins the pages' forms may lead to besides the gateway: the provider's, whose
+    sign-out the gateway's sign-out redirects to (none when single sign-on is off)."""
+    return [_origin(settings.oidc_issuer)] if settings.oidc_issuer else []
 
 
 __all__: Sequence[str] = (
@@ -681,6 +693,7 @@ __all__: Sequence[str] = (
     "check_mapping",
     "check_settings",
     "current_mapping",
+    "form_action_origins",
     "load_mapping",
     "mapping_claims",
     "principal_from_claims",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -60,10 +60,23 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 
 
 class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp, headers: Mapping[str, str] = SECURITY_HEADERS) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        headers: Mapping[str, str] = SECURITY_HEADERS,
+        *,
+        form_actions: Sequence[str] = (),
+    ) -> None:
         self.app = app
         self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        page = {**headers, "Content-Security-Policy": PAGE_CONTENT_SECURITY_POLICY}
+        policy = PAGE_CONTENT_SECURITY_POLICY
+        if form_actions:
+            # Browsers hold a form's redirects to form-action too: signing out sends the
+            # browser on to the identity provider's own sign-out (gateway/web/sso.py).
+            policy = policy.replace(
+                "form-action 'self'", "form-action 'self' " + " ".join(form_actions)
+            )
+        page = {**headers, "Content-Security-Policy": policy}
         self.page_headers = [(k.lower().encode(), v.encode()) for k, v in page.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

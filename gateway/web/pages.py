@@ -66,6 +66,7 @@ from gateway.web.session import (
     require_genuine_form,
     start_session,
 )
+from gateway.web.sso import sign_out_target
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
@@ -136,7 +137,12 @@ async def sign_out(request: Request, gateway: GatewayDep, session: SignedInDep) 
     form = await request.form()
     sent = form.get(CSRF_FIELD)
     await require_genuine_form(request, gateway, session, sent if isinstance(sent, str) else None)
-    response = RedirectResponse(f"{PREFIX}/sign-in?signed_out=1", status_code=303)
+    # After a sign-in through the identity provider, on to its own sign-out (when it
+    # offers one) so the next sign-in asks again; it sends the browser back here.
+    target = await run_in_threadpool(
+        sign_out_target, request, kind=session.kind, local=f"{PREFIX}/sign-in?signed_out=1"
+    )
+    response = RedirectResponse(target, status_code=303)
     # Ended on the server (audited), not only forgotten by this browser.
     await run_in_threadpool(end_session, gateway, request, response, actor=session.principal.actor)
     return response

@@ -4,7 +4,8 @@
 //
 //   { "port": 0, "issuer": "http://127.0.0.1:PORT", "jwks": {"keys": [private JWKs]},
 //     "clients": [...client metadata...], "users": {"alice": {"email": ..., "groups": [...]}},
-//     "resources": {"https://gateway.test/api": 60}, "ttl": {"IdToken": 60} }
+//     "resources": {"https://gateway.test/api": 60}, "access_ttl_by_client": {"cli": 2},
+//     "ttl": {"IdToken": 60} }
 //
 // Users sign in through the provider's own development login form (any password);
 // each grant is given at once (a first-party client: no consent screen). Access tokens
@@ -57,20 +58,22 @@ const provider = new Provider(config.issuer, {
       enabled: true,
       defaultResource: async (_ctx, _client, oneOf) => oneOf,
       useGrantedResource: async () => true,
-      getResourceServerInfo: async (_ctx, resource) => {
+      getResourceServerInfo: async (_ctx, resource, client) => {
         if (!(resource in resources)) throw new Provider.errors.InvalidTarget();
         return {
           scope: 'api',
           audience: resource,
           accessTokenFormat: 'jwt',
-          accessTokenTTL: resources[resource],
+          // A client may be given shorter-lived tokens (the tests of expiry).
+          accessTokenTTL: config.access_ttl_by_client?.[client.clientId] ?? resources[resource],
         };
       },
     },
   },
   extraTokenClaims: async (_ctx, token) => {
     const user = users[token.accountId];
-    return user ? { email: user.email, groups: user.groups ?? [] } : undefined;
+    if (!user) return undefined;
+    return { email: user.email, email_verified: user.email_verified ?? true, groups: user.groups ?? [] };
   },
   // Every grant is given as asked: the gateway is a first-party client.
   loadExistingGrant: async (ctx) => {
@@ -90,7 +93,6 @@ const provider = new Provider(config.issuer, {
     return grant;
   },
   ttl: {
-    AccessToken: 60,
     AuthorizationCode: 60,
     IdToken: 60,
     Interaction: 600,
