@@ -18,7 +18,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from gateway import audit, credentials
+from gateway import audit, credentials, oidc
 from gateway.api.deps import GatewayDep
 from gateway.context import Gateway
 from gateway.credentials import Principal
@@ -115,8 +115,6 @@ def _provider_principal(request: Request, gateway: Gateway, sent: str) -> Princi
     """The principal of an identity provider's access token, by the sign-in mapping; a
     valid token that no rule admits is refused (403, audited) under the person's
     keyed id, never their email or name."""
-    from gateway import oidc  # Authlib is loaded only when a provider's token comes
-
     provider: oidc.OidcProvider = request.app.state.oidc
     claims = provider.validate_access_token(sent)
     principal = oidc.principal_from_claims(gateway, claims)
