@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
-.PHONY: install browser softhsm run test test-all lint bench clean
+.PHONY: install browser softhsm node run test test-all lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,13 +57,27 @@ softhsm:
 	  fi; \
 	fi
 
+## node: Debian's Node.js and npm for the tests that run npm packages (the OpenID provider
+## of tests/test_oidc.py, axe-core in tests/test_web_screens.py), when npm is missing and
+## apt-get can install it (as root).
+node:
+	@if ! command -v npm >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing nodejs and npm with apt-get"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  else \
+	    echo "npm is missing: sudo apt-get install nodejs npm (the SSO tests skip without it)"; \
+	  fi; \
+	fi
+
 ## test: the default test suite (SQLite; PostgreSQL too when GATEWAY_TEST_DATABASE_URL is set),
 ## on every core (pytest-xdist; the tests of one xdist_group, sharing a costly fixture, on one)
-test: $(TEST_STAMP) browser softhsm
+test: $(TEST_STAMP) browser softhsm node
 	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 ## test-all: the default suite plus the slow, exhaustive tests
-test-all: $(TEST_STAMP) browser softhsm
+test-all: $(TEST_STAMP) browser softhsm node
 	$(BIN)/python -m pytest -n auto --dist loadgroup -m "slow or not slow"
 
 lint: install

@@ -66,6 +66,9 @@ try:
 except ImportError:  # pragma: no cover - reported by the browser fixture
     sync_playwright = None  # type: ignore[assignment]
 
+# One provider and one gateway per backend serve the module: keep it on one xdist worker.
+pytestmark = pytest.mark.xdist_group("oidc")
+
 OIDC_DIR = Path(__file__).parent / "oidc"
 CHROMIUM = shutil.which("chromium")
 API = "https://gateway.test/api"
