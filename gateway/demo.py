@@ -72,7 +72,7 @@ def run_demo(directory: Path, *, echo: Echo | None = print, seed: int = 2026) ->
         ) from None
     directory.mkdir(parents=True, exist_ok=True)
     # A demo run starts clean: an earlier run's data folder and extracts are replaced.
-    for stale in (directory / "data", directory / "extracts"):
+    for stale in (directory / "data", directory / "extracts", directory / "received"):
         if stale.exists():
             shutil.rmtree(stale)
     settings = demo_settings(directory)
@@ -127,6 +127,11 @@ def run_demo(directory: Path, *, echo: Echo | None = print, seed: int = 2026) ->
         say("\nRunning every report of every agreement, for each of its recipients:")
         reports = [_run_reports(gw, agreement, say) for agreement in agreements]
         summary = _summary(gw, agreements, [run for runs in reports for run in runs])
+        extracts = [
+            _run_extract(gw, agreement, spec.name, directory, say)
+            for agreement in agreements
+            for spec in agreement.extracts[:1]  # one extract: the story, not every one
+        ]
         tokens_file = _web_tokens(gw, agreements, directory)
         with gw.sessions() as session:
             verification = audit.verify_chain(session)
@@ -157,9 +162,73 @@ def run_demo(directory: Path, *, echo: Echo | None = print, seed: int = 2026) ->
         "agreements": [a.id for a in agreements],
         "uploads": uploads,
         "reports": [run for runs in reports for run in runs],
+        "extracts": extracts,
         "tokens_file": str(tokens_file),
         "audit": verification.to_dict(),
         "summary": summary,
+    }
+
+
+def _run_extract(
+    gw: Gateway, agreement: Agreement, name: str, directory: Path, say: Echo
+) -> dict[str, Any]:
+    """One record-level extract (docs/extracts.md): asked for by a recipient's analyst,
+    approved by a person of the providing party, downloaded once into DIR/received/."""
+    from gateway.extracts import approval
+
+    spec = agreement.extract(name)
+    recipient = spec.recipients[0]
+    say(f"\nA record-level extract of {agreement.id}: {name}, for {recipient}")
+    with gw.sessions() as session, session.begin():
+        tokens = {
+            role: credentials.issue(
+                session,
+                master_key=gw.master_key,
+                registry=gw.registry,
+                agreement_ids=[agreement.id],
+                role=role,
+                party=party,
+                expires=None,
+                actor=audit.OPERATOR,
+                person=person,
+            ).token
+            for role, party, person in (
+                ("analyst", recipient, f"{recipient}-analyst"),
+                ("approver", spec.approvers.party, spec.approvers.people[0]),
+            )
+        }
+    with gw.reads() as session:
+        asker, approver = (
+            credentials.authenticate(session, gw.master_key, tokens[role])
+            for role in ("analyst", "approver")
+        )
+    asked = approval.request_extract(gw, agreement_id=agreement.id, extract=name, principal=asker)
+    say(f"  requested by {recipient}'s analyst: request {asked.id}, pending")
+    from gateway.cli_extracts import summary_lines
+
+    for line in summary_lines({k: v for k, v in asked.summary.items() if k != "sample"}):
+        say(f"    {line}")
+    decided = approval.decide(gw, request_id=asked.id, principal=approver, approve=True)
+    say(
+        f"  approved by {spec.approvers.party} ({spec.approvers.people[0]}); download by "
+        f"{decided.expires_at}"
+    )
+    received = approval.download_extract(gw, request_id=asked.id, principal=asker)
+    folder = directory / "received"
+    folder.mkdir(exist_ok=True)
+    path = folder / received.file_name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(received.data)
+    say(f"  downloaded once by {recipient}: {path} ({received.request.summary.get('rows')} rows)")
+    return {
+        "agreement": agreement.id,
+        "extract": name,
+        "request_id": asked.id,
+        "status": received.request.status,
+        "file": str(path),
+        "risk_before": asked.summary.get("risk_before"),
+        "risk_after": asked.summary.get("risk_after"),
     }
 
 

@@ -95,6 +95,23 @@ def test_demo_uploads_every_extract_and_leaves_no_raw_id(demo_run: DemoRun) -> N
     assert all(Path(u["file"]).is_relative_to(extracts) for u in result["uploads"])
 
     # Every ID written in an extract, in every spelling, is absent from the data folder.
+    raw_ids = _raw_ids(result)
+    assert len(raw_ids) > 500
+    data_dir = demo_run.folder / "data"
+    found: set[bytes] = set()
+    for path in data_dir.rglob("*"):
+        if path.is_file() and path.name != "master.key":
+            # Whole runs, not runs inside lowercase hex (release ids, hashes): a digit run
+            # inside a hash would match a 7-digit ID by chance now and then. Nor runs
+            # after a point: the microseconds of every timestamp and the decimals of
+            # every interval are six-digit runs, which can match a 6-digit ID by chance.
+            found |= set(re.findall(rb"(?<![0-9a-f.])[0-9A-Z]{5,}(?![0-9a-f])", path.read_bytes()))
+    assert not (found & raw_ids), _where(data_dir, found & raw_ids)
+
+
+def _raw_ids(result: dict[str, Any]) -> set[bytes]:
+    """Every educator ID the demo's generated extracts hold, as digits without spaces or
+    leading zeros (the spellings an ID could be written in)."""
     raw_ids: set[bytes] = set()
     registry = load_registry(AGREEMENTS_DIR, POLICIES_DIR)
     for upload in result["uploads"]:
@@ -112,17 +129,44 @@ def test_demo_uploads_every_extract_and_leaves_no_raw_id(demo_run: DemoRun) -> N
                 digits = "".join(value.split()).upper().lstrip("0")
                 if len(digits) >= 5:
                     raw_ids.add(digits.encode())
+    return raw_ids
+
+
+def test_demo_extract_is_approved_downloaded_and_holds_no_raw_id_or_pseudonym(
+    demo_run: DemoRun,
+) -> None:
+    """The demo's record-level extract: asked for by the EPP, approved by the district,
+    downloaded once, its risk figures printed; the downloaded file, as stored and as
+    decoded, holds no raw ID of the generated extracts and no internal pseudonym."""
+    import pyarrow.parquet as pq
+    from sqlalchemy import select
+
+    from gateway.storage.datasets import Educator
+
+    (extract,) = demo_run.result["extracts"]
+    assert extract["status"] == "downloaded"
+    stdout = demo_run.command.stdout
+    assert f"request {extract['request_id']}, pending" in stdout
+    assert "approved by eastport-ps" in stdout and "downloaded once by bayview-state" in stdout
+    assert "risk after:" in stdout and "expected re-identification rate" in stdout
+    path = Path(extract["file"])
+    stored = path.read_bytes()
+    # Parquet pages are compressed: scan the decoded cells and metadata too.
+    table = pq.read_table(path)
+    decoded = table.to_pandas().to_csv(index=False).encode() + b"".join(
+        (table.schema.metadata or {}).values()
+    )
+    assert len(table) > 0
+    raw_ids = _raw_ids(demo_run.result)
     assert len(raw_ids) > 500
-    data_dir = demo_run.folder / "data"
-    found: set[bytes] = set()
-    for path in data_dir.rglob("*"):
-        if path.is_file() and path.name != "master.key":
-            # Whole runs, not runs inside lowercase hex (release ids, hashes): a digit run
-            # inside a hash would match a 7-digit ID by chance now and then. Nor runs
-            # after a point: the microseconds of every timestamp and the decimals of
-            # every interval are six-digit runs, which can match a 6-digit ID by chance.
-            found |= set(re.findall(rb"(?<![0-9a-f.])[0-9A-Z]{5,}(?![0-9a-f])", path.read_bytes()))
-    assert not (found & raw_ids), _where(data_dir, found & raw_ids)
+    runs: set[bytes] = set()
+    for content in (stored, decoded):
+        runs |= set(re.findall(rb"(?<![0-9a-f.])[0-9A-Z]{5,}(?![0-9a-f])", content))
+    assert not (runs & raw_ids)
+    with Gateway.open(demo_settings(demo_run.folder), checkpoint=False) as gw, gw.reads() as db:
+        pseudonyms = [p.encode() for p in db.scalars(select(Educator.pseudonym))]
+    assert len(pseudonyms) > 500
+    assert not [p for p in pseudonyms if p in stored or p in decoded]
 
 
 def test_demo_command_runs(demo_run: DemoRun) -> None:
