@@ -127,10 +127,10 @@ def run_demo(directory: Path, *, echo: Echo | None = print, seed: int = 2026) ->
         say("\nRunning every report of every agreement, for each of its recipients:")
         reports = [_run_reports(gw, agreement, say) for agreement in agreements]
         summary = _summary(gw, agreements, [run for runs in reports for run in runs])
+        # One extract, of the first agreement that declares one: the story, not every one.
         extracts = [
-            _run_extract(gw, agreement, spec.name, directory, say)
-            for agreement in agreements
-            for spec in agreement.extracts[:1]  # one extract: the story, not every one
+            _run_extract(gw, agreement, agreement.extracts[0].name, directory, say)
+            for agreement in [a for a in agreements if a.extracts][:1]
         ]
         tokens_file = _web_tokens(gw, agreements, directory)
         with gw.sessions() as session:
