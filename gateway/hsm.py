@@ -103,7 +103,9 @@ _tokens: dict[tuple[str, str], _Token] = {}
 _tokens_lock = threading.Lock()
 
 
-def _token(settings: Settings) -> _Token:
+def require_settings(settings: Settings) -> tuple[str, str]:
+    """Refuse, before any key is read, a pkcs11 backend without its library or settings;
+    the module's path and the token's label."""
     _require_library()
     if settings.pkcs11_module is None:
         raise ConfigurationError(
@@ -115,7 +117,12 @@ def _token(settings: Settings) -> _Token:
             "GATEWAY_KEY_BACKEND=pkcs11 needs GATEWAY_PKCS11_TOKEN_LABEL, the label of the "
             "token holding the gateway's keys"
         )
-    module, label = str(settings.pkcs11_module), settings.pkcs11_token_label
+    _read_pin(settings)  # refuse a missing, doubled or exposed PIN setting here too
+    return str(settings.pkcs11_module), settings.pkcs11_token_label
+
+
+def _token(settings: Settings) -> _Token:
+    module, label = require_settings(settings)
     pin = _read_pin(settings)
     digest = hashlib.sha256(pin.encode("utf-8")).digest()
     with _tokens_lock:

@@ -326,6 +326,7 @@ class Pkcs11KeyStore:
     def __init__(self, settings: Settings) -> None:
         from gateway import hsm  # python-pkcs11 only when this backend is chosen
 
+        hsm.require_settings(settings)
         self._hsm = hsm
         self._settings = settings
         self._master = settings.resolved_master_key_file

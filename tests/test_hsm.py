@@ -27,7 +27,7 @@ from gateway import audit, hsm, keys
 from gateway.cli import main
 from gateway.config import Settings
 from gateway.context import Gateway, initialise
-from gateway.errors import MasterKeyError
+from gateway.errors import ConfigurationError, MasterKeyError
 from gateway.release.engine import request_release
 from gateway.release.query import parse_query
 from tests.conftest import AGREEMENT, EPP, _load_evaluations, make_settings
@@ -355,3 +355,37 @@ def test_a_wrong_pin_or_a_missing_token_is_one_line_and_no_start(
     assert "wrong-pin-0000" not in done.stderr + done.stdout
     assert "Uvicorn running" not in done.stderr + done.stdout
     assert hashlib.sha256(database.read_bytes()).hexdigest() == before  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, "needs GATEWAY_PKCS11_MODULE"),
+        ({"pkcs11_module": "/lib/p11.so"}, "needs GATEWAY_PKCS11_TOKEN_LABEL"),
+        ({"pkcs11_module": "/lib/p11.so", "pkcs11_token_label": "t"}, "needs the token's PIN"),
+        (
+            {"pkcs11_module": "/lib/p11.so", "pkcs11_token_label": "t", "pkcs11_pin": "1",
+             "pkcs11_pin_file": "pin"},
+            "not both",
+        ),
+    ],
+)  # fmt: skip
+def test_the_pkcs11_backend_needs_its_settings_before_anything_is_read(
+    tmp_path: Path, settings: dict[str, object], expected: str
+) -> None:
+    chosen = make_settings(tmp_path, "sqlite://", key_backend="pkcs11", **settings)
+    with pytest.raises(ConfigurationError, match=expected):
+        initialise(chosen)
+    assert not (chosen.data_dir / "keys").exists()
+
+
+def test_an_exposed_pin_file_is_refused(tmp_path: Path) -> None:
+    pin = tmp_path / "pin"
+    pin.write_text("123456\n")
+    pin.chmod(0o644)
+    chosen = make_settings(
+        tmp_path, "sqlite://", key_backend="pkcs11", pkcs11_module="/lib/p11.so",
+        pkcs11_token_label="t", pkcs11_pin_file=pin, master_key_file=tmp_path / "absent",
+    )  # fmt: skip
+    with pytest.raises(ConfigurationError, match=r"accessible by group or others.*chmod 600"):
+        Gateway.open(chosen)
