@@ -5,6 +5,7 @@ see what, for every page, without a browser.)"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -81,7 +82,7 @@ def expected_status(case: Case) -> int:
 @pytest.fixture(scope="module")
 def site(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[TestClient, Settings, dict[str, str]]]:
+) -> Iterator[tuple[TestClient, Settings, dict[str, str], dict[str, str]]]:
     tmp = tmp_path_factory.mktemp("web-matrix")
     settings = make_settings(tmp, f"sqlite:///{tmp / 'data' / 'gateway.db'}")
     initialise(settings)
@@ -91,7 +92,20 @@ def site(
         "reviewer": issue_token(settings, role="reviewer", party=None),
     }
     with TestClient(create_app(settings), follow_redirects=False) as client:
-        yield client, settings, tokens
+        # Each token signs in once through the form; the pages then see its session.
+        sessions = {caller: _sign_in(client, token) for caller, token in tokens.items()}
+        yield client, settings, tokens, sessions
+
+
+def _sign_in(client: TestClient, token: str) -> str:
+    """The session id a sign-in with ``token`` puts in the cookie."""
+    client.cookies.clear()
+    form = client.get("/web/sign-in")
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', form.text)
+    assert found, form.text[:300]
+    answer = client.post("/web/sign-in", data={"csrf": found[1], "token": token})
+    assert answer.status_code == 303, answer.text[:300]
+    return str(answer.cookies[SESSION_COOKIE])
 
 
 def _refusals(settings: Settings) -> int:
@@ -116,11 +130,11 @@ def _refusals(settings: Settings) -> int:
     ids=lambda c: f"{c.page}|{c.caller}|{c.agreement}",
 )
 def test_web_authorization_matrix(
-    site: tuple[TestClient, Settings, dict[str, str]], case: Case
+    site: tuple[TestClient, Settings, dict[str, str], dict[str, str]], case: Case
 ) -> None:
-    client, settings, tokens = site
+    client, settings, tokens, sessions = site
     agreement = AGREEMENT if case.agreement == "own" else OTHER_AGREEMENT
-    cookies = {SESSION_COOKIE: tokens[case.caller]} if case.caller in tokens else {}
+    cookies = {SESSION_COOKIE: sessions[case.caller]} if case.caller in sessions else {}
     before = _refusals(settings)
     client.cookies.clear()
     for name, value in cookies.items():
