@@ -1281,8 +1281,7 @@ def demo(directory: Path, as_json: bool) -> None:
 
 
 # --- extracts -----------------------------------------------------------------
-# The group lives in its own module (it needs this one's helpers, so it is added last).
+# The group lives in its own module, which adds itself to ``main`` (it needs this
+# module's helpers, so it is imported last).
 
-from gateway.cli_extracts import extracts as _extracts  # noqa: E402
-
-main.add_command(_extracts, name="extracts")
+import gateway.cli_extracts  # noqa: E402, F401
