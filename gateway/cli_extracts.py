@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from gateway.cli import GatewayGroup, _emit, _open, json_option
+from gateway.cli import GatewayGroup, _emit, _open, json_option, main
 
 if TYPE_CHECKING:
     from gateway.context import Gateway
@@ -425,3 +425,8 @@ def extracts_certify(
         )
 
     _emit(view.to_dict(), as_json, human)
+
+
+# Registered here, not in cli.py: this module needs cli.py's helpers, and cli.py imports
+# it last (a cycle the type checker follows only this way round).
+main.add_command(extracts, name="extracts")

@@ -128,7 +128,7 @@ def run_demo(directory: Path, *, echo: Echo | None = print, seed: int = 2026) ->
         reports = [_run_reports(gw, agreement, say) for agreement in agreements]
         summary = _summary(gw, agreements, [run for runs in reports for run in runs])
         # One extract, of the first agreement that declares one: the story, not every one.
-        extracts = [
+        extract_runs = [
             _run_extract(gw, agreement, agreement.extracts[0].name, directory, say)
             for agreement in [a for a in agreements if a.extracts][:1]
         ]
@@ -162,7 +162,7 @@ def run_demo(directory: Path, *, echo: Echo | None = print, seed: int = 2026) ->
         "agreements": [a.id for a in agreements],
         "uploads": uploads,
         "reports": [run for runs in reports for run in runs],
-        "extracts": extracts,
+        "extracts": extract_runs,
         "tokens_file": str(tokens_file),
         "audit": verification.to_dict(),
         "summary": summary,

@@ -257,7 +257,12 @@ def request_extract(
     _covering(principal, agreement_id)
     gateway.require_active(agreement, refused="extract requests")
     spec = _spec(agreement, extract)
-    if principal.role != "analyst" or spec not in agreement.extracts_for(principal.party or ""):
+    recipient = principal.party
+    if (
+        principal.role != "analyst"
+        or recipient is None
+        or spec not in agreement.extracts_for(recipient)
+    ):
         raise AccessDenied(
             f"extract {extract!r} is asked for by an analyst of a party it is declared for, "
             f"not by {_article(principal.role)} {principal.role} of {principal.party!r}"
@@ -268,7 +273,7 @@ def request_extract(
             session,
             agreement=agreement,
             spec=spec,
-            recipient=principal.party,
+            recipient=recipient,
             request_id=request_id,
             master_key=gateway.master_key,
         )
