@@ -89,7 +89,6 @@ class OidcError(Unauthenticated):
     token or a claim value.
     """
 
-    code = "oidc_refused"
 
 
 # --- who a person is in the audit log ------------------------------------------------------
