@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import inspect, text
 
 from gateway import audit, hsm, keys
 from gateway.cli import main
@@ -153,6 +154,17 @@ def _objects(soft: SoftHsm, object_class: ObjectClass) -> list[dict[str, object]
         ]
 
 
+def _database_bytes(gw: Gateway) -> bytes:
+    """Every value of every table (binary values as they are), on SQLite or PostgreSQL."""
+    chunks: list[bytes] = []
+    with gw.engine.connect() as connection:
+        for table in inspect(connection).get_table_names():
+            for row in connection.execute(text(f'SELECT * FROM "{table}"')):
+                chunks.append(repr(tuple(row)).encode())
+                chunks += [bytes(v) for v in row if isinstance(v, bytes | memoryview)]
+    return b"\n".join(chunks)
+
+
 def _encodings(material: bytes) -> list[bytes]:
     return [
         material,
@@ -189,6 +201,7 @@ def test_a_gateway_on_softhsm_uploads_releases_signs_and_verifies(
         ).to_json()
         assert released["cells"]
         material = gw.master_key.material
+        stored = _database_bytes(gw)  # every value of every table, whichever database
         with gw.sessions() as session, session.begin():
             audit.sign_checkpoint(session, gw.signing_key)  # signed by the token
         with gw.sessions() as session:
@@ -241,6 +254,9 @@ def test_a_gateway_on_softhsm_uploads_releases_signs_and_verifies(
                 for needle in needles:
                     assert needle not in content, f"{path.name} holds the master key"
     assert scanned > len(settings.resolved_master_key_file.read_bytes())
+    assert b"upload-accepted" in stored  # the dump really holds the log
+    for needle in needles:
+        assert needle not in stored, "the database holds the master key"
 
 
 def test_rewrap_keeps_the_master_key_and_old_copies_no_longer_unwrap(
