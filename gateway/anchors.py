@@ -15,6 +15,7 @@ the TSA's CMS signature is checked with ``cryptography``.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -180,7 +181,7 @@ def write_file(folder: Path, name: str, text: str) -> str:
         for attempt in range(1, 1000):
             final = folder / (name if attempt == 1 else f"{stem}-{attempt}.json")
             try:
-                os.link(temporary, final)  # atomic, and fails if the name is taken
+                _link_or_create(Path(temporary), final, text)
             except FileExistsError:
                 if final.read_text(encoding="utf-8") == text:
                     return final.name  # the same anchor, written before
@@ -192,6 +193,27 @@ def write_file(folder: Path, name: str, text: str) -> str:
         raise AnchorFailed(f"cannot write to {folder}: {error.strerror}") from None
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+#: link(2) refused by the filesystem itself (some SMB and object-store mounts).
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+def _link_or_create(temporary: Path, final: Path, text: str) -> None:
+    """Put ``text`` at ``final`` unless the name is taken (FileExistsError): a hard link
+    to the written file, atomic; where the filesystem has no links, an exclusive create
+    (never replacing either, though a reader may then see the file being written)."""
+    try:
+        os.link(temporary, final)
+        return
+    except OSError as error:
+        if isinstance(error, FileExistsError) or error.errno not in _NO_LINKS:
+            raise
+    fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _sync_folder(folder: Path) -> None:
@@ -233,7 +255,13 @@ def send_email(recipients: Sequence[str], name: str, text: str, settings: Settin
     message.add_attachment(text.encode(), maintype="application", subtype="json", filename=name)
     security = settings.anchor_smtp_security
     try:
-        context = ssl.create_default_context()
+        context = ssl.create_default_context(cafile=settings.anchor_smtp_ca_file)
+    except (OSError, ssl.SSLError):
+        raise AnchorFailed(
+            f"GATEWAY_ANCHOR_SMTP_CA_FILE: {settings.anchor_smtp_ca_file} is not a readable "
+            "file of PEM CA certificates"
+        ) from None
+    try:
         if security == "tls":
             client: smtplib.SMTP = smtplib.SMTP_SSL(
                 settings.anchor_smtp_host, settings.anchor_smtp_port, context=context, timeout=30
@@ -246,7 +274,7 @@ def send_email(recipients: Sequence[str], name: str, text: str, settings: Settin
             if settings.anchor_smtp_user is not None:
                 client.login(settings.anchor_smtp_user, _smtp_password(settings))
             refused = client.send_message(message)
-    except (smtplib.SMTPException, OSError) as error:
+    except (smtplib.SMTPException, ssl.SSLError, OSError) as error:
         # The server's reply, not the message (which holds the recipients).
         raise AnchorFailed(
             f"the SMTP server {settings.anchor_smtp_host}:{settings.anchor_smtp_port} "

@@ -145,6 +145,11 @@ class Settings(BaseSettings):
         default="starttls",
         description="starttls (port 587), tls (implicit TLS, port 465) or none (a local relay).",
     )
+    anchor_smtp_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificates (PEM) the SMTP server's certificate is checked against, "
+        "instead of the system's (a relay with a private CA).",
+    )
     anchor_smtp_from: str | None = Field(default=None, description="Sender of anchor emails.")
     anchor_smtp_user: str | None = Field(default=None, description="SMTP login, if needed.")
     anchor_smtp_password_file: Path | None = Field(

@@ -9,9 +9,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import email
+import errno
+import ipaddress
 import json
+import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -23,6 +27,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -191,16 +196,111 @@ class Mailbox:
         return "250 Message accepted for delivery"
 
 
+def _free_port() -> int:
+    """A free port: aiosmtpd's controller cannot be given port 0."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
 def smtp() -> Iterator[tuple[Mailbox, int]]:
     mailbox = Mailbox()
-    with socket.socket() as probe:  # a free port (the controller cannot be given port 0)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     controller = Controller(mailbox, hostname="127.0.0.1", port=port)
     controller.start()
     try:
         yield mailbox, port
+    finally:
+        controller.stop()
+
+
+def test_email_goes_over_starttls_with_a_login_and_a_checked_certificate(
+    tmp_path: Path, signer: keys.SigningKey
+) -> None:
+    """The production path: STARTTLS required by the server, the server's certificate
+    checked against GATEWAY_ANCHOR_SMTP_CA_FILE, then a login (AUTH only over TLS)."""
+    ca_key, server_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    ca = _certificate("Relay CA", ca_key, None, ca=True)
+    now = dt.datetime.now(dt.UTC)
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(_name("relay.test"))
+        .issuer_name(_name("Relay CA"))
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (tmp_path / "ca.pem").write_bytes(_pem(ca))
+    (tmp_path / "server.pem").write_bytes(_pem(server))
+    (tmp_path / "server.key").write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        logins.append((data.login, data.password))
+        ok = data.login == b"gateway" and data.password == b"s3cret-pw"
+        return AuthResult(success=ok, handled=False)  # the server answers 535 on failure
+
+    mailbox = Mailbox()
+    port = _free_port()
+    controller = Controller(
+        mailbox,
+        hostname="127.0.0.1",
+        port=port,
+        server_hostname="127.0.0.1",
+        tls_context=tls,
+        require_starttls=True,
+        auth_required=True,
+        auth_require_tls=True,
+        authenticator=authenticate,
+    )
+    controller.start()
+    try:
+        (tmp_path / "password").write_text("s3cret-pw\n")
+        settings = Settings(
+            _env_file=None,
+            anchor_smtp_host="127.0.0.1",
+            anchor_smtp_port=port,
+            anchor_smtp_from="gateway@district.example",
+            anchor_smtp_user="gateway",
+            anchor_smtp_password_file=tmp_path / "password",
+            anchor_smtp_ca_file=tmp_path / "ca.pem",
+        )
+        text = audit.anchor_text(_anchor(signer))
+        anchors.send_email(["audit@epp.example"], "anchor-000000000007.json", text, settings)
+        assert logins == [(b"gateway", b"s3cret-pw")]
+        ((recipients, message),) = mailbox.messages
+        assert recipients == ["audit@epp.example"]
+        assert attachment(message) == ("anchor-000000000007.json", text.encode())
+        # A wrong password is refused, and the error holds neither it nor the recipients.
+        (tmp_path / "password").write_text("wrong-pw")
+        with pytest.raises(anchors.AnchorFailed) as refused:
+            anchors.send_email(["audit@epp.example"], "a.json", text, settings)
+        assert "SMTPAuthenticationError" in refused.value.message
+        assert logins[-1] == (b"gateway", b"wrong-pw")
+        assert "wrong-pw" not in refused.value.message and "epp" not in refused.value.message
+        # Without the relay's CA, its certificate is not trusted: nothing is sent.
+        untrusted = settings.model_copy(update={"anchor_smtp_ca_file": None})
+        with pytest.raises(anchors.AnchorFailed, match="SSLCertVerificationError"):
+            anchors.send_email(["audit@epp.example"], "a.json", text, untrusted)
+        assert len(mailbox.messages) == 1
     finally:
         controller.stop()
 
@@ -484,6 +584,28 @@ def test_the_folder_destination_never_replaces_an_anchor(tmp_path: Path) -> None
     ]  # no temporary file left behind
     with pytest.raises(anchors.AnchorFailed, match="is not a folder"):
         anchors.write_file(tmp_path / "unmounted", "a.json", "x")
+
+
+def test_a_folder_without_hard_links_gets_exclusive_creates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some SMB and object-store mounts refuse link(2); no such filesystem is mounted
+    here, so link is made to refuse as they do (EPERM): the anchor is still written, and
+    an existing one still never replaced."""
+
+    def no_links(source: object, target: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    assert anchors.write_file(tmp_path, "anchor-000000000009.json", "one\n") == (
+        "anchor-000000000009.json"
+    )
+    assert anchors.write_file(tmp_path, "anchor-000000000009.json", "two\n") == (
+        "anchor-000000000009-2.json"
+    )
+    assert (tmp_path / "anchor-000000000009.json").read_text() == "one\n"
+    assert (tmp_path / "anchor-000000000009-2.json").read_text() == "two\n"
+    assert len(list(tmp_path.iterdir())) == 2
 
 
 def test_destinations_are_checked_with_a_clear_message() -> None:
