@@ -72,6 +72,9 @@ def test_an_extract_of_generated_partnership_data(gateway: Gateway, tmp_path: Pa
     assert anonymity.k_anonymity(people, qis) >= spec.k
     values = frame.astype(str).reset_index(drop=True)
     assert anonymity.l_diversity(values, qis, ["summative_rating", "growth_score"]) >= spec.l
+    # ...and over trajectories, as the build measured them with pycanon.
+    assert first.k_achieved is not None and first.k_achieved >= spec.k
+    assert first.l_achieved is not None and spec.l is not None and first.l_achieved >= spec.l
     assert first.risk_after.unique_share == 0 and first.risk_after.max_risk <= 1 / spec.k
     assert first.risk_before.prosecutor_rate > first.risk_after.prosecutor_rate
     # The generalisation reported is the one the file shows.

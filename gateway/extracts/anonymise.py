@@ -22,7 +22,11 @@ exactly, and it fails on pandas 3's string arrays; the lattice here is small (a 
 quasi-identifiers of two to four levels), so the search is a few hundred group counts.
 
 Classes count teachers, not rows: a teacher with three yearly rows in a class of three
-rows is one teacher, and would be singled out.
+rows is one teacher, and would be singled out. And a teacher's rows share one ID, so
+someone who knows where a teacher taught each year can intersect the classes of those
+rows: by default a class is therefore the rows of one combination of values *and* one
+trajectory (the set of combinations a teacher has rows with), so each trajectory, not
+only each row, is shared by k teachers and shows l values in each of its rows.
 """
 
 from __future__ import annotations
@@ -178,6 +182,19 @@ def _distinct_per_class(classes: np.ndarray, values: np.ndarray, count: int) -> 
     return np.bincount(pairs[:, 0], minlength=count)
 
 
+def _trajectories(classes: np.ndarray, people: np.ndarray) -> np.ndarray:
+    """Per row, a number for its teacher's trajectory: the set of classes the teacher's
+    rows are in. Teachers with equal sets share a number."""
+    pairs = np.unique(np.stack([people, classes], axis=1), axis=0)  # by teacher, then class
+    teachers, starts = np.unique(pairs[:, 0], return_index=True)
+    numbers: dict[bytes, int] = {}
+    of_teacher = np.zeros(int(people.max()) + 1, dtype=np.int64)
+    for teacher, members in zip(teachers, np.split(pairs[:, 1], starts[1:]), strict=True):
+        of_teacher[teacher] = numbers.setdefault(members.tobytes(), len(numbers))
+    trajectory: np.ndarray = of_teacher[people]
+    return trajectory
+
+
 def measure_risk(classes: np.ndarray, people: np.ndarray) -> Risk:
     """The risk figures of records in ``classes`` (one class number per record)."""
     records = len(classes)
@@ -205,9 +222,15 @@ def anonymise(
     l: int | None,  # noqa: E741 (the literature's name)
     max_suppressed: float,
     tie_break: Callable[[tuple[int, ...]], bytes] | None = None,
+    linked: bool = True,
 ) -> Anonymised:
     """``frame`` generalised and suppressed until k-anonymous (in distinct values of
     ``person``) and l-diverse in every ``sensitive`` column; see the module docstring.
+
+    ``linked``: a teacher's rows share their ID, so whoever knows a teacher's whole
+    trajectory (every combination of quasi-identifiers the teacher has rows with) can
+    look for it; classes are then the rows of one trajectory and one combination, and
+    each needs k teachers and l values. Without it, classes are the combinations only.
 
     ``frame`` must have a default RangeIndex. The returned frame has the quasi-
     identifier columns as labels (text), the rows kept in their order, a new index.
@@ -239,13 +262,23 @@ def anonymise(
 
     def failing_rows(node: tuple[int, ...]) -> np.ndarray:
         classes = _class_index([codes[i][level] for i, level in enumerate(node)], rows)
-        count = int(classes.max()) + 1 if rows else 0
-        ok = _distinct_per_class(classes, people, count) >= k
-        if l is not None:
-            for values in sensitive_codes:
-                ok &= _distinct_per_class(classes, values, count) >= l
-        failing: np.ndarray = ~ok[classes]
-        return failing
+        failing = np.zeros(rows, dtype=bool)
+        while True:  # suppressing rows changes trajectories: repeat until nothing fails
+            kept = np.flatnonzero(~failing)
+            if not len(kept):
+                return failing
+            checked = classes[kept]
+            if linked:
+                checked = _class_index([_trajectories(checked, people[kept]), checked], len(kept))
+            count = int(checked.max()) + 1
+            ok = _distinct_per_class(checked, people[kept], count) >= k
+            if l is not None:
+                for values in sensitive_codes:
+                    ok &= _distinct_per_class(checked, values[kept], count) >= l
+            newly = kept[~ok[checked]]
+            if not len(newly):
+                return failing
+            failing[newly] = True
 
     before = measure_risk(_class_index([c[0] for c in codes], rows), people)
     chosen: tuple[int, ...] | None = None
@@ -283,7 +316,9 @@ def anonymise(
     out = out.reset_index(drop=True)
     kept_classes = _class_index([codes[i][level][keep] for i, level in enumerate(node)], len(out))
     after = measure_risk(kept_classes, people[keep])
-    k_achieved, l_achieved = _check_with_pycanon(out, qi_names, list(sensitive), person)
+    k_achieved, l_achieved = _check_with_pycanon(
+        out, qi_names, list(sensitive), person, linked=linked
+    )
     if k_achieved is not None and (
         k_achieved < k or (l is not None and (l_achieved is None or l_achieved < l))
     ):
@@ -314,25 +349,30 @@ def anonymise(
 
 
 def _check_with_pycanon(
-    frame: pd.DataFrame, qis: list[str], sensitive: list[str], person: str
+    frame: pd.DataFrame, qis: list[str], sensitive: list[str], person: str, *, linked: bool
 ) -> tuple[int | None, int | None]:
     """k (in distinct teachers) and l of ``frame`` as pycanon measures them; None, None
-    when there are no rows."""
+    when there are no rows. ``linked``: over classes of trajectory and combination."""
     from pycanon import anonymity
 
     if frame.empty:
         return None, None
-    if not qis:
-        teachers = frame[person].nunique()
-        diversity = min((frame[s].nunique() for s in sensitive), default=None)
-        return int(teachers), None if diversity is None else int(diversity)
-    # One row per teacher and class: pycanon's k then counts teachers, not their rows.
     # Missing values become a label of their own (pandas' groupby would drop them).
-    people = frame[[person, *qis]].astype(str).drop_duplicates().reset_index(drop=True)
-    k_achieved = int(anonymity.k_anonymity(people, qis))
+    text = frame[[person, *qis, *sensitive]].astype(object)
+    text = text.where(text.notna(), NOT_RECORDED).astype(str).reset_index(drop=True)
+    columns = list(qis)
+    if linked:
+        combination = text[qis].agg("\x1f".join, axis=1) if qis else pd.Series("", index=text.index)
+        trajectory = combination.groupby(text[person]).agg(lambda c: "\x1e".join(sorted(set(c))))
+        text["_trajectory"] = text[person].map(trajectory)
+        columns = ["_trajectory", *qis]
+    if not columns:
+        text["_all"] = ""
+        columns = ["_all"]
+    # One row per teacher and class: pycanon's k then counts teachers, not their rows.
+    people = text[[person, *columns]].drop_duplicates().reset_index(drop=True)
+    k_achieved = int(anonymity.k_anonymity(people, columns))
     l_achieved = None
     if sensitive:
-        values = frame[[*qis, *sensitive]].astype(object)
-        values = values.where(values.notna(), NOT_RECORDED).astype(str).reset_index(drop=True)
-        l_achieved = int(anonymity.l_diversity(values, qis, sensitive))
+        l_achieved = int(anonymity.l_diversity(text, columns, sensitive))
     return k_achieved, l_achieved
