@@ -439,6 +439,23 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def web_sign_in(client: Any, token: str) -> str:
+    """Sign a TestClient in to the web pages with ``token``, through the sign-in form as
+    a browser would; the client's cookie then holds the session's id, returned here.
+    The client's cookies are cleared first: a session it held would be ended (replaced)."""
+    from gateway.web.session import SESSION_COOKIE
+
+    client.cookies.clear()
+    form = client.get("/web/sign-in")
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', form.text)
+    assert found, form.text[:300]
+    answer = client.post(
+        "/web/sign-in", data={"csrf": found[1], "token": token}, follow_redirects=False
+    )
+    assert answer.status_code == 303, answer.text[:300]
+    return str(answer.cookies[SESSION_COOKIE])
+
+
 def uploader(settings: Settings, party: str = DISTRICT) -> dict[str, str]:
     """Authorization headers of a new uploader token of ``party`` (default: the district)."""
     return bearer(issue_token(settings, role="uploader", party=party))

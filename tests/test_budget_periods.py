@@ -41,7 +41,6 @@ from gateway.release.model import Preview, Release
 from gateway.release.query import parse_query
 from gateway.storage.releases import BudgetEntry
 from gateway.storage.tables import AgreementRecord
-from gateway.web.session import SESSION_COOKIE
 from tests.conftest import (
     AGREEMENT,
     AGREEMENTS_DIR,
@@ -53,6 +52,7 @@ from tests.conftest import (
     issue_token,
     make_settings,
     settings_env,
+    web_sign_in,
 )
 
 #: The test agreement: epsilon 2.5 over its life, at most 1 in any school year (the
@@ -342,7 +342,7 @@ def test_the_api_and_the_web_page_show_the_school_year_beside_the_lifetime(
     with TestClient(create_app(settings), headers=bearer(token)) as client:
         client.app.state.gateway.clock = at(2027, 4, 2)  # type: ignore[attr-defined]
         body = client.get(f"/v1/agreements/{AGREEMENT}/budget", params={"history": "true"}).json()
-        client.cookies.set(SESSION_COOKIE, token, path="/web")
+        web_sign_in(client, token)
         page = client.get(f"/web/agreements/{AGREEMENT}/budget").text
         client.app.state.gateway.clock = at(2027, 7, 2)  # type: ignore[attr-defined]
         next_year = client.get(f"/v1/agreements/{AGREEMENT}/budget").json()

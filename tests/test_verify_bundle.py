@@ -525,12 +525,11 @@ def test_the_audit_page_offers_both_verifiers_for_download(
     from fastapi.testclient import TestClient
 
     from gateway.app import create_app
-    from gateway.web.session import SESSION_COOKIE
-    from tests.conftest import issue_token
+    from tests.conftest import issue_token, web_sign_in
 
     token = issue_token(settings, role="reviewer", party=None)
     with TestClient(create_app(settings), follow_redirects=False) as client:
-        client.cookies.set(SESSION_COOKIE, token, path="/web")
+        web_sign_in(client, token)
         page = client.get("/web/audit")
         assert page.status_code == 200, page.text[:300]
         for source in (VERIFY_PY, VERIFY_MJS):

@@ -5,7 +5,6 @@ see what, for every page, without a browser.)"""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ from gateway.context import initialise
 from gateway.storage import db
 from gateway.storage.tables import AuditEvent
 from gateway.web.session import SESSION_COOKIE
-from tests.conftest import AGREEMENT, DISTRICT, EPP, issue_token, make_settings
+from tests.conftest import AGREEMENT, DISTRICT, EPP, issue_token, make_settings, web_sign_in
 
 OTHER_AGREEMENT = "calibration-lakeshore-riverbend"
 CALLERS = ["none", "uploader", "analyst", "reviewer"]
@@ -93,19 +92,8 @@ def site(
     }
     with TestClient(create_app(settings), follow_redirects=False) as client:
         # Each token signs in once through the form; the pages then see its session.
-        sessions = {caller: _sign_in(client, token) for caller, token in tokens.items()}
+        sessions = {caller: web_sign_in(client, token) for caller, token in tokens.items()}
         yield client, settings, tokens, sessions
-
-
-def _sign_in(client: TestClient, token: str) -> str:
-    """The session id a sign-in with ``token`` puts in the cookie."""
-    client.cookies.clear()
-    form = client.get("/web/sign-in")
-    found = re.search(r'name="csrf" value="([0-9a-f]+)"', form.text)
-    assert found, form.text[:300]
-    answer = client.post("/web/sign-in", data={"csrf": found[1], "token": token})
-    assert answer.status_code == 303, answer.text[:300]
-    return str(answer.cookies[SESSION_COOKIE])
 
 
 def _refusals(settings: Settings) -> int:
