@@ -90,7 +90,6 @@ class OidcError(Unauthenticated):
     """
 
 
-
 # --- who a person is in the audit log ------------------------------------------------------
 
 
@@ -280,7 +279,9 @@ def mapping_claims(claims: Mapping[str, Any], mapping: SignInMapping) -> dict[st
         return dict(claims)
     email = claims.get("email")
     domain = None
-    if isinstance(email, str) and "@" in email and claims.get("email_verified") is True:
+    # Some providers (Amazon Cognito) send the boolean as the string "true".
+    verified = claims.get("email_verified") in (True, "true")
+    if isinstance(email, str) and "@" in email and verified:
         domain = email.rsplit("@", 1)[1].lower()
     return {
         "iss": str(claims.get("iss", "")),
@@ -340,6 +341,7 @@ class _KeyCache:
     keys: KeySet | None = None
     kids: frozenset[str] = frozenset()
     fetched_at: float = 0.0
+    tried_at: float = -1e9
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -408,7 +410,8 @@ class OidcProvider:
                 self._metadata = metadata
             return self._metadata
 
-    def _algorithms(self) -> list[str]:
+    def _id_token_algorithms(self) -> list[str]:
+        """Those of :data:`ALGORITHMS` the provider says it signs ID tokens with."""
         advertised = self.metadata.get("id_token_signing_alg_values_supported") or ALGORITHMS
         return [alg for alg in ALGORITHMS if alg in advertised] or list(ALGORITHMS)
 
@@ -420,7 +423,11 @@ class OidcProvider:
             now = time.monotonic()
             stale = cache.keys is None or now - cache.fetched_at > _JWKS_MAX_AGE
             unknown = kid is not None and kid not in cache.kids
-            if stale or (unknown and now - cache.fetched_at >= _JWKS_MIN_REFETCH):
+            # At most one fetch a second, failed ones included: tokens naming made-up
+            # key ids cannot make the gateway hammer the provider.
+            due = now - cache.tried_at >= _JWKS_MIN_REFETCH
+            if (stale or unknown) and (due or cache.keys is None):
+                cache.tried_at = now
                 uri = self.metadata.get("jwks_uri")
                 if not isinstance(uri, str):
                     raise OidcError("the identity provider publishes no jwks_uri")
@@ -438,17 +445,17 @@ class OidcProvider:
                 )
             return cache.keys
 
-    def _decode(self, token: str, what: str) -> jwt.Token:
+    def _decode(self, token: str, what: str, algorithms: Sequence[str]) -> jwt.Token:
         try:
             header = jws.extract_compact(token.encode("ascii")).protected
         except (JoseError, ValueError, UnicodeEncodeError):
             raise OidcError(f"the {what} is not a signed JWT") from None
-        if header.get("alg") not in ALGORITHMS:
+        if header.get("alg") not in algorithms:
             raise OidcError(f"the {what} is signed with an algorithm the gateway refuses")
         kid = header.get("kid")
         keys = self._key_set(kid if isinstance(kid, str) else None)
         try:
-            return jwt.decode(token, keys, algorithms=self._algorithms())
+            return jwt.decode(token, keys, algorithms=list(algorithms))
         except JoseError:
             raise OidcError(
                 f"the {what}'s signature does not verify with the identity provider's keys"
@@ -460,7 +467,7 @@ class OidcProvider:
         self, id_token: str, *, nonce: str, access_token: str | None = None
     ) -> dict[str, Any]:
         """The claims of a valid ID token for this client and this sign-in's nonce."""
-        token = self._decode(id_token, "ID token")
+        token = self._decode(id_token, "ID token", self._id_token_algorithms())
         claims = CodeIDToken(
             token.claims,
             token.header,
@@ -488,7 +495,8 @@ class OidcProvider:
         """The claims of a valid access token (a JWT) for the gateway's API."""
         if not self.api_audience:
             raise OidcError("the gateway accepts no identity provider access tokens")
-        token = self._decode(access_token, "access token")
+        # Access tokens' algorithm is not in the discovery document: any of ours.
+        token = self._decode(access_token, "access token", ALGORITHMS)
         registry = JWTClaimsRegistry(
             leeway=self.leeway,
             iss={"essential": True, "value": self.issuer},
