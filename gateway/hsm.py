@@ -93,6 +93,7 @@ class _Token:
     session, kept for the life of the process; a lock makes its operations take turns.
     """
 
+    key: tuple[str, str]
     label: str
     session: Any
     pin_digest: bytes
@@ -142,7 +143,7 @@ def _token(settings: Settings) -> _Token:
             ) from None
         try:
             token = library.get_token(token_label=label)
-        except p11.NoSuchToken:
+        except (p11.NoSuchToken, p11.TokenNotPresent):
             raise MasterKeyError(
                 f"no token labelled {label!r} in the PKCS#11 module {module} "
                 "(GATEWAY_PKCS11_TOKEN_LABEL); see keys/README.md to set one up"
@@ -150,6 +151,10 @@ def _token(settings: Settings) -> _Token:
         except p11.MultipleTokensReturned:
             raise MasterKeyError(
                 f"more than one token is labelled {label!r} in {module}; give each its own label"
+            ) from None
+        except p11.PKCS11Error as exc:
+            raise MasterKeyError(
+                f"the PKCS#11 module {module} cannot list its tokens: {type(exc).__name__}"
             ) from None
         try:
             session = token.open(user_pin=pin, rw=True)
@@ -167,9 +172,22 @@ def _token(settings: Settings) -> _Token:
             raise MasterKeyError(
                 f"cannot log in to token {label!r}: {type(exc).__name__}"
             ) from None
-        found = _Token(label, session, digest, threading.Lock())
+        found = _Token((module, label), label, session, digest, threading.Lock())
         _tokens[(module, label)] = found
         return found
+
+
+#: Errors after which the cached session is useless: the next operation logs in again.
+_SESSION_LOST: tuple[type[Exception], ...] = ()
+if pkcs11 is not None:
+    _SESSION_LOST = (
+        p11.SessionClosed,
+        p11.SessionHandleInvalid,
+        p11.UserNotLoggedIn,
+        p11.DeviceRemoved,
+        p11.DeviceError,
+        p11.TokenNotPresent,
+    )
 
 
 @contextmanager
@@ -179,6 +197,10 @@ def _session(settings: Settings) -> Iterator[Any]:
         try:
             yield token.session
         except p11.PKCS11Error as exc:
+            if isinstance(exc, _SESSION_LOST):
+                # A network HSM restarted, a token was pulled: log in afresh next time.
+                with _tokens_lock:
+                    _tokens.pop(token.key, None)
             # PKCS#11 errors say little (often nothing); name the token and the kind.
             raise MasterKeyError(
                 f"the HSM (token {token.label!r}) refused an operation: {type(exc).__name__}"

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import inspect, text
 
 from gateway import audit, hsm, keys
@@ -405,3 +407,20 @@ def test_an_exposed_pin_file_is_refused(tmp_path: Path) -> None:
     )  # fmt: skip
     with pytest.raises(ConfigurationError, match=r"accessible by group or others.*chmod 600"):
         Gateway.open(chosen)
+
+
+# python-pkcs11 ends the object search of the failed call in a finaliser, which finds
+# the session gone and can only report it as an unraisable exception.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_lost_hsm_session_is_opened_again(softhsm: SoftHsm, ready: Settings) -> None:
+    """A network HSM that restarts ends the gateway's session: that operation fails in
+    one line, and the next one logs in again."""
+    with Gateway.open(ready, checkpoint=False) as gw:
+        signer = gw.signing_key
+        hsm._token(ready).session.close()  # what the HSM's restart does to the session
+        with pytest.raises(MasterKeyError, match=r"refused an operation: Session"):
+            signer.sign(b"after the restart")
+        signature = signer.sign(b"after the restart")
+        public = serialization.load_pem_public_key(signer.public_pem)
+    assert isinstance(public, Ed25519PublicKey)
+    public.verify(signature, b"after the restart")
