@@ -37,6 +37,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from gateway import audit
+from gateway.errors import ConfigurationError
 from gateway.storage.tables import WebSession
 
 if TYPE_CHECKING:
@@ -179,7 +180,12 @@ def _oidc_principal(gateway: Gateway, db: Session, row: WebSession) -> Principal
         raise SessionEnded(
             "mapping-removed", "sign-in through the identity provider is not available here"
         ) from None
-    principal: Principal | None = mapping(gateway, dict(row.claims or {}))
+    try:
+        principal: Principal | None = mapping(gateway, dict(row.claims or {}))
+    except ConfigurationError:
+        # The mapping is gone or unreadable (single sign-on turned off, a broken edit):
+        # fail closed, as for a rule removed.
+        principal = None
     if principal is None:
         raise SessionEnded(
             "mapping-removed",

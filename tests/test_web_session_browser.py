@@ -365,19 +365,24 @@ def test_another_sites_form_carries_no_session_but_its_link_does(
 # --- ending a session -----------------------------------------------------------------------
 
 
-def test_signing_out_ends_the_session_on_the_server(contexts: Any, proxied: Server) -> None:
+def test_signing_out_ends_the_session_on_the_server(
+    contexts: Any, proxied: Server, short: Server
+) -> None:
     token = issue_token(proxied.settings, role="uploader", party=DISTRICT)
     page = contexts(proxied)
     sign_in(page, token)
     value = str(session_cookie(page)["value"])
-    page_url = f"{proxied.base}/web/agreements/{AGREEMENT}/upload"
-    assert fetch(page_url, value)[0] == 200  # the cookie alone works, before...
+    path = f"/web/agreements/{AGREEMENT}/upload"
+    # The cookie alone works, before; on another server over the same database too.
+    assert fetch(proxied.base + path, value)[0] == 200
+    assert fetch(short.base + path, value)[0] == 200
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("status")).to_have_text("You are signed out.")
     assert not [c for c in page.context.cookies() if c["name"] == "gateway_session"]
-    # ...and not after: a copy of the old cookie is refused by the server.
-    status, body = fetch(page_url, value)
-    assert status == 401 and "This session was signed out; sign in again." in body
+    # ...and not after: a copy of the old cookie is refused, by every server.
+    for server in (proxied, short):
+        status, body = fetch(server.base + path, value)
+        assert status == 401 and "This session was signed out; sign in again." in body
     stored = stored_session(proxied.settings, value)
     assert stored["end_reason"] == "signed-out" and stored["ended_at"] is not None
     (ended,) = [

@@ -239,3 +239,35 @@ def test_rows_a_day_past_their_end_are_deleted_at_the_next_sign_in(gw: Gateway) 
 )
 def test_durations_are_said_in_words(seconds: int, words: str) -> None:
     assert web_sessions.duration(seconds) == words
+
+
+def test_an_oidc_session_without_a_sign_in_mapping_ends(gw: Gateway) -> None:
+    """An OIDC session's claims go through gateway.oidc's mapping on every request; with
+    no mapping configured (single sign-on turned off since), it fails closed."""
+    principal = Principal(
+        credential_id="oidc_" + "0" * 24, role="reviewer", party=None, agreements=frozenset()
+    )
+    with gw.sessions() as db, db.begin(), pytest.raises(ValueError, match="'iss' and 'sub'"):
+        web_sessions.start(
+            db,
+            loaded=gw.registry.agreements,
+            principal=principal,
+            kind="oidc",
+            timeouts=web_sessions.Timeouts.of(gw),
+            oidc_claims={"sub": "someone"},
+        )
+    with gw.sessions() as db, db.begin():
+        started = web_sessions.start(
+            db,
+            loaded=gw.registry.agreements,
+            principal=principal,
+            kind="oidc",
+            timeouts=web_sessions.Timeouts.of(gw),
+            oidc_claims={"iss": "https://idp.example.org", "sub": "someone", "groups": []},
+        )
+    stored = row(gw, started.id_hash)
+    assert (stored.issuer, stored.subject) == ("https://idp.example.org", "someone")
+    with pytest.raises(web_sessions.SessionEnded) as ended:
+        web_sessions.resolve(gw, started.session_id)
+    assert ended.value.reason == "mapping-removed"
+    assert row(gw, started.id_hash).end_reason == "mapping-removed"
