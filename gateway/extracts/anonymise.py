@@ -168,30 +168,53 @@ def _codes(values: Sequence[str]) -> np.ndarray:
     return np.asarray(codes, dtype=np.int64)
 
 
+def _dense(keys: np.ndarray) -> np.ndarray:
+    """Keys renumbered 0, 1, 2... in sorted order."""
+    _, inverse = np.unique(keys, return_inverse=True)
+    dense: np.ndarray = np.asarray(inverse, dtype=np.int64).reshape(-1)
+    return dense
+
+
 def _class_index(columns: Sequence[np.ndarray], rows: int) -> np.ndarray:
     """One class number per row: rows with equal codes in every column share one."""
-    if not columns:
+    if not columns or rows == 0:
         return np.zeros(rows, dtype=np.int64)
-    stacked = np.stack(columns, axis=1)
-    _, inverse = np.unique(stacked, axis=0, return_inverse=True)
-    return np.asarray(inverse, dtype=np.int64).reshape(-1)
+    # Packed one column at a time and renumbered, so a key never exceeds rows * codes.
+    key = _dense(columns[0])
+    for column in columns[1:]:
+        key = _dense(key * (int(column.max()) + 1) + column)
+    return key
 
 
 def _distinct_per_class(classes: np.ndarray, values: np.ndarray, count: int) -> np.ndarray:
-    pairs = np.unique(np.stack([classes, values], axis=1), axis=0)
-    return np.bincount(pairs[:, 0], minlength=count)
+    width = int(values.max()) + 1 if len(values) else 1
+    pairs = np.unique(classes * width + values)
+    return np.bincount(pairs // width, minlength=count)
+
+
+#: Fixed random weights: a trajectory's number is the sum of its classes' weights.
+_WEIGHTS_SEED = 20261202
 
 
 def _trajectories(classes: np.ndarray, people: np.ndarray) -> np.ndarray:
     """Per row, a number for its teacher's trajectory: the set of classes the teacher's
-    rows are in. Teachers with equal sets share a number."""
-    pairs = np.unique(np.stack([people, classes], axis=1), axis=0)  # by teacher, then class
-    teachers, starts = np.unique(pairs[:, 0], return_index=True)
-    numbers: dict[bytes, int] = {}
-    of_teacher = np.zeros(int(people.max()) + 1, dtype=np.int64)
-    for teacher, members in zip(teachers, np.split(pairs[:, 1], starts[1:]), strict=True):
-        of_teacher[teacher] = numbers.setdefault(members.tobytes(), len(numbers))
-    trajectory: np.ndarray = of_teacher[people]
+    rows are in. Teachers with equal sets share a number.
+
+    A set is summed as random 64-bit weights (wrapping), so two different sets share a
+    number with probability 2**-64; the final check (pycanon, over the exact sets
+    spelled out) would refuse the extract if that ever happened.
+    """
+    if len(classes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    width = int(classes.max()) + 1
+    pairs = np.unique(people * width + classes)
+    teachers, members = pairs // width, pairs % width
+    weights = np.random.default_rng(_WEIGHTS_SEED).integers(
+        0, np.iinfo(np.uint64).max, size=width, dtype=np.uint64, endpoint=True
+    )
+    sums = np.zeros(int(people.max()) + 1, dtype=np.uint64)
+    np.add.at(sums, teachers, weights[members])
+    trajectory: np.ndarray = _dense(sums)[people]
     return trajectory
 
 
