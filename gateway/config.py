@@ -122,6 +122,19 @@ class Settings(BaseSettings):
         le=24 * 90,
         description="Hours an approved record-level extract may be downloaded (once).",
     )
+    session_idle_seconds: int = Field(
+        default=30 * 60,
+        gt=0,
+        description=(
+            "A web session ends after this many seconds without a request (to within "
+            "a minute, or a quarter of it when shorter)."
+        ),
+    )
+    session_lifetime_seconds: int = Field(
+        default=12 * 60 * 60,
+        gt=0,
+        description="A web session ends this many seconds after sign-in, however active.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description=(
