@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway import audit
+from gateway import audit, credentials
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.context import Gateway, initialise
@@ -45,6 +45,8 @@ CALLERS = [
     ("analyst", DISTRICT),
     ("analyst", EPP),
     ("reviewer", None),
+    # A person of the district who approves extracts (docs/extracts.md): nothing else.
+    ("approver", DISTRICT),
 ]
 
 
@@ -70,7 +72,19 @@ ROUTES = [
     "POST /v1/agreements/{id}/datasets/{dataset}/uploads",
     "GET /v1/audit/events",
     "GET /v1/audit/verify",
+    # Record-level extracts (docs/extracts.md). The request routes name a request that
+    # does not exist: a caller the route admits reaches it and gets 404.
+    "POST /v1/agreements/{id}/extracts",
+    "GET /v1/agreements/{id}/extracts",
+    "GET /v1/agreements/{id}/extracts/{request_id}",
+    "POST /v1/agreements/{id}/extracts/{request_id}/approve",
+    "POST /v1/agreements/{id}/extracts/{request_id}/refuse",
+    "POST /v1/agreements/{id}/extracts/{request_id}/download",
+    "GET /v1/agreements/{id}/certificates",
+    "POST /v1/agreements/{id}/certificates",
 ]
+#: An extract request id no test made.
+NO_REQUEST = "0000000000000000"
 
 
 def _cases() -> list[Case]:
@@ -102,6 +116,26 @@ def expected_status(case: Case) -> int:
         return 201 if own and role == "uploader" and case.target_party == case.party else 403
     if route in ("GET /v1/audit/events", "GET /v1/audit/verify"):
         return 200 if role == "reviewer" and own else 403
+    if route == "POST /v1/agreements/{id}/extracts":
+        # An analyst of the extract's recipient (the EPP); reached, the extract's datasets
+        # are not all uploaded here: 409 dataset_not_uploaded, nothing made.
+        return 409 if own and role == "analyst" and case.party == EPP else 403
+    if route == "GET /v1/agreements/{id}/extracts":
+        return 200 if own and role in ("analyst", "uploader", "reviewer", "approver") else 403
+    if route == "GET /v1/agreements/{id}/extracts/{request_id}":
+        return 404 if own and role in ("analyst", "uploader", "reviewer", "approver") else 403
+    if route in (
+        "POST /v1/agreements/{id}/extracts/{request_id}/approve",
+        "POST /v1/agreements/{id}/extracts/{request_id}/refuse",
+    ):
+        return 404 if own and role in ("analyst", "uploader", "approver") else 403
+    if route == "POST /v1/agreements/{id}/extracts/{request_id}/download":
+        return 404 if own and role == "analyst" else 403
+    if route == "GET /v1/agreements/{id}/certificates":
+        return 200 if own and role == "reviewer" else 403
+    if route == "POST /v1/agreements/{id}/certificates":
+        # A party's own certificate: any token of a party of the agreement.
+        return 201 if own and role in ("analyst", "uploader", "approver") else 403
     raise AssertionError(route)
 
 
@@ -126,8 +160,23 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         if role in ("uploader", "analyst"):
             tokens[(role, party)] = issue_token(settings, role=role, party=party)
     tokens[("reviewer", None)] = issue_token(settings, role="reviewer", party=None)
+    with (
+        Gateway.open(settings, checkpoint=False) as gw,
+        gw.sessions() as session,
+        session.begin(),
+    ):
+        tokens[("approver", DISTRICT)] = credentials.issue(
+            session,
+            master_key=gw.master_key,
+            registry=gw.registry,
+            agreement_ids=[AGREEMENT],
+            role="approver",
+            party=DISTRICT,
+            expires=None,
+            actor=audit.OPERATOR,
+            person="eastport-privacy-officer",
+        ).token
     revoked = issue_token(settings, role="uploader", party=DISTRICT)
-    from gateway import credentials
 
     with (
         Gateway.open(settings, checkpoint=False) as gw,
@@ -185,6 +234,15 @@ def _request(world: World, case: Case) -> Any:
         )
     if case.route == "GET /v1/audit/events":
         return client.get("/v1/audit/events", params={"agreement": agreement}, headers=headers)
+    method, _, template = case.route.partition(" ")
+    if "/extracts" in template or "/certificates" in template:
+        path = template.replace("{id}", agreement).replace("{request_id}", NO_REQUEST)
+        if case.route == "POST /v1/agreements/{id}/extracts":
+            return client.post(path, json={"extract": "completer_outcomes"}, headers=headers)
+        if case.route == "POST /v1/agreements/{id}/certificates":
+            letter = ("destruction.txt", b"We destroyed every extract. Signed.", "text/plain")
+            return client.post(path, files={"file": letter}, headers=headers)
+        return client.request(method, path, headers=headers)
     if case.route == "GET /v1/audit/verify":
         # Verification is of the whole chain; "other agreement" is a reviewer of another one.
         if case.agreement == "other" and case.role == "reviewer":
@@ -214,7 +272,12 @@ def test_authorization_matrix(world: World, case: Case) -> None:
         else expected_status(case)
     )
     assert response.status_code == expected, response.text
-    if expected >= 400:
+    if expected in (404, 409):
+        # Admitted by the route, refused by what it found: not an access refusal.
+        code = response.json()["error"]["code"]
+        assert code == ("not_found" if expected == 404 else "dataset_not_uploaded")
+        assert len(_refusals(world)) == len(before)
+    elif expected >= 400:
         error = response.json()["error"]
         assert set(error) == {"code", "message", "details"}
         assert error["code"] == ("unauthenticated" if expected == 401 else "access_denied")
@@ -269,6 +332,13 @@ def _check_visible_scope(body: Any, case: Case) -> None:
         assert body["audit_event"]
     elif case.route == "POST /v1/agreements/{id}/datasets/{dataset}/uploads":
         assert body["party"] == case.party and body["status"] == "accepted"
+    elif case.route == "GET /v1/agreements/{id}/extracts":
+        assert body == {"requests": []}
+    elif case.route == "GET /v1/agreements/{id}/certificates":
+        assert body["agreement"] == AGREEMENT and body["extracts_handed_out"] == []
+    elif case.route == "POST /v1/agreements/{id}/certificates":
+        # Recorded for the token's own party, never another.
+        assert body["party"] == case.party and len(body["sha256"]) == 64
 
 
 def test_every_api_route_is_in_the_matrix() -> None:

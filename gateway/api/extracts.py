@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from gateway.api.auth import Allow
+from gateway.api.auth import Allow, deny
 from gateway.api.deps import GatewayDep
 from gateway.api.routes import _errors
 from gateway.credentials import Principal
@@ -59,10 +59,25 @@ def _in(agreement_id: str, view: approval.RequestView, request_id: str) -> None:
 
 @router.post(_PATH, status_code=201, responses=_errors(404, 409))
 def ask_for_extract(
-    agreement_id: str, body: ExtractAsk, gateway: GatewayDep, principal: Requester
+    agreement_id: str,
+    body: ExtractAsk,
+    request: Request,
+    gateway: GatewayDep,
+    principal: Requester,
 ) -> dict[str, Any]:
     """Ask for one of the agreement's declared extracts, for the token's party. It is
     built and checked now and waits, pending, for the providing party's approvers."""
+    spec = gateway.agreement(agreement_id).extract(body.extract)
+    if principal.party not in spec.recipients:
+        # As an upload of another party's dataset: refused and audited before any work.
+        deny(
+            gateway,
+            request,
+            principal,
+            f"extract {body.extract!r} is for {', '.join(spec.recipients)}, not for "
+            f"{principal.party!r}",
+            agreement_id=agreement_id,
+        )
     view = approval.request_extract(
         gateway, agreement_id=agreement_id, extract=body.extract, principal=principal
     )
