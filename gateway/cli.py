@@ -318,6 +318,17 @@ def agreements_check(ctx: click.Context, path: Path | None, as_json: bool) -> No
             Problem(file=agreement.source_path.name, path="reports", line=None, reason=reason)
             for reason in check_reports(agreement, registry)
         ]
+    if path is None and settings.oidc_issuer:
+        # The single sign-on mapping names agreements and parties: held to these.
+        from gateway import oidc
+        from gateway.errors import ConfigurationError
+
+        try:
+            oidc.check_mapping(settings, registry)
+        except ConfigurationError as error:
+            where = str(settings.oidc_mapping_file or "settings")
+            reason = error.message.removeprefix(f"sign-in mapping {where}: ")
+            problems.append(Problem(file=where, path="", line=None, reason=reason))
     result = {
         "ok": not problems,
         "agreements": sorted(registry.agreements),

@@ -789,6 +789,30 @@ def test_a_mapping_that_cannot_be_honoured_stops_the_start(
     assert expected in raised.value.message
 
 
+def test_agreements_check_holds_the_mapping_to_the_agreements(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    path = tmp_path / "sign-in.yaml"
+    rules = [{"when": {"group": "g"}, "grant": {"role": "analyst", "party": "nobody",
+                                                "agreements": [AGREEMENT]}}]  # fmt: skip
+    path.write_text(yaml.safe_dump({"rules": rules}))
+    env = {
+        "GATEWAY_AGREEMENTS_DIR": str(AGREEMENTS_DIR),
+        "GATEWAY_POLICIES_DIR": str(POLICIES_DIR),
+        "GATEWAY_OIDC_ISSUER": "https://login.example.org",
+        "GATEWAY_OIDC_CLIENT_ID": "gateway",
+        "GATEWAY_OIDC_MAPPING_FILE": str(path),
+    }
+    refused = CliRunner().invoke(main, ["agreements", "check"], env=env)
+    assert refused.exit_code != 0
+    assert f"{path}: rules[0].grant.party: 'nobody' is not a party of" in refused.output
+    path.write_text(yaml.safe_dump(MAPPING))
+    passed = CliRunner().invoke(main, ["agreements", "check"], env=env)
+    assert passed.exit_code == 0, passed.output
+
+
 def test_settings_that_would_be_unsafe_are_refused(tmp_path: Path, registry: Any) -> None:
     base = {"oidc_client_id": "gateway", "oidc_mapping_file": tmp_path / "m.yaml"}
     cases = {
