@@ -1228,7 +1228,10 @@ def audit_anchor(ctx: click.Context, as_json: bool) -> None:
     "proxies",
     multiple=True,
     metavar="IP",
-    help="A reverse proxy whose X-Forwarded-For names the client (repeatable).",
+    help=(
+        "A reverse proxy whose X-Forwarded-For names the client and whose "
+        "X-Forwarded-Proto says HTTPS (repeatable)."
+    ),
 )
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, workers: int, proxies: tuple[str, ...]) -> None:
@@ -1247,7 +1250,8 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, proxies: tuple
     # one-line reason instead of a server traceback.
     _open(ctx).close()
     # Client addresses (the failed-authentication lockout counts per address) come from
-    # X-Forwarded-For only when the connection is from a proxy named here.
+    # X-Forwarded-For, and the scheme (a Secure session cookie behind a TLS proxy) from
+    # X-Forwarded-Proto, only when the connection is from a proxy named here.
     options: dict[str, Any] = {
         "host": host,
         "port": port,
