@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ from pycanon import anonymity
 from sqlalchemy import select
 
 from gateway.context import Gateway
+from gateway.errors import PolicyViolation
 from gateway.extracts import build_extract, identify
 from gateway.extracts.anonymise import ladder
 from gateway.extracts.pseudonyms import TEACHER_ID_PATTERN
@@ -25,17 +27,27 @@ from tests.conftest import AGREEMENT, DISTRICT, EPP, upload_generated
 EXTRACT = "completer_outcomes"
 
 
-def test_nothing_uploaded_is_refused_naming_the_dataset(gateway: Gateway) -> None:
+def test_refusals_before_anything_is_read(gateway: Gateway) -> None:
     agreement = gateway.agreement(AGREEMENT)
-    with gateway.reads() as session, pytest.raises(NotUploaded, match="'completers'"):
-        build_extract(
-            session,
-            agreement=agreement,
-            spec=agreement.extract(EXTRACT),
-            recipient=EPP,
-            request_id="r-empty",
-            master_key=gateway.master_key,
-        )
+    spec = agreement.extract(EXTRACT)
+
+    def build(recipient: str = EPP, **changes: object) -> None:
+        with gateway.reads() as session:
+            build_extract(
+                session,
+                agreement=agreement.model_copy(update=changes),
+                spec=spec,
+                recipient=recipient,
+                request_id="r-refused",
+                master_key=gateway.master_key,
+            )
+
+    with pytest.raises(NotUploaded, match="dataset 'completers'"):
+        build()
+    with pytest.raises(PolicyViolation, match="'eastport-ps' is not a recipient"):
+        build(DISTRICT)
+    with pytest.raises(PolicyViolation, match="not in force today"):
+        build(ends=date(2026, 1, 1), effective=date(2025, 1, 1))
 
 
 def test_an_extract_of_generated_partnership_data(gateway: Gateway, tmp_path: Path) -> None:

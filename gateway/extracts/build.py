@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -194,6 +195,7 @@ def build_extract(
         )
     if not request_id:
         raise SchemaError("an extract needs the id of the request it is built for")
+    agreement.require_in_force(datetime.now(UTC).date(), refused="extracts")
     version = keys.current_key_version(session, agreement.id)
     if version is None or version.salt is None:
         raise NotFound(f"agreement {agreement.id!r} has no usable pseudonym key")
@@ -222,6 +224,11 @@ def build_extract(
     rekey = recipient_pseudonymizer(
         session, master_key, agreement_id=agreement.id, recipient=recipient
     )
+    if len(internal) != len(refs):  # a stored row whose educator is gone: never guess
+        raise NotFound(
+            f"{len(refs) - len(internal)} stored row reference(s) of agreement "
+            f"{agreement.id!r} have no educator under key version {version.version}"
+        )
     teacher_ids = {ref: rekey.pseudonym(internal[ref]) for ref in refs}
     columns = [column for _, column in sources.values()]
     frame = pd.DataFrame(
