@@ -198,9 +198,21 @@ def test_request_approve_download_over_the_api(stocked: Stocked) -> None:
     frame = table.to_pandas()
     assert list(frame.columns) == summary["columns"]
     assert len(frame) == summary["rows_released"]
-    # The rows are those the approver was shown: the summary's checksum is of these rows.
+    # The rows are those the approver was shown: every sample row is one of the file's,
+    # and the file records the hash of the rows the request logged.
+    as_text = frame.astype(str)
+    for sample_row in summary["sample"]:
+        matches = as_text
+        for column, value in sample_row.items():
+            matches = matches[matches[column] == str(value)]
+        assert len(matches) >= 1, sample_row
+    requested = _events(stocked.gateway, request_id)[0]
+    assert record["content_sha256"] == requested["details"]["content_sha256"]
     row = _row(stocked.gateway, request_id)
     assert row.content is None and row.content_salt is None  # erased at download
+    # The sample rows were never stored in the clear: sealed with the rows, erased with them.
+    stored = json.loads(row.summary)
+    assert "sample" not in stored and stored["sample_sealed"]
     kinds = [e["kind"] for e in _events(stocked.gateway, request_id)]
     assert kinds == [
         "extract-requested",

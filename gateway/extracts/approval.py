@@ -22,6 +22,7 @@ Invariants, and why:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import secrets
@@ -79,19 +80,33 @@ def _content_key(master_key: MasterKey, salt: bytes) -> bytes:
     return hkdf_sha256(ikm=master_key.material, salt=salt, info=_CONTENT_INFO, length=32)
 
 
-def seal(master_key: MasterKey, request_id: str, plaintext: bytes) -> tuple[bytes, bytes]:
-    """``(salt, nonce + ciphertext)`` of ``plaintext``, bound to the request id."""
-    salt = secrets.token_bytes(32)
+def seal(
+    master_key: MasterKey,
+    request_id: str,
+    plaintext: bytes,
+    *,
+    salt: bytes | None = None,
+    part: str = "rows",
+) -> tuple[bytes, bytes]:
+    """``(salt, nonce + ciphertext)`` of ``plaintext``, bound to the request id and the
+    part it is (``rows``, ``sample``); a new salt unless one is given."""
+    salt = salt if salt is not None else secrets.token_bytes(32)
     nonce = secrets.token_bytes(_NONCE_BYTES)
     sealed = AESGCM(_content_key(master_key, salt)).encrypt(
-        nonce, plaintext, request_id.encode("ascii")
+        nonce, plaintext, _bound(request_id, part)
     )
     return salt, nonce + sealed
 
 
-def unseal(master_key: MasterKey, request_id: str, salt: bytes, sealed: bytes) -> bytes:
+def unseal(
+    master_key: MasterKey, request_id: str, salt: bytes, sealed: bytes, *, part: str = "rows"
+) -> bytes:
     nonce, body = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
-    return AESGCM(_content_key(master_key, salt)).decrypt(nonce, body, request_id.encode("ascii"))
+    return AESGCM(_content_key(master_key, salt)).decrypt(nonce, body, _bound(request_id, part))
+
+
+def _bound(request_id: str, part: str) -> bytes:
+    return request_id.encode("ascii") + b"\x00" + part.encode("ascii")
 
 
 # --- what callers receive ---------------------------------------------------------------------
@@ -142,7 +157,18 @@ class RequestView:
         }
 
 
-def _view(row: ExtractRequest) -> RequestView:
+def _view(row: ExtractRequest, master_key: MasterKey | None = None) -> RequestView:
+    """The request as people see it; with ``master_key``, its sample rows too while the
+    request still holds its rows (the sample is sealed with them, and erased with them)."""
+    summary = json.loads(row.summary)
+    sealed_sample = summary.pop("sample_sealed", None)
+    if master_key is not None and sealed_sample and row.content_salt is not None:
+        summary["sample"] = json.loads(
+            unseal(
+                master_key, row.id, row.content_salt, base64.b64decode(sealed_sample),
+                part="sample",
+            )
+        )  # fmt: skip
     return RequestView(
         id=row.id,
         agreement_id=row.agreement_id,
@@ -157,7 +183,7 @@ def _view(row: ExtractRequest) -> RequestView:
         reason=row.decision_reason,
         expires_at=_stamp(row.expires_at),
         downloaded_at=_stamp(row.downloaded_at),
-        summary=json.loads(row.summary),
+        summary=summary,
         requester_person=row.requester_person,
         approvals=tuple(json.loads(row.approvals or "[]")),
     )
@@ -281,6 +307,10 @@ def request_extract(
     summary = _plain(built.summary())
     summary["rows"] = len(built.frame)
     salt, sealed = seal(gateway.master_key, request_id, parquet)
+    # The sample is rows too: sealed under the same key, so it is erased with them.
+    sample = json.dumps(summary.pop("sample", [])).encode("utf-8")
+    _, sealed_sample = seal(gateway.master_key, request_id, sample, salt=salt, part="sample")
+    summary["sample_sealed"] = base64.b64encode(sealed_sample).decode("ascii")
     with gateway.sessions() as session, session.begin():
         row = ExtractRequest(
             id=request_id,
@@ -310,12 +340,12 @@ def request_extract(
                 "extract": extract,
                 "recipient": principal.party,
                 # What the approver will see, but the sample rows.
-                "summary": {k: v for k, v in summary.items() if k != "sample"},
+                "summary": {k: v for k, v in summary.items() if k != "sample_sealed"},
                 "content_sha256": row.content_sha256,
             },
             agreement=agreement,
         )
-        return _view(row)
+        return _view(row, gateway.master_key)
 
 
 def _article(word: str) -> str:
@@ -402,7 +432,7 @@ def decide(
         audit.append_event(
             session, kind=kind, actor=principal.actor, details=details, agreement=agreement
         )
-        return _view(row)
+        return _view(row, gateway.master_key)
 
 
 def download_extract(
@@ -567,7 +597,7 @@ def show_request(gateway: Gateway, *, request_id: str, principal: Principal | No
         if not _may_see(gateway, row, principal):
             # As for an unknown id: a request of another agreement is not confirmed.
             raise NotFound(f"no extract request {request_id!r} (see `gateway extracts list`)")
-        return _view(row)
+        return _view(row, gateway.master_key)
 
 
 def may_decide(gateway: Gateway, view: RequestView, principal: Principal) -> bool:
