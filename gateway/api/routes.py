@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -238,10 +238,21 @@ class ReportRequest(BaseModel):
     parameters: dict[str, str | int | float | list[str | int]] = Field(default_factory=dict)
 
 
+def _json(body: BaseModel | dict[str, Any]) -> Response:
+    """``body`` as JSON, serialised once. A route that returns a Response skips FastAPI's
+    validation of its own return value against the declared model (which the domain
+    types already are): a third of a stored repeat's time (issue 14, cheaper requests).
+    The declared ``response_model`` still documents the shape."""
+    if isinstance(body, BaseModel):
+        return Response(body.model_dump_json(by_alias=True), media_type="application/json")
+    return JSONResponse(body)
+
+
 @router.post(
     "/v1/agreements/{agreement_id}/releases",
     tags=["releases"],
     responses=_errors(400, 404, 409, 413, 415),
+    response_model=Release | Preview | dict[str, Any],
 )
 def create_release(
     agreement_id: str,
@@ -252,12 +263,12 @@ def create_release(
     gateway: GatewayDep,
     principal: Analyst,
     dry_run: bool = Query(default=False, description="Preview accuracy and cost only."),
-) -> Release | Preview | dict[str, Any]:
+) -> Response:
     """Release an aggregate to the token's party, or preview it with dry_run.
     Needs an analyst token of the agreement. The release is the agreement's: every
     recipient allowed its fields receives the same numbers."""
     if isinstance(query, ReportRequest):
-        return run_report(
+        report = run_report(
             gateway,
             agreement_id=agreement_id,
             party=principal.party or "unknown",
@@ -266,7 +277,8 @@ def create_release(
             actor=principal.actor,
             dry_run=dry_run,
         )
-    return request_release(
+        return _json(report)
+    release = request_release(
         gateway,
         agreement_id=agreement_id,
         party=principal.party or "unknown",
@@ -274,21 +286,30 @@ def create_release(
         actor=principal.actor,
         dry_run=dry_run,
     )
+    return _json(release)
 
 
-@router.get("/v1/agreements/{agreement_id}/budget", tags=["releases"], responses=_errors(404))
+@router.get(
+    "/v1/agreements/{agreement_id}/budget",
+    tags=["releases"],
+    responses=_errors(404),
+    response_model=dict[str, Any],
+)
 def show_budget(
     agreement_id: str,
     gateway: GatewayDep,
     principal: AnalystOrReviewer,
-    session: SessionDep,
     history: bool = Query(default=False, description="Add every reservation, oldest first."),
-) -> dict[str, Any]:
+) -> Response:
     """Total, spent and remaining epsilon, over the agreement's life and, when it has a
     period budget, in the current school year. A reviewer sees every recipient; an
     analyst sees the agreement's totals and its own party's share and history only."""
-    report = budget_report(session, gateway.agreement(agreement_id), now=gateway.clock())
-    entries = budget_history(session, agreement_id) if history else []
+    agreement = gateway.agreement(agreement_id)
+    # Its own read, not a session dependency: a generator dependency costs two hops to
+    # the thread pool (issue 14, cheaper requests).
+    with gateway.reads() as session:
+        report = budget_report(session, agreement, now=gateway.clock())
+        entries = budget_history(session, agreement_id) if history else []
     if principal.role == "analyst":
         report["parties"] = {
             p: state for p, state in report["parties"].items() if p == principal.party
@@ -296,4 +317,4 @@ def show_budget(
         entries = [e for e in entries if e["party"] == principal.party]
     if history:
         report["history"] = entries
-    return report
+    return _json(report)
