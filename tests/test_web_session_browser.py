@@ -62,6 +62,9 @@ from tests.test_web import _free_port, browser, sign_in  # noqa: F401 (the brows
 with contextlib.suppress(ImportError):  # without it, the browser fixture skips or fails
     from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+# The servers and the browser are module fixtures: keep the module on one xdist worker.
+pytestmark = pytest.mark.xdist_group("web-sessions")
+
 GATEWAY = str(Path(sys.executable).with_name("gateway"))
 SHORT = 3  # seconds: the tls server's idle timeout, the short server's lifetime
 
