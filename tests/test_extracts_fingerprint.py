@@ -114,7 +114,24 @@ def test_without_its_record_ids_a_copy_still_names_its_recipient(
     stripped = leaked(frame, share=0.5, seed=5).drop(columns=[RECORD_COLUMN])
     found = identify(stripped, records, master_key=MASTER)
     assert found.record is not None and found.record.recipient == "eastport-ps"
+    assert found.basis == "teacher_id" and found.score == 1.0
     assert found.scores["req-a"] == found.scores["req-b"] == 0.0
+    # Every cell of the rating edited: no record ID verifies, the teachers still tell.
+    edited = leaked(frame, share=0.5, seed=5).assign(summative_rating=9)
+    again = identify(edited, records, master_key=MASTER)
+    assert again.record is not None and again.basis == "teacher_id"
+    assert again.record.recipient == "eastport-ps"
+
+
+def test_renamed_columns_change_nothing(
+    extracts: dict[str, tuple[pd.DataFrame, FingerprintRecord]],
+) -> None:
+    records = [record for _, record in extracts.values()]
+    frame, record = extracts["b"]
+    renamed = leaked(frame, share=0.5, seed=6)
+    renamed.columns = [f"column {i}" for i in range(len(renamed.columns))]
+    found = identify(renamed, records, master_key=MASTER)
+    assert found.record == record and found.score == 1.0 and found.basis == "record_id"
 
 
 def test_a_copy_of_nothing_recorded_matches_nothing(

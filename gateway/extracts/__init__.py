@@ -64,9 +64,10 @@ Public surface::
         # and a part of the rows. candidates: FingerprintRecords, or a mapping
         # request_id -> record or record.to_dict(). Identification.record (None when no
         # candidate scores above 0.5), .request_id, .score (0..1: the share of the
-        # copy's rows whose record_id verifies under that request's key; for a copy
-        # without record IDs, the share of its teacher IDs that recipient was given),
-        # .rows_checked, .scores (request_id -> score for every candidate).
+        # copy's rows whose record_id verifies under that request's key; when none
+        # verifies for any candidate, the share of its teacher IDs that recipient was
+        # given), .basis ("record_id", "teacher_id" or None), .rows_checked, .scores
+        # (request_id -> score for every candidate).
 
     recipient_pseudonymizer(session, master_key, *, agreement_id, recipient)
         -> RecipientPseudonymizer     # .pseudonym(internal_pseudonym) -> teacher_id

@@ -4,11 +4,11 @@ Every extract is marked for its request, with a key derived from the master key 
 that agreement and request (never stored; the record of the marks holds no secret):
 
 - **record IDs**: each row carries ``record_id``, a keyed MAC of the row's own
-  content (its other columns, by name, whatever their order). A copy's rows prove,
-  one by one, which request they came from: reordering columns, shuffling rows or
-  keeping only some of them changes nothing, and a row edited afterwards simply stops
-  counting. Another request's key (another recipient, or the same recipient asking
-  again) gives other MACs, so it matches no row.
+  content (its other cells' values, sorted, so column order and names do not matter).
+  A copy's rows prove, one by one, which request they came from: reordering or
+  renaming columns, shuffling rows or keeping only some of them changes nothing, and a
+  row edited afterwards simply stops counting. Another request's key (another
+  recipient, or the same recipient asking again) gives other MACs: it matches no row.
 - **teacher IDs**: the record keeps a keyed digest of each recipient teacher ID in
   the file. They are the recipient's own (gateway/extracts/pseudonyms.py), so a copy
   stripped of its record IDs still names its recipient and agreement.
@@ -19,9 +19,10 @@ that agreement and request (never stored; the record of the marks holds no secre
   by the marks above, never by its order).
 
 :func:`identify` scores each candidate by the share of the copy's rows whose record ID
-verifies under that candidate's key or, for a copy without record IDs, the share of
-its teacher IDs in the candidate's digests (which names the recipient and agreement,
-not which of the recipient's requests), and names the best above one half.
+verifies under that candidate's key or, when no record ID verifies for any candidate
+(none kept, or every row edited), the share of its teacher IDs in the candidate's
+digests (which names the recipient and agreement, not which of the recipient's
+requests), and names the best above one half.
 """
 
 from __future__ import annotations
@@ -100,11 +101,10 @@ class FingerprintPlan:
         return self._mac(b"node", ",".join(map(str, node)).encode("ascii"))
 
     def record_id(self, row: Mapping[str, Any]) -> str:
-        """The record ID of a row: a MAC of its columns (not ``record_id``), by name."""
+        """The record ID of a row: a MAC of its other cells' values, sorted, so neither
+        the order nor the names of the columns matter."""
         content = "\x1e".join(
-            f"{name}\x1f{canonical_value(row[name])}"
-            for name in sorted(row)
-            if name != RECORD_COLUMN
+            sorted(canonical_value(value) for name, value in row.items() if name != RECORD_COLUMN)
         )
         return _letters(self._mac(b"row", content.encode("utf-8"))[: RECORD_ID_LENGTH // 2])
 
@@ -200,6 +200,9 @@ class Identification:
     rows_checked: int
     #: request_id -> score, for every candidate.
     scores: dict[str, float]
+    #: What the scores count: "record_id" (rows verified), "teacher_id" (teachers
+    #: known), or None (the copy has neither).
+    basis: str | None = None
 
     @property
     def request_id(self) -> str | None:
@@ -246,29 +249,32 @@ def identify(
         frame = frame.rename(columns={teacher_column: TEACHER_COLUMN})
         teacher_column = TEACHER_COLUMN
     rows = len(frame)
-    scores: dict[str, float] = {}
     ranked: list[tuple[float, float, FingerprintRecord]] = []
+    found = frame[RECORD_COLUMN].astype(str).tolist() if record_column is not None else []
+    distinct = (
+        set(frame[teacher_column].dropna().astype(str)) if teacher_column is not None else set()
+    )
     for record in records:
         plan = fingerprint_plan(master_key, record.request_id, agreement_id=record.agreement_id)
+        teachers = 0.0
+        if distinct:
+            digests = set(record.teachers)
+            teachers = sum(plan.teacher_digest(t) in digests for t in distinct) / len(distinct)
         verified = 0.0
-        if record_column is not None and rows:
-            found = frame[RECORD_COLUMN].astype(str).tolist()
+        # A record ID covers the row's teacher ID: when none of the copy's teachers is
+        # this extract's, none of its rows can verify, and the MACs are not computed.
+        if found and (teacher_column is None or teachers > 0):
             expected = plan.record_ids(frame)
             verified = sum(a == b for a, b in zip(found, expected, strict=True)) / rows
-        teachers = 0.0
-        if teacher_column is not None:
-            distinct = set(frame[teacher_column].dropna().astype(str))
-            digests = set(record.teachers)
-            if distinct:
-                teachers = sum(plan.teacher_digest(t) in digests for t in distinct) / len(distinct)
-        # A copy with record IDs is judged by them (another request of the same
-        # recipient shares its teacher IDs); one stripped of them, by its teacher IDs.
-        score = verified if record_column is not None else teachers
-        scores[record.request_id] = score
         ranked.append((verified, teachers, record))
+    # A copy whose record IDs verify for some candidate is judged by them (another
+    # request of the same recipient shares its teacher IDs); otherwise (no record IDs,
+    # or cells edited) by its teacher IDs, which name the recipient and agreement.
+    basis = "record_id" if any(item[0] > 0 for item in ranked) else "teacher_id"
+    scores = {record.request_id: (v if basis == "record_id" else t) for v, t, record in ranked}
     ranked.sort(key=lambda item: (item[0], item[1]), reverse=True)
-    if not ranked:
-        return Identification(record=None, score=0.0, rows_checked=rows, scores=scores)
+    if not ranked or (basis == "teacher_id" and not distinct):
+        return Identification(record=None, score=0.0, rows_checked=rows, scores=scores, basis=None)
     best = ranked[0][2]
     best_score = scores[best.request_id]
     return Identification(
@@ -276,4 +282,5 @@ def identify(
         score=best_score,
         rows_checked=rows,
         scores=scores,
+        basis=basis,
     )
