@@ -743,6 +743,29 @@ def test_id_tokens_are_checked_for_audience_nonce_and_signature(
         checker.validate_id_token(f"{unsigned}.{payload}.", nonce="nonce-1")
 
 
+def test_a_token_of_another_issuer_is_refused_even_with_the_same_keys(
+    checker: oidc.OidcProvider, provider: Provider, tmp_path: Path
+) -> None:
+    """A second provider (another issuer) signing with the very keys of the first: its
+    tokens verify, so only the issuer check can refuse them."""
+    impostor = Provider(
+        folder=provider.folder,
+        config_file=tmp_path / "impostor.json",
+        port=_free_port(),
+        gateway_base=provider.gateway_base,
+        keys=list(provider.keys),
+    )
+    impostor.start()
+    try:
+        tokens = provider_tokens(impostor, "rev", nonce="nonce-2")
+    finally:
+        impostor.stop()
+    with pytest.raises(oidc.OidcError, match="iss"):
+        checker.validate_access_token(tokens["access_token"])
+    with pytest.raises(oidc.OidcError, match="iss"):
+        checker.validate_id_token(tokens["id_token"], nonce="nonce-2")
+
+
 # --- the mapping and the keyed id, without a provider ---------------------------------------
 
 
