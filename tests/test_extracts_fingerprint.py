@@ -157,7 +157,7 @@ def test_edited_rows_stop_counting(
     assert found.record == record and found.score == pytest.approx(0.75)
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(
     st.one_of(
         st.integers(-(10**12), 10**12),

@@ -41,7 +41,7 @@ def recipient(
     return RecipientPseudonymizer(key, key_version=version)
 
 
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 @given(raw=raw_ids, agreement=slugs, party=slugs)
 def test_stable_for_one_recipient_of_one_agreement(raw: str, agreement: str, party: str) -> None:
     internal = internal_pseudonym(raw, agreement)
@@ -51,7 +51,7 @@ def test_stable_for_one_recipient_of_one_agreement(raw: str, agreement: str, par
     assert TEACHER_ID_PATTERN.fullmatch(first)
 
 
-@settings(max_examples=50)
+@settings(max_examples=50, deadline=None)
 @given(raw=raw_ids, agreement=slugs, party=slugs)
 def test_never_the_internal_pseudonym_nor_a_raw_id(raw: str, agreement: str, party: str) -> None:
     internal = internal_pseudonym(raw, agreement)
@@ -61,7 +61,7 @@ def test_never_the_internal_pseudonym_nor_a_raw_id(raw: str, agreement: str, par
     assert not any(character.isdigit() for character in teacher_id)
 
 
-@settings(max_examples=30)
+@settings(max_examples=30, deadline=None)
 @given(
     raws=st.lists(raw_ids, min_size=1, max_size=20, unique=True),
     agreement=slugs,
@@ -77,7 +77,7 @@ def test_two_recipients_share_no_teacher_id(
     assert first.isdisjoint(second)
 
 
-@settings(max_examples=30)
+@settings(max_examples=30, deadline=None)
 @given(
     raws=st.lists(raw_ids, min_size=1, max_size=20, unique=True),
     agreements=st.lists(slugs, min_size=2, max_size=2, unique=True),
@@ -93,7 +93,7 @@ def test_two_agreements_share_no_teacher_id(
     assert first.isdisjoint(second)
 
 
-@settings(max_examples=30)
+@settings(max_examples=30, deadline=None)
 @given(raw=raw_ids, agreement=slugs, party=slugs)
 def test_a_new_key_version_or_a_destroyed_salt_gives_other_ids(
     raw: str, agreement: str, party: str
