@@ -603,7 +603,7 @@ class ExtractSpec(_FileModel):
     #: Each class shows at least l values of every sensitive field (distinct l-diversity).
     l: Annotated[int, Field(ge=2)] | None = None  # noqa: E741 (the literature's name)
     #: The largest share of rows that may be suppressed rather than generalised further.
-    max_suppressed: Annotated[float, Field(strict=False), AfterValidator(_check_share)] = 0.1
+    max_suppressed: Annotated[float, AfterValidator(_check_share)] = 0.1
     approvers: ExtractApprovers
 
     def may_approve(self, person_id: str, *, requester_id: str) -> bool:
