@@ -211,7 +211,19 @@ def _spec(agreement: Agreement, name: str) -> ExtractSpec:
 
 
 def _person(principal: Principal) -> str | None:
-    return getattr(principal, "person", None)
+    return principal.person
+
+
+def _end_if_overdue(gateway: Gateway, request_id: str) -> None:
+    """Terminate the request's agreement first if its end date has passed (as uploads and
+    releases do): its extracts not yet downloaded are then withdrawn, and a decision or
+    download on one is refused for that."""
+    with gateway.reads() as session:
+        row = session.get(ExtractRequest, request_id)
+        agreement_id = row.agreement_id if row is not None else None
+    agreement = gateway.registry.agreements.get(agreement_id) if agreement_id else None
+    if agreement is not None and agreement.ends < gateway.clock().date():
+        gateway.terminate_overdue()
 
 
 def _may_decide(
@@ -368,6 +380,7 @@ def decide(
     reason = (reason or "").strip() or None
     if reason is not None and len(reason) > 500:
         raise SchemaError("a refusal's reason is at most 500 characters")
+    _end_if_overdue(gateway, request_id)
     with gateway.sessions() as session, session.begin():
         expire_overdue(gateway, session)
         row = _row(session, request_id, lock=True)
@@ -443,6 +456,7 @@ def download_extract(
 
     if file_format not in files.FORMATS:
         raise SchemaError(f"unknown format {file_format!r}; formats: {', '.join(files.FORMATS)}")
+    _end_if_overdue(gateway, request_id)
     with gateway.sessions() as session, session.begin():
         expire_overdue(gateway, session)
         row = _row(session, request_id, lock=True)
