@@ -95,3 +95,22 @@ def test_only_a_listed_person_other_than_the_requester_approves() -> None:
     assert spec.may_approve(officer, requester_id=director)
     assert not spec.may_approve(officer, requester_id=officer)  # their own request
     assert not spec.may_approve("someone-else", requester_id="bayview-analyst")  # not listed
+
+
+def test_gateway_agreements_check_names_the_file_line_and_defect(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    file = BROKEN / "extract-qi-not-declared.yaml"
+    env = {
+        "GATEWAY_DATA_DIR": str(tmp_path / "data"),
+        "GATEWAY_AGREEMENTS_DIR": str(AGREEMENTS),
+        "GATEWAY_POLICIES_DIR": str(POLICIES),
+    }
+    result = CliRunner().invoke(main, ["agreements", "check", str(file)], env=env)
+    assert result.exit_code == 4, result.output
+    line = next(text for text in result.stdout.splitlines() if "extracts[0]" in text)
+    assert line.startswith(f"{file}:") and "fields[4]: 'years_experience'" in line
+    ok = CliRunner().invoke(main, ["agreements", "check"], env=env)
+    assert ok.exit_code == 0 and "4 agreement(s) valid" in ok.stdout
