@@ -9,13 +9,14 @@ is tests/test_web_session_browser.py.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -24,10 +25,13 @@ from gateway import audit, credentials, web_sessions
 from gateway.context import Gateway, initialise
 from gateway.credentials import Principal
 from gateway.storage.tables import WebSession
-from tests.conftest import AGREEMENT, DISTRICT, issue_token, make_settings
+from tests.conftest import AGREEMENT, DISTRICT, make_settings
 
 IDLE = 60
 LIFETIME = 300
+#: The documented write interval of last_seen_at: a minute, or a quarter of the idle
+#: timeout when that is shorter.
+WRITE_INTERVAL = min(60, IDLE / 4)
 
 
 @pytest.fixture
@@ -41,6 +45,21 @@ def gw(tmp_path: Path, database_url: str) -> Iterator[Gateway]:
     initialise(settings)
     with Gateway.open(settings) as opened:
         yield opened
+
+
+def issue(gw: Gateway, *, role: str, party: str | None) -> str:
+    """A token made as `gateway tokens create` makes one, on this open gateway."""
+    with gw.sessions() as db, db.begin():
+        return credentials.issue(
+            db,
+            master_key=gw.master_key,
+            registry=gw.registry,
+            agreement_ids=[AGREEMENT],
+            role=role,
+            party=party,
+            expires=None,
+            actor=audit.OPERATOR,
+        ).token
 
 
 def principal_of(gw: Gateway, token: str) -> Principal:
@@ -77,7 +96,7 @@ def events(gw: Gateway, kind: str) -> list[dict[str, Any]]:
 
 
 def test_only_the_hash_of_the_session_id_is_stored(gw: Gateway) -> None:
-    token = issue_token(gw.settings, role="uploader", party=DISTRICT)
+    token = issue(gw, role="uploader", party=DISTRICT)
     started = start(gw, principal_of(gw, token))
     assert len(started.session_id) == 43  # 32 random bytes, URL-safe base64
     stored = row(gw, hashlib.sha256(started.session_id.encode()).hexdigest())
@@ -107,7 +126,7 @@ def test_unknown_and_malformed_ids_are_signed_out(gw: Gateway) -> None:
 gaps = st.lists(
     st.one_of(
         st.floats(0, IDLE * 1.5).map(lambda gap: round(gap, 3)),
-        st.sampled_from([IDLE / 4, IDLE - IDLE / 4, IDLE, IDLE + 0.001]),
+        st.sampled_from([WRITE_INTERVAL, IDLE - WRITE_INTERVAL, IDLE, IDLE + 0.001]),
     ),
     min_size=1,
     max_size=8,
@@ -118,6 +137,11 @@ gaps = st.lists(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(gaps=gaps)
+# Activity past the idle timeout that only the writes of last_seen_at keep alive; then on
+# past the lifetime; one gap past the idle timeout.
+@example(gaps=[WRITE_INTERVAL] * 4 + [IDLE - WRITE_INTERVAL] * 3)
+@example(gaps=[40.0] * 8)
+@example(gaps=[IDLE + 0.001, 1.0])
 def test_a_session_lives_while_active_and_never_past_its_lifetime(
     gw: Gateway, gaps: list[float]
 ) -> None:
@@ -126,7 +150,7 @@ def test_a_session_lives_while_active_and_never_past_its_lifetime(
     within the idle timeout less the write interval (a quarter of it here) keep it; the
     recorded last request moves in steps of at least that interval."""
     timeouts = web_sessions.Timeouts.of(gw)
-    token = issue_token(gw.settings, role="reviewer", party=None)
+    token = issue(gw, role="reviewer", party=None)
     signed_in_at = datetime.now(UTC)
     started = start(gw, principal_of(gw, token), now=signed_in_at)
     now, state, reason = signed_in_at, "live", None
@@ -138,7 +162,7 @@ def test_a_session_lives_while_active_and_never_past_its_lifetime(
                 state, reason = "ended", "expired"
             elif gap > IDLE:
                 state, reason = "ended", "idle"
-            elif gap > IDLE - IDLE / 4:
+            elif gap > IDLE - WRITE_INTERVAL:
                 state = "unknown"  # the idle timeout holds to within the write interval
         try:
             web_sessions.resolve(gw, started.session_id, now=now)
@@ -154,7 +178,7 @@ def test_a_session_lives_while_active_and_never_past_its_lifetime(
         else:
             seen = row(gw, started.id_hash).last_seen_at.replace(tzinfo=UTC)
             if seen != writes[-1]:
-                assert seen - writes[-1] >= timeouts.touch_every
+                assert seen - writes[-1] >= timedelta(seconds=WRITE_INTERVAL)
                 writes.append(seen)
     stored = row(gw, started.id_hash)
     assert (stored.ended_at is not None) == (state == "ended")
@@ -162,8 +186,8 @@ def test_a_session_lives_while_active_and_never_past_its_lifetime(
 
 
 def test_revoking_a_token_ends_its_sessions_in_the_same_transaction(gw: Gateway) -> None:
-    revoked = issue_token(gw.settings, role="uploader", party=DISTRICT)
-    kept = issue_token(gw.settings, role="reviewer", party=None)
+    revoked = issue(gw, role="uploader", party=DISTRICT)
+    kept = issue(gw, role="reviewer", party=None)
     two = [start(gw, principal_of(gw, revoked)) for _ in range(2)]
     other = start(gw, principal_of(gw, kept))
     credential_id = revoked.split("_")[1]
@@ -190,10 +214,8 @@ def test_revoking_a_token_ends_its_sessions_in_the_same_transaction(gw: Gateway)
 
 
 def test_terminating_an_agreement_ends_its_parties_sessions(gw: Gateway) -> None:
-    uploader = start(
-        gw, principal_of(gw, issue_token(gw.settings, role="uploader", party=DISTRICT))
-    )
-    reviewer = start(gw, principal_of(gw, issue_token(gw.settings, role="reviewer", party=None)))
+    uploader = start(gw, principal_of(gw, issue(gw, role="uploader", party=DISTRICT)))
+    reviewer = start(gw, principal_of(gw, issue(gw, role="reviewer", party=None)))
     gw.terminate(AGREEMENT, actor=audit.OPERATOR, reason="test")
     assert row(gw, uploader.id_hash).end_reason == "credential-revoked"
     # A reviewer's token outlives the agreement (reviewing its log is the job): so does
@@ -202,7 +224,7 @@ def test_terminating_an_agreement_ends_its_parties_sessions(gw: Gateway) -> None
 
 
 def test_a_session_ends_once_and_a_new_sign_in_replaces_the_old(gw: Gateway) -> None:
-    principal = principal_of(gw, issue_token(gw.settings, role="reviewer", party=None))
+    principal = principal_of(gw, issue(gw, role="reviewer", party=None))
     first = start(gw, principal)
     assert web_sessions.end(gw, first.session_id, reason="signed-out")
     assert not web_sessions.end(gw, first.session_id, reason="signed-out")
@@ -218,7 +240,7 @@ def test_a_session_ends_once_and_a_new_sign_in_replaces_the_old(gw: Gateway) -> 
 
 
 def test_rows_a_day_past_their_end_are_deleted_at_the_next_sign_in(gw: Gateway) -> None:
-    principal = principal_of(gw, issue_token(gw.settings, role="reviewer", party=None))
+    principal = principal_of(gw, issue(gw, role="reviewer", party=None))
     long_ago = datetime.now(UTC) - timedelta(days=2)
     old = start(gw, principal, now=long_ago)
     start(gw, principal)
@@ -271,3 +293,33 @@ def test_an_oidc_session_without_a_sign_in_mapping_ends(gw: Gateway) -> None:
         web_sessions.resolve(gw, started.session_id)
     assert ended.value.reason == "mapping-removed"
     assert row(gw, started.id_hash).end_reason == "mapping-removed"
+
+
+def test_a_form_token_belongs_to_one_session_not_to_the_token(gw: Gateway) -> None:
+    """Two sign-ins with one token are two sessions: a form of one cannot act in the
+    other (CSRF tokens are bound to the session id)."""
+    from fastapi.testclient import TestClient
+
+    from gateway.app import create_app
+    from tests.conftest import web_sign_in
+
+    token = issue(gw, role="reviewer", party=None)
+    app = create_app(gw.settings)
+    with (
+        TestClient(app, follow_redirects=False) as first,
+        TestClient(app, follow_redirects=False) as second,
+    ):
+        web_sign_in(first, token)
+        kept = web_sign_in(second, token)
+
+        def csrf(client: TestClient) -> str:
+            found = re.search(r'name="csrf" value="([0-9a-f]+)"', client.get("/web").text)
+            assert found
+            return found[1]
+
+        refused = second.post("/web/sign-out", data={"csrf": csrf(first)})
+        assert refused.status_code == 403 and "security token" in refused.text
+        assert row(gw, hashlib.sha256(kept.encode()).hexdigest()).ended_at is None
+        signed_out = second.post("/web/sign-out", data={"csrf": csrf(second)})
+        assert signed_out.status_code == 303
+        assert row(gw, hashlib.sha256(kept.encode()).hexdigest()).end_reason == "signed-out"
