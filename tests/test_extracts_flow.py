@@ -317,6 +317,9 @@ def test_identify_names_the_extract_of_a_reordered_shuffled_copy(stocked: Stocke
     )
     assert asked.exit_code == 0, asked.output
     request_id = json.loads(asked.stdout)["id"]
+    # Deciding is a person's act: without a token the command refuses (exit status 12).
+    bare = runner.invoke(main, ["extracts", "approve", request_id], env=env)
+    assert bare.exit_code == 12 and "GATEWAY_TOKEN" in bare.stderr
     shown = runner.invoke(main, ["extracts", "show", request_id], env=env)
     assert "sample (" in shown.stdout and "risk after:" in shown.stdout
     token_file = stocked.folder / "approver.token"
