@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import select
 import shutil
 import socket
 import subprocess
@@ -224,8 +225,12 @@ class Provider:
             text=True,
         )
         assert self.process.stdout is not None
-        line = self.process.stdout.readline()  # "listening <port>", or "" if it died
-        assert line.startswith("listening"), f"the OpenID provider did not start: {line!r}"
+        # "listening <port>" once it accepts connections ("" if it died); 30 s at most.
+        ready, _, _ = select.select([self.process.stdout], [], [], 30)
+        line = self.process.stdout.readline() if ready else "(nothing within 30 s)"
+        if not line.startswith("listening"):
+            self.stop()
+            raise AssertionError(f"the OpenID provider did not start: {line!r}")
 
     def stop(self) -> None:
         if self.process is not None:
