@@ -259,6 +259,16 @@ def test_a_requester_never_approves_their_own_request(stocked: Stocked) -> None:
     ]
     assert len(refused) == 3
     assert refused[0]["actor"]["credential_id"] == stocked.principals["analyst"].credential_id
+
+    # Of the district, only the people it lists as approvers see the request (and its sample).
+    def seen_by(who: str) -> set[str]:
+        listed = approval.list_requests(
+            stocked.gateway, agreement_id=AGREEMENT, principal=stocked.principals[who]
+        )
+        return {v.id for v in listed}
+
+    assert view.id in seen_by("second") and view.id in seen_by("reviewer")
+    assert view.id not in seen_by("district_analyst")
     # Then a listed approver of the district decides.
     assert _decide(stocked, view, "second").status == "approved"
 

@@ -262,7 +262,9 @@ def _row(session: Session, request_id: str, *, lock: bool = False) -> ExtractReq
 
 
 def _may_see(gateway: Gateway, row: ExtractRequest, principal: Principal | None) -> bool:
-    """The operator, reviewers of the agreement, its recipient party, its providers."""
+    """The operator, reviewers of the agreement, its recipient party, and the people of
+    the providing party it names as approvers (the sample is theirs to judge, not every
+    credential of that party's)."""
     if principal is None:
         return True
     if not principal.covers(row.agreement_id):
@@ -276,7 +278,7 @@ def _may_see(gateway: Gateway, row: ExtractRequest, principal: Principal | None)
         spec = _spec(agreement, row.extract_name)
     except NotFound:
         return False
-    return principal.party == spec.approvers.party
+    return principal.party == spec.approvers.party and principal.person in spec.approvers.people
 
 
 # --- the steps --------------------------------------------------------------------------------
