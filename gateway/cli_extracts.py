@@ -89,9 +89,11 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     """What the approver sees, as lines: columns, generalisation, loss, risk, sample."""
     lines = [f"columns:      {', '.join(summary.get('columns', []))}"]
     for level in summary.get("generalisation", []):
-        shown = "as recorded" if not level.get("level") else f"as {level.get('level_name')}"
+        shown = (
+            "as recorded" if not level.get("level") else f"generalised to {level.get('level_name')}"
+        )
         lines.append(
-            f"{level.get('column') + ':':<14}{shown} (level {level.get('level')} of "
+            f"{str(level.get('column')) + ':':<13} {shown} (level {level.get('level')} of "
             f"{level.get('levels')})"
         )
     if summary.get("rows_released") is not None:
