@@ -156,6 +156,15 @@ SCREENS: list[Screen] = [
         "uploader",
         status=404,
     ),
+    # Record-level extracts (docs/extracts.md): the EPP's analyst asks for one, and reads
+    # the request's page (what the approver will see: columns, generalisation, risk, sample).
+    Screen("extracts-analyst", f"/web/agreements/{AGREEMENT}/extracts", "analyst:bayview-state"),
+    Screen(
+        "extract-asked",
+        f"/web/agreements/{AGREEMENT}/extracts",
+        "analyst:bayview-state",
+        press="Ask for it",
+    ),
 ]
 
 
