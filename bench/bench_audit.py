@@ -138,8 +138,10 @@ def _fill(session: Any, count: int) -> None:
             "kind": "release",
             "actor": {"role": "analyst", "party": "eastport-ps", "credential_id": "0" * 16},
             "agreement": {"id": "bench", "version": "1", "content_hash": "c" * 64},
-            "details": {"release_id": f"{seq:032x}", "epsilon": 0.3, "cells": 12},
+            # As the gateway writes a release's event: epsilon as exact text.
+            "details": {"release_id": f"{seq:032x}", "epsilon": "0.3", "cells": 12},
             "prev_hash": previous,
+            "encoding": audit.ENCODING,
         }
         text = audit.canonical_json(body)
         digest = hashlib.sha256(text.encode()).hexdigest()
