@@ -464,10 +464,15 @@ def download_extract(
         row = _row(session, request_id, lock=True)
         agreement = gateway.agreement(row.agreement_id)
         why = None
+        # Who is asking first (403 access_denied), then the request's state (403
+        # policy_violation): a stranger learns nothing of its state.
+        who = None
         if not principal.covers(row.agreement_id) or principal.party != row.recipient_party:
-            why = f"only the recipient ({row.recipient_party}) downloads this extract"
+            who = f"only the recipient ({row.recipient_party}) downloads this extract"
         elif principal.role != "analyst":
-            why = f"a {principal.role} credential may not download extracts (an analyst's may)"
+            who = f"a {principal.role} credential may not download extracts (an analyst's may)"
+        if who is not None:
+            why = who
         elif row.status == "downloaded":
             why = "this extract was already downloaded; an approved extract is downloaded once"
         elif row.status == "expired":
@@ -483,9 +488,9 @@ def download_extract(
                 agreement=agreement,
             )
             session.commit()
-            if row.status in ("downloaded", "expired", "refused", "withdrawn", "pending"):
-                raise PolicyViolation(why)
-            raise AccessDenied(why)
+            if who is not None:
+                raise AccessDenied(why)
+            raise PolicyViolation(why)
         assert row.content is not None and row.content_salt is not None
         parquet = unseal(gateway.master_key, row.id, row.content_salt, row.content)
         if hashlib.sha256(parquet).hexdigest() != row.content_sha256:
