@@ -11,8 +11,11 @@ Invariants, and why:
   decrypts the very same rows (their SHA-256 is checked): what was approved is exactly
   what leaves. Rebuilding at download instead could differ (a new upload, a new
   generalisation); storing the rows encrypted and erasing them afterwards cannot.
-- Only a credential of the providing party, in a role the agreement declares, decides;
-  never the credential that asked (that refusal is checked first and audited).
+- Only a credential of the providing party issued to a person the extract lists among
+  its approvers decides (``tokens create --person``); never the credential that asked
+  (checked first), nor the same person with another credential; each person's approval
+  counts once toward ``approvers.required``. Every refused decision is audited.
+- The sample rows the approver reads are sealed with the rows, under the same key.
 - Only an approved request is downloaded, once (a conditional update: two concurrent
   downloads cannot both win), before its window ends (``GATEWAY_EXTRACT_DOWNLOAD_HOURS``)
   and by its recipient party. Every refused download is an audit event.
