@@ -198,7 +198,7 @@ class Settings(BaseSettings):
     oidc_provider_name: str = Field(
         default="your organisation",
         min_length=1,
-        description="Name on the sign-in button: \"Sign in with <name>\".",
+        description='Name on the sign-in button: "Sign in with <name>".',
     )
     oidc_scopes: str = Field(
         default="openid email profile",
@@ -206,7 +206,9 @@ class Settings(BaseSettings):
     )
     oidc_mapping_file: Path | None = Field(
         default=None,
-        description="Sign-in mapping (YAML): claims to role, party and agreements; needed with SSO.",
+        description=(
+            "Sign-in mapping (YAML): claims to role, party and agreements; needed with SSO."
+        ),
     )
     oidc_api_audience: str | None = Field(
         default=None,
@@ -226,7 +228,9 @@ class Settings(BaseSettings):
         default=60,
         ge=0,
         le=300,
-        description="Clock difference tolerated in a provider token's exp, iat and nbf, in seconds.",
+        description=(
+            "Clock difference tolerated in a provider token's exp, iat and nbf, in seconds."
+        ),
     )
 
     @field_validator("database_url")
