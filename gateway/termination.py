@@ -56,7 +56,7 @@ _STATUS = select(AgreementRecord.status, AgreementRecord.terminated_at).where(
 
 def require_active(session: Session, agreement: Agreement, *, refused: str) -> None:
     """Refuse ``refused`` (uploads, releases) for a terminated agreement."""
-    record = session.execute(_STATUS, {"agreement": agreement.id}).first()
+    record = session.connection().execute(_STATUS, {"agreement": agreement.id}).first()
     if record is not None and record.status == "terminated":
         when = record.terminated_at.date().isoformat() if record.terminated_at else "earlier"
         raise PolicyViolation(
