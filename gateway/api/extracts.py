@@ -57,7 +57,7 @@ def _in(agreement_id: str, view: approval.RequestView, request_id: str) -> None:
         raise NotFound(f"no extract request {request_id!r} under agreement {agreement_id!r}")
 
 
-@router.post(_PATH, status_code=201, responses=_errors(404, 409))
+@router.post(_PATH, status_code=201, responses=_errors(400, 404, 409, 413))
 def ask_for_extract(
     agreement_id: str,
     body: ExtractAsk,
@@ -123,7 +123,7 @@ def approve_extract(
     ).to_dict()
 
 
-@router.post(_PATH + "/{request_id}/refuse", responses=_errors(404, 409))
+@router.post(_PATH + "/{request_id}/refuse", responses=_errors(400, 404, 409, 413))
 def refuse_extract(
     agreement_id: str,
     request_id: str,
