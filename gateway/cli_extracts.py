@@ -369,10 +369,21 @@ def extracts_identify(ctx: click.Context, file: Path, as_json: bool) -> None:
 
     def human(r: dict[str, Any]) -> None:
         match = r["match"]
+        if r["basis"] == "teacher_id" and len(r["tied"]) > 1:
+            # No record ID verified: the teacher IDs name the recipient and agreement,
+            # not which of its extracts (they share their teacher IDs).
+            click.echo(
+                f"{r['file']}: given to {match['recipient']} under {match['agreement']}, "
+                f"by its teacher IDs (no record ID verified; score {r['score']:.2f}, "
+                f"{r['rows_checked']} rows checked): one of the extract requests "
+                f"{', '.join(r['tied'])}"
+            )
+            return
         click.echo(
             f"{r['file']}: extract request {match['id']} ({match['extract']}) given to "
             f"{match['recipient']} under {match['agreement']}, downloaded "
-            f"{match['downloaded_at']} (score {r['score']:.2f}, {r['rows_checked']} rows checked)"
+            f"{match['downloaded_at']} (score {r['score']:.2f}, {r['rows_checked']} rows "
+            f"checked, by its {'record' if r['basis'] == 'record_id' else 'teacher'} IDs)"
         )
         if r["metadata_agrees"] is False:
             click.echo("  its metadata names another request: it was altered")

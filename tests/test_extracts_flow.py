@@ -361,6 +361,21 @@ def test_identify_names_the_extract_of_a_reordered_shuffled_copy(stocked: Stocke
     copy.iloc[: max(1, len(copy) // 2)].to_csv(part, index=False)
     partial = runner.invoke(main, ["extracts", "identify", str(part), "--json"], env=env)
     assert json.loads(partial.stdout)["match"]["id"] == request_id
+    assert json.loads(partial.stdout)["basis"] == "record_id"
+    # Stripped of its record IDs, a copy is judged by its teacher IDs, which every
+    # extract of the recipient under the agreement shares: it names the recipient and
+    # lists each such extract rather than pretending to know which one it was.
+    earlier = _ask(stocked)
+    _decide(stocked, earlier, "approver")
+    _download(stocked, earlier)
+    stripped = stocked.folder / "stripped.csv"
+    copy.drop(columns=["record_id"]).to_csv(stripped, index=False)
+    by_teachers = runner.invoke(main, ["extracts", "identify", str(stripped), "--json"], env=env)
+    judged = json.loads(by_teachers.stdout)
+    assert judged["basis"] == "teacher_id" and judged["match"]["recipient"] == EPP
+    assert {request_id, earlier.id} <= set(judged["tied"])
+    said = runner.invoke(main, ["extracts", "identify", str(stripped)], env=env).stdout
+    assert "no record ID verified" in said and request_id in said and earlier.id in said
 
 
 def test_the_approval_page_shows_the_summary_and_approves(stocked: Stocked) -> None:

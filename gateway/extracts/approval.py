@@ -848,9 +848,13 @@ def identify_file(gateway: Gateway, data: bytes, file_name: str) -> dict[str, An
         ]
     found = identify(frame, records, master_key=gateway.master_key)
     match = None
+    tied: list[str] = []
     if found.record is not None:
         match = views[found.record.request_id].to_dict(with_sample=False)
         match.pop("summary", None)
+        # Judged by teacher IDs alone, every extract of that recipient under that
+        # agreement scores alike (its IDs are stable across them): name them all.
+        tied = sorted(rid for rid, score in found.scores.items() if score == found.score)
     said = metadata.get("request_id") if isinstance(metadata, dict) else None
     return {
         "file": file_name,
@@ -858,6 +862,8 @@ def identify_file(gateway: Gateway, data: bytes, file_name: str) -> dict[str, An
         "rows_checked": found.rows_checked,
         "match": match,
         "score": found.score,
+        "basis": found.basis,
+        "tied": tied,
         "candidates": len(records),
         "metadata_request_id": said,
         "metadata_agrees": None if said is None or match is None else said == match["id"],
