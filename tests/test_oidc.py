@@ -82,6 +82,7 @@ SHORT_TTL = 2
 LEEWAY = 1
 CLI_REDIRECT = "http://127.0.0.1/callback"
 PROVIDER_NAME = "Test IdP"
+MIN_NODE = 20  # the oldest Node.js whose oidc-provider 9 issues tokens (see provider_folder)
 
 #: The provider's people: a district uploader and an EPP analyst by group, a state
 #: reviewer by email domain, and one whom no rule admits.
@@ -136,8 +137,22 @@ def provider_folder() -> Path:
     """oidc-provider installed by ``npm ci`` from tests/oidc's lock file into a cache
     folder named by the lock file's hash (into a temporary folder first, then moved, so
     parallel workers never see half an install); provider.mjs copied beside it."""
-    if shutil.which("node") is None:
+    node = shutil.which("node")
+    if node is None:
         _unavailable("node is not installed: the OpenID provider cannot run")
+    # oidc-provider 9 signs through jose 6, which needs WebCrypto as a global
+    # (globalThis.crypto, unflagged from Node.js 19). Older nodes start the provider but
+    # its token endpoint fails, which the tests would only see as a refused sign-in.
+    version = subprocess.run(
+        [node, "--version"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout.strip()
+    found = re.match(r"v(\d+)\.", version)
+    if found is None or int(found.group(1)) < MIN_NODE:
+        _unavailable(
+            f"node {version or '(no version)'} is too old for oidc-provider 9: Node.js "
+            f"{MIN_NODE} or later is needed (Debian 12 ships 18; use Debian 13's nodejs "
+            "or NodeSource's packages)"
+        )
     lock = (OIDC_DIR / "package-lock.json").read_bytes()
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gateway-tests"
     target = base / f"oidc-provider-{hashlib.sha256(lock).hexdigest()[:12]}"
@@ -532,11 +547,52 @@ def test_removing_a_rule_ends_the_session_at_the_next_click(site: Site, provider
         site.mapping_file.write_text(original)
 
 
-def test_signing_out_in_a_browser_ends_both_sessions(site: Site, provider: Provider) -> None:
+def _browser_available() -> None:
     if sync_playwright is None:
         _unavailable("the playwright package is not installed (pip install -e '.[dev]')")
     if CHROMIUM is None:
         _unavailable("chromium is not installed (make test installs it)")
+
+
+def test_removing_a_rule_signs_the_browser_out(site: Site, provider: Provider) -> None:
+    """The same as above in a real browser: the next page after the rule goes is the
+    sign-in page saying why, and the session cookie is gone."""
+    _browser_available()
+    original = site.mapping_file.read_text()
+    with sync_playwright() as playwright:
+        browser: Browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            context = browser.new_context(base_url=site.base)
+            context.set_default_timeout(15_000)
+            page = context.new_page()
+            page.goto("/web/sign-in")
+            page.get_by_role("link", name=f"Sign in with {PROVIDER_NAME}").click()
+            page.locator("input[name=login]").fill("rev")
+            page.locator("input[name=password]").fill("any")
+            page.locator("button[type=submit]").click()
+            expect(page.get_by_role("heading", name="Your agreements")).to_be_visible()
+            (cookie,) = [c for c in context.cookies() if c["name"] == "gateway_session"]
+            reduced = {**MAPPING, "rules": MAPPING["rules"][:2]}
+            site.mapping_file.write_text(yaml.safe_dump(reduced, sort_keys=False))
+            page.goto("/web")
+            expect(page.get_by_role("heading", name="Sign in", level=1)).to_be_visible()
+            expect(page.get_by_text("no longer has a role at this gateway")).to_be_visible()
+            assert not [c for c in context.cookies() if c["name"] == "gateway_session"]
+            # Putting the rule back does not revive the ended session, even for a
+            # browser that kept a copy of its cookie.
+            site.mapping_file.write_text(original)
+            context.add_cookies([cookie])  # type: ignore[list-item]
+            page.goto("/web")
+            expect(page.get_by_role("heading", name="Sign in", level=1)).to_be_visible()
+        finally:
+            site.mapping_file.write_text(original)
+            browser.close()
+    ended = events(site, "session-ended")
+    assert any(e["details"].get("reason") == "mapping-removed" for e in ended)
+
+
+def test_signing_out_in_a_browser_ends_both_sessions(site: Site, provider: Provider) -> None:
+    _browser_available()
     with sync_playwright() as playwright:
         browser: Browser = playwright.chromium.launch(executable_path=CHROMIUM)
         try:
