@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
-.PHONY: install browser softhsm node run test test-all lint bench clean
+.PHONY: install browser softhsm node openssl run test test-all lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,14 +70,32 @@ node:
 	    echo "npm is missing: sudo apt-get install nodejs npm (the SSO tests skip without it)"; \
 	  fi; \
 	fi
+	@if command -v node >/dev/null 2>&1 && [ "$$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then \
+	  echo "node $$(node --version) is too old for the OpenID provider of tests/test_oidc.py" \
+	    "(oidc-provider 9 needs Node.js 20 or later; Debian 12 ships 18): install Debian 13's" \
+	    "nodejs or NodeSource's; the SSO tests skip without it, and fail under CI=true"; \
+	fi
+
+## openssl: the openssl command, the timestamp authority of tests/test_anchors.py, when it
+## is missing and apt-get can install it (as root).
+openssl:
+	@if ! command -v openssl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing openssl with apt-get"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; \
+	  else \
+	    echo "openssl is missing: sudo apt-get install openssl (the TSA anchor tests skip without it)"; \
+	  fi; \
+	fi
 
 ## test: the default test suite (SQLite; PostgreSQL too when GATEWAY_TEST_DATABASE_URL is set),
 ## on every core (pytest-xdist; the tests of one xdist_group, sharing a costly fixture, on one)
-test: $(TEST_STAMP) browser softhsm node
+test: $(TEST_STAMP) browser softhsm node openssl
 	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 ## test-all: the default suite plus the slow, exhaustive tests
-test-all: $(TEST_STAMP) browser softhsm node
+test-all: $(TEST_STAMP) browser softhsm node openssl
 	$(BIN)/python -m pytest -n auto --dist loadgroup -m "slow or not slow"
 
 lint: install
