@@ -283,6 +283,13 @@ def test_a_refused_or_unapproved_request_cannot_be_downloaded(stocked: Stocked) 
     assert row.status == "refused" and row.content is None and row.content_salt is None
     with pytest.raises(PolicyViolation, match="refused"):
         _download(stocked, refused)
+    # A decision on a request already decided changes nothing and is audited too.
+    with pytest.raises(PolicyViolation, match="is refused, not pending"):
+        _decide(stocked, refused, "second")
+    late = [e for e in _events(stocked.gateway, refused.id)][-1]
+    assert late["kind"] == "extract-decision-refused"
+    assert late["details"]["reason"].endswith("is refused, not pending")
+    assert _row(stocked.gateway, refused.id).status == "refused"
     # Only the recipient's analyst downloads, even once approved.
     approved = _ask(stocked)
     _decide(stocked, approved, "approver")

@@ -401,18 +401,23 @@ def decide(
             why = _may_decide(_spec(agreement, row.extract_name), principal, row.requester_person)
         if why is None and any(a.get("person") == _person(principal) for a in approvals):
             why = f"person {_person(principal)!r} already approved this request"
-        if why is not None:
+        # Who is deciding first (access_denied), then the request's state
+        # (policy_violation); either refusal is audited, as a download's is.
+        late = None
+        if why is None and row.status != "pending":
+            late = f"extract request {row.id} is {row.status}, not pending"
+        if why is not None or late is not None:
             audit.append_event(
                 session,
                 kind="extract-decision-refused",
                 actor=principal.actor,
-                details={"request_id": row.id, "approve": approve, "reason": why},
+                details={"request_id": row.id, "approve": approve, "reason": why or late},
                 agreement=agreement,
             )
             session.commit()
-            raise AccessDenied(why)
-        if row.status != "pending":
-            raise PolicyViolation(f"extract request {row.id} is {row.status}, not pending")
+            if why is not None:
+                raise AccessDenied(why)
+            raise PolicyViolation(late or "")
         now = gateway.clock()
         spec = _spec(agreement, row.extract_name)
         details: dict[str, Any] = {
