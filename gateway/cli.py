@@ -495,7 +495,7 @@ def tokens() -> None:
     "--role",
     required=True,
     type=_ChoiceOf(_roles),
-    help="uploader, analyst or reviewer.",
+    help="uploader, analyst, reviewer, or approver (of extracts; needs --person).",
 )
 @click.option(
     "--expires",
