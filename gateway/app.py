@@ -34,6 +34,7 @@ from gateway.web import STATIC_DIR
 from gateway.web import router as web_router
 from gateway.web.extracts import router as extract_pages
 from gateway.web.session import PREFIX as WEB_PREFIX
+from gateway.web.sso import keep_codes_out_of_the_access_log
 from gateway.web.sso import router as sso_router
 
 
@@ -72,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(web_router)
     app.include_router(extract_pages)  # the extract pages (docs/extracts.md)
     app.include_router(sso_router)  # signing in through the identity provider
+    keep_codes_out_of_the_access_log()  # the callback's code and state
     app.mount("/web/static", StaticFiles(directory=STATIC_DIR), name="web-static")
 
     @app.get("/", include_in_schema=False)

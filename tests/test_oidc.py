@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -501,6 +502,33 @@ def test_the_sign_in_page_offers_the_provider_and_the_cookie_is_sealed(
         # A callback with another state is refused, and asks nothing of the provider.
         wrong = client.get(site.url("/web/sign-in/oidc/callback?code=abc&state=forged"))
         assert wrong.status_code == 400 and "did not start in this browser" in wrong.text
+
+
+def test_the_access_log_never_holds_the_callbacks_code(site: Site, provider: Provider) -> None:
+    """uvicorn's access log (on in ``gateway serve``) writes paths with their query; the
+    callback's code and state are cut from it, whatever the callback's outcome."""
+    logger = logging.getLogger("uvicorn.access")
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    keep, level = Keep(), logger.level
+    logger.addHandler(keep)
+    logger.setLevel(logging.INFO)  # the fixture's server runs at "warning"
+    try:
+        client, answer = web_sign_in(site, provider, "dana")  # a real code, used
+        client.close()
+        with httpx.Client(timeout=15) as other:
+            other.get(site.url("/web/sign-in/oidc/callback?code=code-xyz&state=state-xyz"))
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(level)
+    assert answer.status_code == 303
+    callbacks = [line for line in lines if "/web/sign-in/oidc/callback" in line]
+    assert len(callbacks) == 2, lines
+    assert not [line for line in callbacks if "code" in line or "state" in line]
 
 
 def test_a_person_no_rule_admits_gets_a_clear_page_and_an_audited_refusal(

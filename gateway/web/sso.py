@@ -14,6 +14,7 @@ wrong token does.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -38,6 +39,33 @@ STATE_COOKIE = "gateway_oidc"
 START_PATH = f"{PREFIX}/sign-in/oidc"
 CALLBACK_PATH = f"{PREFIX}/sign-in/oidc/callback"
 _ERROR_CODE = re.compile(r"[a-z_]{1,40}")
+
+
+class _CallbackQueryFilter(logging.Filter):
+    """uvicorn's access log writes each request's path with its query string, and the
+    callback's holds the provider's authorization code and the sign-in's state. Both
+    are cut from the line: the code is single-use and bound to the PKCE verifier, but a
+    log kept for months is no place for it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn's access record: (client, method, path with query, HTTP version, status).
+        if (
+            isinstance(args, tuple)
+            and len(args) == 5
+            and isinstance(args[2], str)
+            and args[2].startswith(CALLBACK_PATH + "?")
+        ):
+            record.args = (*args[:2], CALLBACK_PATH + "?(query not logged)", *args[3:])
+        return True
+
+
+def keep_codes_out_of_the_access_log() -> None:
+    """Install :class:`_CallbackQueryFilter` on uvicorn's access logger, once per process
+    (its logging set-up keeps a logger's filters)."""
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _CallbackQueryFilter) for f in logger.filters):
+        logger.addFilter(_CallbackQueryFilter())
 
 
 def _provider(request: Request) -> oidc.OidcProvider | None:
