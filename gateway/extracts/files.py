@@ -130,10 +130,16 @@ def read_extract(data: bytes, file_name: str) -> tuple[pd.DataFrame, dict[str, A
     import pyarrow.parquet as pq
 
     if data[:4] == b"PAR1":
-        table = pq.read_table(io.BytesIO(data))
-        raw = (table.schema.metadata or {}).get(METADATA_KEY)
-        metadata = json.loads(raw) if raw else None
-        return table.to_pandas(), metadata
+        import pyarrow as pa
+
+        try:
+            table = pq.read_table(io.BytesIO(data))
+        except (pa.ArrowException, OSError):
+            raise SchemaError(
+                f"{file_name}: starts as a Parquet file but cannot be read as one "
+                "(cut short or damaged)"
+            ) from None
+        return table.to_pandas(), _parsed((table.schema.metadata or {}).get(METADATA_KEY))
     if data[:4] == b"PK\x03\x04":
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as bundle:
@@ -143,11 +149,23 @@ def read_extract(data: bytes, file_name: str) -> tuple[pd.DataFrame, dict[str, A
                     raise SchemaError(f"{file_name}: a zip with one CSV file was expected")
                 frame = _read_csv(bundle.read(csvs[0]), f"{file_name}: {csvs[0]}")
                 records = [n for n in names if n.endswith(".metadata.json")]
-                metadata = json.loads(bundle.read(records[0])) if records else None
+                metadata = _parsed(bundle.read(records[0])) if records else None
                 return frame, metadata
         except zipfile.BadZipFile:
             raise SchemaError(f"{file_name}: not a readable zip file") from None
     return _read_csv(data, file_name), None
+
+
+def _parsed(raw: bytes | None) -> dict[str, Any] | None:
+    """A copy's record, or None when it has none or it is not a JSON object (a record
+    is only reported beside the rows' fingerprint, which is what names the copy)."""
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _read_csv(data: bytes, where: str) -> pd.DataFrame:
@@ -155,5 +173,10 @@ def _read_csv(data: bytes, where: str) -> pd.DataFrame:
 
     try:
         return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
-    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError):
+    except pd.errors.ParserError as error:
+        # pandas names the line or row (never a cell's value): "Expected 2 fields in
+        # line 3, saw 3", "EOF inside string starting at row 1".
+        reason = str(error).removeprefix("Error tokenizing data. C error: ").strip()
+        raise SchemaError(f"{where}: not a CSV the gateway can read: {reason}") from None
+    except (UnicodeDecodeError, pd.errors.EmptyDataError):
         raise SchemaError(f"{where}: not a CSV, Parquet or zip file the gateway can read") from None
