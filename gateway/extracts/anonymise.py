@@ -17,9 +17,8 @@ of the rows. Among acceptable nodes of that height the one suppressing fewest ro
 wins; remaining ties are broken by a keyed choice (the extract's fingerprint). At the
 top node every row is in one class, so if even that class fails, nothing is released.
 
-Why not anjana (the suggested generaliser): every release pins numpy and pandas exactly
-(numpy 1.26 to 2.0.2, pandas 2.1 to 2.3.3; checked up to 1.2.3), and it fails on pandas
-3's string arrays; the lattice here is small (a few
+Why not anjana (the suggested generaliser): every release (0.0.1 to 1.2.3) pins pandas
+exactly, 2.1.4 to 2.3.3, most numpy too, and it fails on pandas 3's string arrays; the lattice here is small (a few
 quasi-identifiers of two to four levels), so the search is a few hundred group counts.
 
 Classes count teachers, not rows: a teacher with three yearly rows in a class of three
