@@ -18,8 +18,9 @@ wins; remaining ties are broken by a keyed choice (the extract's fingerprint). A
 top node every row is in one class, so if even that class fails, nothing is released.
 
 Why not anjana (the suggested generaliser): every release (0.0.1 to 1.2.3) pins pandas
-exactly, 2.1.4 to 2.3.3, most numpy too, and it fails on pandas 3's string arrays; the lattice here is small (a few
-quasi-identifiers of two to four levels), so the search is a few hundred group counts.
+exactly, 2.1.4 to 2.3.3, most numpy too, and it fails on pandas 3's string arrays; the
+lattice here is small (a few quasi-identifiers of two to four levels), so the search is
+a few hundred group counts.
 
 Classes count teachers, not rows: a teacher with three yearly rows in a class of three
 rows is one teacher, and would be singled out. And a teacher's rows share one ID, so
