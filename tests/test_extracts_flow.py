@@ -305,6 +305,37 @@ def test_a_refused_or_unapproved_request_cannot_be_downloaded(stocked: Stocked) 
     _verifies(stocked.gateway)
 
 
+def test_two_downloads_at_once_hand_out_one_file(stocked: Stocked) -> None:
+    """Once means once under a race too: two downloads of one approved request started
+    together (each in its own thread and transaction) give one file and one refusal."""
+    import threading
+
+    view = _ask(stocked)
+    _decide(stocked, view, "approver")
+    start = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def download() -> None:
+        start.wait()
+        try:
+            outcomes.append(_download(stocked, view))
+        except PolicyViolation as refusal:
+            outcomes.append(refusal)
+
+    threads = [threading.Thread(target=download) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(outcomes) == 2
+    files_out = [o for o in outcomes if not isinstance(o, PolicyViolation)]
+    refused = [o for o in outcomes if isinstance(o, PolicyViolation)]
+    assert len(files_out) == 1 and len(refused) == 1
+    assert "already downloaded" in str(refused[0])
+    kinds = [e["kind"] for e in _events(stocked.gateway, view.id)]
+    assert kinds.count("extract-downloaded") == 1
+
+
 def test_an_extract_not_downloaded_in_time_expires(stocked: Stocked) -> None:
     view = _ask(stocked)
     _decide(stocked, view, "approver")
