@@ -1255,6 +1255,8 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, proxies: tuple
     options: dict[str, Any] = {
         "host": host,
         "port": port,
+        # Nagle's algorithm off on every connection (gateway/api/nodelay.py says why).
+        "http": "gateway.api.nodelay:NoDelayH11Protocol",
         "proxy_headers": bool(proxies),
         "forwarded_allow_ips": ",".join(proxies) if proxies else None,
         "server_header": False,

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from email.message import Message
 from pathlib import Path
+from typing import Any
 
 from gateway.config import Settings
 from tests.conftest import AGREEMENT, REPO, settings_env
@@ -105,3 +106,64 @@ def test_serve_answers_over_http_with_an_issued_token(settings: Settings, tmp_pa
         server.wait(timeout=30)
         log.close()
     assert token.split("_", 2)[2] not in (tmp_path / "serve.log").read_text()
+
+
+# --- Nagle's algorithm off on every connection ------------------------------------------
+
+
+async def _nodelay_seen(protocol: type[Any]) -> int:
+    """TCP_NODELAY of the server's side of one connection accepted on a socket bound as
+    uvicorn binds it for ``--workers`` (``socket.socket(family)``: protocol number 0)."""
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise AssertionError("no request is sent")
+
+    config = uvicorn.Config(app, http=protocol, log_level="warning")
+    config.load()
+    state = ServerState()
+    seen: list[int] = []
+
+    class Spy(protocol):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            connection = transport.get_extra_info("socket")
+            seen.append(connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    listening = socket.socket(family=socket.AF_INET)
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: Spy(config=config, server_state=state, app_state={}), sock=listening
+    )
+    try:
+        _, writer = await asyncio.open_connection(*listening.getsockname())
+        for _ in range(200):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert seen, "the connection was never accepted"
+    return seen[0]
+
+
+def test_every_connection_of_a_worker_has_nagles_algorithm_off() -> None:
+    """``gateway serve --workers N`` answered 25 requests a second on a kept-alive
+    connection: uvicorn's own listening socket (protocol 0) left Nagle on, so a response
+    written as headers then body waited for the client's delayed ACK (bench/RESULTS.md).
+    The gateway's protocol turns it off on every connection; uvicorn's does not."""
+    import asyncio
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from gateway.api.nodelay import NoDelayH11Protocol
+
+    assert asyncio.run(_nodelay_seen(H11Protocol)) == 0  # the premise: uvicorn leaves it on
+    assert asyncio.run(_nodelay_seen(NoDelayH11Protocol)) != 0
