@@ -90,6 +90,8 @@ EVENT_KINDS: Mapping[str, str] = {
     "expired or not the recipient's)",
     "extract-expired": "an approved extract was not downloaded in time; its rows were erased",
     "extract-withdrawn": "an extract not yet downloaded was withdrawn as its agreement ended",
+    "extract-identified": "a found copy of an extract was matched against the fingerprints "
+    "of the extracts handed out (gateway extracts identify)",
     "destruction-certified": "a recipient's certificate of destruction was recorded (its "
     "SHA-256 and uploader)",
     "audit-anchored": "the signed chain head was written to destinations outside the gateway "

@@ -8,6 +8,7 @@ test runs last: it ends the agreement.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -414,6 +415,18 @@ def test_identify_names_the_extract_of_a_reordered_shuffled_copy(stocked: Stocke
     assert {request_id, earlier.id} <= set(judged["tied"])
     said = runner.invoke(main, ["extracts", "identify", str(stripped)], env=env).stdout
     assert "no record ID verified" in said and request_id in said and earlier.id in said
+    # Each look is in the audit log: by the copy's hash, with what it matched.
+    with stocked.gateway.reads() as session:
+        looks = [
+            audit.event_view(e)
+            for e in session.scalars(audit.query_events(agreement_id=AGREEMENT))
+            if e.kind == "extract-identified"
+        ]
+    assert len(looks) == 4
+    assert looks[0]["details"]["request_id"] == request_id
+    assert looks[0]["details"]["file_sha256"] == hashlib.sha256(leaked.read_bytes()).hexdigest()
+    assert looks[-1]["details"]["basis"] == "teacher_id"
+    assert {request_id, earlier.id} <= set(looks[-1]["details"]["tied"])
 
 
 def test_the_approval_page_shows_the_summary_and_approves(stocked: Stocked) -> None:

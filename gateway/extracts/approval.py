@@ -831,7 +831,9 @@ def handed_out(gateway: Gateway, *, agreement_id: str) -> list[RequestView]:
 # --- identify -----------------------------------------------------------------------------
 
 
-def identify_file(gateway: Gateway, data: bytes, file_name: str) -> dict[str, Any]:
+def identify_file(
+    gateway: Gateway, data: bytes, file_name: str, *, actor: audit.Actor = audit.OPERATOR
+) -> dict[str, Any]:
     """Which recorded extract a found copy came from: the copy's rows are matched by
     :func:`gateway.extracts.identify` against the fingerprint of every extract ever
     downloaded (its metadata, easily stripped or forged, is only reported beside)."""
@@ -861,6 +863,25 @@ def identify_file(gateway: Gateway, data: bytes, file_name: str) -> dict[str, An
         # agreement scores alike (its IDs are stable across them): name them all.
         tied = sorted(rid for rid, score in found.scores.items() if score == found.score)
     said = metadata.get("request_id") if isinstance(metadata, dict) else None
+    # Looking for the source of a found copy is itself recorded: who looked, at which
+    # file (by its hash: a name is whatever the finder called it) and what was found.
+    named = views[found.record.request_id] if found.record is not None else None
+    with gateway.sessions() as session, session.begin():
+        audit.append_event(
+            session,
+            kind="extract-identified",
+            actor=actor,
+            details={
+                "file_sha256": hashlib.sha256(data).hexdigest(),
+                "rows": len(frame),
+                "request_id": named.id if named is not None else None,
+                "tied": tied,
+                "score": found.score,
+                "basis": found.basis,
+                "candidates": len(records),
+            },
+            agreement=gateway.registry.agreements.get(named.agreement_id) if named else None,
+        )
     return {
         "file": file_name,
         "rows": len(frame),
