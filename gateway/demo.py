@@ -206,7 +206,9 @@ def _run_extract(
     say(f"  requested by {recipient}'s analyst: request {asked.id}, pending")
     from gateway.cli_extracts import summary_lines
 
-    for line in summary_lines({k: v for k, v in asked.summary.items() if k != "sample"}):
+    # What the district's approver reads (the analyst sees it only once approved).
+    seen = approval.show_request(gw, request_id=asked.id, principal=approver)
+    for line in summary_lines({k: v for k, v in seen.summary.items() if k != "sample"}):
         say(f"    {line}")
     decided = approval.decide(gw, request_id=asked.id, principal=approver, approve=True)
     say(
@@ -227,8 +229,8 @@ def _run_extract(
         "request_id": asked.id,
         "status": received.request.status,
         "file": str(path),
-        "risk_before": asked.summary.get("risk_before"),
-        "risk_after": asked.summary.get("risk_after"),
+        "risk_before": seen.summary.get("risk_before"),
+        "risk_after": seen.summary.get("risk_after"),
     }
 
 

@@ -169,6 +169,13 @@ def test_request_approve_download_over_the_api(stocked: Stocked) -> None:
         assert asked.status_code == 201, asked.text
         request_id = asked.json()["id"]
         assert asked.json()["status"] == "pending"
+        # Until approved, the recipient learns nothing of the true rows: no generalisation,
+        # counts, risk figures or sample (exact, unbudgeted facts), only the columns.
+        for mine in (
+            asked.json(),
+            client.get(f"{base}/{request_id}", headers=bearer["analyst"]).json(),
+        ):
+            assert set(mine["summary"]) == {"columns"}
         # The district's approver finds it among the pending requests and reads it.
         pending = client.get(base, params={"status": "pending"}, headers=bearer["approver"])
         assert request_id in [r["id"] for r in pending.json()["requests"]]

@@ -26,6 +26,7 @@ Invariants, and why:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -274,6 +275,11 @@ def _may_see(gateway: Gateway, row: ExtractRequest, principal: Principal | None)
         return False
     if principal.role == "reviewer" or principal.party == row.recipient_party:
         return True
+    return _is_approver(gateway, row, principal)
+
+
+def _is_approver(gateway: Gateway, row: ExtractRequest, principal: Principal) -> bool:
+    """Whether ``principal`` is one of the people the extract names as its approvers."""
     agreement = gateway.registry.agreements.get(row.agreement_id)
     if agreement is None:
         return False
@@ -282,6 +288,26 @@ def _may_see(gateway: Gateway, row: ExtractRequest, principal: Principal | None)
     except NotFound:
         return False
     return principal.party == spec.approvers.party and principal.person in spec.approvers.people
+
+
+def _view_for(gateway: Gateway, row: ExtractRequest, principal: Principal | None) -> RequestView:
+    """What ``principal`` may see of a request. Those who judge it (the operator, the
+    agreement's reviewers, the listed approvers) see it all, sample included. The
+    recipient party sees what its rows are like only once the providing party has
+    approved them: before that, the generalisation chosen, the row counts, the risk
+    figures and the sample are exact facts about the true data, paid from no budget,
+    that a refused request would still have told it. Until then it sees the columns."""
+    judges = (
+        principal is None or principal.role == "reviewer" or _is_approver(gateway, row, principal)
+    )
+    view = _view(row, gateway.master_key if judges else None)
+    if judges:
+        return view
+    if row.status in ("approved", "downloaded"):
+        shown = {k: v for k, v in view.summary.items() if k != "sample"}
+    else:
+        shown = {"columns": view.summary.get("columns", [])}
+    return dataclasses.replace(view, summary=shown)
 
 
 # --- the steps --------------------------------------------------------------------------------
@@ -362,7 +388,7 @@ def request_extract(
             },
             agreement=agreement,
         )
-        return _view(row, gateway.master_key)
+        return _view_for(gateway, row, principal)
 
 
 def _article(word: str) -> str:
@@ -455,7 +481,7 @@ def decide(
         audit.append_event(
             session, kind=kind, actor=principal.actor, details=details, agreement=agreement
         )
-        return _view(row, gateway.master_key)
+        return _view_for(gateway, row, principal)
 
 
 def download_extract(
@@ -615,7 +641,9 @@ def list_requests(
         if status is not None:
             statement = statement.where(ExtractRequest.status == status)
         return [
-            _view(row) for row in session.scalars(statement) if _may_see(gateway, row, principal)
+            _view_for(gateway, row, principal)
+            for row in session.scalars(statement)
+            if _may_see(gateway, row, principal)
         ]
 
 
@@ -626,7 +654,7 @@ def show_request(gateway: Gateway, *, request_id: str, principal: Principal | No
         if not _may_see(gateway, row, principal):
             # As for an unknown id: a request of another agreement is not confirmed.
             raise NotFound(f"no extract request {request_id!r} (see `gateway extracts list`)")
-        return _view(row, gateway.master_key)
+        return _view_for(gateway, row, principal)
 
 
 def may_decide(gateway: Gateway, view: RequestView, principal: Principal) -> bool:
